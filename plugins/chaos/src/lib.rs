@@ -1,0 +1,75 @@
+//! A misbehaving plugin, for testing the hub's sandbox: it is not an example to follow.
+//!
+//! | event kind     | what it does                               |
+//! |----------------|--------------------------------------------|
+//! | `chaos.loop`   | loops forever (the epoch deadline stops it) |
+//! | `chaos.alloc`  | allocates without bound (the memory cap)    |
+//! | `chaos.panic`  | panics                                      |
+//! | `chaos.error`  | returns an error                            |
+//! | `chaos.ping`   | emits `chaos.pong`: proof it still works    |
+
+use hub_plugin_sdk::{Context, Description, Error, Event, Plugin, export_plugin};
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+pub struct Config {}
+
+pub struct Chaos;
+
+impl Plugin for Chaos {
+    type Config = Config;
+
+    fn describe() -> Description {
+        Description::new("chaos", env!("CARGO_PKG_VERSION"))
+            .subscribe("chaos.*")
+            .emits("chaos.pong")
+    }
+
+    fn new(_config: Config) -> Result<Self, Error> {
+        Ok(Chaos)
+    }
+
+    fn on_event(&self, cx: &mut Context, event: &Event) -> Result<(), Error> {
+        match event.kind.as_str() {
+            "chaos.loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "chaos.alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "chaos.panic" => panic!("chaos plugin panicked on purpose for event {}", event.id),
+            "chaos.error" => Err(Error::msg("chaos plugin refused the event")),
+            "chaos.ping" => cx.emit("chaos.pong", &serde_json_free_map(&event.id)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn serde_json_free_map(id: &str) -> std::collections::BTreeMap<&'static str, &str> {
+    std::collections::BTreeMap::from([("ping", id)])
+}
+
+export_plugin!(Chaos);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hub_plugin_sdk::testing::TestHub;
+    use serde_json::json;
+
+    #[test]
+    fn ping_answers_and_error_is_reported() {
+        let mut hub = TestHub::<Chaos>::new(json!({})).expect("config");
+        let out = hub.send(hub.event("chaos.ping", "a", &json!({}))).expect("call");
+        assert_eq!(out[0].as_emit().expect("emit").kind, "chaos.pong");
+        let err = hub.send(hub.event("chaos.error", "a", &json!({}))).unwrap_err();
+        assert!(err.message().contains("refused"));
+    }
+}
