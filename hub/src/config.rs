@@ -1,0 +1,245 @@
+//! The hub's configuration: one typed struct, loaded from a TOML file and `HUB_*` environment
+//! variables (nested keys joined by `__`, e.g. `HUB_NATS__URL`, `HUB_ENGINE__SHARDS`).
+//!
+//! Every limit and timeout lives here with its default, so there is one place to read them.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub http: HttpConfig,
+    /// Where sled keeps state, timers and profiles (and a local nats-server its JetStream files).
+    pub data_dir: PathBuf,
+    pub plugins: PluginsConfig,
+    pub engine: EngineConfig,
+    pub limits: PluginLimits,
+    /// Rules that turn raw messages on non-`events.>` subjects into events.
+    pub ingest: Vec<IngestRule>,
+    /// Bearer token for admin calls (`HUB_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    /// Messages buffered per subscription. async-nats drops silently past this, so it is large.
+    pub subscription_capacity: usize,
+    /// Subject prefix for events in envelopes (`<prefix>.<kind>`).
+    pub events_subject: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Every `*.wasm` in this folder is loaded at start.
+    pub dir: Option<PathBuf>,
+    /// Per-plugin parameters (by plugin name), passed to the plugin's `init` as JSON.
+    pub config: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Shard threads; 0 means one per core.
+    pub shards: usize,
+    /// Events a shard takes from its queue at once.
+    pub batch_size: usize,
+    /// Bounded queue in front of each shard (backpressure on ingress).
+    pub queue_capacity: usize,
+    /// How often each shard commits its dirty state and timers to sled.
+    pub commit_interval_ms: u64,
+    /// How many times an event may be re-emitted by plugins before the chain is cut.
+    pub hop_limit: u8,
+    /// Cached state entries per shard before clean entries are dropped after a commit.
+    pub cache_entries: usize,
+}
+
+/// The sandbox around every plugin call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Wall-clock budget of one call (epoch interruption).
+    pub call_timeout_ms: u64,
+    /// Linear memory cap per plugin instance.
+    pub memory_bytes: usize,
+    /// Granularity of the epoch ticker.
+    pub epoch_tick_ms: u64,
+    /// Largest accepted plugin module.
+    pub max_module_bytes: usize,
+}
+
+/// How a raw message on a subject becomes an event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IngestRule {
+    /// NATS subject pattern to subscribe to, e.g. `web.*`.
+    pub subject: String,
+    /// Event kind; `{N}` is the Nth token of the subject (1-based), `{subject}` the whole subject.
+    pub kind: String,
+    /// Header holding the actor…
+    #[serde(default)]
+    pub actor_header: Option<String>,
+    /// …or a JSON pointer into the body, e.g. `/visitor`.
+    #[serde(default)]
+    pub actor_pointer: Option<String>,
+    /// Optional header or JSON pointer for the event id (generated otherwise).
+    #[serde(default)]
+    pub id_header: Option<String>,
+    #[serde(default)]
+    pub id_pointer: Option<String>,
+    /// Optional JSON pointer for the event time (ms number or RFC 3339 string; now otherwise).
+    #[serde(default)]
+    pub time_pointer: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nats: NatsConfig::default(),
+            http: HttpConfig::default(),
+            data_dir: PathBuf::from("data"),
+            plugins: PluginsConfig::default(),
+            engine: EngineConfig::default(),
+            limits: PluginLimits::default(),
+            ingest: Vec::new(),
+            admin_token: None,
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            subscription_capacity: 1 << 18,
+            events_subject: "events".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shards: 0,
+            batch_size: 256,
+            queue_capacity: 8192,
+            commit_interval_ms: 50,
+            hop_limit: 8,
+            cache_entries: 1_000_000,
+        }
+    }
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            call_timeout_ms: 100,
+            memory_bytes: 64 << 20,
+            epoch_tick_ms: 1,
+            max_module_bytes: 32 << 20,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The number of shard threads to run.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then `HUB_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
+        Self::load_over(Config::default(), file)
+    }
+
+    /// Like [`Config::load`], starting from `base` instead of the defaults.
+    pub fn load_over(base: Config, file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(base));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("HUB_").split("__"))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The local default of `hub up`: the example clickstream collector's subject is mapped.
+    pub fn local_default() -> Config {
+        Config {
+            ingest: vec![IngestRule {
+                subject: "web.*".into(),
+                kind: "web.{2}".into(),
+                actor_header: None,
+                actor_pointer: Some("/visitor".into()),
+                id_header: None,
+                id_pointer: Some("/event_id".into()),
+                time_pointer: Some("/ts".into()),
+            }],
+            ..Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_and_env_override_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("hub.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/tmp/x\"\n[engine]\nshards = 3\n[plugins.config.cart-abandonment]\nwindow = \"5m\"\n",
+        )
+        .expect("write");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HUB_NATS__URL", "nats://10.0.0.1:4222");
+            let config = Config::load(Some(&file)).expect("load");
+            assert_eq!(config.engine.shards, 3);
+            assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+            assert_eq!(config.nats.url, "nats://10.0.0.1:4222");
+            assert_eq!(config.plugins.config["cart-abandonment"]["window"], "5m");
+            assert_eq!(config.engine.commit_interval_ms, 50);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("hub.toml");
+        std::fs::write(&file, "[engine]\nshardz = 3\n").expect("write");
+        let err = Config::load(Some(&file)).expect_err("refused");
+        assert!(err.to_string().contains("shardz"), "{err}");
+    }
+}

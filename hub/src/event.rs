@@ -1,0 +1,180 @@
+//! The hub's own types for what flows through it: events in, actions out.
+//!
+//! WIT types are converted to these at the runtime boundary (`runtime::instance`); nothing else
+//! in the hub sees the generated bindings.
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+/// One event of one actor. `payload` is the MessagePack encoding of a map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub kind: String,
+    pub actor: String,
+    /// Event time, ms since the Unix epoch.
+    pub time: i64,
+    pub source: String,
+    pub payload: Vec<u8>,
+}
+
+/// An event on its way through the shards, with how many plugin hops produced it.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub event: Event,
+    pub hops: u8,
+    /// When the hub received the input this event stems from (for event→action latency).
+    pub received: std::time::Instant,
+}
+
+/// An action a plugin proposed, as the hub publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    /// Deterministic: derived from the cause event's id, the plugin and the output's position,
+    /// so a replay of the same input yields the same id (`Nats-Msg-Id` dedup downstream).
+    pub id: String,
+    pub name: String,
+    pub category: String,
+    pub priority: i32,
+    pub dedup_key: Option<String>,
+    pub actor: String,
+    pub plugin: String,
+    /// The id of the event (or timer) that caused it.
+    pub cause: String,
+    pub time: i64,
+    pub payload: Vec<u8>,
+}
+
+/// A deterministic id for the `index`th output of `plugin` caused by `cause`.
+pub fn derived_id(cause: &str, plugin: &str, index: usize) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(cause.as_bytes());
+    h.update(&[0]);
+    h.update(plugin.as_bytes());
+    h.update(&(index as u64).to_le_bytes());
+    format!("{:032x}", h.digest128())
+}
+
+/// Serializes MessagePack bytes as the equivalent JSON (or any serde format) without an
+/// intermediate value tree. Empty bytes serialize as an empty map.
+pub struct MsgpackAsJson<'a>(pub &'a [u8]);
+
+impl Serialize for MsgpackAsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_empty() {
+            return s.serialize_map(Some(0))?.end();
+        }
+        let mut de = rmp_serde::Deserializer::from_read_ref(self.0);
+        serde_transcode::Transcoder::new(&mut de).serialize(s)
+    }
+}
+
+impl Event {
+    /// The JSON envelope (`{"id","kind","actor","time","source","payload"}`), as published on
+    /// `hub.events.<kind>` and in dead letters, so it can be replayed onto `events.<kind>`.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            id: &'a str,
+            kind: &'a str,
+            actor: &'a str,
+            time: i64,
+            source: &'a str,
+            payload: MsgpackAsJson<'a>,
+        }
+        serde_json::to_vec(&Wire {
+            id: &self.id,
+            kind: &self.kind,
+            actor: &self.actor,
+            time: self.time,
+            source: &self.source,
+            payload: MsgpackAsJson(&self.payload),
+        })
+    }
+}
+
+impl Action {
+    /// The JSON body published on `hub.actions.<name>`.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            id: &'a str,
+            name: &'a str,
+            category: &'a str,
+            priority: i32,
+            dedup_key: Option<&'a str>,
+            actor: &'a str,
+            plugin: &'a str,
+            cause: &'a str,
+            time: i64,
+            payload: MsgpackAsJson<'a>,
+        }
+        serde_json::to_vec(&Wire {
+            id: &self.id,
+            name: &self.name,
+            category: &self.category,
+            priority: self.priority,
+            dedup_key: self.dedup_key.as_deref(),
+            actor: &self.actor,
+            plugin: &self.plugin,
+            cause: &self.cause,
+            time: self.time,
+            payload: MsgpackAsJson(&self.payload),
+        })
+    }
+}
+
+/// Whether `s` can stand as dot-separated tokens in a NATS subject (no wildcards, spaces or
+/// empty tokens): event kinds and action names become subjects.
+pub fn is_subject_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+        })
+}
+
+/// Wall clock in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        assert_eq!(derived_id("e1", "p", 0), derived_id("e1", "p", 0));
+        assert_ne!(derived_id("e1", "p", 0), derived_id("e1", "p", 1));
+        assert_ne!(derived_id("e1", "p", 0), derived_id("e1", "q", 0));
+    }
+
+    #[test]
+    fn payload_is_rendered_as_json() {
+        let payload = rmp_serde::to_vec_named(&serde_json::json!({"a": [1, "x"], "b": {"c": true}}))
+            .expect("encode");
+        let event = Event {
+            id: "1".into(),
+            kind: "k".into(),
+            actor: "u".into(),
+            time: 5,
+            source: "s".into(),
+            payload,
+        };
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json().expect("json")).expect("parse");
+        assert_eq!(json["payload"], serde_json::json!({"a": [1, "x"], "b": {"c": true}}));
+        assert_eq!(json["actor"], "u");
+    }
+
+    #[test]
+    fn subjects_refuse_wildcards_and_gaps() {
+        assert!(is_subject_safe("offer.cart_reminder"));
+        assert!(!is_subject_safe("offer.*"));
+        assert!(!is_subject_safe("a..b"));
+        assert!(!is_subject_safe("has space"));
+        assert!(!is_subject_safe(""));
+    }
+}

@@ -1,0 +1,224 @@
+//! Starting and stopping a hub: the one place that wires ingress, shards, runtime, state,
+//! egress and HTTP together.
+
+use crate::config::Config;
+use crate::egress::{Egress, run_publisher};
+use crate::ingress::{CompiledRule, Ingress};
+use crate::router::Router;
+use crate::runtime::{Description, Runtime};
+use crate::shard::{Shard, ShardSetup};
+use crate::state::{Db, StateError, TimerWheel};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Nats { url: String, source: async_nats::ConnectError },
+    #[error("cannot subscribe: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("plugin runtime: {0}")]
+    Runtime(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("shard {id} could not start: {reason}")]
+    Shard { id: usize, reason: String },
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running hub.
+pub struct Hub {
+    http_addr: SocketAddr,
+    plugins: Arc<Vec<Description>>,
+    timers_restored: usize,
+    client: async_nats::Client,
+    ingress: Ingress,
+    router: Router,
+    egress: Egress,
+    shards: Vec<std::thread::JoinHandle<()>>,
+    publisher: JoinHandle<()>,
+    http: JoinHandle<()>,
+    http_stop: watch::Sender<bool>,
+    db: Db,
+}
+
+impl Hub {
+    /// Open state, connect to NATS, load and validate plugins, start shards, ingress and HTTP.
+    pub async fn start(config: Config) -> Result<Hub, StartError> {
+        let metrics = crate::metrics::install();
+        let rules = config
+            .ingest
+            .iter()
+            .map(CompiledRule::compile)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Config)?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let db = Db::open(&config.data_dir, config.engine.commit_interval_ms)?;
+
+        let client = async_nats::ConnectOptions::new()
+            .name("hub")
+            .subscription_capacity(config.nats.subscription_capacity)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::SlowConsumer(sid) => {
+                        metrics::counter!(crate::metrics::SLOW_CONSUMER).increment(1);
+                        tracing::error!(sid, "NATS slow consumer: the client dropped messages");
+                    }
+                    other => tracing::info!(event = %other, "NATS connection event"),
+                }
+            })
+            .connect(config.nats.url.as_str())
+            .await
+            .map_err(|source| StartError::Nats {
+                url: config.nats.url.clone(),
+                source,
+            })?;
+
+        let runtime = Runtime::new(config.limits.clone()).map_err(|e| StartError::Runtime(format!("{e:#}")))?;
+        let modules = match &config.plugins.dir {
+            Some(dir) => crate::registry::load_dir(&runtime, dir, &config.plugins.config)?,
+            None => Vec::new(),
+        };
+        let plugins = Arc::new(modules.iter().map(|m| m.description.clone()).collect::<Vec<_>>());
+
+        let shard_count = config.engine.shard_count();
+        let (router, receivers) = Router::new(shard_count, config.engine.queue_capacity);
+        let (egress, outbound) = Egress::new(config.engine.queue_capacity * 4);
+        let publisher = tokio::spawn(run_publisher(client.clone(), outbound));
+
+        let mut wheels: Vec<TimerWheel> = (0..shard_count).map(|_| TimerWheel::new(db.timers.clone())).collect();
+        let timers_restored = db.load_timers(&mut wheels, |actor| router.shard_of(actor))?;
+
+        let mut shards = Vec::with_capacity(shard_count);
+        for (id, (rx, timers)) in receivers.into_iter().zip(wheels).enumerate() {
+            let setup = ShardSetup {
+                id,
+                rx,
+                router: router.clone(),
+                egress: egress.clone(),
+                plugins: modules.clone(),
+                db: db.clone(),
+                timers,
+                engine: config.engine.clone(),
+            };
+            let (ready, is_ready) = tokio::sync::oneshot::channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("hub-shard-{id}"))
+                .spawn(move || match Shard::new(setup) {
+                    Ok(shard) => {
+                        let _ = ready.send(Ok(()));
+                        shard.run();
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                })?;
+            match is_ready.await {
+                Ok(Ok(())) => shards.push(thread),
+                Ok(Err(reason)) => return Err(StartError::Shard { id, reason }),
+                Err(_) => {
+                    return Err(StartError::Shard {
+                        id,
+                        reason: "the shard thread exited during start".into(),
+                    });
+                }
+            }
+        }
+
+        let ingress = Ingress::start(&client, &config.nats.events_subject, rules, router.clone(), egress.clone()).await?;
+
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| StartError::Http {
+                addr: config.http.listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr()?;
+        let app = crate::http::router(crate::http::HttpState {
+            metrics,
+            nats: client.clone(),
+            router: router.clone(),
+            plugins: plugins.clone(),
+        });
+        let (http_stop, mut stopped) = watch::channel(false);
+        let http = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.changed().await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+
+        tracing::info!(shards = shard_count, plugins = plugins.len(), timers_restored, %http_addr, "hub started");
+        Ok(Hub {
+            http_addr,
+            plugins,
+            timers_restored,
+            client,
+            ingress,
+            router,
+            egress,
+            shards,
+            publisher,
+            http,
+            http_stop,
+            db,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn plugins(&self) -> &[Description] {
+        &self.plugins
+    }
+
+    /// Durable timers found in sled at start.
+    pub fn timers_restored(&self) -> usize {
+        self.timers_restored
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Stop taking input, finish and commit everything in flight, publish what it produced,
+    /// and make state durable.
+    pub async fn shutdown(self) {
+        self.ingress.stop().await;
+        // Let queued and cross-shard events settle before asking shards to stop.
+        let settle = Instant::now();
+        while self.router.depths().iter().any(|d| *d > 0) && settle.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.router.stop_all().await;
+        let shards = self.shards;
+        let _ = tokio::task::spawn_blocking(move || {
+            for s in shards {
+                let _ = s.join();
+            }
+        })
+        .await;
+        if let Err(e) = self.db.flush() {
+            tracing::error!(error = %e, "final state flush failed");
+        }
+        drop(self.egress);
+        drop(self.router);
+        let _ = self.publisher.await;
+        let _ = self.http_stop.send(true);
+        let _ = self.http.await;
+        tracing::info!("hub stopped");
+    }
+}

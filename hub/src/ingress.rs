@@ -1,0 +1,194 @@
+//! Where events enter: core NATS subscriptions on `events.>` (envelopes in JSON or MessagePack)
+//! and on the subjects of ingest rules (raw legacy messages). Each message is decoded into an
+//! [`Event`](crate::event::Event) and routed to its actor's shard; anything that cannot be
+//! decoded goes to `hub.dlq.<reason>` with the reason, so nothing is dropped silently.
+
+mod envelope;
+mod rules;
+
+pub use envelope::decode_envelope;
+pub use rules::{CompiledRule, decode_raw};
+
+use crate::egress::{DeadLetter, Egress};
+use crate::event::Routed;
+use crate::router::Router;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why an input could not become an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct IngressError {
+    /// `undecodable`, `invalid` or `no_rule`: the last token of the dead-letter subject.
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl IngressError {
+    pub fn undecodable(detail: impl Into<String>) -> Self {
+        IngressError {
+            reason: "undecodable",
+            detail: detail.into(),
+        }
+    }
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        IngressError {
+            reason: "invalid",
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Ids for events that arrive without one: unique per process start and message.
+pub struct IdGen {
+    prefix: String,
+    seq: AtomicU64,
+}
+
+impl IdGen {
+    pub fn new() -> IdGen {
+        IdGen {
+            prefix: format!("{:x}", crate::event::now_ms()),
+            seq: AtomicU64::new(0),
+        }
+    }
+    pub fn next(&self) -> String {
+        format!("{}-{}", self.prefix, self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Default for IdGen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What one subscription turns messages into.
+enum Decoder {
+    Envelope { prefix: String },
+    Raw { rules: Vec<CompiledRule> },
+}
+
+/// The running subscriptions.
+pub struct Ingress {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Ingress {
+    /// Subscribe to `<events_subject>.>` and to every ingest rule's subject.
+    pub async fn start(
+        client: &async_nats::Client,
+        events_subject: &str,
+        rules: Vec<CompiledRule>,
+        router: Router,
+        egress: Egress,
+    ) -> Result<Ingress, async_nats::SubscribeError> {
+        let (stop, stopped) = watch::channel(false);
+        let ids = Arc::new(IdGen::new());
+        let mut subscriptions = vec![(
+            format!("{events_subject}.>"),
+            Decoder::Envelope {
+                prefix: format!("{events_subject}."),
+            },
+        )];
+        let mut by_subject: Vec<(String, Vec<CompiledRule>)> = Vec::new();
+        for rule in rules {
+            match by_subject.iter_mut().find(|(s, _)| *s == rule.subject()) {
+                Some((_, list)) => list.push(rule),
+                None => by_subject.push((rule.subject().to_owned(), vec![rule])),
+            }
+        }
+        subscriptions.extend(by_subject.into_iter().map(|(s, rules)| (s, Decoder::Raw { rules })));
+
+        let mut tasks = Vec::new();
+        for (subject, decoder) in subscriptions {
+            let sub = client.subscribe(subject.clone()).await?;
+            tracing::info!(subject, "ingress subscribed");
+            let task = Task {
+                decoder,
+                router: router.clone(),
+                egress: egress.clone(),
+                ids: ids.clone(),
+                events_in: metrics::counter!(crate::metrics::EVENTS_IN, "subject" => subject),
+            };
+            tasks.push(tokio::spawn(task.run(sub, stopped.clone())));
+        }
+        Ok(Ingress { stop, tasks })
+    }
+
+    /// Unsubscribe, route what was already received, and return when all of it is routed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+struct Task {
+    decoder: Decoder,
+    router: Router,
+    egress: Egress,
+    ids: Arc<IdGen>,
+    events_in: metrics::Counter,
+}
+
+impl Task {
+    async fn run(self, mut sub: async_nats::Subscriber, mut stopped: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                msg = sub.next() => match msg {
+                    Some(msg) => if !self.handle(msg).await { return },
+                    None => return,
+                },
+                _ = stopped.changed() => break,
+            }
+        }
+        // Stop the server sending more, then drain what the client already buffered.
+        let _ = sub.unsubscribe().await;
+        while let Ok(Some(msg)) = tokio::time::timeout(std::time::Duration::from_millis(200), sub.next()).await {
+            if !self.handle(msg).await {
+                return;
+            }
+        }
+    }
+
+    /// Decode and route one message; false once the shards are gone.
+    async fn handle(&self, msg: async_nats::Message) -> bool {
+        let received = Instant::now();
+        let decoded = match &self.decoder {
+            Decoder::Envelope { prefix } => {
+                decode_envelope(&msg.subject, msg.headers.as_ref(), &msg.payload, prefix, &self.ids)
+            }
+            Decoder::Raw { rules } => decode_raw(rules, &msg.subject, msg.headers.as_ref(), &msg.payload, &self.ids),
+        };
+        match decoded {
+            Ok(event) => {
+                self.events_in.increment(1);
+                let routed = Routed {
+                    event,
+                    hops: 0,
+                    received,
+                };
+                self.router.route(routed).await.is_ok()
+            }
+            Err(e) => {
+                let letter = DeadLetter {
+                    reason: e.reason,
+                    detail: &e.detail,
+                    subject: &msg.subject,
+                    plugin: None,
+                    event_id: None,
+                    body: msg.payload.clone(),
+                };
+                self.egress.send(letter.into_outbound()).await;
+                true
+            }
+        }
+    }
+}

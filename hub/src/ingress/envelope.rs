@@ -1,0 +1,222 @@
+//! Event envelopes on `events.>`: `{"id","kind","actor","time","source","payload"}` in JSON or
+//! MessagePack (by `Content-Type`, else sniffed from the first byte). A missing `kind` is taken
+//! from the subject after `events.`; a missing `id` or `time` is filled in.
+
+use super::{IdGen, IngressError};
+use crate::event::{Event, now_ms};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+#[derive(Deserialize)]
+struct JsonEnvelope<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    actor: Option<Cow<'a, str>>,
+    #[serde(default)]
+    time: Option<i64>,
+    #[serde(borrow, default)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct MsgpackEnvelope {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    time: Option<i64>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    payload: Option<rmpv::Value>,
+}
+
+enum Format {
+    Json,
+    Msgpack,
+}
+
+fn format_of(headers: Option<&async_nats::HeaderMap>, body: &[u8]) -> Option<Format> {
+    if let Some(ct) = headers.and_then(|h| h.get("Content-Type")) {
+        let ct = ct.as_str().to_ascii_lowercase();
+        if ct.contains("msgpack") {
+            return Some(Format::Msgpack);
+        }
+        if ct.contains("json") {
+            return Some(Format::Json);
+        }
+    }
+    match body.iter().find(|b| !b.is_ascii_whitespace())? {
+        b'{' => Some(Format::Json),
+        0x80..=0x8f | 0xde | 0xdf => Some(Format::Msgpack),
+        _ => None,
+    }
+}
+
+/// Decode an envelope that arrived on `subject` (which starts with `prefix`, e.g. `events.`).
+pub fn decode_envelope(
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    body: &[u8],
+    prefix: &str,
+    ids: &IdGen,
+) -> Result<Event, IngressError> {
+    let subject_kind = subject.strip_prefix(prefix).filter(|k| !k.is_empty());
+    match format_of(headers, body) {
+        Some(Format::Json) => decode_json(subject, body, subject_kind, ids),
+        Some(Format::Msgpack) => decode_msgpack(subject, body, subject_kind, ids),
+        None => Err(IngressError::undecodable(
+            "body is neither a JSON object nor a MessagePack map",
+        )),
+    }
+}
+
+fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdGen) -> Result<Event, IngressError> {
+    let env: JsonEnvelope =
+        serde_json::from_slice(body).map_err(|e| IngressError::undecodable(format!("invalid JSON envelope: {e}")))?;
+    let payload = match env.payload {
+        None => empty_map(),
+        Some(raw) if raw.get().starts_with('{') => {
+            let mut buf = Vec::with_capacity(raw.get().len());
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            serde_transcode::transcode(&mut de, &mut rmp_serde::Serializer::new(&mut buf))
+                .map_err(|e| IngressError::undecodable(format!("payload: {e}")))?;
+            buf
+        }
+        Some(_) => return Err(IngressError::invalid("payload must be a JSON object")),
+    };
+    finish(
+        subject,
+        env.id.map(Cow::into_owned),
+        env.kind.map(Cow::into_owned),
+        env.actor.map(Cow::into_owned),
+        env.time,
+        env.source.map(Cow::into_owned),
+        payload,
+        subject_kind,
+        ids,
+    )
+}
+
+fn decode_msgpack(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdGen) -> Result<Event, IngressError> {
+    let env: MsgpackEnvelope = rmp_serde::from_slice(body)
+        .map_err(|e| IngressError::undecodable(format!("invalid MessagePack envelope: {e}")))?;
+    let payload = match env.payload {
+        None => empty_map(),
+        // Already-encoded payload bytes are taken as they are, after checking they are a map.
+        Some(rmpv::Value::Binary(bytes)) => match bytes.first() {
+            Some(0x80..=0x8f | 0xde | 0xdf) => bytes,
+            _ => return Err(IngressError::invalid("binary payload must be a MessagePack map")),
+        },
+        Some(v @ rmpv::Value::Map(_)) => {
+            let mut buf = Vec::new();
+            rmpv::encode::write_value(&mut buf, &v).map_err(|e| IngressError::undecodable(format!("payload: {e}")))?;
+            buf
+        }
+        Some(_) => return Err(IngressError::invalid("payload must be a MessagePack map")),
+    };
+    finish(
+        subject,
+        env.id,
+        env.kind,
+        env.actor,
+        env.time,
+        env.source,
+        payload,
+        subject_kind,
+        ids,
+    )
+}
+
+fn empty_map() -> Vec<u8> {
+    vec![0x80]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    subject: &str,
+    id: Option<String>,
+    kind: Option<String>,
+    actor: Option<String>,
+    time: Option<i64>,
+    source: Option<String>,
+    payload: Vec<u8>,
+    subject_kind: Option<&str>,
+    ids: &IdGen,
+) -> Result<Event, IngressError> {
+    let actor = actor
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| IngressError::invalid("missing \"actor\""))?;
+    if actor.len() > 1024 {
+        return Err(IngressError::invalid("\"actor\" is longer than 1024 bytes"));
+    }
+    let kind = match kind.filter(|k| !k.is_empty()) {
+        Some(k) => k,
+        None => subject_kind
+            .map(str::to_owned)
+            .ok_or_else(|| IngressError::invalid("missing \"kind\" (and none in the subject)"))?,
+    };
+    if !crate::event::is_subject_safe(&kind) {
+        return Err(IngressError::invalid(format!(
+            "kind {kind:?} must be dot-separated tokens without spaces or wildcards"
+        )));
+    }
+    Ok(Event {
+        id: id.filter(|i| !i.is_empty()).unwrap_or_else(|| ids.next()),
+        kind,
+        actor,
+        time: time.unwrap_or_else(now_ms),
+        source: source.unwrap_or_else(|| subject.to_owned()),
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(subject: &str, body: &[u8]) -> Result<Event, IngressError> {
+        decode_envelope(subject, None, body, "events.", &IdGen::new())
+    }
+
+    #[test]
+    fn json_envelope_with_kind_from_subject() {
+        let e = decode("events.payment.failed", br#"{"actor":"c1","payload":{"amount":5}}"#).expect("event");
+        assert_eq!(e.kind, "payment.failed");
+        assert_eq!(e.actor, "c1");
+        assert!(!e.id.is_empty());
+        let p: serde_json::Value = rmp_serde::from_slice(&e.payload).expect("msgpack");
+        assert_eq!(p["amount"], 5);
+    }
+
+    #[test]
+    fn msgpack_envelope_round_trips() {
+        let body = rmp_serde::to_vec_named(&serde_json::json!({
+            "id": "e1", "kind": "cart.updated", "actor": "u1", "time": 7, "payload": {"total": 3}
+        }))
+        .expect("encode");
+        let e = decode("events.x", &body).expect("event");
+        assert_eq!((e.id.as_str(), e.kind.as_str(), e.time), ("e1", "cart.updated", 7));
+        let p: serde_json::Value = rmp_serde::from_slice(&e.payload).expect("msgpack");
+        assert_eq!(p["total"], 3);
+    }
+
+    #[test]
+    fn bad_input_is_explained() {
+        assert_eq!(decode("events.k", b"not json").unwrap_err().reason, "undecodable");
+        assert_eq!(decode("events.k", b"{\"actor\":").unwrap_err().reason, "undecodable");
+        let e = decode("events.k", br#"{"kind":"k"}"#).unwrap_err();
+        assert_eq!((e.reason, e.detail.as_str()), ("invalid", "missing \"actor\""));
+        assert!(decode("events.k", br#"{"actor":"a","payload":[1]}"#).unwrap_err().detail.contains("object"));
+        assert!(decode("events.k", br#"{"actor":"a","kind":"a b"}"#).unwrap_err().detail.contains("kind"));
+    }
+}

@@ -1,0 +1,34 @@
+//! hub: a real-time event hub whose business logic runs as sandboxed WebAssembly plugins.
+//!
+//! The modules follow the path of an event:
+//!
+//! 1. [`ingress`] — NATS subscriptions; envelopes and ingest rules turn messages into [`event::Event`]s;
+//! 2. [`router`] — every event goes to the shard that owns its actor;
+//! 3. [`shard`] — one thread per shard runs the subscribed plugins, in order per actor;
+//! 4. [`runtime`] — the wasmtime sandbox: modules, instances, host imports;
+//! 5. [`state`] — sled behind a per-shard write-behind cache, durable timers;
+//! 6. [`egress`] — actions, emitted events and dead letters leave over NATS.
+//!
+//! Around them: [`config`], [`registry`] (which plugins run), [`http`] (health and metrics),
+//! [`hub`] (wiring), [`nats_server`] (a local server for `hub up`), [`bench`] and [`cli`].
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod egress;
+pub mod event;
+pub mod http;
+pub mod hub;
+pub mod ingress;
+pub mod metrics;
+pub mod nats_server;
+pub mod registry;
+pub mod router;
+pub mod runtime;
+pub mod shard;
+pub mod state;
+
+/// Where the build put the example plugins (`plugins/`, built for wasm32-wasip2).
+pub const EXAMPLE_PLUGINS: &str = env!("HUB_EXAMPLE_PLUGINS");
+/// Where the build put the test fixture plugins.
+pub const FIXTURE_PLUGINS: &str = env!("HUB_FIXTURE_PLUGINS");

@@ -1,0 +1,68 @@
+//! Prometheus metrics: names in one place, one process-wide recorder.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const EVENTS_IN: &str = "hub_events_in_total";
+pub const EVENTS_EMITTED: &str = "hub_events_emitted_total";
+pub const ACTIONS_OUT: &str = "hub_actions_total";
+pub const DELIVERIES_OUT: &str = "hub_deliveries_total";
+pub const DEAD_LETTERS: &str = "hub_dead_letters_total";
+pub const PLUGIN_CALLS: &str = "hub_plugin_calls_total";
+pub const PLUGIN_ERRORS: &str = "hub_plugin_errors_total";
+pub const PLUGIN_CALL_SECONDS: &str = "hub_plugin_call_seconds";
+pub const PLUGIN_QUARANTINES: &str = "hub_plugin_quarantines_total";
+pub const EVENT_TO_ACTION_SECONDS: &str = "hub_event_to_action_seconds";
+pub const SHARD_QUEUE_DEPTH: &str = "hub_shard_queue_depth";
+pub const TIMERS_PENDING: &str = "hub_timers_pending";
+pub const TIMERS_FIRED: &str = "hub_timers_fired_total";
+pub const STATE_COMMITS: &str = "hub_state_commit_seconds";
+pub const PUBLISH_ERRORS: &str = "hub_publish_errors_total";
+pub const SLOW_CONSUMER: &str = "hub_nats_slow_consumer_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the recorder once per process and return the handle that renders `/metrics`.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+                0.05, 0.1, 0.25, 0.5, 1.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .and_then(|b| b.install_recorder());
+            match recorder {
+                Ok(handle) => {
+                    describe();
+                    handle
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics stays empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(EVENTS_IN, "Events accepted from NATS");
+    describe_counter!(EVENTS_EMITTED, "Events emitted by plugins");
+    describe_counter!(ACTIONS_OUT, "Actions published");
+    describe_counter!(DELIVERIES_OUT, "Deliveries published by delivery plugins");
+    describe_counter!(DEAD_LETTERS, "Messages sent to hub.dlq.<reason>");
+    describe_counter!(PLUGIN_CALLS, "Plugin calls");
+    describe_counter!(PLUGIN_ERRORS, "Plugin calls that trapped or returned an error");
+    describe_histogram!(PLUGIN_CALL_SECONDS, "Duration of plugin calls");
+    describe_counter!(PLUGIN_QUARANTINES, "Times a plugin was quarantined after repeated traps");
+    describe_histogram!(EVENT_TO_ACTION_SECONDS, "From receiving an input to publishing its action");
+    describe_gauge!(SHARD_QUEUE_DEPTH, "Events waiting in front of a shard");
+    describe_gauge!(TIMERS_PENDING, "Durable timers waiting on a shard");
+    describe_counter!(TIMERS_FIRED, "Durable timers that fired");
+    describe_histogram!(STATE_COMMITS, "Duration of a shard's state commit to sled");
+    describe_counter!(PUBLISH_ERRORS, "NATS publish failures");
+    describe_counter!(SLOW_CONSUMER, "NATS slow-consumer events (messages dropped by the client)");
+}

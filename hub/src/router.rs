@@ -1,0 +1,61 @@
+//! Routing by actor: every event of one actor goes to the same shard, whose single thread
+//! processes them in arrival order, one at a time (the actor model's guarantee without an actor
+//! per customer). Queues in front of shards are bounded, so a busy shard pushes back on ingress.
+
+use crate::event::Routed;
+use std::sync::Arc;
+
+pub enum ShardMsg {
+    Event(Routed),
+    /// Finish what is queued, commit, and exit.
+    Stop,
+}
+
+#[derive(Clone)]
+pub struct Router {
+    shards: Arc<[flume::Sender<ShardMsg>]>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the shards have stopped")]
+pub struct Stopped;
+
+impl Router {
+    pub fn new(shards: usize, capacity: usize) -> (Router, Vec<flume::Receiver<ShardMsg>>) {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards.max(1)).map(|_| flume::bounded(capacity)).unzip();
+        (Router { shards: txs.into() }, rxs)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard that owns `actor`: a stable hash, so it survives restarts with the same count.
+    pub fn shard_of(&self, actor: &str) -> usize {
+        (xxhash_rust::xxh3::xxh3_64(actor.as_bytes()) % self.shards.len() as u64) as usize
+    }
+
+    /// Send an event to its actor's shard, waiting while that shard's queue is full.
+    pub async fn route(&self, routed: Routed) -> Result<(), Stopped> {
+        let shard = self.shard_of(&routed.event.actor);
+        self.shards[shard].send_async(ShardMsg::Event(routed)).await.map_err(|_| Stopped)
+    }
+
+    /// Try to hand a message to `shard` without waiting (shard-to-shard traffic must never
+    /// block, or two full shards could wait on each other forever).
+    pub fn try_send(&self, shard: usize, msg: ShardMsg) -> Result<(), flume::TrySendError<ShardMsg>> {
+        self.shards[shard].try_send(msg)
+    }
+
+    /// Events waiting in front of each shard.
+    pub fn depths(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| s.len()).collect()
+    }
+
+    /// Ask every shard to finish and exit.
+    pub async fn stop_all(&self) {
+        for s in self.shards.iter() {
+            let _ = s.send_async(ShardMsg::Stop).await;
+        }
+    }
+}

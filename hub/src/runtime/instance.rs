@@ -1,0 +1,240 @@
+//! One live instance of a plugin on one shard, and the sandbox around each call.
+//!
+//! Lifecycle: created from a [`PluginModule`] (instantiate, then `init(config)`), called for
+//! events and timers until a call traps; a trapped instance is poisoned (wasmtime refuses to
+//! enter it again), so [`PluginInstance::recover`] throws the store away and builds a fresh one.
+//! Plugin state lives in the shard's stores, never in the instance, so nothing is lost.
+
+use super::bindings::{Plugin, wit};
+use super::host::{HostState, ShardStores};
+use super::module::{Description, PluginModule};
+use super::Output;
+use crate::event::Event;
+use crate::state::{DueTimer, PluginSlot};
+use std::sync::Arc;
+use wasmtime::{Store, Trap};
+
+/// Why a plugin call did not produce outputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("deadline of {0} ms exceeded")]
+    Deadline(u64),
+    #[error("memory limit of {0} bytes exceeded")]
+    Memory(usize),
+    #[error("panicked: {0}")]
+    Panic(String),
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The plugin returned an error: its own message.
+    #[error("{0}")]
+    Plugin(String),
+}
+
+impl CallError {
+    /// The dead-letter reason, used as the last token of `hub.dlq.<reason>`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallError::Deadline(_) => "deadline",
+            CallError::Memory(_) => "memory",
+            CallError::Panic(_) => "panic",
+            CallError::Trap(_) => "trap",
+            CallError::Plugin(_) => "plugin_error",
+        }
+    }
+
+    /// A trap poisons the instance; a returned error does not.
+    pub fn is_trap(&self) -> bool {
+        !matches!(self, CallError::Plugin(_))
+    }
+}
+
+pub struct PluginInstance {
+    module: Arc<PluginModule>,
+    store: Store<HostState>,
+    plugin: Option<Plugin>,
+}
+
+impl PluginInstance {
+    /// Instantiate `module` and run its `init` with the module's config.
+    pub fn new(module: Arc<PluginModule>, slot: PluginSlot) -> Result<PluginInstance, CallError> {
+        let store = new_store(&module, slot);
+        let mut instance = PluginInstance {
+            module,
+            store,
+            plugin: None,
+        };
+        instance.start()?;
+        Ok(instance)
+    }
+
+    pub fn module(&self) -> &Arc<PluginModule> {
+        &self.module
+    }
+
+    /// Whether the last call trapped and the instance awaits [`PluginInstance::recover`].
+    pub fn is_poisoned(&self) -> bool {
+        self.plugin.is_none()
+    }
+
+    /// Replace a poisoned instance with a fresh one.
+    pub fn recover(&mut self) -> Result<(), CallError> {
+        let slot = self.store.data().slot;
+        self.store = new_store(&self.module, slot);
+        self.plugin = None;
+        self.start()
+    }
+
+    fn start(&mut self) -> Result<(), CallError> {
+        self.arm();
+        let plugin = self
+            .module
+            .pre
+            .instantiate(&mut self.store)
+            .map_err(|e| classify(e, &self.store, &self.module))?;
+        self.arm();
+        match plugin.call_init(&mut self.store, &self.module.config) {
+            Ok(Ok(())) => {
+                self.plugin = Some(plugin);
+                Ok(())
+            }
+            Ok(Err(msg)) => Err(CallError::Plugin(msg)),
+            Err(e) => Err(classify(e, &self.store, &self.module)),
+        }
+    }
+
+    /// Call `describe()` on a throw-away instance (no `init`: describe must not need config).
+    pub(super) fn describe(module: &PluginModule) -> Result<Description, CallError> {
+        let mut store = new_store(module, PluginSlot::PROBE);
+        store.set_epoch_deadline(module.runtime.deadline_ticks());
+        let plugin = module.pre.instantiate(&mut store).map_err(|e| classify(e, &store, module))?;
+        store.set_epoch_deadline(module.runtime.deadline_ticks());
+        let d = plugin.call_describe(&mut store).map_err(|e| classify(e, &store, module))?;
+        Ok(Description {
+            name: d.name,
+            version: d.version,
+            subscribes: d.subscribes,
+            emits: d.emits,
+        })
+    }
+
+    /// Give the next call its full deadline and a clean memory-cap flag.
+    fn arm(&mut self) {
+        self.store.set_epoch_deadline(self.module.runtime.deadline_ticks());
+        self.store.data_mut().limiter.hit = false;
+    }
+
+    /// Handle one event of one actor; `stores` is lent to the instance for the call.
+    pub fn on_event(
+        &mut self,
+        stores: &mut Option<Box<ShardStores>>,
+        event: &Event,
+        now: i64,
+    ) -> Result<Vec<Output>, CallError> {
+        let arg = wit::Event {
+            id: event.id.clone(),
+            kind: event.kind.clone(),
+            actor: event.actor.clone(),
+            time: event.time,
+            source: event.source.clone(),
+            payload: event.payload.clone(),
+        };
+        self.call(stores, &event.actor, now, |plugin, store| plugin.call_on_event(store, &arg))
+    }
+
+    /// A timer of this plugin came due.
+    pub fn on_timer(
+        &mut self,
+        stores: &mut Option<Box<ShardStores>>,
+        timer: &DueTimer,
+        now: i64,
+    ) -> Result<Vec<Output>, CallError> {
+        let arg = wit::Timer {
+            id: timer.id.clone(),
+            actor: timer.actor.clone(),
+            due: timer.due,
+            payload: timer.payload.clone(),
+        };
+        self.call(stores, &timer.actor, now, |plugin, store| plugin.call_on_timer(store, &arg))
+    }
+
+    fn call(
+        &mut self,
+        stores: &mut Option<Box<ShardStores>>,
+        actor: &str,
+        now: i64,
+        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<Result<Vec<wit::Output>, String>>,
+    ) -> Result<Vec<Output>, CallError> {
+        let Some(plugin) = self.plugin.as_ref() else {
+            return Err(CallError::Trap("instance is poisoned by an earlier trap".into()));
+        };
+        self.store.set_epoch_deadline(self.module.runtime.deadline_ticks());
+        let data = self.store.data_mut();
+        data.limiter.hit = false;
+        data.actor.clear();
+        data.actor.push_str(actor);
+        data.now = now;
+        data.stores = stores.take();
+        let result = f(plugin, &mut self.store);
+        *stores = self.store.data_mut().stores.take();
+        match result {
+            Ok(Ok(outputs)) => Ok(outputs.into_iter().map(from_wit).collect()),
+            Ok(Err(msg)) => Err(CallError::Plugin(msg)),
+            Err(e) => {
+                let err = classify(e, &self.store, &self.module);
+                self.plugin = None;
+                Err(err)
+            }
+        }
+    }
+}
+
+fn new_store(module: &PluginModule, slot: PluginSlot) -> Store<HostState> {
+    let limits = module.runtime.limits();
+    let host = HostState::new(module.description.name.as_str().into(), slot, limits.memory_bytes);
+    let mut store = Store::new(&module.runtime.engine, host);
+    store.limiter(|host| &mut host.limiter);
+    store
+}
+
+/// Turn a wasmtime error into the reason an admin can act on.
+fn classify(err: wasmtime::Error, store: &Store<HostState>, module: &PluginModule) -> CallError {
+    let host = store.data();
+    if host.limiter.hit {
+        return CallError::Memory(module.runtime.limits().memory_bytes);
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Deadline(module.runtime.limits().call_timeout_ms),
+        Some(Trap::UnreachableCodeReached) => {
+            let stderr = host.stderr.contents();
+            let text = String::from_utf8_lossy(&stderr);
+            match text.find("panicked") {
+                Some(at) => CallError::Panic(text[at..].trim().chars().take(500).collect()),
+                None => CallError::Trap("unreachable code reached (the plugin aborted)".into()),
+            }
+        }
+        Some(trap) => CallError::Trap(trap.to_string()),
+        None => CallError::Trap(format!("{err:#}")),
+    }
+}
+
+fn from_wit(output: wit::Output) -> Output {
+    match output {
+        wit::Output::Emit(e) => Output::Emit {
+            kind: e.kind,
+            actor: e.actor,
+            payload: e.payload,
+        },
+        wit::Output::Action(a) => Output::Action {
+            name: a.name,
+            category: a.category,
+            priority: a.priority,
+            dedup_key: a.dedup_key,
+            payload: a.payload,
+        },
+        wit::Output::Deliver(d) => Output::Deliver {
+            channel: d.channel,
+            target: d.target,
+            body: d.body,
+        },
+    }
+}

@@ -1,0 +1,127 @@
+//! A plugin version ready to run: compiled, linked, and validated before it may go live.
+
+use super::Runtime;
+use super::bindings::PluginPre;
+use super::instance::{CallError, PluginInstance};
+use hub_plugin_sdk::pattern::pattern_error;
+use std::sync::Arc;
+use wasmtime::component::Component;
+
+/// What a plugin said about itself in `describe()`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Description {
+    pub name: String,
+    pub version: String,
+    pub subscribes: Vec<String>,
+    pub emits: Vec<String>,
+}
+
+/// Why a plugin module was refused. Each message tells the admin what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("module is {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("not a WebAssembly component: {0} (build plugins with `cargo build --target wasm32-wasip2`)")]
+    NotAComponent(String),
+    #[error("the component does not fit the hub:plugin/plugin@0.1.0 world: {0}")]
+    WrongWorld(String),
+    #[error("describe() failed: {0}")]
+    Describe(CallError),
+    #[error("describe() is not usable: {0}")]
+    BadDescription(String),
+    #[error("init rejected the config: {0}")]
+    ConfigRejected(String),
+    #[error("init trapped: {0}")]
+    InitTrapped(CallError),
+}
+
+/// A compiled, validated plugin version with its config. Shards instantiate it.
+pub struct PluginModule {
+    pub(super) runtime: Arc<Runtime>,
+    pub(super) pre: PluginPre<super::HostState>,
+    pub description: Description,
+    /// The JSON object handed to `init`.
+    pub config: String,
+}
+
+impl std::fmt::Debug for PluginModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginModule").field("description", &self.description).finish()
+    }
+}
+
+const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+const CORE_MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+impl PluginModule {
+    /// Compile and validate `wasm`: the right kind of binary, the right world, a sane
+    /// `describe()`, and an `init` that accepts `config`. Nothing of it is live yet.
+    pub fn load(runtime: &Arc<Runtime>, wasm: &[u8], config: &serde_json::Value) -> Result<PluginModule, LoadError> {
+        let limit = runtime.limits().max_module_bytes;
+        if wasm.len() > limit {
+            return Err(LoadError::TooLarge { size: wasm.len(), limit });
+        }
+        match wasm.get(..8) {
+            Some(h) if h == COMPONENT_HEADER => {}
+            Some(h) if h == CORE_MODULE_HEADER => {
+                return Err(LoadError::NotAComponent(
+                    "this is a core module, not a component".into(),
+                ));
+            }
+            _ => return Err(LoadError::NotAComponent("no WebAssembly header".into())),
+        }
+        let component = Component::from_binary(&runtime.engine, wasm)
+            .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        let instance_pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        if !config.is_object() {
+            return Err(LoadError::ConfigRejected("the config must be a JSON object".into()));
+        }
+        let mut module = PluginModule {
+            runtime: runtime.clone(),
+            pre,
+            description: Description {
+                name: String::new(),
+                version: String::new(),
+                subscribes: Vec::new(),
+                emits: Vec::new(),
+            },
+            config: config.to_string(),
+        };
+        module.description = PluginInstance::describe(&module).map_err(LoadError::Describe)?;
+        validate(&module.description)?;
+        let module = Arc::new(module);
+        match PluginInstance::new(module.clone(), crate::state::PluginSlot::PROBE) {
+            Ok(_) => {}
+            Err(CallError::Plugin(msg)) => return Err(LoadError::ConfigRejected(msg)),
+            Err(e) => return Err(LoadError::InitTrapped(e)),
+        }
+        Arc::try_unwrap(module).map_err(|_| LoadError::BadDescription("module still in use".into()))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.description.name
+    }
+}
+
+fn validate(d: &Description) -> Result<(), LoadError> {
+    let name_ok = !d.name.is_empty()
+        && d.name.len() <= 64
+        && d.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !name_ok {
+        return Err(LoadError::BadDescription(format!(
+            "name {:?} must be 1–64 characters of letters, digits, '-' or '_'",
+            d.name
+        )));
+    }
+    if d.subscribes.is_empty() {
+        return Err(LoadError::BadDescription("it subscribes to no event kinds".into()));
+    }
+    if let Some(e) = d.subscribes.iter().find_map(|p| pattern_error(p)) {
+        return Err(LoadError::BadDescription(e));
+    }
+    Ok(())
+}

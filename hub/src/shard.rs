@@ -1,0 +1,573 @@
+//! A shard: one OS thread that owns a slice of the actors and runs the plugin chain for their
+//! events, one event at a time, in arrival order.
+//!
+//! Each turn of the loop takes a micro-batch from the shard's queue, runs every subscribed plugin
+//! for each event (and for the events those plugins emit for actors of this shard), fires the
+//! timers that came due, hands events for other shards to their queues, and commits the state
+//! cache to sled once per commit interval. Outputs are published as soon as their event is done:
+//! their ids are derived from the cause, so a replay yields the same ids (DESIGN §7).
+//!
+//! Everything a shard touches is its own (plugin instances, state cache, timer wheel), so the
+//! hot path takes no lock shared with other shards.
+
+use crate::egress::{DeadLetter, Egress, Outbound, headers, subjects};
+use crate::event::{Action, Event, Routed, derived_id, is_subject_safe, now_ms};
+use crate::metrics as m;
+use crate::router::{Router, ShardMsg};
+use crate::runtime::{CallError, Output, PluginInstance, PluginModule, ShardStores};
+use crate::state::{DueTimer, StateCache, TimerWheel};
+use bytes::Bytes;
+use hub_plugin_sdk::pattern::kind_matches;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a shard is set up; built on the hub's thread, consumed by the shard's own thread.
+pub struct ShardSetup {
+    pub id: usize,
+    pub rx: flume::Receiver<ShardMsg>,
+    pub router: Router,
+    pub egress: Egress,
+    pub plugins: Vec<Arc<PluginModule>>,
+    pub db: crate::state::Db,
+    pub timers: TimerWheel,
+    pub engine: crate::config::EngineConfig,
+}
+
+/// Consecutive traps after which a plugin is quarantined on a shard.
+const TRAPS_BEFORE_QUARANTINE: u32 = 5;
+/// Longest quarantine; back-off doubles from one second up to this.
+const MAX_QUARANTINE: Duration = Duration::from_secs(300);
+/// Kinds remembered in the subscription cache before it is reset.
+const KIND_CACHE_LIMIT: usize = 4096;
+
+/// A supervisor in the Akka sense: restarts a trapping plugin at once, and quarantines it with
+/// exponential back-off when it keeps trapping, so one bad plugin cannot eat a shard's time.
+#[derive(Default)]
+struct Supervisor {
+    consecutive_traps: u32,
+    quarantines: u32,
+    until: Option<Instant>,
+}
+
+impl Supervisor {
+    fn quarantined(&mut self, now: Instant) -> bool {
+        match self.until {
+            Some(t) if now < t => true,
+            Some(_) => {
+                self.until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.consecutive_traps = 0;
+        self.quarantines = 0;
+    }
+
+    /// Record a trap; true when it starts a quarantine.
+    fn trapped(&mut self, now: Instant) -> bool {
+        self.consecutive_traps += 1;
+        if self.consecutive_traps < TRAPS_BEFORE_QUARANTINE {
+            return false;
+        }
+        self.consecutive_traps = 0;
+        let backoff = Duration::from_secs(1u64 << self.quarantines.min(16)).min(MAX_QUARANTINE);
+        self.quarantines += 1;
+        self.until = Some(now + backoff);
+        true
+    }
+}
+
+struct Loaded {
+    name: Arc<str>,
+    source: String,
+    instance: PluginInstance,
+    supervisor: Supervisor,
+    calls: metrics::Counter,
+    errors: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+/// What a plugin call is about.
+enum Cause<'a> {
+    Event(&'a Routed),
+    Timer(&'a DueTimer),
+}
+
+pub struct Shard {
+    id: usize,
+    rx: flume::Receiver<ShardMsg>,
+    router: Router,
+    egress: Egress,
+    plugins: Vec<Loaded>,
+    by_name: HashMap<Arc<str>, usize>,
+    subscribers: HashMap<String, Rc<[usize]>>,
+    stores: Option<Box<ShardStores>>,
+    /// Emitted events for this shard's own actors, processed before the next input.
+    local: VecDeque<Routed>,
+    /// Emitted events for other shards whose queues were full; retried every turn, in order.
+    outbox: Vec<VecDeque<Routed>>,
+    hop_limit: u8,
+    batch_size: usize,
+    commit_every: Duration,
+    next_commit: Instant,
+    queue_depth: metrics::Gauge,
+    timers_pending: metrics::Gauge,
+    timers_fired: metrics::Counter,
+    actions_out: metrics::Counter,
+    events_emitted: metrics::Counter,
+    event_to_action: metrics::Histogram,
+    commit_seconds: metrics::Histogram,
+}
+
+impl Shard {
+    /// Instantiate every plugin on this shard. Runs on the shard's own thread.
+    pub fn new(setup: ShardSetup) -> Result<Shard, String> {
+        let mut cache = StateCache::new(setup.engine.cache_entries);
+        let mut plugins = Vec::with_capacity(setup.plugins.len());
+        let mut by_name = HashMap::new();
+        for module in setup.plugins {
+            let name: Arc<str> = module.name().into();
+            let tree = setup.db.state_tree(&name).map_err(|e| e.to_string())?;
+            let slot = cache.add_plugin(tree);
+            let instance = PluginInstance::new(module, slot).map_err(|e| format!("plugin {name}: {e}"))?;
+            let label = name.to_string();
+            by_name.insert(name.clone(), plugins.len());
+            plugins.push(Loaded {
+                source: format!("plugin:{name}"),
+                name,
+                instance,
+                supervisor: Supervisor::default(),
+                calls: metrics::counter!(m::PLUGIN_CALLS, "plugin" => label.clone()),
+                errors: metrics::counter!(m::PLUGIN_ERRORS, "plugin" => label.clone()),
+                latency: metrics::histogram!(m::PLUGIN_CALL_SECONDS, "plugin" => label),
+            });
+        }
+        let shard = setup.id.to_string();
+        let shards = setup.router.shard_count();
+        let commit_every = Duration::from_millis(setup.engine.commit_interval_ms.max(1));
+        Ok(Shard {
+            id: setup.id,
+            rx: setup.rx,
+            router: setup.router,
+            egress: setup.egress,
+            plugins,
+            by_name,
+            subscribers: HashMap::new(),
+            stores: Some(Box::new(ShardStores {
+                state: cache,
+                timers: setup.timers,
+                profiles: setup.db.profiles.clone(),
+            })),
+            local: VecDeque::new(),
+            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
+            hop_limit: setup.engine.hop_limit,
+            batch_size: setup.engine.batch_size.max(1),
+            commit_every,
+            next_commit: Instant::now() + commit_every,
+            queue_depth: metrics::gauge!(m::SHARD_QUEUE_DEPTH, "shard" => shard.clone()),
+            timers_pending: metrics::gauge!(m::TIMERS_PENDING, "shard" => shard),
+            timers_fired: metrics::counter!(m::TIMERS_FIRED),
+            actions_out: metrics::counter!(m::ACTIONS_OUT),
+            events_emitted: metrics::counter!(m::EVENTS_EMITTED),
+            event_to_action: metrics::histogram!(m::EVENT_TO_ACTION_SECONDS),
+            commit_seconds: metrics::histogram!(m::STATE_COMMITS),
+        })
+    }
+
+    fn stores(&mut self) -> &mut ShardStores {
+        self.stores
+            .as_deref_mut()
+            .expect("shard stores are handed back after every plugin call")
+    }
+
+    /// The shard's loop; returns after a `Stop` once its queue and outbox are empty.
+    pub fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut stopping = false;
+        loop {
+            let wake = self.next_wake();
+            match self.rx.recv_deadline(wake) {
+                Ok(msg) => batch.push(msg),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => stopping = true,
+            }
+            batch.extend(self.rx.try_iter().take(self.batch_size - batch.len()));
+            for msg in batch.drain(..) {
+                match msg {
+                    ShardMsg::Event(routed) => self.process(routed),
+                    ShardMsg::Stop => stopping = true,
+                }
+            }
+            self.fire_due_timers();
+            self.flush_outbox();
+            self.queue_depth.set(self.rx.len() as f64);
+            if Instant::now() >= self.next_commit {
+                self.commit();
+            }
+            if stopping && self.rx.is_empty() && self.outbox.iter().all(VecDeque::is_empty) {
+                break;
+            }
+        }
+        self.commit();
+        tracing::debug!(shard = self.id, "shard stopped");
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = self.next_commit;
+        if let Some(due) = self.stores.as_ref().and_then(|s| s.timers.next_due()) {
+            let in_ms = (due - now_ms()).max(0) as u64;
+            wake = wake.min(now + Duration::from_millis(in_ms));
+        }
+        if self.outbox.iter().any(|q| !q.is_empty()) {
+            wake = wake.min(now + Duration::from_millis(1));
+        }
+        wake
+    }
+
+    /// Run the plugin chain for one event and for what it emits on this shard.
+    fn process(&mut self, routed: Routed) {
+        self.local.push_back(routed);
+        while let Some(routed) = self.local.pop_front() {
+            let subscribers = self.subscribers_of(&routed.event.kind);
+            for &p in subscribers.iter() {
+                self.call(p, Cause::Event(&routed));
+            }
+        }
+    }
+
+    /// Plugins subscribed to `kind`, cached per kind.
+    fn subscribers_of(&mut self, kind: &str) -> Rc<[usize]> {
+        if let Some(list) = self.subscribers.get(kind) {
+            return list.clone();
+        }
+        if self.subscribers.len() >= KIND_CACHE_LIMIT {
+            self.subscribers.clear();
+        }
+        let list: Rc<[usize]> = self
+            .plugins
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                let d = &p.instance.module().description;
+                d.subscribes.iter().any(|pat| kind_matches(pat, kind))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        self.subscribers.insert(kind.to_owned(), list.clone());
+        list
+    }
+
+    fn fire_due_timers(&mut self) {
+        let now = now_ms();
+        while let Some(timer) = self.stores().timers.pop_due(now) {
+            self.timers_fired.increment(1);
+            match self.by_name.get(timer.plugin.as_str()).copied() {
+                Some(p) => self.call(p, Cause::Timer(&timer)),
+                None => {
+                    let detail = format!("timer {:?} belongs to plugin {:?}, which is not loaded", timer.id, timer.plugin);
+                    let letter = DeadLetter {
+                        reason: "no_plugin",
+                        detail: &detail,
+                        subject: "timer",
+                        plugin: Some(&timer.plugin),
+                        event_id: None,
+                        body: Bytes::from(timer.payload.clone()),
+                    };
+                    self.egress.send_blocking(letter.into_outbound());
+                }
+            }
+            // Emitted events of timers run like any others.
+            while let Some(routed) = self.local.pop_front() {
+                self.process(routed);
+            }
+        }
+        let pending = self.stores().timers.len();
+        self.timers_pending.set(pending as f64);
+    }
+
+    /// Call plugin `p` for an event or a timer, supervise the outcome, and route its outputs.
+    fn call(&mut self, p: usize, cause: Cause<'_>) {
+        let now = Instant::now();
+        let plugin = &mut self.plugins[p];
+        if plugin.supervisor.quarantined(now) {
+            let err = format!("plugin {} is quarantined after repeated traps", plugin.name);
+            self.dead_letter_cause(p, &cause, "quarantined", &err);
+            return;
+        }
+        if plugin.instance.is_poisoned()
+            && let Err(e) = plugin.instance.recover()
+        {
+            plugin.errors.increment(1);
+            if plugin.supervisor.trapped(now) {
+                self.quarantine_started(p);
+            }
+            let detail = format!("plugin {} could not be restarted: {e}", self.plugins[p].name);
+            self.dead_letter_cause(p, &cause, e.reason(), &detail);
+            return;
+        }
+        let wall = now_ms();
+        let result = match &cause {
+            Cause::Event(r) => plugin.instance.on_event(&mut self.stores, &r.event, wall),
+            Cause::Timer(t) => plugin.instance.on_timer(&mut self.stores, t, wall),
+        };
+        let plugin = &mut self.plugins[p];
+        plugin.calls.increment(1);
+        plugin.latency.record(now.elapsed().as_secs_f64());
+        match result {
+            Ok(outputs) => {
+                plugin.supervisor.succeeded();
+                self.route_outputs(p, &cause, outputs);
+            }
+            Err(e) => self.call_failed(p, &cause, e),
+        }
+    }
+
+    fn call_failed(&mut self, p: usize, cause: &Cause<'_>, e: CallError) {
+        let plugin = &mut self.plugins[p];
+        plugin.errors.increment(1);
+        tracing::warn!(plugin = %plugin.name, reason = e.reason(), error = %e, "plugin call failed");
+        if e.is_trap() {
+            let started = plugin.supervisor.trapped(Instant::now());
+            // Re-create the instance now so the next event does not pay for it.
+            if let Err(again) = plugin.instance.recover() {
+                tracing::warn!(plugin = %plugin.name, error = %again, "plugin could not be restarted");
+            }
+            if started {
+                self.quarantine_started(p);
+            }
+        }
+        let detail = format!("plugin {}: {e}", self.plugins[p].name);
+        self.dead_letter_cause(p, cause, e.reason(), &detail);
+    }
+
+    fn quarantine_started(&mut self, p: usize) {
+        let name = self.plugins[p].name.to_string();
+        metrics::counter!(m::PLUGIN_QUARANTINES, "plugin" => name.clone()).increment(1);
+        tracing::error!(plugin = name, shard = self.id, "plugin quarantined after repeated traps");
+    }
+
+    fn dead_letter_cause(&self, p: usize, cause: &Cause<'_>, reason: &'static str, detail: &str) {
+        let plugin = Some(&*self.plugins[p].name);
+        let letter = match cause {
+            Cause::Event(r) => DeadLetter {
+                reason,
+                detail,
+                subject: &r.event.source,
+                plugin,
+                event_id: Some(&r.event.id),
+                body: r.event.to_json().map(Bytes::from).unwrap_or_default(),
+            },
+            Cause::Timer(t) => DeadLetter {
+                reason,
+                detail,
+                subject: "timer",
+                plugin,
+                event_id: Some(&t.id),
+                body: Bytes::from(t.payload.clone()),
+            },
+        };
+        self.egress.send_blocking(letter.into_outbound());
+    }
+
+    fn route_outputs(&mut self, p: usize, cause: &Cause<'_>, outputs: Vec<Output>) {
+        if outputs.is_empty() {
+            return;
+        }
+        let (cause_id, actor, hops, received) = match cause {
+            Cause::Event(r) => (r.event.id.clone(), r.event.actor.as_str(), r.hops, r.received),
+            Cause::Timer(t) => (
+                format!("timer:{}:{}:{}:{}", t.plugin, t.actor, t.id, t.due),
+                t.actor.as_str(),
+                0,
+                Instant::now(),
+            ),
+        };
+        let now = now_ms();
+        for (index, output) in outputs.into_iter().enumerate() {
+            let id = derived_id(&cause_id, &self.plugins[p].name, index);
+            match output {
+                Output::Emit { kind, actor: target, payload } => {
+                    let event = Event {
+                        id,
+                        kind,
+                        actor: target.unwrap_or_else(|| actor.to_owned()),
+                        time: now,
+                        source: self.plugins[p].source.clone(),
+                        payload,
+                    };
+                    self.emit(p, event, hops.saturating_add(1), received);
+                }
+                Output::Action {
+                    name,
+                    category,
+                    priority,
+                    dedup_key,
+                    payload,
+                } => {
+                    let action = Action {
+                        id,
+                        name,
+                        category,
+                        priority,
+                        dedup_key,
+                        actor: actor.to_owned(),
+                        plugin: self.plugins[p].name.to_string(),
+                        cause: cause_id.clone(),
+                        time: now,
+                        payload,
+                    };
+                    self.publish_action(p, &action, received);
+                }
+                Output::Deliver { channel, target, body } => self.publish_delivery(p, &id, &channel, &target, body),
+            }
+        }
+    }
+
+    /// Publish an emitted event on `hub.events.<kind>` and route it to its actor's shard.
+    fn emit(&mut self, p: usize, event: Event, hops: u8, received: Instant) {
+        if !is_subject_safe(&event.kind) || event.actor.is_empty() {
+            let detail = format!(
+                "plugin {} emitted an invalid event (kind {:?}, actor {:?})",
+                self.plugins[p].name, event.kind, event.actor
+            );
+            self.dead_letter_event(p, &event, "plugin_error", &detail);
+            return;
+        }
+        if hops > self.hop_limit {
+            let detail = format!(
+                "event chain longer than the hop limit of {} (last plugin {})",
+                self.hop_limit, self.plugins[p].name
+            );
+            self.dead_letter_event(p, &event, "hop_limit", &detail);
+            return;
+        }
+        self.events_emitted.increment(1);
+        match event.to_json() {
+            Ok(body) => {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(headers::MSG_ID, event.id.as_str());
+                h.insert(headers::CONTENT_TYPE, "application/json");
+                self.egress.send_blocking(Outbound {
+                    subject: format!("{}.{}", subjects::EVENTS, event.kind),
+                    headers: Some(h),
+                    payload: Bytes::from(body),
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, kind = event.kind, "emitted event not representable as JSON"),
+        }
+        let shard = self.router.shard_of(&event.actor);
+        let routed = Routed { event, hops, received };
+        if shard == self.id {
+            self.local.push_back(routed);
+        } else {
+            self.outbox[shard].push_back(routed);
+        }
+    }
+
+    fn dead_letter_event(&self, p: usize, event: &Event, reason: &'static str, detail: &str) {
+        let letter = DeadLetter {
+            reason,
+            detail,
+            subject: &event.source,
+            plugin: Some(&self.plugins[p].name),
+            event_id: Some(&event.id),
+            body: event.to_json().map(Bytes::from).unwrap_or_default(),
+        };
+        self.egress.send_blocking(letter.into_outbound());
+    }
+
+    fn publish_action(&mut self, p: usize, action: &Action, received: Instant) {
+        if !is_subject_safe(&action.name) {
+            let detail = format!(
+                "plugin {} proposed an action with an invalid name {:?}",
+                self.plugins[p].name, action.name
+            );
+            let letter = DeadLetter {
+                reason: "plugin_error",
+                detail: &detail,
+                subject: "action",
+                plugin: Some(&self.plugins[p].name),
+                event_id: Some(&action.cause),
+                body: action.to_json().map(Bytes::from).unwrap_or_default(),
+            };
+            self.egress.send_blocking(letter.into_outbound());
+            return;
+        }
+        let body = match action.to_json() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, action = action.name, "action payload not representable as JSON");
+                return;
+            }
+        };
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::MSG_ID, action.id.as_str());
+        h.insert(headers::CONTENT_TYPE, "application/json");
+        h.insert(headers::ACTOR, action.actor.as_str());
+        h.insert(headers::CAUSE, action.cause.as_str());
+        h.insert(headers::PLUGIN, action.plugin.as_str());
+        self.egress.send_blocking(Outbound {
+            subject: format!("{}.{}", subjects::ACTIONS, action.name),
+            headers: Some(h),
+            payload: Bytes::from(body),
+        });
+        self.actions_out.increment(1);
+        self.event_to_action.record(received.elapsed().as_secs_f64());
+    }
+
+    fn publish_delivery(&mut self, p: usize, id: &str, channel: &str, target: &str, body: Vec<u8>) {
+        if !is_subject_safe(channel) {
+            tracing::warn!(plugin = %self.plugins[p].name, channel, "delivery to an invalid channel name dropped");
+            return;
+        }
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::MSG_ID, id);
+        h.insert(headers::TARGET, target);
+        h.insert(headers::PLUGIN, &*self.plugins[p].name);
+        self.egress.send_blocking(Outbound {
+            subject: format!("{}.{}", subjects::DELIVERIES, channel),
+            headers: Some(h),
+            payload: Bytes::from(body),
+        });
+        metrics::counter!(m::DELIVERIES_OUT).increment(1);
+    }
+
+    /// Hand queued events to other shards, oldest first, without ever blocking.
+    fn flush_outbox(&mut self) {
+        for shard in 0..self.outbox.len() {
+            while let Some(routed) = self.outbox[shard].pop_front() {
+                match self.router.try_send(shard, ShardMsg::Event(routed)) {
+                    Ok(()) => {}
+                    Err(flume::TrySendError::Full(ShardMsg::Event(routed))) => {
+                        self.outbox[shard].push_front(routed);
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(shard, "target shard stopped; emitted event dropped at shutdown");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write dirty state and timers to sled.
+    fn commit(&mut self) {
+        let started = Instant::now();
+        let stores = self.stores();
+        if let Err(e) = stores.state.commit() {
+            tracing::error!(error = %e, "state commit failed; will retry");
+        }
+        if let Err(e) = stores.timers.commit() {
+            tracing::error!(error = %e, "timer commit failed; will retry");
+        }
+        self.commit_seconds.record(started.elapsed().as_secs_f64());
+        self.next_commit = Instant::now() + self.commit_every;
+    }
+}
