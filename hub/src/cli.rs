@@ -10,7 +10,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "hub", version, about = "Real-time event hub with sandboxed WebAssembly plugins")]
+#[command(
+    name = "hub",
+    version,
+    about = "Real-time event hub with sandboxed WebAssembly plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,7 +37,7 @@ enum Command {
 #[derive(Args)]
 struct Overrides {
     /// NATS URL [default: nats://127.0.0.1:4222]
-    #[arg(long, env = "HUB_NATS_URL")]
+    #[arg(long, env = "HUB_NATS__URL")]
     nats: Option<String>,
     /// Data folder for state (and a local nats-server's JetStream) [default: ./data]
     #[arg(long)]
@@ -99,7 +103,7 @@ struct SendArgs {
     /// Raw message body (with --subject)
     #[arg(long, requires = "subject")]
     body: Option<String>,
-    #[arg(long, env = "HUB_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "HUB_NATS__URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
 }
 
@@ -111,7 +115,7 @@ struct TailArgs {
     /// Exit after this many messages
     #[arg(long)]
     count: Option<usize>,
-    #[arg(long, env = "HUB_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "HUB_NATS__URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
 }
 
@@ -120,8 +124,9 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn,sled=warn,cranelift=warn,wasmtime=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,async_nats=warn,sled=warn,cranelift=warn,wasmtime=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -155,7 +160,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if !reachable(&config.nats.url).await {
         let addr = socket_addr(&config.nats.url)?;
         if !addr.ip().is_loopback() {
-            bail!("nothing answers at {} and it is not local, so hub up will not start a server there", config.nats.url);
+            bail!(
+                "nothing answers at {} and it is not local, so hub up will not start a server there",
+                config.nats.url
+            );
         }
         let store = config.data_dir.join("nats");
         local = Some(LocalNats::start(addr.port(), &store).await?);
@@ -191,16 +199,26 @@ fn print_banner(config: &Config, hub: &Hub, local: bool) {
     } else {
         config.nats.url.clone()
     };
-    let rules: Vec<String> = config.ingest.iter().map(|r| format!("{} → {}", r.subject, r.kind)).collect();
+    let rules: Vec<String> = config
+        .ingest
+        .iter()
+        .map(|r| format!("{} → {}", r.subject, r.kind))
+        .collect();
     println!("hub is up");
     println!("  NATS         {nats}");
     println!("  state        {}", config.data_dir.join("state").display());
     println!(
         "  events in    {}.<kind> (JSON or MessagePack envelopes){}",
         config.nats.events_subject,
-        if rules.is_empty() { String::new() } else { format!("; raw: {}", rules.join(", ")) }
+        if rules.is_empty() {
+            String::new()
+        } else {
+            format!("; raw: {}", rules.join(", "))
+        }
     );
-    println!("  actions out  hub.actions.<name>; emitted events on hub.events.<kind>; dead letters on hub.dlq.<reason>");
+    println!(
+        "  actions out  hub.actions.<name>; emitted events on hub.events.<kind>; dead letters on hub.dlq.<reason>"
+    );
     println!("  HTTP         http://{0}/healthz  http://{0}/metrics", hub.http_addr());
     for p in hub.plugins() {
         println!("  plugin       {} {} ({})", p.name, p.version, p.subscribes.join(", "));

@@ -186,10 +186,7 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment
-            .merge(Env::prefixed("HUB_").split("__"))
-            .extract()
-            .map_err(Box::new)
+        figment.merge(env_overrides()).extract().map_err(Box::new)
     }
 
     /// The local default of `hub up`: the example clickstream collector's subject is mapped.
@@ -209,11 +206,24 @@ impl Config {
     }
 }
 
+/// `HUB_*` variables that address this config (sections joined by `__`). Other `HUB_` variables
+/// (set by tools, or for other programs) are not ours to refuse.
+fn env_overrides() -> Env {
+    const SECTIONS: [&str; 5] = ["nats__", "http__", "plugins__", "engine__", "limits__"];
+    Env::prefixed("HUB_")
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            key == "data_dir" || key == "admin_token" || SECTIONS.iter().any(|s| key.starts_with(s))
+        })
+        .split("__")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's signature")]
     fn file_and_env_override_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("hub.toml");
@@ -224,6 +234,7 @@ mod tests {
         .expect("write");
         figment::Jail::expect_with(|jail| {
             jail.set_env("HUB_NATS__URL", "nats://10.0.0.1:4222");
+            jail.set_env("HUB_SOMETHING_ELSE", "not ours");
             let config = Config::load(Some(&file)).expect("load");
             assert_eq!(config.engine.shards, 3);
             assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));

@@ -84,7 +84,12 @@ pub struct DeadLetter<'a> {
 impl DeadLetter<'_> {
     pub fn into_outbound(self) -> Outbound {
         metrics::counter!(crate::metrics::DEAD_LETTERS, "reason" => self.reason).increment(1);
-        tracing::debug!(reason = self.reason, detail = self.detail, subject = self.subject, "dead letter");
+        tracing::debug!(
+            reason = self.reason,
+            detail = self.detail,
+            subject = self.subject,
+            "dead letter"
+        );
         let mut h = HeaderMap::new();
         h.insert(headers::DLQ_REASON, header_safe(self.detail).as_str());
         h.insert(headers::DLQ_SUBJECT, header_safe(self.subject).as_str());
@@ -119,7 +124,10 @@ pub async fn run_publisher(client: async_nats::Client, rx: flume::Receiver<Outbo
             publish(&client, msg).await;
         }
     }
-    if tokio::time::timeout(Duration::from_secs(5), client.flush()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), client.flush())
+        .await
+        .is_err()
+    {
         tracing::warn!("NATS flush at shutdown timed out");
     }
 }

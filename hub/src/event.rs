@@ -127,11 +127,8 @@ impl Action {
 /// empty tokens): event kinds and action names become subjects.
 pub fn is_subject_safe(s: &str) -> bool {
     !s.is_empty()
-        && s.split('.').all(|t| {
-            !t.is_empty()
-                && t.bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
-        })
+        && s.split('.')
+            .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>'))
 }
 
 /// Wall clock in ms since the Unix epoch.
@@ -154,8 +151,7 @@ mod tests {
 
     #[test]
     fn payload_is_rendered_as_json() {
-        let payload = rmp_serde::to_vec_named(&serde_json::json!({"a": [1, "x"], "b": {"c": true}}))
-            .expect("encode");
+        let payload = rmp_serde::to_vec_named(&serde_json::json!({"a": [1, "x"], "b": {"c": true}})).expect("encode");
         let event = Event {
             id: "1".into(),
             kind: "k".into(),

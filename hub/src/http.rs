@@ -35,7 +35,11 @@ async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
             "name": d.name, "version": d.version, "subscribes": d.subscribes,
         })).collect::<Vec<_>>(),
     });
-    let code = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if connected {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body))
 }
 

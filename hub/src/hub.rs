@@ -19,7 +19,10 @@ pub enum StartError {
     #[error("configuration: {0}")]
     Config(String),
     #[error("cannot connect to NATS at {url}: {source}")]
-    Nats { url: String, source: async_nats::ConnectError },
+    Nats {
+        url: String,
+        source: async_nats::ConnectError,
+    },
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
     #[error(transparent)]
@@ -112,17 +115,18 @@ impl Hub {
                 engine: config.engine.clone(),
             };
             let (ready, is_ready) = tokio::sync::oneshot::channel();
-            let thread = std::thread::Builder::new()
-                .name(format!("hub-shard-{id}"))
-                .spawn(move || match Shard::new(setup) {
-                    Ok(shard) => {
-                        let _ = ready.send(Ok(()));
-                        shard.run();
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                    }
-                })?;
+            let thread =
+                std::thread::Builder::new()
+                    .name(format!("hub-shard-{id}"))
+                    .spawn(move || match Shard::new(setup) {
+                        Ok(shard) => {
+                            let _ = ready.send(Ok(()));
+                            shard.run();
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
+                    })?;
             match is_ready.await {
                 Ok(Ok(())) => shards.push(thread),
                 Ok(Err(reason)) => return Err(StartError::Shard { id, reason }),
@@ -135,7 +139,14 @@ impl Hub {
             }
         }
 
-        let ingress = Ingress::start(&client, &config.nats.events_subject, rules, router.clone(), egress.clone()).await?;
+        let ingress = Ingress::start(
+            &client,
+            &config.nats.events_subject,
+            rules,
+            router.clone(),
+            egress.clone(),
+        )
+        .await?;
 
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await

@@ -118,6 +118,7 @@ impl Ingress {
             };
             tasks.push(tokio::spawn(task.run(sub, stopped.clone())));
         }
+        confirm_subscriptions(client).await?;
         Ok(Ingress { stop, tasks })
     }
 
@@ -128,6 +129,27 @@ impl Ingress {
             let _ = t.await;
         }
     }
+}
+
+/// Return only once the server has registered our subscriptions: it handles a connection's
+/// messages in order, so when a probe published after them comes back, they are in place.
+async fn confirm_subscriptions(client: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
+    let subject = format!("_hub.ready.{}", IdGen::new().next());
+    let mut probe = client.subscribe(subject.clone()).await?;
+    let confirmed = async {
+        client.publish(subject, bytes::Bytes::new()).await.ok()?;
+        probe.next().await
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(5), confirmed)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        tracing::warn!("NATS did not confirm the ingress subscriptions within 5 s");
+    }
+    let _ = probe.unsubscribe().await;
+    Ok(())
 }
 
 struct Task {

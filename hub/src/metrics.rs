@@ -27,8 +27,8 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let buckets = [
-                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-                0.05, 0.1, 0.25, 0.5, 1.0,
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0,
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
@@ -57,12 +57,21 @@ fn describe() {
     describe_counter!(PLUGIN_CALLS, "Plugin calls");
     describe_counter!(PLUGIN_ERRORS, "Plugin calls that trapped or returned an error");
     describe_histogram!(PLUGIN_CALL_SECONDS, "Duration of plugin calls");
-    describe_counter!(PLUGIN_QUARANTINES, "Times a plugin was quarantined after repeated traps");
-    describe_histogram!(EVENT_TO_ACTION_SECONDS, "From receiving an input to publishing its action");
+    describe_counter!(
+        PLUGIN_QUARANTINES,
+        "Times a plugin was quarantined after repeated traps"
+    );
+    describe_histogram!(
+        EVENT_TO_ACTION_SECONDS,
+        "From receiving an input to publishing its action"
+    );
     describe_gauge!(SHARD_QUEUE_DEPTH, "Events waiting in front of a shard");
     describe_gauge!(TIMERS_PENDING, "Durable timers waiting on a shard");
     describe_counter!(TIMERS_FIRED, "Durable timers that fired");
     describe_histogram!(STATE_COMMITS, "Duration of a shard's state commit to sled");
     describe_counter!(PUBLISH_ERRORS, "NATS publish failures");
-    describe_counter!(SLOW_CONSUMER, "NATS slow-consumer events (messages dropped by the client)");
+    describe_counter!(
+        SLOW_CONSUMER,
+        "NATS slow-consumer events (messages dropped by the client)"
+    );
 }

@@ -15,7 +15,11 @@ pub enum RegistryError {
     #[error("plugin {file} refused: {source}")]
     Refused { file: PathBuf, source: LoadError },
     #[error("plugins {first} and {second} are both named {name:?}")]
-    Duplicate { name: String, first: PathBuf, second: PathBuf },
+    Duplicate {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
     #[error("config given for plugin {0:?}, but no plugin of that name was loaded")]
     UnknownConfig(String),
 }
@@ -46,7 +50,11 @@ pub fn load_dir(
         })?;
         // The name is only known after describe(), so validate with the config of the file stem
         // first and re-validate with the config of the declared name if it differs.
-        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().replace('_', "-");
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .replace('_', "-");
         let refused = |source| RegistryError::Refused {
             file: file.clone(),
             source,
@@ -69,7 +77,10 @@ pub fn load_dir(
         tracing::info!(plugin = module.name(), version = module.description.version, file = %file.display(), "plugin loaded");
         loaded.push((file, Arc::new(module)));
     }
-    if let Some(name) = configs.keys().find(|n| !loaded.iter().any(|(_, m)| m.name() == n.as_str())) {
+    if let Some(name) = configs
+        .keys()
+        .find(|n| !loaded.iter().any(|(_, m)| m.name() == n.as_str()))
+    {
         return Err(RegistryError::UnknownConfig(name.clone()));
     }
     Ok(loaded.into_iter().map(|(_, m)| m).collect())

@@ -38,11 +38,16 @@ impl Router {
     /// Send an event to its actor's shard, waiting while that shard's queue is full.
     pub async fn route(&self, routed: Routed) -> Result<(), Stopped> {
         let shard = self.shard_of(&routed.event.actor);
-        self.shards[shard].send_async(ShardMsg::Event(routed)).await.map_err(|_| Stopped)
+        self.shards[shard]
+            .send_async(ShardMsg::Event(routed))
+            .await
+            .map_err(|_| Stopped)
     }
 
     /// Try to hand a message to `shard` without waiting (shard-to-shard traffic must never
-    /// block, or two full shards could wait on each other forever).
+    /// block, or two full shards could wait on each other forever). A full queue hands the
+    /// message back so the caller keeps it, in order, without copying or boxing it.
+    #[allow(clippy::result_large_err)]
     pub fn try_send(&self, shard: usize, msg: ShardMsg) -> Result<(), flume::TrySendError<ShardMsg>> {
         self.shards[shard].try_send(msg)
     }

@@ -270,7 +270,10 @@ impl Shard {
             match self.by_name.get(timer.plugin.as_str()).copied() {
                 Some(p) => self.call(p, Cause::Timer(&timer)),
                 None => {
-                    let detail = format!("timer {:?} belongs to plugin {:?}, which is not loaded", timer.id, timer.plugin);
+                    let detail = format!(
+                        "timer {:?} belongs to plugin {:?}, which is not loaded",
+                        timer.id, timer.plugin
+                    );
                     let letter = DeadLetter {
                         reason: "no_plugin",
                         detail: &detail,
@@ -349,7 +352,11 @@ impl Shard {
     fn quarantine_started(&mut self, p: usize) {
         let name = self.plugins[p].name.to_string();
         metrics::counter!(m::PLUGIN_QUARANTINES, "plugin" => name.clone()).increment(1);
-        tracing::error!(plugin = name, shard = self.id, "plugin quarantined after repeated traps");
+        tracing::error!(
+            plugin = name,
+            shard = self.id,
+            "plugin quarantined after repeated traps"
+        );
     }
 
     fn dead_letter_cause(&self, p: usize, cause: &Cause<'_>, reason: &'static str, detail: &str) {
@@ -392,7 +399,11 @@ impl Shard {
         for (index, output) in outputs.into_iter().enumerate() {
             let id = derived_id(&cause_id, &self.plugins[p].name, index);
             match output {
-                Output::Emit { kind, actor: target, payload } => {
+                Output::Emit {
+                    kind,
+                    actor: target,
+                    payload,
+                } => {
                     let event = Event {
                         id,
                         kind,

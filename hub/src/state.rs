@@ -68,7 +68,11 @@ impl Db {
     }
 
     /// Every pending timer, handed to the wheel of the shard that owns its actor.
-    pub fn load_timers(&self, wheels: &mut [TimerWheel], shard_of: impl Fn(&str) -> usize) -> Result<usize, StateError> {
+    pub fn load_timers(
+        &self,
+        wheels: &mut [TimerWheel],
+        shard_of: impl Fn(&str) -> usize,
+    ) -> Result<usize, StateError> {
         let mut count = 0;
         for entry in self.timers.iter() {
             let (key, value) = entry?;

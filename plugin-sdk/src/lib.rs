@@ -123,7 +123,7 @@ macro_rules! export_plugin {
                     $crate::guest::on_timer::<$plugin>(timer)
                 }
             }
-            $crate::guest::bindings::__export_plugin_world!(HubGuest with_types_in $crate::guest::bindings);
+    $crate::guest::bindings::__export_plugin_world!(HubGuest with_types_in $crate::guest::bindings);
         };
     };
 }

@@ -43,7 +43,9 @@ pub(crate) mod fake {
     }
     pub fn state_set(actor: &str, key: &str, value: &[u8]) {
         FAKE.with(|f| {
-            f.borrow_mut().state.insert((actor.to_owned(), key.to_owned()), value.to_vec());
+            f.borrow_mut()
+                .state
+                .insert((actor.to_owned(), key.to_owned()), value.to_vec());
         })
     }
     pub fn state_delete(actor: &str, key: &str) {

@@ -1,1 +1,10 @@
+//! Integration tests: each starts its own `nats-server` (free port, JetStream in a temp dir),
+//! runs a hub in-process with the real plugins built from `plugins/` for wasm32-wasip2, publishes
+//! over NATS and asserts on what arrives over NATS.
 
+mod support;
+
+mod durability;
+mod ingress;
+mod pipeline;
+mod sandbox;

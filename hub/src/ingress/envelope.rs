@@ -212,11 +212,27 @@ mod tests {
 
     #[test]
     fn bad_input_is_explained() {
-        assert_eq!(decode("events.k", b"not json").unwrap_err().reason, "undecodable");
-        assert_eq!(decode("events.k", b"{\"actor\":").unwrap_err().reason, "undecodable");
-        let e = decode("events.k", br#"{"kind":"k"}"#).unwrap_err();
+        assert_eq!(
+            decode("events.k", b"not json").expect_err("refused").reason,
+            "undecodable"
+        );
+        assert_eq!(
+            decode("events.k", b"{\"actor\":").expect_err("refused").reason,
+            "undecodable"
+        );
+        let e = decode("events.k", br#"{"kind":"k"}"#).expect_err("refused");
         assert_eq!((e.reason, e.detail.as_str()), ("invalid", "missing \"actor\""));
-        assert!(decode("events.k", br#"{"actor":"a","payload":[1]}"#).unwrap_err().detail.contains("object"));
-        assert!(decode("events.k", br#"{"actor":"a","kind":"a b"}"#).unwrap_err().detail.contains("kind"));
+        assert!(
+            decode("events.k", br#"{"actor":"a","payload":[1]}"#)
+                .expect_err("refused")
+                .detail
+                .contains("object")
+        );
+        assert!(
+            decode("events.k", br#"{"actor":"a","kind":"a b"}"#)
+                .expect_err("refused")
+                .detail
+                .contains("kind")
+        );
     }
 }

@@ -80,11 +80,7 @@ impl CompiledRule {
             match piece {
                 Piece::Text(t) => kind.push_str(t),
                 Piece::Subject => kind.push_str(subject),
-                Piece::Token(n) => kind.push_str(
-                    tokens
-                        .get(n - 1)
-                        .ok_or_else(|| format!("subject has no token {n}"))?,
-                ),
+                Piece::Token(n) => kind.push_str(tokens.get(n - 1).ok_or_else(|| format!("subject has no token {n}"))?),
             }
         }
         if !is_subject_safe(&kind) {
@@ -101,7 +97,9 @@ impl CompiledRule {
             .unwrap_or_else(|| ids.next());
         let time = match &self.time_pointer {
             Some(p) => match body.pointer(p) {
-                Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(|| format!("time at {p} is not an integer"))?,
+                Some(serde_json::Value::Number(n)) => {
+                    n.as_i64().ok_or_else(|| format!("time at {p} is not an integer"))?
+                }
                 Some(serde_json::Value::String(s)) => humantime::parse_rfc3339_weak(s)
                     .map_err(|e| format!("time at {p}: {e}"))?
                     .duration_since(std::time::UNIX_EPOCH)
@@ -221,7 +219,10 @@ mod tests {
     fn raw_message_becomes_an_event() {
         let body = br#"{"visitor":"u1","event_id":"x1","ts":1000,"product":{"sku":"A"}}"#;
         let e = decode_raw(&[web_rule()], "web.add_to_cart", None, body, &IdGen::new()).expect("event");
-        assert_eq!((e.kind.as_str(), e.actor.as_str(), e.id.as_str(), e.time), ("web.add_to_cart", "u1", "x1", 1000));
+        assert_eq!(
+            (e.kind.as_str(), e.actor.as_str(), e.id.as_str(), e.time),
+            ("web.add_to_cart", "u1", "x1", 1000)
+        );
         assert_eq!(e.source, "web.add_to_cart");
     }
 
@@ -247,10 +248,11 @@ mod tests {
 
     #[test]
     fn misfits_are_dead_lettered_with_reasons() {
-        let err = decode_raw(&[web_rule()], "web.click", None, br#"{"user":"u1"}"#, &IdGen::new()).unwrap_err();
+        let err =
+            decode_raw(&[web_rule()], "web.click", None, br#"{"user":"u1"}"#, &IdGen::new()).expect_err("refused");
         assert_eq!(err.reason, "no_rule");
         assert!(err.detail.contains("no actor at /visitor"), "{}", err.detail);
-        let err = decode_raw(&[web_rule()], "web.click", None, b"<xml/>", &IdGen::new()).unwrap_err();
+        let err = decode_raw(&[web_rule()], "web.click", None, b"<xml/>", &IdGen::new()).expect_err("refused");
         assert_eq!(err.reason, "undecodable");
     }
 
@@ -265,11 +267,23 @@ mod tests {
             id_pointer: None,
             time_pointer: None,
         };
-        assert!(CompiledRule::compile(&rule).unwrap_err().contains("placeholder"));
+        assert!(
+            CompiledRule::compile(&rule)
+                .expect_err("refused")
+                .contains("placeholder")
+        );
         rule.kind = "web.{2}".into();
         rule.actor_pointer = Some("v".into());
-        assert!(CompiledRule::compile(&rule).unwrap_err().contains("must start with '/'"));
+        assert!(
+            CompiledRule::compile(&rule)
+                .expect_err("refused")
+                .contains("must start with '/'")
+        );
         rule.actor_pointer = None;
-        assert!(CompiledRule::compile(&rule).unwrap_err().contains("exactly one"));
+        assert!(
+            CompiledRule::compile(&rule)
+                .expect_err("refused")
+                .contains("exactly one")
+        );
     }
 }

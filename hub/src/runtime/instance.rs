@@ -5,10 +5,10 @@
 //! enter it again), so [`PluginInstance::recover`] throws the store away and builds a fresh one.
 //! Plugin state lives in the shard's stores, never in the instance, so nothing is lost.
 
+use super::Output;
 use super::bindings::{Plugin, wit};
 use super::host::{HostState, ShardStores};
 use super::module::{Description, PluginModule};
-use super::Output;
 use crate::event::Event;
 use crate::state::{DueTimer, PluginSlot};
 use std::sync::Arc;
@@ -106,9 +106,14 @@ impl PluginInstance {
     pub(super) fn describe(module: &PluginModule) -> Result<Description, CallError> {
         let mut store = new_store(module, PluginSlot::PROBE);
         store.set_epoch_deadline(module.runtime.deadline_ticks());
-        let plugin = module.pre.instantiate(&mut store).map_err(|e| classify(e, &store, module))?;
+        let plugin = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &store, module))?;
         store.set_epoch_deadline(module.runtime.deadline_ticks());
-        let d = plugin.call_describe(&mut store).map_err(|e| classify(e, &store, module))?;
+        let d = plugin
+            .call_describe(&mut store)
+            .map_err(|e| classify(e, &store, module))?;
         Ok(Description {
             name: d.name,
             version: d.version,
@@ -138,7 +143,9 @@ impl PluginInstance {
             source: event.source.clone(),
             payload: event.payload.clone(),
         };
-        self.call(stores, &event.actor, now, |plugin, store| plugin.call_on_event(store, &arg))
+        self.call(stores, &event.actor, now, |plugin, store| {
+            plugin.call_on_event(store, &arg)
+        })
     }
 
     /// A timer of this plugin came due.
@@ -154,7 +161,9 @@ impl PluginInstance {
             due: timer.due,
             payload: timer.payload.clone(),
         };
-        self.call(stores, &timer.actor, now, |plugin, store| plugin.call_on_timer(store, &arg))
+        self.call(stores, &timer.actor, now, |plugin, store| {
+            plugin.call_on_timer(store, &arg)
+        })
     }
 
     fn call(

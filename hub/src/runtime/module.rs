@@ -46,7 +46,9 @@ pub struct PluginModule {
 
 impl std::fmt::Debug for PluginModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginModule").field("description", &self.description).finish()
+        f.debug_struct("PluginModule")
+            .field("description", &self.description)
+            .finish()
     }
 }
 
@@ -59,7 +61,10 @@ impl PluginModule {
     pub fn load(runtime: &Arc<Runtime>, wasm: &[u8], config: &serde_json::Value) -> Result<PluginModule, LoadError> {
         let limit = runtime.limits().max_module_bytes;
         if wasm.len() > limit {
-            return Err(LoadError::TooLarge { size: wasm.len(), limit });
+            return Err(LoadError::TooLarge {
+                size: wasm.len(),
+                limit,
+            });
         }
         match wasm.get(..8) {
             Some(h) if h == COMPONENT_HEADER => {}
@@ -70,8 +75,8 @@ impl PluginModule {
             }
             _ => return Err(LoadError::NotAComponent("no WebAssembly header".into())),
         }
-        let component = Component::from_binary(&runtime.engine, wasm)
-            .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        let component =
+            Component::from_binary(&runtime.engine, wasm).map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
         let instance_pre = runtime
             .linker
             .instantiate_pre(&component)
@@ -110,7 +115,9 @@ impl PluginModule {
 fn validate(d: &Description) -> Result<(), LoadError> {
     let name_ok = !d.name.is_empty()
         && d.name.len() <= 64
-        && d.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && d.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !name_ok {
         return Err(LoadError::BadDescription(format!(
             "name {:?} must be 1–64 characters of letters, digits, '-' or '_'",

@@ -64,10 +64,7 @@ impl StateCache {
             let value = tree.get(&self.key[2..])?.map(|v| v.to_vec());
             self.entries.insert(self.key.clone(), Entry { value, dirty: false });
         }
-        Ok(self
-            .entries
-            .get(self.key.as_slice())
-            .and_then(|e| e.value.as_deref()))
+        Ok(self.entries.get(self.key.as_slice()).and_then(|e| e.value.as_deref()))
     }
 
     /// Set (`Some`) or delete (`None`) a key.

@@ -172,9 +172,13 @@ mod tests {
 
     #[test]
     fn bad_config_is_refused_with_a_reason() {
-        let err = TestHub::<CartAbandonment>::new(json!({"window": "soon"})).err().expect("refused");
+        let err = TestHub::<CartAbandonment>::new(json!({"window": "soon"}))
+            .err()
+            .expect("refused");
         assert!(err.message().contains("invalid duration"), "{err}");
-        let err = TestHub::<CartAbandonment>::new(json!({"windw": "1m"})).err().expect("refused");
+        let err = TestHub::<CartAbandonment>::new(json!({"windw": "1m"}))
+            .err()
+            .expect("refused");
         assert!(err.message().contains("unknown field"), "{err}");
     }
 }

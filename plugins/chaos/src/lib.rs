@@ -69,7 +69,9 @@ mod tests {
         let mut hub = TestHub::<Chaos>::new(json!({})).expect("config");
         let out = hub.send(hub.event("chaos.ping", "a", &json!({}))).expect("call");
         assert_eq!(out[0].as_emit().expect("emit").kind, "chaos.pong");
-        let err = hub.send(hub.event("chaos.error", "a", &json!({}))).unwrap_err();
+        let err = hub
+            .send(hub.event("chaos.error", "a", &json!({})))
+            .expect_err("refused");
         assert!(err.message().contains("refused"));
     }
 }

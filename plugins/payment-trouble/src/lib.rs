@@ -106,7 +106,11 @@ mod tests {
     use serde_json::json;
 
     fn failed(hub: &TestHub<PaymentTrouble>, actor: &str) -> hub_plugin_sdk::Event {
-        hub.event("payment.failed", actor, &json!({"reason": "card_declined", "amount": 20.0}))
+        hub.event(
+            "payment.failed",
+            actor,
+            &json!({"reason": "card_declined", "amount": 20.0}),
+        )
     }
 
     #[test]
@@ -153,7 +157,9 @@ mod tests {
 
     #[test]
     fn zero_threshold_is_refused() {
-        let err = TestHub::<PaymentTrouble>::new(json!({"threshold": 0})).err().expect("refused");
+        let err = TestHub::<PaymentTrouble>::new(json!({"threshold": 0}))
+            .err()
+            .expect("refused");
         assert!(err.message().contains("threshold"));
     }
 }

@@ -1,0 +1,152 @@
+//! A fresh NATS server, data folder and NATS client per test, and helpers to talk to the hub.
+
+use async_nats::{Client, Message, Subscriber};
+use futures::StreamExt;
+use hub::config::Config;
+use hub::hub::Hub;
+use hub::nats_server::{LocalNats, free_port};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub struct Env {
+    pub nats: LocalNats,
+    pub dir: TempDir,
+    pub client: Client,
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port().expect("free port");
+        let nats = LocalNats::start(port, &dir.path().join("nats"))
+            .await
+            .expect("nats-server starts");
+        let client = async_nats::ConnectOptions::new()
+            .subscription_capacity(1 << 16)
+            .connect(nats.url.as_str())
+            .await
+            .expect("connect");
+        Env { nats, dir, client }
+    }
+
+    /// The local default with this test's NATS, data folder, the example plugins, 2 shards,
+    /// and an HTTP port of its own.
+    pub fn config(&self) -> Config {
+        let mut config = Config::local_default();
+        config.nats.url = self.nats.url.clone();
+        config.data_dir = self.dir.path().join("data");
+        config.http.listen = "127.0.0.1:0".parse().expect("addr");
+        config.plugins.dir = Some(PathBuf::from(hub::EXAMPLE_PLUGINS));
+        config.engine.shards = 2;
+        config.engine.commit_interval_ms = 20;
+        config
+    }
+
+    /// A plugin folder holding the examples and the chaos fixture.
+    pub fn plugins_with_chaos(&self) -> PathBuf {
+        let dir = self.dir.path().join("plugins");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for from in [hub::EXAMPLE_PLUGINS, hub::FIXTURE_PLUGINS] {
+            for entry in std::fs::read_dir(from).expect("plugins built") {
+                let path = entry.expect("entry").path();
+                let name = path.file_name().expect("file name");
+                std::fs::copy(&path, dir.join(name)).expect("copy plugin");
+            }
+        }
+        dir
+    }
+
+    pub async fn start(&self, config: Config) -> Hub {
+        Hub::start(config).await.expect("hub starts")
+    }
+
+    /// Subscribe, and make sure the server knows before anything is published.
+    pub async fn sub(&self, subject: &str) -> Subscriber {
+        let sub = self.client.subscribe(subject.to_owned()).await.expect("subscribe");
+        round_trip(&self.client).await;
+        sub
+    }
+
+    /// Publish an event envelope on `events.<kind>`.
+    pub async fn send(&self, kind: &str, actor: &str, payload: Value) {
+        let body = serde_json::json!({"kind": kind, "actor": actor, "payload": payload});
+        self.send_raw(&format!("events.{kind}"), body.to_string().as_bytes())
+            .await;
+    }
+
+    /// Publish raw bytes on a subject.
+    pub async fn send_raw(&self, subject: &str, body: &[u8]) {
+        self.client
+            .publish(subject.to_owned(), body.to_vec().into())
+            .await
+            .expect("publish");
+        round_trip(&self.client).await;
+    }
+
+    /// A raw clickstream message, as the browser collector publishes it on `web.<type>`.
+    pub async fn web(&self, kind: &str, body: Value) {
+        self.send_raw(&format!("web.{kind}"), body.to_string().as_bytes()).await;
+    }
+}
+
+/// Wait until the server has processed everything this client sent before.
+async fn round_trip(client: &Client) {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client.publish(inbox, "".into()).await.expect("publish");
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("NATS round trip")
+        .expect("probe");
+}
+
+/// The next message, or a failure naming the subject we waited on.
+pub async fn next(sub: &mut Subscriber, what: &str, secs: u64) -> Message {
+    match tokio::time::timeout(Duration::from_secs(secs), sub.next()).await {
+        Ok(Some(msg)) => msg,
+        Ok(None) => panic!("subscription for {what} closed"),
+        Err(_) => panic!("nothing arrived for {what} within {secs} s"),
+    }
+}
+
+/// Assert that nothing arrives within `ms`.
+pub async fn nothing(sub: &mut Subscriber, what: &str, ms: u64) {
+    if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(ms), sub.next()).await {
+        panic!(
+            "expected nothing for {what}, got {} {}",
+            msg.subject,
+            String::from_utf8_lossy(&msg.payload)
+        );
+    }
+}
+
+pub fn json(msg: &Message) -> Value {
+    serde_json::from_slice(&msg.payload).unwrap_or_else(|e| {
+        panic!(
+            "{} is not JSON ({e}): {}",
+            msg.subject,
+            String::from_utf8_lossy(&msg.payload)
+        )
+    })
+}
+
+pub fn header(msg: &Message, name: &str) -> String {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| panic!("{} has no header {name}", msg.subject))
+}
+
+/// GET a path from the hub's HTTP server (plain HTTP/1.1, connection closed by the server).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect http");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+}
