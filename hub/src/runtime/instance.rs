@@ -136,15 +136,15 @@ impl PluginInstance {
         now: i64,
     ) -> Result<Vec<Output>, CallError> {
         let arg = wit::Event {
-            id: event.id.clone(),
-            kind: event.kind.clone(),
-            actor: event.actor.clone(),
+            id: &event.id,
+            kind: &event.kind,
+            actor: &event.actor,
             time: event.time,
-            source: event.source.clone(),
-            payload: event.payload.clone(),
+            source: &event.source,
+            payload: &event.payload,
         };
         self.call(stores, &event.actor, now, |plugin, store| {
-            plugin.call_on_event(store, &arg)
+            plugin.call_on_event(store, arg)
         })
     }
 
@@ -156,13 +156,13 @@ impl PluginInstance {
         now: i64,
     ) -> Result<Vec<Output>, CallError> {
         let arg = wit::Timer {
-            id: timer.id.clone(),
-            actor: timer.actor.clone(),
+            id: &timer.id,
+            actor: &timer.actor,
             due: timer.due,
-            payload: timer.payload.clone(),
+            payload: &timer.payload,
         };
         self.call(stores, &timer.actor, now, |plugin, store| {
-            plugin.call_on_timer(store, &arg)
+            plugin.call_on_timer(store, arg)
         })
     }
 
