@@ -7,7 +7,7 @@ use crate::ingress::{CompiledRule, Ingress};
 use crate::router::Router;
 use crate::runtime::{Description, Runtime};
 use crate::shard::{Shard, ShardSetup};
-use crate::state::{Db, StateError, TimerWheel};
+use crate::state::{Committer, Db, StateError, TimerWheel};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +49,7 @@ pub struct Hub {
     router: Router,
     egress: Egress,
     shards: Vec<std::thread::JoinHandle<()>>,
+    committer: Committer,
     publisher: JoinHandle<()>,
     http: JoinHandle<()>,
     http_stop: watch::Sender<bool>,
@@ -102,6 +103,7 @@ impl Hub {
         let mut wheels: Vec<TimerWheel> = (0..shard_count).map(|_| TimerWheel::new(db.timers.clone())).collect();
         let timers_restored = db.load_timers(&mut wheels, |actor| router.shard_of(actor))?;
 
+        let (committer, commits) = Committer::start(shard_count * 4)?;
         let mut shards = Vec::with_capacity(shard_count);
         for (id, (rx, timers)) in receivers.into_iter().zip(wheels).enumerate() {
             let setup = ShardSetup {
@@ -112,6 +114,7 @@ impl Hub {
                 plugins: modules.clone(),
                 db: db.clone(),
                 timers,
+                commits: commits.clone(),
                 engine: config.engine.clone(),
             };
             let (ready, is_ready) = tokio::sync::oneshot::channel();
@@ -139,6 +142,7 @@ impl Hub {
             }
         }
 
+        drop(commits);
         let ingress = Ingress::start(
             &client,
             &config.nats.events_subject,
@@ -181,6 +185,7 @@ impl Hub {
             router,
             egress,
             shards,
+            committer,
             publisher,
             http,
             http_stop,
@@ -222,6 +227,8 @@ impl Hub {
             }
         })
         .await;
+        let committer = self.committer;
+        let _ = tokio::task::spawn_blocking(move || committer.finish()).await;
         if let Err(e) = self.db.flush() {
             tracing::error!(error = %e, "final state flush failed");
         }

@@ -17,6 +17,7 @@ pub const SHARD_QUEUE_DEPTH: &str = "hub_shard_queue_depth";
 pub const TIMERS_PENDING: &str = "hub_timers_pending";
 pub const TIMERS_FIRED: &str = "hub_timers_fired_total";
 pub const STATE_COMMITS: &str = "hub_state_commit_seconds";
+pub const STATE_COMMIT_ERRORS: &str = "hub_state_commit_errors_total";
 pub const PUBLISH_ERRORS: &str = "hub_publish_errors_total";
 pub const SLOW_CONSUMER: &str = "hub_nats_slow_consumer_total";
 
@@ -68,7 +69,11 @@ fn describe() {
     describe_gauge!(SHARD_QUEUE_DEPTH, "Events waiting in front of a shard");
     describe_gauge!(TIMERS_PENDING, "Durable timers waiting on a shard");
     describe_counter!(TIMERS_FIRED, "Durable timers that fired");
-    describe_histogram!(STATE_COMMITS, "Duration of a shard's state commit to sled");
+    describe_histogram!(
+        STATE_COMMITS,
+        "Time to apply one shard commit to sled (committer thread)"
+    );
+    describe_counter!(STATE_COMMIT_ERRORS, "Failed attempts to apply a state batch to sled");
     describe_counter!(PUBLISH_ERRORS, "NATS publish failures");
     describe_counter!(
         SLOW_CONSUMER,

@@ -15,7 +15,7 @@ use crate::event::{Action, Event, Routed, derived_id, is_subject_safe, now_ms};
 use crate::metrics as m;
 use crate::router::{Router, ShardMsg};
 use crate::runtime::{CallError, Output, PluginInstance, PluginModule, ShardStores};
-use crate::state::{DueTimer, StateCache, TimerWheel};
+use crate::state::{Applied, Commit, CommitQueue, DueTimer, StateCache, TimerWheel};
 use bytes::Bytes;
 use hub_plugin_sdk::pattern::kind_matches;
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +32,7 @@ pub struct ShardSetup {
     pub plugins: Vec<Arc<PluginModule>>,
     pub db: crate::state::Db,
     pub timers: TimerWheel,
+    pub commits: CommitQueue,
     pub engine: crate::config::EngineConfig,
 }
 
@@ -115,13 +116,15 @@ pub struct Shard {
     batch_size: usize,
     commit_every: Duration,
     next_commit: Instant,
+    commits: CommitQueue,
+    commit_seq: u64,
+    applied: Applied,
     queue_depth: metrics::Gauge,
     timers_pending: metrics::Gauge,
     timers_fired: metrics::Counter,
     actions_out: metrics::Counter,
     events_emitted: metrics::Counter,
     event_to_action: metrics::Histogram,
-    commit_seconds: metrics::Histogram,
 }
 
 impl Shard {
@@ -169,13 +172,15 @@ impl Shard {
             batch_size: setup.engine.batch_size.max(1),
             commit_every,
             next_commit: Instant::now() + commit_every,
+            commits: setup.commits,
+            commit_seq: 0,
+            applied: Applied::default(),
             queue_depth: metrics::gauge!(m::SHARD_QUEUE_DEPTH, "shard" => shard.clone()),
             timers_pending: metrics::gauge!(m::TIMERS_PENDING, "shard" => shard),
             timers_fired: metrics::counter!(m::TIMERS_FIRED),
             actions_out: metrics::counter!(m::ACTIONS_OUT),
             events_emitted: metrics::counter!(m::EVENTS_EMITTED),
             event_to_action: metrics::histogram!(m::EVENT_TO_ACTION_SECONDS),
-            commit_seconds: metrics::histogram!(m::STATE_COMMITS),
         })
     }
 
@@ -568,17 +573,22 @@ impl Shard {
         }
     }
 
-    /// Write dirty state and timers to sled.
+    /// Hand dirty state and timers to the committer, and trim the cache if it is too large.
     fn commit(&mut self) {
-        let started = Instant::now();
+        let seq = self.commit_seq + 1;
+        let applied = self.applied.get();
         let stores = self.stores();
-        if let Err(e) = stores.state.commit() {
-            tracing::error!(error = %e, "state commit failed; will retry");
+        let mut batches = stores.state.take_commit(seq);
+        batches.extend(stores.timers.take_commit());
+        stores.state.evict(applied);
+        if !batches.is_empty() {
+            self.commit_seq = seq;
+            self.commits.send(Commit {
+                seq,
+                batches,
+                applied: self.applied.clone(),
+            });
         }
-        if let Err(e) = stores.timers.commit() {
-            tracing::error!(error = %e, "timer commit failed; will retry");
-        }
-        self.commit_seconds.record(started.elapsed().as_secs_f64());
         self.next_commit = Instant::now() + self.commit_every;
     }
 }

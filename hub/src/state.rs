@@ -12,10 +12,12 @@
 //! - `profiles`: key = actor, value = MessagePack map.
 
 mod cache;
+mod committer;
 pub mod keys;
 mod timers;
 
 pub use cache::{PluginSlot, StateCache};
+pub use committer::{Applied, Commit, CommitQueue, Committer};
 pub use timers::{DueTimer, TimerWheel};
 
 use std::path::Path;

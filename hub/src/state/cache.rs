@@ -1,12 +1,12 @@
 //! The per-shard write-behind cache of plugin state.
 //!
 //! Reads hit the cache first (misses, including "no such key", are cached too); writes only mark
-//! an entry dirty. [`StateCache::commit`] writes every dirty entry to sled, one batch per plugin
-//! tree, and drops clean entries once the cache holds more than its capacity. Only the shard
-//! thread touches its cache, so there are no locks.
+//! an entry dirty and remember its key. [`StateCache::take_commit`] turns the dirty entries into
+//! one sled batch per plugin tree for the committer, without scanning clean entries. Only the
+//! shard thread touches its cache, so there are no locks.
 
 use super::keys;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// A plugin's index in a shard's cache (one sled tree each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,13 +20,15 @@ impl PluginSlot {
 struct Entry {
     value: Option<Vec<u8>>,
     dirty: bool,
+    /// The commit that carried the current value to the committer (0: read from sled).
+    commit: u64,
 }
 
 pub struct StateCache {
     trees: Vec<sled::Tree>,
     /// Key: slot (2 bytes BE) ‖ actor ‖ user key, i.e. the sled key behind a slot prefix.
-    entries: HashMap<Vec<u8>, Entry>,
-    dirty: usize,
+    entries: FxHashMap<Vec<u8>, Entry>,
+    dirty: Vec<Vec<u8>>,
     capacity: usize,
     key: Vec<u8>,
 }
@@ -35,8 +37,8 @@ impl StateCache {
     pub fn new(capacity: usize) -> StateCache {
         StateCache {
             trees: Vec::new(),
-            entries: HashMap::new(),
-            dirty: 0,
+            entries: FxHashMap::default(),
+            dirty: Vec::new(),
             capacity,
             key: Vec::with_capacity(128),
         }
@@ -62,7 +64,12 @@ impl StateCache {
                 .get(usize::from(slot.0))
                 .ok_or(sled::Error::Unsupported("unknown plugin slot".into()))?;
             let value = tree.get(&self.key[2..])?.map(|v| v.to_vec());
-            self.entries.insert(self.key.clone(), Entry { value, dirty: false });
+            let entry = Entry {
+                value,
+                dirty: false,
+                commit: 0,
+            };
+            self.entries.insert(self.key.clone(), entry);
         }
         Ok(self.entries.get(self.key.as_slice()).and_then(|e| e.value.as_deref()))
     }
@@ -73,49 +80,69 @@ impl StateCache {
         match self.entries.get_mut(self.key.as_slice()) {
             Some(entry) => {
                 if !entry.dirty {
-                    self.dirty += 1;
+                    entry.dirty = true;
+                    self.dirty.push(self.key.clone());
                 }
-                *entry = Entry { value, dirty: true };
+                entry.value = value;
             }
             None => {
-                self.dirty += 1;
-                self.entries.insert(self.key.clone(), Entry { value, dirty: true });
+                self.dirty.push(self.key.clone());
+                let entry = Entry {
+                    value,
+                    dirty: true,
+                    commit: 0,
+                };
+                self.entries.insert(self.key.clone(), entry);
             }
         }
     }
 
     pub fn dirty_count(&self) -> usize {
-        self.dirty
+        self.dirty.len()
     }
 
-    /// Write every dirty entry to sled (a batch per tree); returns how many were written.
-    pub fn commit(&mut self) -> Result<usize, sled::Error> {
-        if self.dirty == 0 {
-            return Ok(0);
+    /// The dirty entries as one sled batch per plugin tree, marked clean as of commit `seq`.
+    pub fn take_commit(&mut self, seq: u64) -> Vec<(sled::Tree, sled::Batch)> {
+        if self.dirty.is_empty() {
+            return Vec::new();
         }
-        let mut batches: Vec<sled::Batch> = (0..self.trees.len()).map(|_| sled::Batch::default()).collect();
-        let mut written = 0;
-        for (key, entry) in self.entries.iter_mut().filter(|(_, e)| e.dirty) {
+        let mut batches: Vec<Option<sled::Batch>> = (0..self.trees.len()).map(|_| None).collect();
+        for key in self.dirty.drain(..) {
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            entry.dirty = false;
+            entry.commit = seq;
             let slot = usize::from(u16::from_be_bytes([key[0], key[1]]));
             if let Some(batch) = batches.get_mut(slot) {
+                let batch = batch.get_or_insert_with(sled::Batch::default);
                 match &entry.value {
                     Some(v) => batch.insert(&key[2..], v.as_slice()),
                     None => batch.remove(&key[2..]),
                 }
-                written += 1;
             }
         }
-        for (tree, batch) in self.trees.iter().zip(batches) {
-            tree.apply_batch(batch)?;
-        }
-        for entry in self.entries.values_mut() {
-            entry.dirty = false;
-        }
-        self.dirty = 0;
+        self.trees
+            .iter()
+            .zip(batches)
+            .filter_map(|(tree, batch)| Some((tree.clone(), batch?)))
+            .collect()
+    }
+
+    /// When over capacity, drop the clean entries whose values sled already holds (their commit
+    /// is applied), so a later miss cannot read an older value from sled.
+    pub fn evict(&mut self, applied: u64) {
         if self.entries.len() > self.capacity {
-            self.entries.clear();
+            self.entries.retain(|_, e| e.dirty || e.commit > applied);
         }
-        Ok(written)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 
@@ -123,39 +150,54 @@ impl StateCache {
 mod tests {
     use super::*;
 
+    fn apply(batches: Vec<(sled::Tree, sled::Batch)>) {
+        for (tree, batch) in batches {
+            tree.apply_batch(batch).expect("apply");
+        }
+    }
+
     #[test]
-    fn writes_reach_sled_only_on_commit() {
+    fn writes_reach_sled_only_through_a_commit() {
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let tree = db.open_tree("state/p").expect("tree");
         let mut cache = StateCache::new(10);
         let slot = cache.add_plugin(tree.clone());
         cache.set(slot, "u1", "k", Some(b"v1".to_vec()));
         cache.set(slot, "u1", "k", Some(b"v2".to_vec()));
+        assert_eq!(cache.dirty_count(), 1, "writes to one key coalesce");
         assert_eq!(cache.get(slot, "u1", "k").expect("get"), Some(&b"v2"[..]));
         assert!(tree.is_empty());
-        assert_eq!(cache.commit().expect("commit"), 1);
+        apply(cache.take_commit(1));
         let mut key = Vec::new();
         keys::state_key(&mut key, "u1", "k");
         assert_eq!(tree.get(&key).expect("get").as_deref(), Some(&b"v2"[..]));
 
         cache.set(slot, "u1", "k", None);
-        cache.commit().expect("commit");
+        apply(cache.take_commit(2));
         assert!(tree.get(&key).expect("get").is_none());
+        assert!(cache.take_commit(3).is_empty());
     }
 
     #[test]
-    fn misses_read_through_and_capacity_evicts_clean_entries() {
+    fn misses_read_through_and_eviction_waits_for_the_committer() {
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let tree = db.open_tree("state/p").expect("tree");
         let mut key = Vec::new();
         keys::state_key(&mut key, "u2", "k");
         tree.insert(&key, b"old".as_slice()).expect("insert");
-        let mut cache = StateCache::new(1);
+        let mut cache = StateCache::new(0);
         let slot = cache.add_plugin(tree);
         assert_eq!(cache.get(slot, "u2", "k").expect("get"), Some(&b"old"[..]));
         assert_eq!(cache.get(slot, "u3", "k").expect("get"), None);
-        cache.set(slot, "u4", "k", Some(b"x".to_vec()));
-        cache.commit().expect("commit");
-        assert_eq!(cache.get(slot, "u4", "k").expect("get"), Some(&b"x"[..]));
+        cache.set(slot, "u4", "k", Some(b"new".to_vec()));
+        let pending = cache.take_commit(1);
+        cache.evict(0);
+        // Commit 1 is not applied yet: u4's value must still come from the cache.
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.get(slot, "u4", "k").expect("get"), Some(&b"new"[..]));
+        apply(pending);
+        cache.evict(1);
+        assert_eq!(cache.len(), 0);
+        assert_eq!(cache.get(slot, "u4", "k").expect("get"), Some(&b"new"[..]));
     }
 }

@@ -6,7 +6,8 @@
 //! restarts (including ones that came due while the hub was down: they fire at start).
 
 use super::keys;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeMap;
 
 /// A timer that came due, taken off the wheel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,9 +24,9 @@ pub struct TimerWheel {
     /// (due, key) → payload: the firing order.
     queue: BTreeMap<(i64, Vec<u8>), Vec<u8>>,
     /// key → due, to replace or cancel a timer by id.
-    due_of: HashMap<Vec<u8>, i64>,
+    due_of: FxHashMap<Vec<u8>, i64>,
     /// Keys changed since the last commit.
-    dirty: HashSet<Vec<u8>>,
+    dirty: FxHashSet<Vec<u8>>,
     key: Vec<u8>,
 }
 
@@ -34,8 +35,8 @@ impl TimerWheel {
         TimerWheel {
             tree,
             queue: BTreeMap::new(),
-            due_of: HashMap::new(),
-            dirty: HashSet::new(),
+            due_of: FxHashMap::default(),
+            dirty: FxHashSet::default(),
             key: Vec::with_capacity(128),
         }
     }
@@ -109,13 +110,12 @@ impl TimerWheel {
             .collect()
     }
 
-    /// Write changed timers to sled in one batch.
-    pub fn commit(&mut self) -> Result<usize, sled::Error> {
+    /// The timers changed since the last commit, as one batch for the committer.
+    pub fn take_commit(&mut self) -> Option<(sled::Tree, sled::Batch)> {
         if self.dirty.is_empty() {
-            return Ok(0);
+            return None;
         }
         let mut batch = sled::Batch::default();
-        let written = self.dirty.len();
         for key in self.dirty.drain() {
             match self.due_of.get(&key) {
                 Some(due) => {
@@ -125,8 +125,7 @@ impl TimerWheel {
                 None => batch.remove(key.as_slice()),
             }
         }
-        self.tree.apply_batch(batch)?;
-        Ok(written)
+        Some((self.tree.clone(), batch))
     }
 }
 
@@ -160,9 +159,12 @@ mod tests {
         let (db, mut w) = wheel();
         w.set("p", "a", "keep", 10, vec![7]);
         w.set("p", "a", "drop", 10, vec![]);
-        w.commit().expect("commit");
+        let (tree, batch) = w.take_commit().expect("changes");
+        tree.apply_batch(batch).expect("apply");
         w.cancel("p", "a", "drop");
-        w.commit().expect("commit");
+        let (tree, batch) = w.take_commit().expect("changes");
+        tree.apply_batch(batch).expect("apply");
+        assert!(w.take_commit().is_none());
         let tree = db.open_tree("timers").expect("tree");
         assert_eq!(tree.len(), 1);
         let (k, v) = tree.iter().next().expect("one").expect("read");
