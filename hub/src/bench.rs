@@ -8,10 +8,14 @@
 //! 3. **relay**: the same bodies through a plain async-nats subscribe+republish loop, which is
 //!    the ceiling for any NATS-in/NATS-out service on this machine.
 //!
-//! Half the inputs are raw `web.add_to_cart` messages (each yields one `hub.events.cart.updated`)
-//! and half are `payment.failed` envelopes (every third failure of an actor yields one
-//! `hub.actions.support.callback`). The bench therefore knows exactly how many outputs to
-//! expect, and reports any shortfall as loss.
+//! Inputs are raw clickstream messages on `web.page_view` (each yields one
+//! `hub.events.product.viewed`; no state) and `web.add_to_cart` (one `hub.events.cart.updated`;
+//! the cart and a durable timer are written), and `payment.failed` envelopes (state is written;
+//! every third failure of an actor yields one `hub.actions.support.callback`). `--mix` sets the
+//! proportions: `clickstream` (default) is shaped like a web shop's stream, 60 % page views,
+//! 20 % add-to-cart, 20 % payment failures; `write-heavy` is the worst case for state, half
+//! add-to-cart and half payment failures, so every input writes. The bench knows exactly how many
+//! outputs to expect, and reports any shortfall as loss.
 
 use crate::config::Config;
 use crate::egress::headers;
@@ -53,13 +57,16 @@ const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 /// Highest latency the histograms can hold, in µs (one minute).
 const MAX_LATENCY_US: u64 = 60_000_000;
 
+const VIEW_SUBJECT: &str = "web.page_view";
 const WEB_SUBJECT: &str = "web.add_to_cart";
 const PAYMENT_SUBJECT: &str = "events.payment.failed";
 const HUB_OUTPUTS: &str = "hub.>";
 const CART_SUBJECT: &str = "hub.events.cart.updated";
+const VIEWED_SUBJECT: &str = "hub.events.product.viewed";
 const ACTION_SUBJECT: &str = "hub.actions.support.callback";
 const DLQ_PREFIX: &str = "hub.dlq.";
 const RELAY_IN: &str = "bench.relay.in.>";
+const RELAY_VIEW: &str = "bench.relay.in.view";
 const RELAY_WEB: &str = "bench.relay.in.web";
 const RELAY_PAYMENT: &str = "bench.relay.in.payment";
 const RELAY_OUT: &str = "bench.relay.out";
@@ -87,9 +94,41 @@ pub struct BenchArgs {
     /// Repeat the unpaced, paced and relay phases this many times and report medians
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub runs: u64,
+    /// Proportions of the inputs (see the module docs)
+    #[arg(long, value_enum, default_value_t = Mix::Clickstream)]
+    pub mix: Mix,
     /// Print the whole report as one JSON object
     #[arg(long)]
     pub json: bool,
+}
+
+/// The proportions of input kinds.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mix {
+    /// 60 % page views, 20 % add-to-cart, 20 % payment failures.
+    Clickstream,
+    /// 50 % add-to-cart, 50 % payment failures: every input writes state.
+    WriteHeavy,
+}
+
+/// What kind of input the `seq`th is, in tenths.
+enum Slot {
+    View,
+    Cart,
+    Payment,
+}
+
+impl Mix {
+    fn slot(self, seq: u64) -> Slot {
+        match (self, seq % 10) {
+            (Mix::Clickstream, 0..6) => Slot::View,
+            (Mix::Clickstream, 6..8) => Slot::Cart,
+            (Mix::Clickstream, _) => Slot::Payment,
+            (Mix::WriteHeavy, n) if n % 2 == 0 => Slot::Cart,
+            (Mix::WriteHeavy, _) => Slot::Payment,
+        }
+    }
 }
 
 /// Run the bench, print the report, and fail if any output was lost.
@@ -256,7 +295,7 @@ fn hub_config(args: &BenchArgs, url: &str, data_dir: &Path) -> Config {
 /// One run: a fresh hub through the unpaced and paced phases, then the relay on the same bodies.
 async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Result<RunReport> {
     let dir = tempfile::tempdir().context("cannot create a temp dir for the hub")?;
-    let mut workload = Workload::new(args.actors)?;
+    let mut workload = Workload::new(args.actors, args.mix)?;
     let unpaced_inputs = workload.batch(args.events)?;
     let paced_count = args
         .rate
@@ -267,7 +306,11 @@ async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Res
     let hub = Hub::start(hub_config(args, url, &dir.path().join("hub")))
         .await
         .context("cannot start the hub")?;
-    let hub_subjects = [Subject::from_static(WEB_SUBJECT), Subject::from_static(PAYMENT_SUBJECT)];
+    let hub_subjects = [
+        Subject::from_static(VIEW_SUBJECT),
+        Subject::from_static(WEB_SUBJECT),
+        Subject::from_static(PAYMENT_SUBJECT),
+    ];
     let phases = async {
         let unpaced = run_phase(clients, &hub_subjects, &unpaced_inputs, Outputs::Hub, Pace::Unpaced)
             .await
@@ -300,7 +343,11 @@ async fn relay_phase(clients: &Clients, inputs: &Batch) -> anyhow::Result<PhaseO
         .context("relay cannot subscribe")?;
     clients.relay.flush().await.context("relay cannot flush")?;
     let relay = tokio::spawn(relay(clients.relay.clone(), sub));
-    let subjects = [Subject::from_static(RELAY_WEB), Subject::from_static(RELAY_PAYMENT)];
+    let subjects = [
+        Subject::from_static(RELAY_VIEW),
+        Subject::from_static(RELAY_WEB),
+        Subject::from_static(RELAY_PAYMENT),
+    ];
     let outcome = run_phase(clients, &subjects, inputs, Outputs::Relay, Pace::Unpaced).await;
     relay.abort();
     outcome
@@ -321,7 +368,9 @@ async fn relay(client: Client, mut sub: Subscriber) -> anyhow::Result<()> {
 /// What an input leads to, so that expected outputs can be counted exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// A raw web event: one `cart.updated`.
+    /// A raw page view: one `product.viewed`.
+    View,
+    /// A raw add-to-cart: one `cart.updated`.
     Web,
     /// A payment failure below the threshold: nothing yet.
     Failure,
@@ -348,6 +397,7 @@ impl Batch {
 /// hub sees them all; this is how it knows which failure triggers an action.
 struct Workload {
     actors: u64,
+    mix: Mix,
     next_seq: u64,
     failures: u64,
     /// Failures per actor since the actor's last action.
@@ -355,18 +405,19 @@ struct Workload {
 }
 
 impl Workload {
-    fn new(actors: u64) -> anyhow::Result<Workload> {
+    fn new(actors: u64, mix: Mix) -> anyhow::Result<Workload> {
         let len = usize::try_from(actors).context("--actors is too large")?;
         Ok(Workload {
             actors,
+            mix,
             next_seq: 0,
             failures: 0,
             counts: vec![0; len],
         })
     }
 
-    /// The next `n` inputs: even sequence numbers are web events spread over all actors, odd ones
-    /// payment failures, dealt in rounds (see [`Workload::failure_actor`]).
+    /// The next `n` inputs, kinds in the proportions of the mix: web events spread over all
+    /// actors, payment failures dealt in rounds (see [`Workload::failure_actor`]).
     fn batch(&mut self, n: u64) -> anyhow::Result<Batch> {
         let len = usize::try_from(n).context("too many inputs")?;
         let base = self.next_seq;
@@ -375,20 +426,31 @@ impl Workload {
         let mut kinds = Vec::with_capacity(len);
         for seq in base..base + n {
             let start = buf.len();
-            let kind = if seq % 2 == 0 {
-                let actor = (seq / 2) % self.actors;
-                write!(
-                    buf,
-                    r#"{{"visitor":"c{actor}","event_id":"w{seq}","product":{{"sku":"A1","name":"Shoes","price":59.9}},"qty":1}}"#
-                )?;
-                Kind::Web
-            } else {
-                let actor = self.failure_actor();
-                write!(
-                    buf,
-                    r#"{{"id":"p{seq}","kind":"payment.failed","actor":"c{actor}","payload":{{"amount":20}}}}"#
-                )?;
-                self.count_failure(actor)
+            let kind = match self.mix.slot(seq) {
+                Slot::View => {
+                    let actor = seq % self.actors;
+                    write!(
+                        buf,
+                        r#"{{"visitor":"c{actor}","event_id":"w{seq}","url":"/p/a1","product":{{"sku":"A1","name":"Shoes","price":59.9}}}}"#
+                    )?;
+                    Kind::View
+                }
+                Slot::Cart => {
+                    let actor = seq % self.actors;
+                    write!(
+                        buf,
+                        r#"{{"visitor":"c{actor}","event_id":"w{seq}","product":{{"sku":"A1","name":"Shoes","price":59.9}},"qty":1}}"#
+                    )?;
+                    Kind::Web
+                }
+                Slot::Payment => {
+                    let actor = self.failure_actor();
+                    write!(
+                        buf,
+                        r#"{{"id":"p{seq}","kind":"payment.failed","actor":"c{actor}","payload":{{"amount":20}}}}"#
+                    )?;
+                    self.count_failure(actor)
+                }
             };
             ranges.push(start..buf.len());
             kinds.push(kind);
@@ -512,7 +574,7 @@ struct PhaseOutcome {
 /// Publish a batch with flow control, collect its outputs, and measure.
 async fn run_phase(
     clients: &Clients,
-    subjects: &[Subject; 2],
+    subjects: &[Subject; 3],
     batch: &Batch,
     outputs: Outputs,
     pace: Pace,
@@ -578,7 +640,7 @@ struct Published {
 /// Publish a batch, unpaced or at a rate, never with more than WINDOW inputs unaccounted for.
 async fn publish(
     client: &Client,
-    subjects: &[Subject; 2],
+    subjects: &[Subject; 3],
     batch: &Batch,
     tally: &Tally,
     pace: Pace,
@@ -608,8 +670,9 @@ async fn publish(
                 });
             }
             let subject = match batch.kinds[sent] {
-                Kind::Web => subjects[0].clone(),
-                Kind::Failure | Kind::Trigger => subjects[1].clone(),
+                Kind::View => subjects[0].clone(),
+                Kind::Web => subjects[1].clone(),
+                Kind::Failure | Kind::Trigger => subjects[2].clone(),
             };
             tally.sent_at[sent].store(tally.nanos(Instant::now()) + 1, Ordering::Release);
             client
@@ -687,7 +750,7 @@ async fn receive(
         let weight = match outputs {
             Outputs::Relay => 1,
             Outputs::Hub => match msg.subject.as_str() {
-                CART_SUBJECT => 1,
+                CART_SUBJECT | VIEWED_SUBJECT => 1,
                 ACTION_SUBJECT => {
                     tally.actions.fetch_add(1, Ordering::Relaxed);
                     let cause = msg.headers.as_ref().and_then(|h| h.get(cause_header.clone()));
@@ -862,6 +925,7 @@ fn ratio(a: f64, b: f64) -> f64 {
 struct Report {
     shards: usize,
     actors: u64,
+    mix: Mix,
     runs: u64,
     /// Requested pace of the paced phase.
     rate: u64,
@@ -886,6 +950,7 @@ impl Report {
         Report {
             shards,
             actors: args.actors,
+            mix: args.mix,
             runs: args.runs,
             rate: args.rate,
             seconds: args.seconds,
@@ -903,8 +968,8 @@ impl Report {
 /// The readable report.
 fn print_text(r: &Report) {
     println!(
-        "hub bench: {} shards, {} actors, {} run(s) (medians)",
-        r.shards, r.actors, r.runs
+        "hub bench: {} shards, {} actors, {:?} mix, {} run(s) (medians)",
+        r.shards, r.actors, r.mix, r.runs
     );
     println!(
         "unpaced   {} events   {:.0} events/s   lost {}   {}",
@@ -962,7 +1027,7 @@ mod tests {
 
     #[test]
     fn every_actor_acts_on_its_third_failure() {
-        let mut w = Workload::new(10).expect("workload");
+        let mut w = Workload::new(10, Mix::WriteHeavy).expect("workload");
         let batch = w.batch(120).expect("batch");
         // 60 failures over 10 actors, 3 each per round of 10: 2 rounds, 10 triggers each.
         let triggers = batch.kinds.iter().filter(|k| **k == Kind::Trigger).count();
@@ -973,7 +1038,7 @@ mod tests {
 
     #[test]
     fn bodies_are_the_documented_inputs() {
-        let mut w = Workload::new(100).expect("workload");
+        let mut w = Workload::new(100, Mix::WriteHeavy).expect("workload");
         let batch = w.batch(2).expect("batch");
         let web: serde_json::Value = serde_json::from_slice(&batch.bodies[0]).expect("web JSON");
         assert_eq!(web["visitor"], "c0");

@@ -32,7 +32,6 @@ pub mod subjects {
 /// Header names the hub sets.
 pub mod headers {
     pub const MSG_ID: &str = "Nats-Msg-Id";
-    pub const CONTENT_TYPE: &str = "Content-Type";
     pub const ACTOR: &str = "Hub-Actor";
     pub const CAUSE: &str = "Hub-Cause";
     pub const PLUGIN: &str = "Hub-Plugin";

@@ -465,16 +465,12 @@ impl Shard {
         }
         self.events_emitted.increment(1);
         match event.to_json() {
-            Ok(body) => {
-                let mut h = async_nats::HeaderMap::new();
-                h.insert(headers::MSG_ID, event.id.as_str());
-                h.insert(headers::CONTENT_TYPE, "application/json");
-                self.egress.send_blocking(Outbound {
-                    subject: format!("{}.{}", subjects::EVENTS, event.kind),
-                    headers: Some(h),
-                    payload: Bytes::from(body),
-                });
-            }
+            // No headers: the id is in the body, and headers cost a hash map per message.
+            Ok(body) => self.egress.send_blocking(Outbound {
+                subject: format!("{}.{}", subjects::EVENTS, event.kind),
+                headers: None,
+                payload: Bytes::from(body),
+            }),
             Err(e) => tracing::warn!(error = %e, kind = event.kind, "emitted event not representable as JSON"),
         }
         let shard = self.router.shard_of(&event.actor);
@@ -522,12 +518,11 @@ impl Shard {
                 return;
             }
         };
+        // What a consumer routes or deduplicates on without parsing the body.
         let mut h = async_nats::HeaderMap::new();
         h.insert(headers::MSG_ID, action.id.as_str());
-        h.insert(headers::CONTENT_TYPE, "application/json");
         h.insert(headers::ACTOR, action.actor.as_str());
         h.insert(headers::CAUSE, action.cause.as_str());
-        h.insert(headers::PLUGIN, action.plugin.as_str());
         self.egress.send_blocking(Outbound {
             subject: format!("{}.{}", subjects::ACTIONS, action.name),
             headers: Some(h),
