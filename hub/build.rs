@@ -11,7 +11,7 @@ const FIXTURES: &[&str] = &["chaos"];
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest.parent().expect("hub/ is inside the workspace").to_path_buf();
-    for dir in ["plugins", "plugin-sdk", "wit"] {
+    for dir in ["plugins", "plugin-sdk", "wit", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")

@@ -32,6 +32,8 @@ pub struct NatsConfig {
     pub url: String,
     /// Messages buffered per subscription. async-nats drops silently past this, so it is large.
     pub subscription_capacity: usize,
+    /// Messages queued for publishing before shards wait (backpressure).
+    pub outbound_capacity: usize,
     /// Subject prefix for events in envelopes (`<prefix>.<kind>`).
     pub events_subject: String,
 }
@@ -126,6 +128,7 @@ impl Default for NatsConfig {
         NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             subscription_capacity: 1 << 18,
+            outbound_capacity: 1 << 16,
             events_subject: "events".into(),
         }
     }

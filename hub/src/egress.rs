@@ -1,7 +1,10 @@
 //! Where everything leaves the hub: actions, emitted events and dead letters are encoded on the
-//! shard (or ingress) that produced them and handed to one publisher task over a bounded queue,
-//! so shards never wait on the network and a slow NATS connection pushes back instead of
-//! growing memory.
+//! shard (or ingress task) that produced them and handed straight to the NATS client.
+//!
+//! The client's outbound command queue is bounded (`nats.outbound_capacity`); a shard waits only
+//! when it is full, so a slow NATS connection pushes back instead of growing memory. Shards hand
+//! messages over without a task of our own in between: async-nats' publish is a send on a tokio
+//! channel, which works from any thread, so a plain thread completes it with `block_on`.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -15,10 +18,10 @@ pub struct Outbound {
     pub payload: Bytes,
 }
 
-/// The sending side of the publisher queue; cheap to clone.
+/// Publishes for the hub; cheap to clone.
 #[derive(Clone)]
 pub struct Egress {
-    tx: flume::Sender<Outbound>,
+    client: async_nats::Client,
 }
 
 /// Subject prefixes of what the hub publishes.
@@ -42,27 +45,28 @@ pub mod headers {
 }
 
 impl Egress {
-    pub fn new(capacity: usize) -> (Egress, flume::Receiver<Outbound>) {
-        let (tx, rx) = flume::bounded(capacity);
-        (Egress { tx }, rx)
+    pub fn new(client: async_nats::Client) -> Egress {
+        Egress { client }
     }
 
-    /// Queue a message from a shard thread; blocks while the queue is full (backpressure).
+    /// Publish from a shard thread (never from async code: it blocks while the queue is full).
     pub fn send_blocking(&self, msg: Outbound) {
-        if self.tx.send(msg).is_err() {
-            tracing::warn!("publisher stopped; an outbound message was dropped at shutdown");
-        }
+        futures::executor::block_on(publish(&self.client, msg));
     }
 
-    /// Queue a message from async code.
+    /// Publish from async code.
     pub async fn send(&self, msg: Outbound) {
-        if self.tx.send_async(msg).await.is_err() {
-            tracing::warn!("publisher stopped; an outbound message was dropped at shutdown");
-        }
+        publish(&self.client, msg).await;
     }
 
-    pub fn queued(&self) -> usize {
-        self.tx.len()
+    /// Wait until everything published so far is written to the connection.
+    pub async fn flush(&self) {
+        if tokio::time::timeout(Duration::from_secs(5), self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS flush timed out");
+        }
     }
 }
 
@@ -112,23 +116,6 @@ fn header_safe(s: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(1024)
         .collect()
-}
-
-/// Publish everything queued until every sender is gone, then flush the connection.
-pub async fn run_publisher(client: async_nats::Client, rx: flume::Receiver<Outbound>) {
-    while let Ok(msg) = rx.recv_async().await {
-        publish(&client, msg).await;
-        // Drain what is already queued before yielding again.
-        for msg in rx.try_iter().take(1024) {
-            publish(&client, msg).await;
-        }
-    }
-    if tokio::time::timeout(Duration::from_secs(5), client.flush())
-        .await
-        .is_err()
-    {
-        tracing::warn!("NATS flush at shutdown timed out");
-    }
 }
 
 async fn publish(client: &async_nats::Client, msg: Outbound) {

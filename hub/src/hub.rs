@@ -2,7 +2,7 @@
 //! egress and HTTP together.
 
 use crate::config::Config;
-use crate::egress::{Egress, run_publisher};
+use crate::egress::Egress;
 use crate::ingress::{CompiledRule, Ingress};
 use crate::router::Router;
 use crate::runtime::{Description, Runtime};
@@ -50,7 +50,6 @@ pub struct Hub {
     egress: Egress,
     shards: Vec<std::thread::JoinHandle<()>>,
     committer: Committer,
-    publisher: JoinHandle<()>,
     http: JoinHandle<()>,
     http_stop: watch::Sender<bool>,
     db: Db,
@@ -72,6 +71,7 @@ impl Hub {
         let client = async_nats::ConnectOptions::new()
             .name("hub")
             .subscription_capacity(config.nats.subscription_capacity)
+            .client_capacity(config.nats.outbound_capacity)
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::SlowConsumer(sid) => {
@@ -97,8 +97,7 @@ impl Hub {
 
         let shard_count = config.engine.shard_count();
         let (router, receivers) = Router::new(shard_count, config.engine.queue_capacity);
-        let (egress, outbound) = Egress::new(config.engine.queue_capacity * 4);
-        let publisher = tokio::spawn(run_publisher(client.clone(), outbound));
+        let egress = Egress::new(client.clone());
 
         let mut wheels: Vec<TimerWheel> = (0..shard_count).map(|_| TimerWheel::new(db.timers.clone())).collect();
         let timers_restored = db.load_timers(&mut wheels, |actor| router.shard_of(actor))?;
@@ -186,7 +185,6 @@ impl Hub {
             egress,
             shards,
             committer,
-            publisher,
             http,
             http_stop,
             db,
@@ -232,9 +230,7 @@ impl Hub {
         if let Err(e) = self.db.flush() {
             tracing::error!(error = %e, "final state flush failed");
         }
-        drop(self.egress);
-        drop(self.router);
-        let _ = self.publisher.await;
+        self.egress.flush().await;
         let _ = self.http_stop.send(true);
         let _ = self.http.await;
         tracing::info!("hub stopped");

@@ -7,7 +7,7 @@ mod envelope;
 mod rules;
 
 pub use envelope::decode_envelope;
-pub use rules::{CompiledRule, decode_raw};
+pub use rules::{CompiledRule, RuleSet, decode_raw};
 
 use crate::egress::{DeadLetter, Egress};
 use crate::event::Routed;
@@ -70,7 +70,7 @@ impl Default for IdGen {
 /// What one subscription turns messages into.
 enum Decoder {
     Envelope { prefix: String },
-    Raw { rules: Vec<CompiledRule> },
+    Raw { rules: RuleSet },
 }
 
 /// The running subscriptions.
@@ -103,7 +103,14 @@ impl Ingress {
                 None => by_subject.push((rule.subject().to_owned(), vec![rule])),
             }
         }
-        subscriptions.extend(by_subject.into_iter().map(|(s, rules)| (s, Decoder::Raw { rules })));
+        subscriptions.extend(by_subject.into_iter().map(|(s, rules)| {
+            (
+                s,
+                Decoder::Raw {
+                    rules: RuleSet::new(rules),
+                },
+            )
+        }));
 
         let mut tasks = Vec::new();
         for (subject, decoder) in subscriptions {

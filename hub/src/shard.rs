@@ -18,7 +18,8 @@ use crate::runtime::{CallError, Output, PluginInstance, PluginModule, ShardStore
 use crate::state::{Applied, Commit, CommitQueue, DueTimer, StateCache, TimerWheel};
 use bytes::Bytes;
 use hub_plugin_sdk::pattern::kind_matches;
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,8 +106,8 @@ pub struct Shard {
     router: Router,
     egress: Egress,
     plugins: Vec<Loaded>,
-    by_name: HashMap<Arc<str>, usize>,
-    subscribers: HashMap<String, Rc<[usize]>>,
+    by_name: FxHashMap<Arc<str>, usize>,
+    subscribers: FxHashMap<String, Rc<[usize]>>,
     stores: Option<Box<ShardStores>>,
     /// Emitted events for this shard's own actors, processed before the next input.
     local: VecDeque<Routed>,
@@ -132,7 +133,7 @@ impl Shard {
     pub fn new(setup: ShardSetup) -> Result<Shard, String> {
         let mut cache = StateCache::new(setup.engine.cache_entries);
         let mut plugins = Vec::with_capacity(setup.plugins.len());
-        let mut by_name = HashMap::new();
+        let mut by_name = FxHashMap::default();
         for module in setup.plugins {
             let name: Arc<str> = module.name().into();
             let tree = setup.db.state_tree(&name).map_err(|e| e.to_string())?;
@@ -160,7 +161,7 @@ impl Shard {
             egress: setup.egress,
             plugins,
             by_name,
-            subscribers: HashMap::new(),
+            subscribers: FxHashMap::default(),
             stores: Some(Box::new(ShardStores {
                 state: cache,
                 timers: setup.timers,

@@ -68,7 +68,7 @@ impl CompiledRule {
         &self,
         subject: &str,
         headers: Option<&async_nats::HeaderMap>,
-        body: &serde_json::Value,
+        body: &Body<'_>,
         ids: &IdGen,
     ) -> Result<Event, String> {
         if !hub_plugin_sdk::pattern::kind_matches(&self.subject, subject) {
@@ -96,24 +96,18 @@ impl CompiledRule {
             .and_then(|l| locate(l, headers, body))
             .unwrap_or_else(|| ids.next());
         let time = match &self.time_pointer {
-            Some(p) => match body.pointer(p) {
-                Some(serde_json::Value::Number(n)) => {
-                    n.as_i64().ok_or_else(|| format!("time at {p} is not an integer"))?
-                }
-                Some(serde_json::Value::String(s)) => humantime::parse_rfc3339_weak(s)
+            Some(p) => match body.field(p) {
+                Some(Scalar::Int(ms)) => ms,
+                Some(Scalar::Float(_)) => return Err(format!("time at {p} is not an integer")),
+                Some(Scalar::Str(s)) => humantime::parse_rfc3339_weak(&s)
                     .map_err(|e| format!("time at {p}: {e}"))?
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64),
-                _ => now_ms(),
+                None => now_ms(),
             },
             None => now_ms(),
         };
-        let payload = if body.is_object() {
-            rmp_serde::to_vec_named(body)
-        } else {
-            rmp_serde::to_vec_named(&serde_json::json!({ "value": body }))
-        }
-        .map_err(|e| format!("payload: {e}"))?;
+        let payload = body.payload()?;
         Ok(Event {
             id,
             kind,
@@ -163,31 +157,209 @@ fn template(t: &str, at: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
-fn locate(l: &Locator, headers: Option<&async_nats::HeaderMap>, body: &serde_json::Value) -> Option<String> {
+fn locate(l: &Locator, headers: Option<&async_nats::HeaderMap>, body: &Body<'_>) -> Option<String> {
     let found = match l {
         Locator::Header(h) => headers?.get(h.as_str())?.as_str().to_owned(),
-        Locator::Pointer(p) => match body.pointer(p)? {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
-            _ => return None,
+        Locator::Pointer(p) => match body.field(p)? {
+            Scalar::Str(s) => s,
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Float(n) => n.to_string(),
         },
     };
     (!found.is_empty()).then_some(found)
 }
 
+/// Rules that share one subscription, and how their messages' bodies are read.
+pub struct RuleSet {
+    rules: Vec<CompiledRule>,
+    /// The top-level keys the rules read, when every pointer is a plain top-level key: then a
+    /// body is read in one pass without building a JSON tree (the common case, and 2× faster).
+    flat_keys: Option<Vec<String>>,
+}
+
+impl RuleSet {
+    pub fn new(rules: Vec<CompiledRule>) -> RuleSet {
+        let pointers = rules.iter().flat_map(|r| {
+            let located = [Some(&r.actor), r.id.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|l| match l {
+                    Locator::Pointer(p) => Some(p.as_str()),
+                    Locator::Header(_) => None,
+                });
+            located.chain(r.time_pointer.as_deref())
+        });
+        let flat_keys = pointers
+            .map(|p| {
+                let key = p.strip_prefix('/')?;
+                (!key.is_empty() && !key.contains(['/', '~'])).then(|| key.to_owned())
+            })
+            .collect();
+        RuleSet { rules, flat_keys }
+    }
+}
+
+/// A located value: what a pointer may find (other JSON kinds count as not found).
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar {
+    Str(String),
+    Int(i64),
+    Float(f64),
+}
+
+/// A raw JSON body, read as much as the rules need.
+enum Body<'a> {
+    /// Top-level fields only, read in one pass; the payload is transcoded from the bytes.
+    Flat {
+        fields: Vec<(&'a str, Scalar)>,
+        raw: &'a [u8],
+    },
+    /// The whole tree, for nested pointers and bodies that are not objects.
+    Tree(serde_json::Value),
+}
+
+impl Body<'_> {
+    fn field(&self, pointer: &str) -> Option<Scalar> {
+        match self {
+            Body::Flat { fields, .. } => {
+                let key = pointer.strip_prefix('/')?;
+                fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+            }
+            Body::Tree(value) => match value.pointer(pointer)? {
+                serde_json::Value::String(s) => Some(Scalar::Str(s.clone())),
+                serde_json::Value::Number(n) => n.as_i64().map(Scalar::Int).or(n.as_f64().map(Scalar::Float)),
+                _ => None,
+            },
+        }
+    }
+
+    /// The payload as a MessagePack map (a non-object body is wrapped as `{"value": body}`).
+    fn payload(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Body::Flat { raw, .. } => {
+                let mut buf = Vec::with_capacity(raw.len());
+                let mut de = serde_json::Deserializer::from_slice(raw);
+                serde_transcode::transcode(&mut de, &mut rmp_serde::Serializer::new(&mut buf))
+                    .map_err(|e| format!("payload: {e}"))?;
+                Ok(buf)
+            }
+            Body::Tree(v) if v.is_object() => rmp_serde::to_vec_named(v).map_err(|e| format!("payload: {e}")),
+            Body::Tree(v) => {
+                rmp_serde::to_vec_named(&serde_json::json!({ "value": v })).map_err(|e| format!("payload: {e}"))
+            }
+        }
+    }
+}
+
+/// Read the wanted top-level fields of a JSON object in one pass, skipping everything else.
+fn read_flat<'a>(raw: &'a [u8], keys: &'a [String]) -> Result<Body<'a>, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Fields<'k>(&'k [String]);
+    /// Which wanted key a map key is, compared without allocating.
+    struct Key<'k>(&'k [String]);
+
+    impl<'de, 'k> DeserializeSeed<'de> for Key<'k> {
+        type Value = Option<&'k str>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'k> Visitor<'_> for Key<'k> {
+        type Value = Option<&'k str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(self.0.iter().find(|k| k.as_str() == v).map(String::as_str))
+        }
+    }
+    struct ScalarVisitor;
+    impl<'de> Visitor<'de> for ScalarVisitor {
+        type Value = Option<Scalar>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Scalar::Str(v.to_owned())))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(Scalar::Int(v)))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int)))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(Scalar::Float(v)))
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+            while s.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    struct ScalarSeed;
+    impl<'de> DeserializeSeed<'de> for ScalarSeed {
+        type Value = Option<Scalar>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(ScalarVisitor)
+        }
+    }
+    impl<'de, 'k> Visitor<'de> for Fields<'k> {
+        type Value = Vec<(&'k str, Scalar)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut found = Vec::with_capacity(self.0.len());
+            while let Some(key) = m.next_key_seed(Key(self.0))? {
+                match key {
+                    Some(k) => {
+                        if let Some(v) = m.next_value_seed(ScalarSeed)? {
+                            found.push((k, v));
+                        }
+                    }
+                    None => {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(found)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let fields = de.deserialize_map(Fields(keys))?;
+    de.end()?;
+    Ok(Body::Flat { fields, raw })
+}
+
 /// Turn a raw message into an event with the first rule that fits.
 pub fn decode_raw(
-    rules: &[CompiledRule],
+    rules: &RuleSet,
     subject: &str,
     headers: Option<&async_nats::HeaderMap>,
-    body: &[u8],
+    raw: &[u8],
     ids: &IdGen,
 ) -> Result<Event, IngressError> {
-    let json: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| IngressError::undecodable(format!("raw message is not JSON: {e}")))?;
+    let is_object = raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let body = match &rules.flat_keys {
+        Some(keys) if is_object => read_flat(raw, keys),
+        _ => serde_json::from_slice(raw).map(Body::Tree),
+    }
+    .map_err(|e| IngressError::undecodable(format!("raw message is not JSON: {e}")))?;
     let mut why = Vec::new();
-    for rule in rules {
-        match rule.apply(subject, headers, &json, ids) {
+    for rule in &rules.rules {
+        match rule.apply(subject, headers, &body, ids) {
             Ok(event) => return Ok(event),
             Err(e) => why.push(format!("rule {:?}: {e}", rule.subject)),
         }
@@ -203,22 +375,20 @@ mod tests {
     use super::*;
 
     fn web_rule() -> CompiledRule {
-        CompiledRule::compile(&IngestRule {
-            subject: "web.*".into(),
-            kind: "web.{2}".into(),
-            actor_header: None,
-            actor_pointer: Some("/visitor".into()),
-            id_header: None,
-            id_pointer: Some("/event_id".into()),
-            time_pointer: Some("/ts".into()),
-        })
-        .expect("valid")
+        CompiledRule::compile(&crate::config::Config::local_default().ingest[0]).expect("valid")
     }
 
     #[test]
     fn raw_message_becomes_an_event() {
         let body = br#"{"visitor":"u1","event_id":"x1","ts":1000,"product":{"sku":"A"}}"#;
-        let e = decode_raw(&[web_rule()], "web.add_to_cart", None, body, &IdGen::new()).expect("event");
+        let e = decode_raw(
+            &RuleSet::new(vec![web_rule()]),
+            "web.add_to_cart",
+            None,
+            body,
+            &IdGen::new(),
+        )
+        .expect("event");
         assert_eq!(
             (e.kind.as_str(), e.actor.as_str(), e.id.as_str(), e.time),
             ("web.add_to_cart", "u1", "x1", 1000)
@@ -240,7 +410,14 @@ mod tests {
         .expect("valid");
         let mut h = async_nats::HeaderMap::new();
         h.insert("X-Customer", "c9");
-        let e = decode_raw(&[rule], "legacy.db.row", Some(&h), b"[1,2]", &IdGen::new()).expect("event");
+        let e = decode_raw(
+            &RuleSet::new(vec![rule]),
+            "legacy.db.row",
+            Some(&h),
+            b"[1,2]",
+            &IdGen::new(),
+        )
+        .expect("event");
         assert_eq!((e.kind.as_str(), e.actor.as_str()), ("legacy.legacy.db.row", "c9"));
         let p: serde_json::Value = rmp_serde::from_slice(&e.payload).expect("payload");
         assert_eq!(p["value"], serde_json::json!([1, 2]));
@@ -248,12 +425,49 @@ mod tests {
 
     #[test]
     fn misfits_are_dead_lettered_with_reasons() {
-        let err =
-            decode_raw(&[web_rule()], "web.click", None, br#"{"user":"u1"}"#, &IdGen::new()).expect_err("refused");
+        let err = decode_raw(
+            &RuleSet::new(vec![web_rule()]),
+            "web.click",
+            None,
+            br#"{"user":"u1"}"#,
+            &IdGen::new(),
+        )
+        .expect_err("refused");
         assert_eq!(err.reason, "no_rule");
         assert!(err.detail.contains("no actor at /visitor"), "{}", err.detail);
-        let err = decode_raw(&[web_rule()], "web.click", None, b"<xml/>", &IdGen::new()).expect_err("refused");
+        let err = decode_raw(
+            &RuleSet::new(vec![web_rule()]),
+            "web.click",
+            None,
+            b"<xml/>",
+            &IdGen::new(),
+        )
+        .expect_err("refused");
         assert_eq!(err.reason, "undecodable");
+    }
+
+    #[test]
+    fn one_pass_and_tree_reading_agree() {
+        let body = br#"{"skip":{"deep":[1,{"visitor":"no"}]},"visitor":"u\u00e9","event_id":7,"ts":"2026-01-01T00:00:00Z","product":{"sku":"A"}}"#;
+        let flat = RuleSet::new(vec![web_rule()]);
+        assert!(flat.flat_keys.is_some());
+        let mut nested = crate::config::Config::local_default().ingest[0].clone();
+        nested.actor_pointer = Some("/product/sku".into());
+        let tree = RuleSet::new(vec![CompiledRule::compile(&nested).expect("valid")]);
+        assert!(tree.flat_keys.is_none());
+
+        let a = decode_raw(&flat, "web.click", None, body, &IdGen::new()).expect("flat");
+        let b = decode_raw(&tree, "web.click", None, body, &IdGen::new()).expect("tree");
+        assert_eq!(
+            (a.actor.as_str(), a.id.as_str(), a.time),
+            ("u\u{e9}", "7", 1_767_225_600_000)
+        );
+        assert_eq!(b.actor, "A");
+        assert_eq!((b.id.as_str(), b.time), ("7", 1_767_225_600_000));
+        let pa: serde_json::Value = rmp_serde::from_slice(&a.payload).expect("payload");
+        let pb: serde_json::Value = rmp_serde::from_slice(&b.payload).expect("payload");
+        assert_eq!(pa, pb);
+        assert_eq!(pa["skip"]["deep"][1]["visitor"], "no");
     }
 
     #[test]
