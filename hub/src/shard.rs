@@ -588,3 +588,50 @@ impl Shard {
         self.next_commit = Instant::now() + self.commit_every;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_QUARANTINE, Supervisor, TRAPS_BEFORE_QUARANTINE};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn repeated_traps_quarantine_with_doubling_back_off() {
+        let mut s = Supervisor::default();
+        let t0 = Instant::now();
+        for _ in 1..TRAPS_BEFORE_QUARANTINE {
+            assert!(!s.trapped(t0));
+        }
+        assert!(s.trapped(t0), "the fifth consecutive trap starts a quarantine");
+        assert!(s.quarantined(t0 + Duration::from_millis(999)));
+        assert!(
+            !s.quarantined(t0 + Duration::from_secs(1)),
+            "first back-off is one second"
+        );
+
+        let t1 = t0 + Duration::from_secs(2);
+        for _ in 1..TRAPS_BEFORE_QUARANTINE {
+            s.trapped(t1);
+        }
+        assert!(s.trapped(t1));
+        assert!(
+            s.quarantined(t1 + Duration::from_millis(1999)),
+            "the next one is two seconds"
+        );
+        assert!(!s.quarantined(t1 + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn success_resets_the_count_and_back_off_is_capped() {
+        let mut s = Supervisor::default();
+        let t = Instant::now();
+        for _ in 1..TRAPS_BEFORE_QUARANTINE {
+            s.trapped(t);
+        }
+        s.succeeded();
+        assert!(!s.trapped(t), "the count started again after a success");
+        s.quarantines = 40;
+        s.consecutive_traps = TRAPS_BEFORE_QUARANTINE - 1;
+        assert!(s.trapped(t));
+        assert!(!s.quarantined(t + MAX_QUARANTINE));
+    }
+}

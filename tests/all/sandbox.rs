@@ -49,3 +49,26 @@ async fn loops_allocations_and_panics_are_contained() {
     next(&mut callbacks, "support.callback next to chaos", 5).await;
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_chain_of_emitted_events_is_cut_by_the_hop_limit() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.plugins.dir = Some(env.plugins_with_chaos());
+    config.engine.hop_limit = 4;
+    let hub = env.start(config).await;
+    let mut dlq = env.sub("hub.dlq.>").await;
+    let mut echoes = env.sub("hub.events.chaos.echo").await;
+
+    env.send("chaos.echo", "loop", json!({})).await;
+    let msg = next(&mut dlq, "hop_limit", 5).await;
+    assert_eq!(msg.subject.as_str(), "hub.dlq.hop_limit");
+    assert!(header(&msg, "Hub-Dlq-Reason").contains("hop limit of 4"));
+    // Hops 1..=4 went through; the fifth was cut.
+    for hop in 1..=4 {
+        let echo = json(&next(&mut echoes, &format!("echo {hop}"), 5).await);
+        assert_eq!(echo["source"], "plugin:chaos");
+    }
+    crate::support::nothing(&mut echoes, "a fifth echo", 300).await;
+    hub.shutdown().await;
+}

@@ -15,4 +15,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use hub::plugin::types as wit;
+pub use self::hub::plugin::types as wit;

@@ -6,6 +6,7 @@
 //! | `chaos.alloc`  | allocates without bound (the memory cap)    |
 //! | `chaos.panic`  | panics                                      |
 //! | `chaos.error`  | returns an error                            |
+//! | `chaos.echo`   | emits `chaos.echo` again: an endless chain  |
 //! | `chaos.ping`   | emits `chaos.pong`: proof it still works    |
 
 use hub_plugin_sdk::{Context, Description, Error, Event, Plugin, export_plugin};
@@ -23,6 +24,7 @@ impl Plugin for Chaos {
         Description::new("chaos", env!("CARGO_PKG_VERSION"))
             .subscribe("chaos.*")
             .emits("chaos.pong")
+            .emits("chaos.echo")
     }
 
     fn new(_config: Config) -> Result<Self, Error> {
@@ -47,6 +49,7 @@ impl Plugin for Chaos {
             "chaos.panic" => panic!("chaos plugin panicked on purpose for event {}", event.id),
             "chaos.error" => Err(Error::msg("chaos plugin refused the event")),
             "chaos.ping" => cx.emit("chaos.pong", &serde_json_free_map(&event.id)),
+            "chaos.echo" => cx.emit("chaos.echo", &serde_json_free_map(&event.id)),
             _ => Ok(()),
         }
     }
