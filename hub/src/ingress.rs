@@ -75,6 +75,7 @@ enum Decoder {
 
 /// The running subscriptions.
 pub struct Ingress {
+    client: async_nats::Client,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -125,12 +126,20 @@ impl Ingress {
             };
             tasks.push(tokio::spawn(task.run(sub, stopped.clone())));
         }
-        confirm_subscriptions(client).await?;
-        Ok(Ingress { stop, tasks })
+        round_trip(client).await?;
+        Ok(Ingress {
+            client: client.clone(),
+            stop,
+            tasks,
+        })
     }
 
-    /// Unsubscribe, route what was already received, and return when all of it is routed.
+    /// Stop taking input: everything the server routed to the hub before this call is still
+    /// routed to the shards before it returns.
     pub async fn stop(self) {
+        if let Err(e) = round_trip(&self.client).await {
+            tracing::warn!(error = %e, "no round trip with NATS at shutdown; in-flight input may be lost");
+        }
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -138,9 +147,11 @@ impl Ingress {
     }
 }
 
-/// Return only once the server has registered our subscriptions: it handles a connection's
-/// messages in order, so when a probe published after them comes back, they are in place.
-async fn confirm_subscriptions(client: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
+/// A round trip to the server and back on the hub's connection. The server handles a
+/// connection's messages in order and writes to it in order, so once the probe is back, every
+/// subscription made before is in place at the server (start), and every message routed to us
+/// before is in our subscriptions' buffers (stop).
+async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
     let subject = format!("_hub.ready.{}", IdGen::new().next());
     let mut probe = client.subscribe(subject.clone()).await?;
     let confirmed = async {
@@ -153,7 +164,7 @@ async fn confirm_subscriptions(client: &async_nats::Client) -> Result<(), async_
         .flatten()
         .is_none()
     {
-        tracing::warn!("NATS did not confirm the ingress subscriptions within 5 s");
+        tracing::warn!("no answer from NATS to a round trip within 5 s");
     }
     let _ = probe.unsubscribe().await;
     Ok(())
@@ -178,9 +189,15 @@ impl Task {
                 _ = stopped.changed() => break,
             }
         }
-        // Stop the server sending more, then drain what the client already buffered.
-        let _ = sub.unsubscribe().await;
-        while let Ok(Some(msg)) = tokio::time::timeout(std::time::Duration::from_millis(200), sub.next()).await {
+        // `Ingress::stop` made a round trip first, so everything the server routed to us is in
+        // this subscription's buffer: unsubscribe, and route it all until the stream ends. (async-
+        // nats' own `drain` does not wait for the server's answer, so it can drop messages still
+        // on the way.) The deadline only matters if the connection is down.
+        if sub.unsubscribe().await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
             if !self.handle(msg).await {
                 return;
             }
