@@ -22,9 +22,31 @@ pub const PUBLISH_ERRORS: &str = "hub_publish_errors_total";
 pub const SLOW_CONSUMER: &str = "hub_nats_slow_consumer_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static UPKEEP: std::sync::Once = std::sync::Once::new();
 
 /// Install the recorder once per process and return the handle that renders `/metrics`.
+///
+/// The recorder keeps every histogram sample until upkeep folds them into the buckets, so an
+/// OS thread does that every few seconds: without it, memory grows with every plugin call
+/// whenever nothing scrapes `/metrics`.
 pub fn install() -> PrometheusHandle {
+    let handle = recorder();
+    UPKEEP.call_once(|| {
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new().name("hub-metrics".into()).spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                upkeep.run_upkeep();
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "metrics upkeep thread not started");
+        }
+    });
+    handle
+}
+
+fn recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let buckets = [

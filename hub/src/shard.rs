@@ -139,16 +139,17 @@ impl Shard {
             let tree = setup.db.state_tree(&name).map_err(|e| e.to_string())?;
             let slot = cache.add_plugin(tree);
             let instance = PluginInstance::new(module, slot).map_err(|e| format!("plugin {name}: {e}"))?;
-            let label = name.to_string();
+            // Per-shard series: shards never share a metric's atomics on the hot path.
+            let labels = [("plugin", name.to_string()), ("shard", setup.id.to_string())];
             by_name.insert(name.clone(), plugins.len());
             plugins.push(Loaded {
                 source: format!("plugin:{name}"),
                 name,
                 instance,
                 supervisor: Supervisor::default(),
-                calls: metrics::counter!(m::PLUGIN_CALLS, "plugin" => label.clone()),
-                errors: metrics::counter!(m::PLUGIN_ERRORS, "plugin" => label.clone()),
-                latency: metrics::histogram!(m::PLUGIN_CALL_SECONDS, "plugin" => label),
+                calls: metrics::counter!(m::PLUGIN_CALLS, &labels),
+                errors: metrics::counter!(m::PLUGIN_ERRORS, &labels),
+                latency: metrics::histogram!(m::PLUGIN_CALL_SECONDS, &labels),
             });
         }
         let shard = setup.id.to_string();
@@ -177,11 +178,11 @@ impl Shard {
             commit_seq: 0,
             applied: Applied::default(),
             queue_depth: metrics::gauge!(m::SHARD_QUEUE_DEPTH, "shard" => shard.clone()),
-            timers_pending: metrics::gauge!(m::TIMERS_PENDING, "shard" => shard),
-            timers_fired: metrics::counter!(m::TIMERS_FIRED),
-            actions_out: metrics::counter!(m::ACTIONS_OUT),
-            events_emitted: metrics::counter!(m::EVENTS_EMITTED),
-            event_to_action: metrics::histogram!(m::EVENT_TO_ACTION_SECONDS),
+            timers_pending: metrics::gauge!(m::TIMERS_PENDING, "shard" => shard.clone()),
+            timers_fired: metrics::counter!(m::TIMERS_FIRED, "shard" => shard.clone()),
+            actions_out: metrics::counter!(m::ACTIONS_OUT, "shard" => shard.clone()),
+            events_emitted: metrics::counter!(m::EVENTS_EMITTED, "shard" => shard.clone()),
+            event_to_action: metrics::histogram!(m::EVENT_TO_ACTION_SECONDS, "shard" => shard),
         })
     }
 

@@ -150,7 +150,7 @@ async fn health_and_metrics_are_served() {
     let metrics = crate::support::http_get(hub.http_addr(), "/metrics").await;
     assert!(metrics.contains("hub_events_in_total{subject=\"web.*\"}"), "{metrics}");
     assert!(
-        metrics.contains("hub_plugin_calls_total{plugin=\"clickstream\"}"),
+        metrics.contains("hub_plugin_calls_total{plugin=\"clickstream\",shard=\""),
         "{metrics}"
     );
     assert!(metrics.contains("hub_plugin_call_seconds_bucket"), "{metrics}");
