@@ -73,6 +73,10 @@ impl LocalNats {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: a terminal's Ctrl-C goes to the hub's group only, so the
+            // server outlives the hub's graceful shutdown (which still needs it) and is then
+            // stopped by the hub.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| match e.kind() {
