@@ -367,26 +367,20 @@ impl Shard {
     }
 
     fn dead_letter_cause(&self, p: usize, cause: &Cause<'_>, reason: &'static str, detail: &str) {
-        let plugin = Some(&*self.plugins[p].name);
-        let letter = match cause {
-            Cause::Event(r) => DeadLetter {
-                reason,
-                detail,
-                subject: &r.event.source,
-                plugin,
-                event_id: Some(&r.event.id),
-                body: r.event.to_json().map(Bytes::from).unwrap_or_default(),
-            },
-            Cause::Timer(t) => DeadLetter {
-                reason,
-                detail,
-                subject: "timer",
-                plugin,
-                event_id: Some(&t.id),
-                body: Bytes::from(t.payload.clone()),
-            },
-        };
-        self.egress.send_blocking(letter.into_outbound());
+        match cause {
+            Cause::Event(r) => self.dead_letter_event(p, &r.event, reason, detail),
+            Cause::Timer(t) => {
+                let letter = DeadLetter {
+                    reason,
+                    detail,
+                    subject: "timer",
+                    plugin: Some(&self.plugins[p].name),
+                    event_id: Some(&t.id),
+                    body: Bytes::from(t.payload.clone()),
+                };
+                self.egress.send_blocking(letter.into_outbound());
+            }
+        }
     }
 
     fn route_outputs(&mut self, p: usize, cause: &Cause<'_>, outputs: Vec<Output>) {
@@ -536,7 +530,20 @@ impl Shard {
 
     fn publish_delivery(&mut self, p: usize, id: &str, channel: &str, target: &str, body: Vec<u8>) {
         if !is_subject_safe(channel) {
-            tracing::warn!(plugin = %self.plugins[p].name, channel, "delivery to an invalid channel name dropped");
+            // Dead-lettered like an invalid event or action: nothing is dropped silently.
+            let detail = format!(
+                "plugin {} delivered to an invalid channel name {channel:?}",
+                self.plugins[p].name
+            );
+            let letter = DeadLetter {
+                reason: "plugin_error",
+                detail: &detail,
+                subject: "delivery",
+                plugin: Some(&self.plugins[p].name),
+                event_id: Some(id),
+                body: Bytes::from(body),
+            };
+            self.egress.send_blocking(letter.into_outbound());
             return;
         }
         let mut h = async_nats::HeaderMap::new();
