@@ -44,7 +44,6 @@ pub struct Hub {
     http_addr: SocketAddr,
     plugins: Arc<Vec<Description>>,
     timers_restored: usize,
-    client: async_nats::Client,
     ingress: Ingress,
     router: Router,
     egress: Egress,
@@ -179,7 +178,6 @@ impl Hub {
             http_addr,
             plugins,
             timers_restored,
-            client,
             ingress,
             router,
             egress,
@@ -202,10 +200,6 @@ impl Hub {
     /// Durable timers found in sled at start.
     pub fn timers_restored(&self) -> usize {
         self.timers_restored
-    }
-
-    pub fn nats(&self) -> &async_nats::Client {
-        &self.client
     }
 
     /// Stop taking input, finish and commit everything in flight, publish what it produced,

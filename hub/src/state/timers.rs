@@ -99,17 +99,6 @@ impl TimerWheel {
         timer.or_else(|| self.pop_due(now))
     }
 
-    /// Pending timers of one actor (plugin, id, due), for inspection.
-    pub fn pending_for(&self, actor: &str) -> Vec<(String, String, i64)> {
-        self.due_of
-            .iter()
-            .filter_map(|(key, due)| {
-                let (p, a, id) = keys::split_timer_key(key)?;
-                (a == actor).then(|| (p.to_owned(), id.to_owned(), *due))
-            })
-            .collect()
-    }
-
     /// The timers changed since the last commit, as one batch for the committer.
     pub fn take_commit(&mut self) -> Option<(sled::Tree, sled::Batch)> {
         if self.dirty.is_empty() {
