@@ -30,6 +30,15 @@ pub mod subjects {
     pub const EVENTS: &str = "hub.events";
     pub const DEAD_LETTERS: &str = "hub.dlq";
     pub const DELIVERIES: &str = "hub.deliveries";
+
+    /// `<prefix>.<name>`, without the formatting machinery (this runs for every output).
+    pub fn join(prefix: &str, name: &str) -> String {
+        let mut s = String::with_capacity(prefix.len() + 1 + name.len());
+        s.push_str(prefix);
+        s.push('.');
+        s.push_str(name);
+        s
+    }
 }
 
 /// Header names the hub sets.

@@ -62,6 +62,11 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `HUB_WASM_PERFMAP=1` names plugin code for `perf` (/tmp/perf-<pid>.map), so a profile
+        // of the hub shows which guest functions cost time instead of anonymous JIT addresses.
+        if std::env::var_os("HUB_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         // Rust std guests import WASI even when they never use it; link it with an empty

@@ -50,12 +50,22 @@ impl TimerWheel {
     pub fn set(&mut self, plugin: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>) {
         self.key.clear();
         keys::timer_key(&mut self.key, plugin, actor, id);
-        let key = self.key.clone();
-        if let Some(old) = self.due_of.insert(key.clone(), due) {
-            self.queue.remove(&(old, key.clone()));
+        let old = match self.due_of.get_mut(self.key.as_slice()) {
+            Some(d) => Some(std::mem::replace(d, due)),
+            None => {
+                self.due_of.insert(self.key.clone(), due);
+                None
+            }
+        };
+        // The queue's key owns a copy; the old entry's copy moves to the new position.
+        let key = match old.and_then(|old| self.queue.remove_entry(&(old, self.key.clone()))) {
+            Some(((_, key), _)) => key,
+            None => self.key.clone(),
+        };
+        if !self.dirty.contains(key.as_slice()) {
+            self.dirty.insert(key.clone());
         }
-        self.queue.insert((due, key.clone()), payload);
-        self.dirty.insert(key);
+        self.queue.insert((due, key), payload);
     }
 
     pub fn cancel(&mut self, plugin: &str, actor: &str, id: &str) {
