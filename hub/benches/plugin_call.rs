@@ -36,7 +36,7 @@ fn setup(file: &str, config: serde_json::Value) -> Setup {
     let module = Arc::new(PluginModule::load(&runtime, &wasm, &config).expect("valid plugin"));
     let mut cache = StateCache::new(1 << 20);
     let slot = cache.add_plugin(db.state_tree(module.name()).expect("tree"));
-    let instance = PluginInstance::new(module, slot).expect("instance");
+    let instance = PluginInstance::new(module, "bench".into(), slot).expect("instance");
     let stores = Some(Box::new(ShardStores {
         state: cache,
         timers: TimerWheel::new(db.timers.clone()),

@@ -1,4 +1,6 @@
-//! The `hub` command line: `up`, `run`, `send`, `tail`, `bench`.
+//! The `hub` command line: `up`, `run`, `send`, `tail`, `plugin`, `bench`.
+
+mod plugin;
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -30,6 +32,8 @@ enum Command {
     Send(SendArgs),
     /// Print what the hub publishes (actions, emitted events, dead letters).
     Tail(TailArgs),
+    /// Manage the plugins of a running hub (a client of its admin API).
+    Plugin(plugin::PluginArgs),
     /// Load generator and latency report for the example pipeline.
     Bench(crate::bench::BenchArgs),
 }
@@ -140,6 +144,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Run(a) => run(a).await,
             Command::Send(a) => send(a).await,
             Command::Tail(a) => tail(a).await,
+            Command::Plugin(a) => plugin::run(a).await,
             Command::Bench(a) => crate::bench::run(a).await,
         }
     })
@@ -219,9 +224,20 @@ fn print_banner(config: &Config, hub: &Hub, local: bool) {
     println!(
         "  actions out  hub.actions.<name>; emitted events on hub.events.<kind>; dead letters on hub.dlq.<reason>"
     );
-    println!("  HTTP         http://{0}/healthz  http://{0}/metrics", hub.http_addr());
-    for p in hub.plugins() {
-        println!("  plugin       {} {} ({})", p.name, p.version, p.subscribes.join(", "));
+    println!(
+        "  HTTP         http://{0}/healthz  http://{0}/metrics  admin API http://{0}/api/",
+        hub.http_addr()
+    );
+    for p in &hub.registry().live().load().plugins {
+        let d = &p.module.description;
+        println!(
+            "  plugin       {} v{} ({} {}; {})",
+            p.name,
+            p.version,
+            d.name,
+            d.version,
+            d.subscribes.join(", ")
+        );
     }
     if hub.timers_restored() > 0 {
         println!("  timers       {} pending timers restored", hub.timers_restored());

@@ -1,4 +1,4 @@
-//! The hub's HTTP surface for this stage: `/healthz` and Prometheus `/metrics`.
+//! The hub's HTTP surface: `/healthz`, Prometheus `/metrics`, and the admin API under `/api/`.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -14,13 +14,18 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub nats: async_nats::Client,
     pub router: crate::router::Router,
-    pub plugins: Arc<Vec<crate::runtime::Description>>,
+    pub registry: Arc<crate::registry::Registry>,
+    pub stats: Arc<crate::stats::PluginStats>,
+    pub auth: crate::api::Auth,
+    /// Upload bodies up to this size (plus room for the refusal to say why) are read.
+    pub max_module_bytes: usize,
 }
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::api::router(state.clone()))
         .with_state(state)
 }
 
@@ -31,8 +36,9 @@ async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
         "nats": if connected { "connected" } else { "disconnected" },
         "shards": s.router.shard_count(),
         "queued": s.router.depths().iter().sum::<usize>(),
-        "plugins": s.plugins.iter().map(|d| serde_json::json!({
-            "name": d.name, "version": d.version, "subscribes": d.subscribes,
+        "plugins": s.registry.live().load().plugins.iter().map(|p| serde_json::json!({
+            "name": &*p.name, "version": p.version, "module": p.module.description.name,
+            "module_version": p.module.description.version, "subscribes": p.module.description.subscribes,
         })).collect::<Vec<_>>(),
     });
     let code = if connected {

@@ -4,10 +4,12 @@
 use crate::config::Config;
 use crate::egress::Egress;
 use crate::ingress::{CompiledRule, Ingress};
+use crate::registry::Registry;
 use crate::router::Router;
-use crate::runtime::{Description, Runtime};
+use crate::runtime::Runtime;
 use crate::shard::{Shard, ShardSetup};
 use crate::state::{Committer, Db, StateError, TimerWheel};
+use crate::stats::PluginStats;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +32,9 @@ pub enum StartError {
     #[error("plugin runtime: {0}")]
     Runtime(String),
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Seed(#[from] crate::registry::SeedError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::StoreError),
     #[error("shard {id} could not start: {reason}")]
     Shard { id: usize, reason: String },
     #[error("cannot listen for HTTP on {addr}: {source}")]
@@ -42,7 +46,7 @@ pub enum StartError {
 /// A running hub.
 pub struct Hub {
     http_addr: SocketAddr,
-    plugins: Arc<Vec<Description>>,
+    registry: Arc<Registry>,
     timers_restored: usize,
     ingress: Ingress,
     router: Router,
@@ -88,14 +92,14 @@ impl Hub {
             })?;
 
         let runtime = Runtime::new(config.limits.clone()).map_err(|e| StartError::Runtime(format!("{e:#}")))?;
-        let modules = match &config.plugins.dir {
-            Some(dir) => crate::registry::load_dir(&runtime, dir, &config.plugins.config)?,
-            None => Vec::new(),
-        };
-        let plugins = Arc::new(modules.iter().map(|m| m.description.clone()).collect::<Vec<_>>());
-
         let shard_count = config.engine.shard_count();
         let (router, receivers) = Router::new(shard_count, config.engine.queue_capacity);
+        let registry = Registry::open(runtime, db.sled(), router.clone())?;
+        if let Some(dir) = &config.plugins.dir {
+            registry.seed(dir, &config.plugins.config)?;
+        }
+        let plugins = registry.start()?;
+        let stats = Arc::new(PluginStats::new(shard_count));
         let egress = Egress::new(client.clone());
 
         let mut wheels: Vec<TimerWheel> = (0..shard_count).map(|_| TimerWheel::new(db.timers.clone())).collect();
@@ -109,35 +113,30 @@ impl Hub {
                 rx,
                 router: router.clone(),
                 egress: egress.clone(),
-                plugins: modules.clone(),
+                live: registry.live().clone(),
+                stats: stats.clone(),
                 db: db.clone(),
                 timers,
                 commits: commits.clone(),
                 engine: config.engine.clone(),
             };
+            // The shard instantiates its plugins on its own thread; wait for that, so the hub
+            // serves every plugin once `start` returns.
             let (ready, is_ready) = tokio::sync::oneshot::channel();
-            let thread =
-                std::thread::Builder::new()
-                    .name(format!("hub-shard-{id}"))
-                    .spawn(move || match Shard::new(setup) {
-                        Ok(shard) => {
-                            let _ = ready.send(Ok(()));
-                            shard.run();
-                        }
-                        Err(e) => {
-                            let _ = ready.send(Err(e));
-                        }
-                    })?;
-            match is_ready.await {
-                Ok(Ok(())) => shards.push(thread),
-                Ok(Err(reason)) => return Err(StartError::Shard { id, reason }),
-                Err(_) => {
-                    return Err(StartError::Shard {
-                        id,
-                        reason: "the shard thread exited during start".into(),
-                    });
-                }
+            let thread = std::thread::Builder::new()
+                .name(format!("hub-shard-{id}"))
+                .spawn(move || {
+                    let shard = Shard::new(setup);
+                    let _ = ready.send(());
+                    shard.run();
+                })?;
+            if is_ready.await.is_err() {
+                return Err(StartError::Shard {
+                    id,
+                    reason: "the shard thread exited during start".into(),
+                });
             }
+            shards.push(thread);
         }
 
         drop(commits);
@@ -161,7 +160,10 @@ impl Hub {
             metrics,
             nats: client.clone(),
             router: router.clone(),
-            plugins: plugins.clone(),
+            registry: registry.clone(),
+            stats,
+            auth: crate::api::Auth::new(config.admin_token.clone(), config.http.listen),
+            max_module_bytes: config.limits.max_module_bytes,
         });
         let (http_stop, mut stopped) = watch::channel(false);
         let http = tokio::spawn(async move {
@@ -173,10 +175,10 @@ impl Hub {
             }
         });
 
-        tracing::info!(shards = shard_count, plugins = plugins.len(), timers_restored, %http_addr, "hub started");
+        tracing::info!(shards = shard_count, plugins, timers_restored, %http_addr, "hub started");
         Ok(Hub {
             http_addr,
-            plugins,
+            registry,
             timers_restored,
             ingress,
             router,
@@ -193,8 +195,9 @@ impl Hub {
         self.http_addr
     }
 
-    pub fn plugins(&self) -> &[Description] {
-        &self.plugins
+    /// The plugin registry (what runs, and every version it had).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// Durable timers found in sled at start.

@@ -9,9 +9,11 @@
 //! 5. [`state`] — sled behind a per-shard write-behind cache, durable timers;
 //! 6. [`egress`] — actions, emitted events and dead letters leave over NATS.
 //!
-//! Around them: [`config`], [`registry`] (which plugins run), [`http`] (health and metrics),
+//! Around them: [`config`], [`registry`] (which plugin versions run, and hot swap), [`api`] (the
+//! admin REST API), [`stats`] (per-plugin call statistics), [`http`] (health and metrics),
 //! [`hub`] (wiring), [`nats_server`] (a local server for `hub up`), [`bench`] and [`cli`].
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -27,6 +29,7 @@ pub mod router;
 pub mod runtime;
 pub mod shard;
 pub mod state;
+pub mod stats;
 
 /// Where the build put the example plugins (`plugins/`, built for wasm32-wasip2).
 pub const EXAMPLE_PLUGINS: &str = env!("HUB_EXAMPLE_PLUGINS");

@@ -1,87 +1,471 @@
-//! Which plugins run: loaded from a folder at start (every `*.wasm`, each validated with its
-//! config before anything goes live).
+//! Which plugins run, and every version they ever had.
+//!
+//! The registry in sled is the source of truth at start; `--plugins DIR` seeds or updates it.
+//! Every change an admin makes (upload, config, rollback, enable, disable, delete) is validated
+//! first, written to sled, and then goes live through [`Live`] with one atomic switch that each
+//! shard picks up between batches. Changes are made one at a time.
 
-use crate::runtime::{LoadError, PluginModule, Runtime};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod live;
+mod seed;
+mod store;
 
+pub use live::{Live, LivePlugin, LiveSet};
+pub use seed::SeedError;
+pub use store::{PluginRecord, StoreError, VersionRecord, sha256_hex};
+
+use crate::router::Router;
+use crate::runtime::{LoadError, PluginModule, Runtime, valid_name};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use store::Store;
+use wasmtime::component::Component;
+
+/// How long an admin call waits for every shard to run a change before it answers anyway.
+const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an admin change was refused. The messages are shown to the admin as they are.
 #[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("cannot read plugin folder {dir}: {source}")]
-    ReadDir { dir: PathBuf, source: std::io::Error },
-    #[error("cannot read {file}: {source}")]
-    Read { file: PathBuf, source: std::io::Error },
-    #[error("plugin {file} refused: {source}")]
-    Refused { file: PathBuf, source: LoadError },
-    #[error("plugins {first} and {second} are both named {name:?}")]
-    Duplicate {
-        name: String,
-        first: PathBuf,
-        second: PathBuf,
-    },
-    #[error("config given for plugin {0:?}, but no plugin of that name was loaded")]
-    UnknownConfig(String),
+pub enum AdminError {
+    #[error("{0:?} is not a valid plugin name: use 1–64 letters, digits, '-' or '_'")]
+    BadName(String),
+    #[error("no plugin named {0:?}")]
+    NotFound(String),
+    #[error("plugin {name:?} has no version {version}")]
+    NoSuchVersion { name: String, version: u32 },
+    #[error("plugin {0:?} has no earlier version to roll back to")]
+    NothingToRollBack(String),
+    #[error("the config must be a JSON object")]
+    ConfigNotObject,
+    #[error(transparent)]
+    Refused(#[from] LoadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
-/// Load and validate every `*.wasm` in `dir`, sorted by file name. Config comes from `configs`
-/// by plugin name (the name the plugin gives in `describe()`).
-pub fn load_dir(
-    runtime: &Arc<Runtime>,
-    dir: &Path,
-    configs: &BTreeMap<String, serde_json::Value>,
-) -> Result<Vec<Arc<PluginModule>>, RegistryError> {
-    let read_dir = |source| RegistryError::ReadDir {
-        dir: dir.to_owned(),
-        source,
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read_dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-        .collect();
-    files.sort();
-    let empty = serde_json::Value::Object(Default::default());
-    let mut loaded: Vec<(PathBuf, Arc<PluginModule>)> = Vec::new();
-    for file in files {
-        let wasm = std::fs::read(&file).map_err(|source| RegistryError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        // The name is only known after describe(), so validate with the config of the file stem
-        // first and re-validate with the config of the declared name if it differs.
-        let stem = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .replace('_', "-");
-        let refused = |source| RegistryError::Refused {
-            file: file.clone(),
-            source,
-        };
-        let mut module = PluginModule::load(runtime, &wasm, configs.get(&stem).unwrap_or(&empty)).map_err(refused)?;
-        if module.name() != stem {
-            let config = configs.get(module.name()).unwrap_or(&empty);
-            module = PluginModule::load(runtime, &wasm, config).map_err(|source| RegistryError::Refused {
-                file: file.clone(),
-                source,
-            })?;
+/// What an admin change did.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Change {
+    pub name: String,
+    /// The active version after the change.
+    pub version: u32,
+    pub enabled: bool,
+    /// False when the request asked for what was already the case.
+    pub changed: bool,
+    /// Every shard runs the change (false only if a shard did not pick it up in 5 s).
+    pub live: bool,
+    /// From the switch to the last shard running it.
+    pub live_after_ms: f64,
+}
+
+#[derive(Default)]
+struct Running {
+    live: BTreeMap<String, Arc<LivePlugin>>,
+    disabled: BTreeSet<String>,
+}
+
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    store: Store,
+    live: Arc<Live>,
+    router: Router,
+    engine_key: String,
+    running: Mutex<Running>,
+    /// Compiled components by wasm hash: versions and names share them.
+    compiled: Mutex<HashMap<String, Component>>,
+    /// Admin changes happen one at a time, so records and the live set never interleave.
+    changes: tokio::sync::Mutex<()>,
+    /// Components compiled from wasm since start (not loaded from memory or the artifact cache).
+    compiles: std::sync::atomic::AtomicU64,
+}
+
+impl Registry {
+    pub fn open(runtime: Arc<Runtime>, db: &sled::Db, router: Router) -> Result<Arc<Registry>, StoreError> {
+        Ok(Arc::new(Registry {
+            engine_key: runtime.artifact_key(),
+            live: Arc::new(Live::new(router.shard_count())),
+            store: Store::open(db)?,
+            router,
+            runtime,
+            running: Mutex::default(),
+            compiled: Mutex::default(),
+            changes: tokio::sync::Mutex::new(()),
+            compiles: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// How many components were compiled from wasm since start; a restart with an intact
+    /// artifact cache compiles none.
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Seed or update the registry from a folder of `*.wasm` (see [`seed`]).
+    pub fn seed(&self, dir: &std::path::Path, configs: &BTreeMap<String, serde_json::Value>) -> Result<(), SeedError> {
+        seed::seed_dir(self, dir, configs)
+    }
+
+    /// Make the active version of every enabled plugin live. Used once at start; a plugin whose
+    /// stored version no longer loads is logged and left out rather than stopping the hub.
+    pub fn start(&self) -> Result<usize, StoreError> {
+        let mut running = Running::default();
+        for record in self.store.plugins()? {
+            if !record.enabled {
+                running.disabled.insert(record.name.clone());
+                continue;
+            }
+            match self.live_plugin(&record) {
+                Ok(p) => {
+                    running.live.insert(record.name.clone(), p);
+                }
+                Err(e) => tracing::error!(plugin = record.name, error = %e, "plugin not started"),
+            }
         }
-        if let Some((first, _)) = loaded.iter().find(|(_, m)| m.name() == module.name()) {
-            return Err(RegistryError::Duplicate {
-                name: module.name().to_owned(),
-                first: first.clone(),
-                second: file,
+        let count = running.live.len();
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = running;
+        self.publish();
+        Ok(count)
+    }
+
+    pub fn plugins(&self) -> Result<Vec<PluginRecord>, StoreError> {
+        self.store.plugins()
+    }
+
+    pub fn plugin(&self, name: &str) -> Result<PluginRecord, AdminError> {
+        self.store
+            .plugin(name)?
+            .ok_or_else(|| AdminError::NotFound(name.to_owned()))
+    }
+
+    /// Upload `wasm` as the next version of `name` and make it live. Without `config`, the
+    /// active version's config carries over (a code update keeps its template parameters).
+    pub async fn upload(
+        self: &Arc<Self>,
+        name: &str,
+        wasm: bytes::Bytes,
+        config: Option<serde_json::Value>,
+    ) -> Result<Change, AdminError> {
+        if !valid_name(name) {
+            return Err(AdminError::BadName(name.to_owned()));
+        }
+        let _one_at_a_time = self.changes.lock().await;
+        let existing = self.store.plugin(name)?;
+        let config = match (config, existing.as_ref().and_then(PluginRecord::active)) {
+            (Some(c), _) => c,
+            (None, Some(active)) => active.config.clone(),
+            (None, None) => serde_json::json!({}),
+        };
+        let sha256 = sha256_hex(&wasm);
+        if let Some(active) = existing.as_ref().and_then(PluginRecord::active)
+            && active.sha256 == sha256
+            && active.config == config
+        {
+            return Ok(self.unchanged(existing.as_ref()));
+        }
+        let size = wasm.len();
+        let this = self.clone();
+        let (module, sha256) = self
+            .blocking(move || {
+                let module = this.module(&sha256, Some(&wasm), &config)?;
+                this.store.put_wasm(&sha256, &wasm)?;
+                Ok((module, sha256))
+            })
+            .await?;
+        self.add_version(name, existing, module, sha256, size, "api").await
+    }
+
+    /// New template parameters for the running code: a new version with the same wasm.
+    pub async fn set_config(self: &Arc<Self>, name: &str, config: serde_json::Value) -> Result<Change, AdminError> {
+        if !config.is_object() {
+            return Err(AdminError::ConfigNotObject);
+        }
+        let _one_at_a_time = self.changes.lock().await;
+        let record = self.plugin(name)?;
+        let active = record
+            .active()
+            .cloned()
+            .ok_or_else(|| AdminError::NotFound(name.to_owned()))?;
+        if active.config == config {
+            return Ok(self.unchanged(Some(&record)));
+        }
+        let this = self.clone();
+        let sha256 = active.sha256.clone();
+        let module = self.blocking(move || this.module(&sha256, None, &config)).await?;
+        self.add_version(name, Some(record), module, active.sha256, active.size, "config")
+            .await
+    }
+
+    /// Make `version` (default: the highest one below the active) the active one.
+    pub async fn rollback(self: &Arc<Self>, name: &str, version: Option<u32>) -> Result<Change, AdminError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let mut record = self.plugin(name)?;
+        let target = match version {
+            Some(v) => v,
+            None => record
+                .versions
+                .iter()
+                .map(|v| v.version)
+                .filter(|v| *v < record.active)
+                .max()
+                .ok_or_else(|| AdminError::NothingToRollBack(name.to_owned()))?,
+        };
+        if record.version(target).is_none() {
+            return Err(AdminError::NoSuchVersion {
+                name: name.to_owned(),
+                version: target,
             });
         }
-        tracing::info!(plugin = module.name(), version = module.description.version, file = %file.display(), "plugin loaded");
-        loaded.push((file, Arc::new(module)));
+        if target == record.active {
+            return Ok(self.unchanged(Some(&record)));
+        }
+        record.active = target;
+        let live = if record.enabled {
+            let this = self.clone();
+            let r = record.clone();
+            Some(self.blocking(move || this.live_plugin(&r)).await?)
+        } else {
+            None
+        };
+        self.store.put_plugin(&record)?;
+        Ok(self.go_live(&record, live).await)
     }
-    if let Some(name) = configs
-        .keys()
-        .find(|n| !loaded.iter().any(|(_, m)| m.name() == n.as_str()))
-    {
-        return Err(RegistryError::UnknownConfig(name.clone()));
+
+    pub async fn set_enabled(self: &Arc<Self>, name: &str, enabled: bool) -> Result<Change, AdminError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let mut record = self.plugin(name)?;
+        if record.enabled == enabled {
+            return Ok(self.unchanged(Some(&record)));
+        }
+        record.enabled = enabled;
+        let live = if enabled {
+            let this = self.clone();
+            let r = record.clone();
+            Some(self.blocking(move || this.live_plugin(&r)).await?)
+        } else {
+            None
+        };
+        self.store.put_plugin(&record)?;
+        Ok(self.go_live(&record, live).await)
     }
-    Ok(loaded.into_iter().map(|(_, m)| m).collect())
+
+    /// Stop running `name` and forget its versions. Its state and timers stay in sled, so a
+    /// plugin uploaded again under the same name carries on where it stopped.
+    pub async fn delete(self: &Arc<Self>, name: &str) -> Result<Change, AdminError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let record = self.plugin(name)?;
+        self.store.delete_plugin(name)?;
+        {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            running.live.remove(name);
+            running.disabled.remove(name);
+        }
+        let (live, live_after_ms) = self.switch().await;
+        Ok(Change {
+            name: record.name,
+            version: record.active,
+            enabled: false,
+            changed: true,
+            live,
+            live_after_ms,
+        })
+    }
+
+    /// Append a validated version, make it active, and make it live.
+    async fn add_version(
+        &self,
+        name: &str,
+        existing: Option<PluginRecord>,
+        module: Arc<PluginModule>,
+        sha256: String,
+        size: usize,
+        source: &str,
+    ) -> Result<Change, AdminError> {
+        let record = self.record_version(name, existing, &module, sha256, size, source)?;
+        let live = record.enabled.then(|| {
+            Arc::new(LivePlugin {
+                name: name.into(),
+                version: record.active,
+                module,
+            })
+        });
+        Ok(self.go_live(&record, live).await)
+    }
+
+    /// Append a validated version to `name`'s record, make it the active one, and store it.
+    fn record_version(
+        &self,
+        name: &str,
+        existing: Option<PluginRecord>,
+        module: &PluginModule,
+        sha256: String,
+        size: usize,
+        source: &str,
+    ) -> Result<PluginRecord, AdminError> {
+        let mut record = existing.unwrap_or_else(|| PluginRecord {
+            name: name.to_owned(),
+            active: 0,
+            enabled: true,
+            versions: Vec::new(),
+        });
+        let version = record.next_version();
+        record.versions.push(VersionRecord {
+            version,
+            sha256,
+            size,
+            uploaded_at: crate::event::now_ms(),
+            source: source.to_owned(),
+            description: module.description.clone(),
+            config: serde_json::from_str(&module.config).unwrap_or_default(),
+        });
+        record.active = version;
+        self.store.put_plugin(&record)?;
+        Ok(record)
+    }
+
+    /// Put `record`'s new state into the live set and wait until every shard runs it.
+    async fn go_live(&self, record: &PluginRecord, live: Option<Arc<LivePlugin>>) -> Change {
+        {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            match live {
+                Some(p) => {
+                    running.live.insert(record.name.clone(), p);
+                    running.disabled.remove(&record.name);
+                }
+                None => {
+                    running.live.remove(&record.name);
+                    running.disabled.insert(record.name.clone());
+                }
+            }
+        }
+        let (live, live_after_ms) = self.switch().await;
+        tracing::info!(
+            plugin = record.name,
+            version = record.active,
+            enabled = record.enabled,
+            live_after_ms,
+            "plugin change is live"
+        );
+        Change {
+            name: record.name.clone(),
+            version: record.active,
+            enabled: record.enabled,
+            changed: true,
+            live,
+            live_after_ms,
+        }
+    }
+
+    /// Publish the running set, wake idle shards, and wait for all of them to adopt it.
+    async fn switch(&self) -> (bool, f64) {
+        let started = Instant::now();
+        let generation = self.publish();
+        self.router.nudge_all();
+        let live = self.live.wait_everywhere(generation, LIVE_TIMEOUT).await;
+        if !live {
+            tracing::warn!(generation, "not every shard picked up a plugin change in time");
+        }
+        (live, started.elapsed().as_secs_f64() * 1000.0)
+    }
+
+    fn publish(&self) -> u64 {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        self.live.publish(
+            running.live.values().cloned().collect(),
+            running.disabled.iter().map(|n| Arc::from(n.as_str())).collect(),
+        )
+    }
+
+    fn unchanged(&self, record: Option<&PluginRecord>) -> Change {
+        Change {
+            name: record.map(|r| r.name.clone()).unwrap_or_default(),
+            version: record.map_or(0, |r| r.active),
+            enabled: record.is_some_and(|r| r.enabled),
+            changed: false,
+            live: true,
+            live_after_ms: 0.0,
+        }
+    }
+
+    /// The live plugin for `record`'s active version.
+    fn live_plugin(&self, record: &PluginRecord) -> Result<Arc<LivePlugin>, AdminError> {
+        let v = record.active().ok_or_else(|| AdminError::NoSuchVersion {
+            name: record.name.clone(),
+            version: record.active,
+        })?;
+        let module = self.module(&v.sha256, None, &v.config)?;
+        Ok(Arc::new(LivePlugin {
+            name: record.name.as_str().into(),
+            version: v.version,
+            module,
+        }))
+    }
+
+    /// A validated module of the wasm with hash `sha256` (given, or read from the registry) and
+    /// `config`.
+    fn module(
+        &self,
+        sha256: &str,
+        wasm: Option<&[u8]>,
+        config: &serde_json::Value,
+    ) -> Result<Arc<PluginModule>, AdminError> {
+        let component = self.component(sha256, wasm)?;
+        Ok(Arc::new(PluginModule::from_component(
+            &self.runtime,
+            &component,
+            config,
+        )?))
+    }
+
+    /// The compiled component of `sha256`: from memory, from the artifact cache, or compiled
+    /// (and then cached).
+    fn component(&self, sha256: &str, wasm: Option<&[u8]>) -> Result<Component, AdminError> {
+        if let Some(c) = self.compiled.lock().unwrap_or_else(PoisonError::into_inner).get(sha256) {
+            return Ok(c.clone());
+        }
+        let cached = self
+            .store
+            .artifact(sha256, &self.engine_key)?
+            .and_then(|a| self.runtime.deserialize(&a));
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let stored;
+                let wasm = match wasm {
+                    Some(w) => w,
+                    None => {
+                        stored = self.store.wasm(sha256)?;
+                        &stored
+                    }
+                };
+                let c = PluginModule::compile(&self.runtime, wasm)?;
+                self.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match self.runtime.serialize(&c) {
+                    Ok(artifact) => self.store.put_artifact(sha256, &self.engine_key, &artifact)?,
+                    Err(e) => tracing::warn!(error = %e, "compiled plugin not cached"),
+                }
+                c
+            }
+        };
+        self.compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(sha256.to_owned(), component.clone());
+        Ok(component)
+    }
+
+    /// Run compiling and `init` off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, AdminError> + Send + 'static,
+    ) -> Result<T, AdminError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| AdminError::Internal(format!("validation task failed: {e}")))?
+    }
 }

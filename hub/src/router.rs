@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 pub enum ShardMsg {
     Event(Routed),
+    /// Wake up and look at the live plugin set (it changed).
+    Reload,
     /// Finish what is queued, commit, and exit.
     Stop,
 }
@@ -55,6 +57,14 @@ impl Router {
     /// Events waiting in front of each shard.
     pub fn depths(&self) -> Vec<usize> {
         self.shards.iter().map(|s| s.len()).collect()
+    }
+
+    /// Wake every idle shard so it adopts a changed plugin set now. A full queue is skipped:
+    /// that shard is busy and looks at the set between its batches anyway.
+    pub fn nudge_all(&self) {
+        for s in self.shards.iter() {
+            let _ = s.try_send(ShardMsg::Reload);
+        }
     }
 
     /// Ask every shard to finish and exit.

@@ -17,14 +17,14 @@ mod module;
 
 pub use host::{HostState, ShardStores};
 pub use instance::{CallError, PluginInstance};
-pub use module::{Description, LoadError, PluginModule};
+pub use module::{Description, LoadError, PluginModule, valid_name};
 
 use crate::config::PluginLimits;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 /// What a plugin call produced, converted from the WIT types.
@@ -84,6 +84,28 @@ impl Runtime {
 
     pub fn limits(&self) -> &PluginLimits {
         &self.limits
+    }
+
+    /// Identifies what this engine can load: compiled artifacts are cached under it, so a hub
+    /// with another wasmtime version or settings recompiles instead of loading them.
+    pub fn artifact_key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// A compiled component as bytes, for the artifact cache.
+    pub fn serialize(&self, component: &Component) -> wasmtime::Result<Vec<u8>> {
+        component.serialize()
+    }
+
+    /// Load a compiled artifact from the cache; `None` (recompile) if it does not load.
+    pub fn deserialize(&self, artifact: &[u8]) -> Option<Component> {
+        // SAFETY: the artifact cache lives in the hub's own data folder, holds only what
+        // `serialize` wrote, and is keyed by `artifact_key`, so the bytes come from a compatible
+        // engine; wasmtime still checks the header and refuses incompatible artifacts.
+        unsafe { Component::deserialize(&self.engine, artifact) }.ok()
     }
 
     /// Epoch ticks a call may run before it is interrupted.

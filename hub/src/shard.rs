@@ -13,9 +13,11 @@
 use crate::egress::{DeadLetter, Egress, Outbound, headers, subjects};
 use crate::event::{Action, Event, Routed, derived_id, is_subject_safe, now_ms};
 use crate::metrics as m;
+use crate::registry::{Live, LivePlugin, LiveSet};
 use crate::router::{Router, ShardMsg};
-use crate::runtime::{CallError, Output, PluginInstance, PluginModule, ShardStores};
-use crate::state::{Applied, Commit, CommitQueue, DueTimer, StateCache, TimerWheel};
+use crate::runtime::{CallError, Output, PluginInstance, ShardStores};
+use crate::state::{Applied, Commit, CommitQueue, DueTimer, PluginSlot, StateCache, TimerWheel};
+use crate::stats::{Pending, PluginStats};
 use bytes::Bytes;
 use hub_plugin_sdk::pattern::kind_matches;
 use rustc_hash::FxHashMap;
@@ -30,7 +32,8 @@ pub struct ShardSetup {
     pub rx: flume::Receiver<ShardMsg>,
     pub router: Router,
     pub egress: Egress,
-    pub plugins: Vec<Arc<PluginModule>>,
+    pub live: Arc<Live>,
+    pub stats: Arc<PluginStats>,
     pub db: crate::state::Db,
     pub timers: TimerWheel,
     pub commits: CommitQueue,
@@ -89,6 +92,8 @@ impl Supervisor {
 
 struct Loaded {
     name: Arc<str>,
+    /// The live version this instance runs; compared by pointer when the live set changes.
+    live: Arc<LivePlugin>,
     source: String,
     instance: PluginInstance,
     supervisor: Supervisor,
@@ -97,6 +102,8 @@ struct Loaded {
     latency: metrics::Histogram,
     /// Calls counted towards the next latency sample.
     sampled: u32,
+    /// Counts for the admin API, folded into [`PluginStats`] at each commit.
+    pending: Pending,
 }
 
 /// What a plugin call is about.
@@ -112,6 +119,13 @@ pub struct Shard {
     egress: Egress,
     plugins: Vec<Loaded>,
     by_name: FxHashMap<Arc<str>, usize>,
+    /// The live set this shard runs.
+    live: Arc<Live>,
+    live_set: Arc<LiveSet>,
+    stats: Arc<PluginStats>,
+    db: crate::state::Db,
+    /// State cache slot of every plugin name this shard has run (a name keeps its slot).
+    slots: FxHashMap<Arc<str>, PluginSlot>,
     subscribers: FxHashMap<String, Rc<[usize]>>,
     stores: Option<Box<ShardStores>>,
     /// Emitted events for this shard's own actors, processed before the next input.
@@ -134,43 +148,26 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Instantiate every plugin on this shard. Runs on the shard's own thread.
-    pub fn new(setup: ShardSetup) -> Result<Shard, String> {
-        let mut cache = StateCache::new(setup.engine.cache_entries);
-        let mut plugins = Vec::with_capacity(setup.plugins.len());
-        let mut by_name = FxHashMap::default();
-        for module in setup.plugins {
-            let name: Arc<str> = module.name().into();
-            let tree = setup.db.state_tree(&name).map_err(|e| e.to_string())?;
-            let slot = cache.add_plugin(tree);
-            let instance = PluginInstance::new(module, slot).map_err(|e| format!("plugin {name}: {e}"))?;
-            // Per-shard series: shards never share a metric's atomics on the hot path.
-            let labels = [("plugin", name.to_string()), ("shard", setup.id.to_string())];
-            by_name.insert(name.clone(), plugins.len());
-            plugins.push(Loaded {
-                source: format!("plugin:{name}"),
-                name,
-                instance,
-                supervisor: Supervisor::default(),
-                calls: metrics::counter!(m::PLUGIN_CALLS, &labels),
-                errors: metrics::counter!(m::PLUGIN_ERRORS, &labels),
-                latency: metrics::histogram!(m::PLUGIN_CALL_SECONDS, &labels),
-                sampled: 0,
-            });
-        }
+    /// Set up the shard and instantiate the live plugins. Runs on the shard's own thread.
+    pub fn new(setup: ShardSetup) -> Shard {
         let shard = setup.id.to_string();
         let shards = setup.router.shard_count();
         let commit_every = Duration::from_millis(setup.engine.commit_interval_ms.max(1));
-        Ok(Shard {
+        let mut this = Shard {
             id: setup.id,
             rx: setup.rx,
             router: setup.router,
             egress: setup.egress,
-            plugins,
-            by_name,
+            plugins: Vec::new(),
+            by_name: FxHashMap::default(),
+            live_set: Arc::new(LiveSet::default()),
+            live: setup.live,
+            stats: setup.stats,
+            db: setup.db.clone(),
+            slots: FxHashMap::default(),
             subscribers: FxHashMap::default(),
             stores: Some(Box::new(ShardStores {
-                state: cache,
+                state: StateCache::new(setup.engine.cache_entries),
                 timers: setup.timers,
                 profiles: setup.db.profiles.clone(),
             })),
@@ -189,7 +186,77 @@ impl Shard {
             actions_out: metrics::counter!(m::ACTIONS_OUT, "shard" => shard.clone()),
             events_emitted: metrics::counter!(m::EVENTS_EMITTED, "shard" => shard.clone()),
             event_to_action: metrics::histogram!(m::EVENT_TO_ACTION_SECONDS, "shard" => shard),
-        })
+        };
+        this.adopt_live_set();
+        this
+    }
+
+    /// Switch to the newest live set: keep instances whose version is unchanged, start new
+    /// versions (their state and timers carry over: they belong to the name), drop the rest.
+    /// Runs between batches, so each event is handled by exactly one version.
+    fn adopt_live_set(&mut self) {
+        let set = self.live.load();
+        let mut old: FxHashMap<Arc<str>, Loaded> = self.plugins.drain(..).map(|l| (l.name.clone(), l)).collect();
+        for live in &set.plugins {
+            match old.remove(&live.name) {
+                Some(kept) if Arc::ptr_eq(&kept.live, live) => self.plugins.push(kept),
+                previous => {
+                    if let Some(mut prev) = previous {
+                        self.stats.fold(self.id, &prev.name, &mut prev.pending);
+                    }
+                    let loaded = self.start_plugin(live);
+                    self.plugins.push(loaded);
+                }
+            }
+        }
+        for (name, mut gone) in old {
+            self.stats.fold(self.id, &name, &mut gone.pending);
+        }
+        self.by_name = self
+            .plugins
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+        self.subscribers.clear();
+        self.live.adopted(self.id, set.generation);
+        self.live_set = set;
+    }
+
+    fn start_plugin(&mut self, live: &Arc<LivePlugin>) -> Loaded {
+        let name = live.name.clone();
+        let slot = match self.slots.get(&name) {
+            Some(slot) => *slot,
+            None => {
+                let slot = match self.db.state_tree(&name) {
+                    Ok(tree) => self.stores().state.add_plugin(tree),
+                    Err(e) => {
+                        tracing::error!(plugin = %name, error = %e, "cannot open the plugin's state tree");
+                        PluginSlot::PROBE
+                    }
+                };
+                self.slots.insert(name.clone(), slot);
+                slot
+            }
+        };
+        let (instance, failed) = PluginInstance::starting(live.module.clone(), name.clone(), slot);
+        if let Some(e) = failed {
+            tracing::error!(plugin = %name, shard = self.id, error = %e, "plugin did not start; retried on its next event");
+        }
+        // Per-shard series: shards never share a metric's atomics on the hot path.
+        let labels = [("plugin", name.to_string()), ("shard", self.id.to_string())];
+        Loaded {
+            source: format!("plugin:{name}"),
+            name,
+            live: live.clone(),
+            instance,
+            supervisor: Supervisor::default(),
+            calls: metrics::counter!(m::PLUGIN_CALLS, &labels),
+            errors: metrics::counter!(m::PLUGIN_ERRORS, &labels),
+            latency: metrics::histogram!(m::PLUGIN_CALL_SECONDS, &labels),
+            sampled: 0,
+            pending: Pending::new(),
+        }
     }
 
     fn stores(&mut self) -> &mut ShardStores {
@@ -203,6 +270,9 @@ impl Shard {
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut stopping = false;
         loop {
+            if self.live.generation() != self.live_set.generation {
+                self.adopt_live_set();
+            }
             let wake = self.next_wake();
             match self.rx.recv_deadline(wake) {
                 Ok(msg) => batch.push(msg),
@@ -213,6 +283,7 @@ impl Shard {
             for msg in batch.drain(..) {
                 match msg {
                     ShardMsg::Event(routed) => self.process(routed),
+                    ShardMsg::Reload => {}
                     ShardMsg::Stop => stopping = true,
                 }
             }
@@ -283,12 +354,18 @@ impl Shard {
             match self.by_name.get(timer.plugin.as_str()).copied() {
                 Some(p) => self.call(p, Cause::Timer(&timer)),
                 None => {
+                    let disabled = self.live_set.disabled.iter().any(|d| **d == *timer.plugin);
+                    let (reason, state) = if disabled {
+                        ("disabled", "disabled")
+                    } else {
+                        ("no_plugin", "not loaded")
+                    };
                     let detail = format!(
-                        "timer {:?} belongs to plugin {:?}, which is not loaded",
+                        "timer {:?} belongs to plugin {:?}, which is {state}",
                         timer.id, timer.plugin
                     );
                     let letter = DeadLetter {
-                        reason: "no_plugin",
+                        reason,
                         detail: &detail,
                         subject: "timer",
                         plugin: Some(&timer.plugin),
@@ -320,6 +397,7 @@ impl Shard {
             && let Err(e) = plugin.instance.recover()
         {
             plugin.errors.increment(1);
+            plugin.pending.errors += 1;
             if plugin.supervisor.trapped(now) {
                 self.quarantine_started(p);
             }
@@ -334,6 +412,7 @@ impl Shard {
         };
         let plugin = &mut self.plugins[p];
         plugin.calls.increment(1);
+        plugin.pending.record(now.elapsed().as_micros() as u64);
         plugin.sampled = plugin.sampled.wrapping_add(1);
         if plugin.sampled.is_multiple_of(LATENCY_SAMPLE_EVERY) {
             plugin.latency.record(now.elapsed().as_secs_f64());
@@ -350,6 +429,7 @@ impl Shard {
     fn call_failed(&mut self, p: usize, cause: &Cause<'_>, e: CallError) {
         let plugin = &mut self.plugins[p];
         plugin.errors.increment(1);
+        plugin.pending.errors += 1;
         tracing::warn!(plugin = %plugin.name, reason = e.reason(), error = %e, "plugin call failed");
         if e.is_trap() {
             let started = plugin.supervisor.trapped(Instant::now());
@@ -588,6 +668,9 @@ impl Shard {
 
     /// Hand dirty state and timers to the committer, and trim the cache if it is too large.
     fn commit(&mut self) {
+        for plugin in &mut self.plugins {
+            self.stats.fold(self.id, &plugin.name, &mut plugin.pending);
+        }
         let seq = self.commit_seq + 1;
         let applied = self.applied.get();
         let stores = self.stores();

@@ -58,6 +58,11 @@ impl Db {
         })
     }
 
+    /// The underlying database, for other parts of the hub that keep their own trees.
+    pub fn sled(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// The state tree of one plugin (by name, so state outlives plugin versions).
     pub fn state_tree(&self, plugin: &str) -> Result<sled::Tree, StateError> {
         Ok(self.db.open_tree(format!("state/{plugin}"))?)

@@ -55,16 +55,32 @@ pub struct PluginInstance {
 }
 
 impl PluginInstance {
-    /// Instantiate `module` and run its `init` with the module's config.
-    pub fn new(module: Arc<PluginModule>, slot: PluginSlot) -> Result<PluginInstance, CallError> {
-        let store = new_store(&module, slot);
-        let mut instance = PluginInstance {
+    /// Instantiate `module` as plugin `name` and run its `init` with the module's config.
+    pub fn new(module: Arc<PluginModule>, name: Arc<str>, slot: PluginSlot) -> Result<PluginInstance, CallError> {
+        let mut instance = Self::unstarted(module, name, slot);
+        instance.start()?;
+        Ok(instance)
+    }
+
+    /// Like [`PluginInstance::new`], but a failed start leaves the instance poisoned (the
+    /// caller's supervision retries it) instead of returning no instance at all.
+    pub fn starting(
+        module: Arc<PluginModule>,
+        name: Arc<str>,
+        slot: PluginSlot,
+    ) -> (PluginInstance, Option<CallError>) {
+        let mut instance = Self::unstarted(module, name, slot);
+        let failed = instance.start().err();
+        (instance, failed)
+    }
+
+    fn unstarted(module: Arc<PluginModule>, name: Arc<str>, slot: PluginSlot) -> PluginInstance {
+        let store = new_store(&module, name, slot);
+        PluginInstance {
             module,
             store,
             plugin: None,
-        };
-        instance.start()?;
-        Ok(instance)
+        }
     }
 
     pub fn module(&self) -> &Arc<PluginModule> {
@@ -79,7 +95,8 @@ impl PluginInstance {
     /// Replace a poisoned instance with a fresh one.
     pub fn recover(&mut self) -> Result<(), CallError> {
         let slot = self.store.data().slot;
-        self.store = new_store(&self.module, slot);
+        let name = self.store.data().plugin.clone();
+        self.store = new_store(&self.module, name, slot);
         self.plugin = None;
         self.start()
     }
@@ -104,7 +121,7 @@ impl PluginInstance {
 
     /// Call `describe()` on a throw-away instance (no `init`: describe must not need config).
     pub(super) fn describe(module: &PluginModule) -> Result<Description, CallError> {
-        let mut store = new_store(module, PluginSlot::PROBE);
+        let mut store = new_store(module, "probe".into(), PluginSlot::PROBE);
         store.set_epoch_deadline(module.runtime.deadline_ticks());
         let plugin = module
             .pre
@@ -197,9 +214,11 @@ impl PluginInstance {
     }
 }
 
-fn new_store(module: &PluginModule, slot: PluginSlot) -> Store<HostState> {
+/// A fresh store for plugin `name`: state and timers belong to the name, not the module, so a
+/// new version (or the same module under a second name) sees the right data.
+fn new_store(module: &PluginModule, name: Arc<str>, slot: PluginSlot) -> Store<HostState> {
     let limits = module.runtime.limits();
-    let host = HostState::new(module.description.name.as_str().into(), slot, limits.memory_bytes);
+    let host = HostState::new(name, slot, limits.memory_bytes);
     let mut store = Store::new(&module.runtime.engine, host);
     store.limiter(|host| &mut host.limiter);
     store

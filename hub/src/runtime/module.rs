@@ -8,7 +8,7 @@ use std::sync::Arc;
 use wasmtime::component::Component;
 
 /// What a plugin said about itself in `describe()`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Description {
     pub name: String,
     pub version: String,
@@ -59,6 +59,12 @@ impl PluginModule {
     /// Compile and validate `wasm`: the right kind of binary, the right world, a sane
     /// `describe()`, and an `init` that accepts `config`. Nothing of it is live yet.
     pub fn load(runtime: &Arc<Runtime>, wasm: &[u8], config: &serde_json::Value) -> Result<PluginModule, LoadError> {
+        let component = Self::compile(runtime, wasm)?;
+        Self::from_component(runtime, &component, config)
+    }
+
+    /// Check the size and header of `wasm` and compile it (the expensive step, 70–240 ms).
+    pub fn compile(runtime: &Arc<Runtime>, wasm: &[u8]) -> Result<Component, LoadError> {
         let limit = runtime.limits().max_module_bytes;
         if wasm.len() > limit {
             return Err(LoadError::TooLarge {
@@ -75,11 +81,20 @@ impl PluginModule {
             }
             _ => return Err(LoadError::NotAComponent("no WebAssembly header".into())),
         }
-        let component =
-            Component::from_binary(&runtime.engine, wasm).map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        Component::from_binary(&runtime.engine, wasm).map_err(|e| LoadError::NotAComponent(format!("{e:#}")))
+    }
+
+    /// Link a compiled component against the hub's world and validate it with `config`
+    /// (`describe()` sane, instantiates, `init` accepts the config), on a probe instance that
+    /// never touches state.
+    pub fn from_component(
+        runtime: &Arc<Runtime>,
+        component: &Component,
+        config: &serde_json::Value,
+    ) -> Result<PluginModule, LoadError> {
         let instance_pre = runtime
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         if !config.is_object() {
@@ -99,7 +114,7 @@ impl PluginModule {
         module.description = PluginInstance::describe(&module).map_err(LoadError::Describe)?;
         validate(&module.description)?;
         let module = Arc::new(module);
-        match PluginInstance::new(module.clone(), crate::state::PluginSlot::PROBE) {
+        match PluginInstance::new(module.clone(), "probe".into(), crate::state::PluginSlot::PROBE) {
             Ok(_) => {}
             Err(CallError::Plugin(msg)) => return Err(LoadError::ConfigRejected(msg)),
             Err(e) => return Err(LoadError::InitTrapped(e)),
@@ -112,13 +127,18 @@ impl PluginModule {
     }
 }
 
-fn validate(d: &Description) -> Result<(), LoadError> {
-    let name_ok = !d.name.is_empty()
-        && d.name.len() <= 64
-        && d.name
+/// Whether `name` can name a plugin: 1–64 letters, digits, '-' or '_' (it appears in subjects,
+/// metric labels, sled tree names and URLs).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !name_ok {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn validate(d: &Description) -> Result<(), LoadError> {
+    if !valid_name(&d.name) {
         return Err(LoadError::BadDescription(format!(
             "name {:?} must be 1–64 characters of letters, digits, '-' or '_'",
             d.name

@@ -1,0 +1,252 @@
+//! `hub plugin …`: a client of the admin REST API (`/api/plugins`).
+
+use crate::api::plugins::{PluginDetail, PluginSummary};
+use crate::registry::Change;
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct PluginArgs {
+    /// Base URL of the hub's HTTP API
+    #[arg(long, env = "HUB_API", default_value = "http://127.0.0.1:8080", global = true)]
+    api: String,
+    /// Admin bearer token
+    #[arg(long, env = "HUB_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print the API's JSON answer instead of a table
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: PluginCommand,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// List plugins: active version, subscriptions, calls, errors, latency
+    Ls,
+    /// Upload a .wasm as the next version of NAME and make it live once validated
+    Push {
+        name: String,
+        file: PathBuf,
+        /// Config as a JSON object [default: the active version's config]
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Versions of a plugin (hashes, times, configs) and its statistics
+    Show { name: String },
+    /// Set new config (a JSON object) for the running code
+    Config { name: String, config: String },
+    /// Run a disabled plugin again
+    Enable { name: String },
+    /// Stop running a plugin without forgetting it
+    Disable { name: String },
+    /// Go back to the previous version, or to --to N
+    Rollback {
+        name: String,
+        #[arg(long)]
+        to: Option<u32>,
+    },
+    /// Stop a plugin and forget its versions
+    Rm { name: String },
+}
+
+pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
+    let client = Client {
+        http: reqwest::Client::new(),
+        api: args.api.trim_end_matches('/').to_owned(),
+        token: args.token,
+    };
+    let json = args.json;
+    match args.command {
+        PluginCommand::Ls => {
+            let body = client
+                .send(client.request(reqwest::Method::GET, "/api/plugins"))
+                .await?;
+            if json {
+                return print_json(&body);
+            }
+            let list: Vec<PluginSummary> = serde_json::from_str(&body).context("unexpected answer")?;
+            print_list(&list);
+        }
+        PluginCommand::Show { name } => {
+            let body = client
+                .send(client.request(reqwest::Method::GET, &path(&name, "")))
+                .await?;
+            if json {
+                return print_json(&body);
+            }
+            let detail: PluginDetail = serde_json::from_str(&body).context("unexpected answer")?;
+            print_detail(&detail);
+        }
+        PluginCommand::Push { name, file, config } => {
+            let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut request = client
+                .request(reqwest::Method::PUT, &path(&name, ""))
+                .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+                .body(wasm);
+            if let Some(config) = config {
+                request = request.query(&[("config", config)]);
+            }
+            client.change(request, json).await?;
+        }
+        PluginCommand::Config { name, config } => {
+            let request = client
+                .request(reqwest::Method::PUT, &path(&name, "/config"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(config);
+            client.change(request, json).await?;
+        }
+        PluginCommand::Enable { name } => {
+            client
+                .change(client.request(reqwest::Method::POST, &path(&name, "/enable")), json)
+                .await?;
+        }
+        PluginCommand::Disable { name } => {
+            client
+                .change(client.request(reqwest::Method::POST, &path(&name, "/disable")), json)
+                .await?;
+        }
+        PluginCommand::Rollback { name, to } => {
+            let body = to
+                .map(|v| serde_json::json!({ "version": v }).to_string())
+                .unwrap_or_default();
+            let request = client
+                .request(reqwest::Method::POST, &path(&name, "/rollback"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+            client.change(request, json).await?;
+        }
+        PluginCommand::Rm { name } => {
+            client
+                .change(client.request(reqwest::Method::DELETE, &path(&name, "")), json)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn path(name: &str, rest: &str) -> String {
+    format!("/api/plugins/{name}{rest}")
+}
+
+struct Client {
+    http: reqwest::Client,
+    api: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.api));
+        match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
+    }
+
+    /// Send, and turn an error answer into the API's own message.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<String> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("no answer from the hub at {}", self.api))?;
+        let status = response.status();
+        let body = response.text().await.context("cannot read the answer")?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or(body);
+            bail!("{status}: {message}");
+        }
+        Ok(body)
+    }
+
+    async fn change(&self, request: reqwest::RequestBuilder, json: bool) -> anyhow::Result<()> {
+        let body = self.send(request).await?;
+        if json {
+            return print_json(&body);
+        }
+        let c: Change = serde_json::from_str(&body).context("unexpected answer")?;
+        let what = if c.changed { "now" } else { "already" };
+        let state = if c.enabled { "enabled" } else { "disabled" };
+        println!("{}: {what} at version {} ({state})", c.name, c.version);
+        if c.changed {
+            if c.live {
+                println!("live on every shard after {:.1} ms", c.live_after_ms);
+            } else {
+                println!("saved, but not every shard picked it up yet");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn print_json(body: &str) -> anyhow::Result<()> {
+    let value: serde_json::Value = serde_json::from_str(body).context("unexpected answer")?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
+}
+
+fn print_list(list: &[PluginSummary]) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "name",
+        "version",
+        "enabled",
+        "module",
+        "subscribes",
+        "calls",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+    ]);
+    for p in list {
+        table.add_row([
+            p.name.clone(),
+            p.active_version.to_string(),
+            p.enabled.to_string(),
+            format!("{} {}", p.module, p.module_version),
+            p.subscribes.join(", "),
+            p.stats.calls.to_string(),
+            p.stats.errors.to_string(),
+            ms(p.stats.latency_p50_ms),
+            ms(p.stats.latency_p99_ms),
+        ]);
+    }
+    println!("{table}");
+}
+
+fn print_detail(d: &PluginDetail) {
+    let state = if d.enabled { "enabled" } else { "disabled" };
+    println!("{}: version {} active, {state}", d.name, d.active_version);
+    println!(
+        "calls {}  errors {}  p50 {} ms  p99 {} ms",
+        d.stats.calls,
+        d.stats.errors,
+        ms(d.stats.latency_p50_ms),
+        ms(d.stats.latency_p99_ms)
+    );
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["", "version", "uploaded", "sha256", "module", "source", "config"]);
+    for v in &d.versions {
+        table.add_row([
+            if v.active { "*".into() } else { String::new() },
+            v.version.to_string(),
+            v.uploaded_at.clone(),
+            v.sha256.chars().take(12).collect(),
+            format!("{} {}", v.description.name, v.description.version),
+            v.source.clone(),
+            v.config.to_string(),
+        ]);
+    }
+    println!("{table}");
+}
