@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const EXAMPLES: &[&str] = &["clickstream", "cart-abandonment", "payment-trouble"];
-const FIXTURES: &[&str] = &["chaos"];
+const FIXTURES: &[&str] = &["chaos", "counter", "counter-v2", "wrong-world"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

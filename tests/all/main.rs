@@ -4,7 +4,9 @@
 
 mod support;
 
+mod admin;
 mod durability;
 mod ingress;
 mod pipeline;
 mod sandbox;
+mod swap;

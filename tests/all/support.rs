@@ -48,13 +48,12 @@ impl Env {
     pub fn plugins_with_chaos(&self) -> PathBuf {
         let dir = self.dir.path().join("plugins");
         std::fs::create_dir_all(&dir).expect("mkdir");
-        for from in [hub::EXAMPLE_PLUGINS, hub::FIXTURE_PLUGINS] {
-            for entry in std::fs::read_dir(from).expect("plugins built") {
-                let path = entry.expect("entry").path();
-                let name = path.file_name().expect("file name");
-                std::fs::copy(&path, dir.join(name)).expect("copy plugin");
-            }
+        for entry in std::fs::read_dir(hub::EXAMPLE_PLUGINS).expect("plugins built") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().expect("file name");
+            std::fs::copy(&path, dir.join(name)).expect("copy plugin");
         }
+        std::fs::copy(fixture("chaos.wasm"), dir.join("chaos.wasm")).expect("copy chaos");
         dir
     }
 
@@ -149,4 +148,95 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
     response
+}
+
+/// A plugin folder holding only the given fixture files (e.g. `counter.wasm`).
+pub fn fixture_dir(env: &Env, files: &[&str]) -> PathBuf {
+    let dir = env.dir.path().join("fixture-plugins");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for file in files {
+        std::fs::copy(fixture(file), dir.join(file)).expect("copy fixture");
+    }
+    dir
+}
+
+/// The path of a built fixture plugin.
+pub fn fixture(file: &str) -> PathBuf {
+    PathBuf::from(hub::FIXTURE_PLUGINS).join(file)
+}
+
+/// A client of the hub's admin API.
+pub struct Api {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(hub: &Hub, token: Option<&str>) -> Api {
+        Api {
+            base: format!("http://{}", hub.http_addr()),
+            token: token.map(str::to_owned),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send(r: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = r.send().await.expect("API answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        Self::send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        Self::send(self.request(reqwest::Method::POST, path).body(body.to_owned())).await
+    }
+
+    pub async fn put_json(&self, path: &str, body: &str) -> (u16, Value) {
+        Self::send(
+            self.request(reqwest::Method::PUT, path)
+                .header("content-type", "application/json")
+                .body(body.to_owned()),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        Self::send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    /// PUT any body with any content type.
+    pub async fn request_raw_put(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        Self::send(
+            self.request(reqwest::Method::PUT, path)
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    /// Upload a module as plugin `name`, optionally with a config.
+    pub async fn push(&self, name: &str, wasm: Vec<u8>, config: Option<&str>) -> (u16, Value) {
+        let mut r = self
+            .request(reqwest::Method::PUT, &format!("/api/plugins/{name}"))
+            .header("content-type", "application/wasm")
+            .body(wasm);
+        if let Some(c) = config {
+            r = r.query(&[("config", c)]);
+        }
+        Self::send(r).await
+    }
 }

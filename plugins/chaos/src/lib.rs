@@ -8,12 +8,17 @@
 //! | `chaos.error`  | returns an error                            |
 //! | `chaos.echo`   | emits `chaos.echo` again: an endless chain  |
 //! | `chaos.ping`   | emits `chaos.pong`: proof it still works    |
+//!
+//! With the config `{"panic_in_init": true}`, `init` panics (an upload that traps at init).
 
 use hub_plugin_sdk::{Context, Description, Error, Event, Plugin, export_plugin};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
-pub struct Config {}
+#[serde(default)]
+pub struct Config {
+    panic_in_init: bool,
+}
 
 pub struct Chaos;
 
@@ -27,7 +32,10 @@ impl Plugin for Chaos {
             .emits("chaos.echo")
     }
 
-    fn new(_config: Config) -> Result<Self, Error> {
+    fn new(config: Config) -> Result<Self, Error> {
+        if config.panic_in_init {
+            panic!("chaos plugin panicked in init on purpose");
+        }
         Ok(Chaos)
     }
 
