@@ -5,7 +5,11 @@
 //!
 //! 1. **unpaced**: `--events` inputs as fast as the pipeline absorbs them (throughput);
 //! 2. **paced**: `--rate` inputs per second for `--seconds` (latency under a steady load);
-//! 3. **relay**: the same bodies through a plain async-nats subscribe+republish loop, which is
+//! 3. **swapping** (with `--swaps N`, default 5): the paced load again while `N` new versions
+//!    of payment-trouble (the plugin that acts) go live through the admin API, evenly spread;
+//!    reports the p99 next to the paced phase's, how long each upload took, and how long after
+//!    the switch every shard served the new version;
+//! 4. **relay**: the same bodies through a plain async-nats subscribe+republish loop, which is
 //!    the ceiling for any NATS-in/NATS-out service on this machine.
 //!
 //! Inputs are raw clickstream messages on `web.page_view` (each yields one
@@ -94,6 +98,9 @@ pub struct BenchArgs {
     /// Repeat the unpaced, paced and relay phases this many times and report medians
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub runs: u64,
+    /// Plugin swaps during a second paced phase (0: skip that phase)
+    #[arg(long, default_value_t = 5)]
+    pub swaps: u64,
     /// Proportions of the inputs (see the module docs)
     #[arg(long, value_enum, default_value_t = Mix::Clickstream)]
     pub mix: Mix,
@@ -147,10 +154,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         print_text(&report);
     }
-    let lost = report.unpaced.lost + report.paced.lost + report.relay.lost;
+    let swapping_lost = report.swapping.as_ref().map_or(0, |s| s.phase.lost);
+    let lost = report.unpaced.lost + report.paced.lost + swapping_lost + report.relay.lost;
     if lost > 0 {
         bail!(
-            "{lost} output(s) lost over {} run(s): unpaced {}, paced {}, relay {}",
+            "{lost} output(s) lost over {} run(s): unpaced {}, paced {}, swapping {swapping_lost}, relay {}",
             report.runs,
             report.unpaced.lost,
             report.paced.lost,
@@ -302,6 +310,10 @@ async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Res
         .checked_mul(args.seconds)
         .context("--rate × --seconds is too large")?;
     let paced_inputs = workload.batch(paced_count)?;
+    let swapping_inputs = match args.swaps {
+        0 => None,
+        _ => Some(workload.batch(paced_count)?),
+    };
 
     let hub = Hub::start(hub_config(args, url, &dir.path().join("hub")))
         .await
@@ -325,13 +337,66 @@ async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Res
         )
         .await
         .context("paced phase")?;
-        anyhow::Ok((unpaced, paced))
+        let swapping = match &swapping_inputs {
+            Some(inputs) => {
+                tokio::time::sleep(SETTLE).await;
+                let swaps = swap_versions(hub.http_addr(), args.swaps, Duration::from_secs(args.seconds));
+                let phase = run_phase(clients, &hub_subjects, inputs, Outputs::Hub, Pace::Paced(args.rate));
+                let (phase, swaps) = tokio::join!(phase, swaps);
+                Some((phase.context("swapping phase")?, swaps.context("swapping")?))
+            }
+            None => None,
+        };
+        anyhow::Ok((unpaced, paced, swapping))
     }
     .await;
     hub.shutdown().await;
-    let (unpaced, paced) = phases?;
+    let (unpaced, paced, swapping) = phases?;
     let relay = relay_phase(clients, &unpaced_inputs).await.context("relay phase")?;
-    Ok(RunReport::new(unpaced, paced, relay))
+    Ok(RunReport::new(unpaced, paced, swapping, relay))
+}
+
+/// One version going live during the swapping phase.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct SwapTiming {
+    /// The whole upload: validation (describe, instantiate, init) and the switch.
+    put_ms: f64,
+    /// From the switch until every shard served the new version (the upload returns then).
+    live_ms: f64,
+}
+
+/// Upload `count` new versions of payment-trouble (alternating its action priority, so each
+/// is a real new version with its own init) evenly over `during`, through the admin API.
+async fn swap_versions(api: SocketAddr, count: u64, during: Duration) -> anyhow::Result<Vec<SwapTiming>> {
+    let file = Path::new(crate::EXAMPLE_PLUGINS).join("payment_trouble.wasm");
+    let wasm = bytes::Bytes::from(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
+    let http = reqwest::Client::new();
+    let gap = during / u32::try_from(count + 1).unwrap_or(u32::MAX);
+    let mut timings = Vec::new();
+    for i in 0..count {
+        tokio::time::sleep(gap).await;
+        let config = serde_json::json!({"threshold": THRESHOLD, "window": "1h", "priority": 100 + (i + 1) % 2});
+        let started = Instant::now();
+        let response = http
+            .put(format!("http://{api}/api/plugins/payment-trouble"))
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .query(&[("config", config.to_string())])
+            .body(wasm.clone())
+            .send()
+            .await
+            .context("the admin API did not answer")?;
+        let put_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.context("unreadable admin API answer")?;
+        if !status.is_success() || body["live"] != true {
+            bail!("swap {i} failed: {status} {body}");
+        }
+        timings.push(SwapTiming {
+            put_ms,
+            live_ms: body["live_after_ms"].as_f64().unwrap_or(f64::NAN),
+        });
+    }
+    Ok(timings)
 }
 
 /// Run the relay and push the unpaced phase's bodies through it.
@@ -897,22 +962,71 @@ fn median_u64(mut values: Vec<u64>) -> u64 {
 struct RunReport {
     unpaced: PhaseReport,
     paced: PhaseReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    swapping: Option<PhaseReport>,
+    swaps: Vec<SwapTiming>,
     relay: PhaseReport,
     /// Hub unpaced events/s ÷ relay msgs/s.
     hub_relay_ratio: f64,
 }
 
 impl RunReport {
-    fn new(unpaced: PhaseOutcome, paced: PhaseOutcome, relay: PhaseOutcome) -> RunReport {
+    fn new(
+        unpaced: PhaseOutcome,
+        paced: PhaseOutcome,
+        swapping: Option<(PhaseOutcome, Vec<SwapTiming>)>,
+        relay: PhaseOutcome,
+    ) -> RunReport {
         let unpaced = PhaseReport::new(&unpaced, Outputs::Hub);
         let paced = PhaseReport::new(&paced, Outputs::Hub);
         let relay = PhaseReport::new(&relay, Outputs::Relay);
+        let (swapping, swaps) = match swapping {
+            Some((phase, swaps)) => (Some(PhaseReport::new(&phase, Outputs::Hub)), swaps),
+            None => (None, Vec::new()),
+        };
         RunReport {
             hub_relay_ratio: ratio(unpaced.per_sec, relay.per_sec),
             unpaced,
             paced,
+            swapping,
+            swaps,
             relay,
         }
+    }
+}
+
+/// The swapping phase next to the steady paced phase of the same runs.
+#[derive(Debug, Clone, Serialize)]
+struct SwapReport {
+    swaps: usize,
+    phase: PhaseReport,
+    /// p99 event→action while swapping ÷ p99 in the paced phase (target ≤ 2).
+    p99_ratio: Option<f64>,
+    put_ms_median: Option<f64>,
+    put_ms_max: Option<f64>,
+    live_ms_median: Option<f64>,
+    live_ms_max: Option<f64>,
+}
+
+impl SwapReport {
+    fn from_runs(runs: &[RunReport], paced: &PhaseReport) -> Option<SwapReport> {
+        let phases: Vec<&PhaseReport> = runs.iter().filter_map(|r| r.swapping.as_ref()).collect();
+        if phases.is_empty() {
+            return None;
+        }
+        let phase = PhaseReport::combine(&phases);
+        let timings: Vec<SwapTiming> = runs.iter().flat_map(|r| r.swaps.iter().copied()).collect();
+        let max = |v: Vec<f64>| v.into_iter().reduce(f64::max);
+        let p99 = |p: &PhaseReport| p.latency_ms.and_then(|l| l.p99);
+        Some(SwapReport {
+            swaps: timings.len(),
+            p99_ratio: p99(&phase).zip(p99(paced)).map(|(s, p)| ratio(s, p)),
+            put_ms_median: median(timings.iter().map(|t| t.put_ms).collect()),
+            put_ms_max: max(timings.iter().map(|t| t.put_ms).collect()),
+            live_ms_median: median(timings.iter().map(|t| t.live_ms).collect()),
+            live_ms_max: max(timings.iter().map(|t| t.live_ms).collect()),
+            phase,
+        })
     }
 }
 
@@ -932,6 +1046,8 @@ struct Report {
     seconds: u64,
     unpaced: PhaseReport,
     paced: PhaseReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    swapping: Option<SwapReport>,
     relay: PhaseReport,
     hub_relay_ratio: f64,
     /// Slow-consumer events of the bench's clients (each means messages dropped).
@@ -947,6 +1063,7 @@ impl Report {
         let unpaced = phase(|r| &r.unpaced);
         let paced = phase(|r| &r.paced);
         let relay = phase(|r| &r.relay);
+        let swapping = SwapReport::from_runs(&runs, &paced);
         Report {
             shards,
             actors: args.actors,
@@ -957,6 +1074,7 @@ impl Report {
             hub_relay_ratio: ratio(unpaced.per_sec, relay.per_sec),
             unpaced,
             paced,
+            swapping,
             relay,
             client_slow_consumers: 0,
             server_slow_consumers: None,
@@ -986,6 +1104,25 @@ fn print_text(r: &Report) {
         r.paced.lost,
         latency_text(r.paced.latency_ms)
     );
+    if let Some(s) = &r.swapping {
+        let ms = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1} ms"));
+        println!(
+            "swapping  {}/s for {} s with {} swaps   lost {}   {}   p99 ÷ paced p99 = {}",
+            r.rate,
+            r.seconds,
+            s.swaps,
+            s.phase.lost,
+            latency_text(s.phase.latency_ms),
+            s.p99_ratio.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"))
+        );
+        println!(
+            "swaps     live on every shard after median {} (max {}); upload with validation median {} (max {})",
+            ms(s.live_ms_median),
+            ms(s.live_ms_max),
+            ms(s.put_ms_median),
+            ms(s.put_ms_max)
+        );
+    }
     let relay_lost = if r.relay.lost > 0 {
         format!("   lost {}", r.relay.lost)
     } else {
@@ -995,7 +1132,8 @@ fn print_text(r: &Report) {
         "relay     {:.0} msgs/s (plain async-nats subscribe+republish)   hub/relay = {:.2}{relay_lost}",
         r.relay.per_sec, r.hub_relay_ratio
     );
-    let dead_letters = r.unpaced.dead_letters + r.paced.dead_letters;
+    let dead_letters =
+        r.unpaced.dead_letters + r.paced.dead_letters + r.swapping.as_ref().map_or(0, |s| s.phase.dead_letters);
     if dead_letters > 0 {
         println!("warning   {dead_letters} dead letter(s) on hub.dlq.>");
     }
