@@ -1,10 +1,12 @@
-//! The admin REST API under `/api/` (JSON; DESIGN §5, §9): plugins and their versions.
+//! The admin REST API under `/api/` (JSON; DESIGN §5, §9): plugins and their versions, actors
+//! (profile, state, timers, erasure).
 //!
 //! Every call but `GET /api/openapi.json` needs `Authorization: Bearer $HUB_ADMIN_TOKEN`. Without
 //! a configured token the API is open only when the hub listens on loopback (the local default
 //! of `hub up`), and the hub says so at start; on any other address it refuses every call.
 //! Errors are `{"error": "..."}` with a message meant for the admin.
 
+pub mod actors;
 mod auth;
 pub mod plugins;
 
@@ -31,6 +33,11 @@ pub fn router(state: HttpState) -> axum::Router<HttpState> {
         .route("/api/plugins/{name}/rollback", post(plugins::rollback))
         .route("/api/plugins/{name}/enable", post(plugins::enable))
         .route("/api/plugins/{name}/disable", post(plugins::disable))
+        .route("/api/actors/{id}", get(actors::show).delete(actors::erase))
+        .route(
+            "/api/actors/{id}/profile",
+            put(actors::put_profile).patch(actors::patch_profile),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
@@ -43,7 +50,7 @@ pub fn router(state: HttpState) -> axum::Router<HttpState> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "hub admin API", description = "Plugins of a running hub: upload, configure, roll back, enable, disable, delete."),
+    info(title = "hub admin API", description = "A running hub: plugins (upload, configure, roll back, enable, disable, delete) and actors (profile, state, timers, erasure)."),
     paths(
         plugins::list,
         plugins::push,
@@ -52,7 +59,11 @@ pub fn router(state: HttpState) -> axum::Router<HttpState> {
         plugins::rollback,
         plugins::enable,
         plugins::disable,
-        plugins::remove
+        plugins::remove,
+        actors::show,
+        actors::put_profile,
+        actors::patch_profile,
+        actors::erase
     ),
     components(schemas(ApiError)),
     modifiers(&BearerScheme),

@@ -36,6 +36,8 @@ pub struct NatsConfig {
     pub outbound_capacity: usize,
     /// Subject prefix for events in envelopes (`<prefix>.<kind>`).
     pub events_subject: String,
+    /// Subject prefix for profile updates (`<prefix>.<actor>`, a JSON object merged in).
+    pub profiles_subject: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +132,7 @@ impl Default for NatsConfig {
             subscription_capacity: 1 << 18,
             outbound_capacity: 1 << 16,
             events_subject: "events".into(),
+            profiles_subject: "profiles".into(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub struct HttpState {
     pub router: crate::router::Router,
     pub registry: Arc<crate::registry::Registry>,
     pub stats: Arc<crate::stats::PluginStats>,
+    pub profiles: crate::state::Profiles,
     pub auth: crate::api::Auth,
     /// Upload bodies up to this size (plus room for the refusal to say why) are read.
     pub max_module_bytes: usize,

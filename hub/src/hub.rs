@@ -142,10 +142,11 @@ impl Hub {
         drop(commits);
         let ingress = Ingress::start(
             &client,
-            &config.nats.events_subject,
+            &config.nats,
             rules,
             router.clone(),
             egress.clone(),
+            crate::state::Profiles::new(db.profiles.clone()),
         )
         .await?;
 
@@ -162,6 +163,7 @@ impl Hub {
             router: router.clone(),
             registry: registry.clone(),
             stats,
+            profiles: crate::state::Profiles::new(db.profiles.clone()),
             auth: crate::api::Auth::new(config.admin_token.clone(), config.http.listen),
             max_module_bytes: config.limits.max_module_bytes,
         });

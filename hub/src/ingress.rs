@@ -1,5 +1,6 @@
 //! Where events enter: core NATS subscriptions on `events.>` (envelopes in JSON or MessagePack)
-//! and on the subjects of ingest rules (raw legacy messages). Each message is decoded into an
+//! and on the subjects of ingest rules (raw legacy messages); and profile updates on
+//! `profiles.<actor>` (JSON objects merged into the actor's profile). Each message is decoded into an
 //! [`Event`](crate::event::Event) and routed to its actor's shard; anything that cannot be
 //! decoded goes to `hub.dlq.<reason>` with the reason, so nothing is dropped silently.
 
@@ -9,9 +10,11 @@ mod rules;
 pub use envelope::decode_envelope;
 pub use rules::{CompiledRule, RuleSet, decode_raw};
 
+use crate::config::NatsConfig;
 use crate::egress::{DeadLetter, Egress};
 use crate::event::Routed;
 use crate::router::Router;
+use crate::state::{ProfileError, Profiles};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,8 +72,17 @@ impl Default for IdGen {
 
 /// What one subscription turns messages into.
 enum Decoder {
-    Envelope { prefix: String },
-    Raw { rules: RuleSet },
+    Envelope {
+        prefix: String,
+    },
+    Raw {
+        rules: RuleSet,
+    },
+    /// Not events: merge patches for the profile of the actor named by the subject's tail.
+    Profile {
+        prefix: String,
+        profiles: Profiles,
+    },
 }
 
 /// The running subscriptions.
@@ -81,22 +93,33 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    /// Subscribe to `<events_subject>.>` and to every ingest rule's subject.
+    /// Subscribe to `<events_subject>.>`, `<profiles_subject>.>` and every ingest rule's subject.
     pub async fn start(
         client: &async_nats::Client,
-        events_subject: &str,
+        nats: &NatsConfig,
         rules: Vec<CompiledRule>,
         router: Router,
         egress: Egress,
+        profiles: Profiles,
     ) -> Result<Ingress, async_nats::SubscribeError> {
         let (stop, stopped) = watch::channel(false);
         let ids = Arc::new(IdGen::new());
-        let mut subscriptions = vec![(
-            format!("{events_subject}.>"),
-            Decoder::Envelope {
-                prefix: format!("{events_subject}."),
-            },
-        )];
+        let (events, people) = (&nats.events_subject, &nats.profiles_subject);
+        let mut subscriptions = vec![
+            (
+                format!("{events}.>"),
+                Decoder::Envelope {
+                    prefix: format!("{events}."),
+                },
+            ),
+            (
+                format!("{people}.>"),
+                Decoder::Profile {
+                    prefix: format!("{people}."),
+                    profiles,
+                },
+            ),
+        ];
         let mut by_subject: Vec<(String, Vec<CompiledRule>)> = Vec::new();
         for rule in rules {
             match by_subject.iter_mut().find(|(s, _)| *s == rule.subject()) {
@@ -208,6 +231,12 @@ impl Task {
     async fn handle(&self, msg: async_nats::Message) -> bool {
         let received = Instant::now();
         let decoded = match &self.decoder {
+            Decoder::Profile { prefix, profiles } => {
+                if let Err(e) = update_profile(profiles, prefix, &msg) {
+                    self.dead_letter(&msg, e).await;
+                }
+                return true;
+            }
             Decoder::Envelope { prefix } => {
                 decode_envelope(&msg.subject, msg.headers.as_ref(), &msg.payload, prefix, &self.ids)
             }
@@ -224,17 +253,40 @@ impl Task {
                 self.router.route(routed).await.is_ok()
             }
             Err(e) => {
-                let letter = DeadLetter {
-                    reason: e.reason,
-                    detail: &e.detail,
-                    subject: &msg.subject,
-                    plugin: None,
-                    event_id: None,
-                    body: msg.payload.clone(),
-                };
-                self.egress.send(letter.into_outbound()).await;
+                self.dead_letter(&msg, e).await;
                 true
             }
+        }
+    }
+
+    async fn dead_letter(&self, msg: &async_nats::Message, e: IngressError) {
+        let letter = DeadLetter {
+            reason: e.reason,
+            detail: &e.detail,
+            subject: &msg.subject,
+            plugin: None,
+            event_id: None,
+            body: msg.payload.clone(),
+        };
+        self.egress.send(letter.into_outbound()).await;
+    }
+}
+
+/// Merge a `profiles.<actor>` message (a JSON object) into the actor's profile.
+fn update_profile(profiles: &Profiles, prefix: &str, msg: &async_nats::Message) -> Result<(), IngressError> {
+    let actor = msg
+        .subject
+        .strip_prefix(prefix)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| IngressError::invalid("a profile update needs the actor as the subject's tail"))?;
+    let patch: serde_json::Value = serde_json::from_slice(&msg.payload)
+        .map_err(|e| IngressError::undecodable(format!("profile update is not JSON: {e}")))?;
+    match profiles.merge(actor, &patch) {
+        Ok(_) => Ok(()),
+        Err(e @ ProfileError::NotAnObject) => Err(IngressError::invalid(e.to_string())),
+        Err(e) => {
+            tracing::error!(actor, error = %e, "profile update failed");
+            Err(IngressError::invalid(e.to_string()))
         }
     }
 }

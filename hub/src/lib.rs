@@ -13,6 +13,7 @@
 //! admin REST API), [`stats`] (per-plugin call statistics), [`http`] (health and metrics),
 //! [`hub`] (wiring), [`nats_server`] (a local server for `hub up`), [`bench`] and [`cli`].
 
+pub mod actor;
 pub mod api;
 pub mod bench;
 pub mod cli;

@@ -9,6 +9,11 @@ pub enum ShardMsg {
     Event(Routed),
     /// Wake up and look at the live plugin set (it changed).
     Reload,
+    /// Inspect or erase what the shard holds about an actor, in order with its events.
+    Actor {
+        actor: String,
+        request: crate::actor::ActorRequest,
+    },
     /// Finish what is queued, commit, and exit.
     Stop,
 }
@@ -57,6 +62,16 @@ impl Router {
     /// Events waiting in front of each shard.
     pub fn depths(&self) -> Vec<usize> {
         self.shards.iter().map(|s| s.len()).collect()
+    }
+
+    /// Ask the shard that owns `actor`, in order with the actor's events.
+    pub async fn ask(&self, actor: &str, request: crate::actor::ActorRequest) -> Result<(), Stopped> {
+        let shard = self.shard_of(actor);
+        let msg = ShardMsg::Actor {
+            actor: actor.to_owned(),
+            request,
+        };
+        self.shards[shard].send_async(msg).await.map_err(|_| Stopped)
     }
 
     /// Wake every idle shard so it adopts a changed plugin set now. A full queue is skipped:

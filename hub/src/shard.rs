@@ -10,6 +10,7 @@
 //! Everything a shard touches is its own (plugin instances, state cache, timer wheel), so the
 //! hot path takes no lock shared with other shards.
 
+use crate::actor::{ActorRequest, ActorState, Erased, PendingTimer, decode_value};
 use crate::egress::{DeadLetter, Egress, Outbound, headers, subjects};
 use crate::event::{Action, Event, Routed, derived_id, is_subject_safe, now_ms};
 use crate::metrics as m;
@@ -284,6 +285,7 @@ impl Shard {
                 match msg {
                     ShardMsg::Event(routed) => self.process(routed),
                     ShardMsg::Reload => {}
+                    ShardMsg::Actor { actor, request } => self.answer(&actor, request),
                     ShardMsg::Stop => stopping = true,
                 }
             }
@@ -647,6 +649,94 @@ impl Shard {
         metrics::counter!(m::DELIVERIES_OUT).increment(1);
     }
 
+    /// Inspect or erase one actor for the admin API.
+    fn answer(&mut self, actor: &str, request: ActorRequest) {
+        match request {
+            ActorRequest::Inspect(reply) => {
+                let _ = reply.send(self.inspect(actor));
+            }
+            ActorRequest::Erase(reply) => {
+                let _ = reply.send(self.erase(actor));
+            }
+        }
+    }
+
+    /// Each plugin's state (as the plugin would read it now) and the pending timers of `actor`.
+    fn inspect(&mut self, actor: &str) -> ActorState {
+        let mut view = ActorState::default();
+        for plugin in self.db.state_plugins() {
+            let entries = match self.slots.get(plugin.as_str()).copied() {
+                Some(slot) => self
+                    .stores()
+                    .state
+                    .actor_entries(slot, actor)
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .db
+                    .state_tree(&plugin)
+                    .map_err(|e| e.to_string())
+                    .and_then(|tree| scan_actor(&tree, actor).map_err(|e| e.to_string())),
+            };
+            match entries {
+                Ok(entries) if entries.is_empty() => {}
+                Ok(entries) => {
+                    let values = entries.into_iter().map(|(k, v)| (k, decode_value(&v))).collect();
+                    view.state.insert(plugin, values);
+                }
+                Err(e) => view.errors.push(format!("state of plugin {plugin}: {e}")),
+            }
+        }
+        view.timers = self
+            .stores()
+            .timers
+            .of_actor(actor)
+            .into_iter()
+            .map(|t| PendingTimer {
+                plugin: t.plugin,
+                id: t.id,
+                due: crate::event::rfc3339(t.due),
+                payload: decode_value(&t.payload),
+            })
+            .collect();
+        view
+    }
+
+    /// Erase the actor's state in every plugin (loaded or not) and its pending timers. The
+    /// deletions are committed like any write; state of plugins this shard does not run is
+    /// removed from sled directly (no cache holds it).
+    fn erase(&mut self, actor: &str) -> Result<Erased, String> {
+        let mut erased = Erased::default();
+        for plugin in self.db.state_plugins() {
+            match self.slots.get(plugin.as_str()).copied() {
+                Some(slot) => {
+                    let state = &mut self.stores().state;
+                    let entries = state.actor_entries(slot, actor).map_err(|e| e.to_string())?;
+                    erased.state_keys += entries.len();
+                    for (key, _) in entries {
+                        state.set(slot, actor, &key, None);
+                    }
+                }
+                None => {
+                    let tree = self.db.state_tree(&plugin).map_err(|e| e.to_string())?;
+                    for (key, _) in scan_actor(&tree, actor).map_err(|e| e.to_string())? {
+                        let mut full = Vec::new();
+                        crate::state::keys::state_key(&mut full, actor, &key);
+                        tree.remove(full).map_err(|e| e.to_string())?;
+                        erased.state_keys += 1;
+                    }
+                }
+            }
+        }
+        let timers = &mut self.stores().timers;
+        for t in timers.of_actor(actor) {
+            timers.cancel(&t.plugin, actor, &t.id);
+            erased.timers += 1;
+        }
+        // Make the erasure durable now rather than at the next interval.
+        self.commit();
+        Ok(erased)
+    }
+
     /// Hand queued events to other shards, oldest first, without ever blocking.
     fn flush_outbox(&mut self) {
         for shard in 0..self.outbox.len() {
@@ -687,6 +777,21 @@ impl Shard {
         }
         self.next_commit = Instant::now() + self.commit_every;
     }
+}
+
+/// The state entries of `actor` in a plugin tree no shard cache holds.
+fn scan_actor(tree: &sled::Tree, actor: &str) -> Result<Vec<(String, Vec<u8>)>, sled::Error> {
+    let mut prefix = Vec::new();
+    crate::state::keys::push_actor(&mut prefix, actor);
+    tree.scan_prefix(&prefix)
+        .map(|item| {
+            let (key, value) = item?;
+            Ok((
+                String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                value.to_vec(),
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,10 +14,12 @@
 mod cache;
 mod committer;
 pub mod keys;
+mod profiles;
 mod timers;
 
 pub use cache::{PluginSlot, StateCache};
 pub use committer::{Applied, Commit, CommitQueue, Committer};
+pub use profiles::{ProfileError, Profiles};
 pub use timers::{DueTimer, TimerWheel};
 
 use std::path::Path;
@@ -61,6 +63,15 @@ impl Db {
     /// The underlying database, for other parts of the hub that keep their own trees.
     pub fn sled(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// Names of every plugin that has a state tree (loaded or not).
+    pub fn state_plugins(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|n| std::str::from_utf8(n).ok()?.strip_prefix("state/").map(str::to_owned))
+            .collect()
     }
 
     /// The state tree of one plugin (by name, so state outlives plugin versions).

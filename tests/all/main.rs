@@ -4,6 +4,7 @@
 
 mod support;
 
+mod actors;
 mod admin;
 mod durability;
 mod ingress;

@@ -218,6 +218,16 @@ impl Api {
         Self::send(self.request(reqwest::Method::DELETE, path)).await
     }
 
+    /// PATCH with a JSON merge patch.
+    pub async fn request_raw_patch(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        Self::send(
+            self.request(reqwest::Method::PATCH, path)
+                .header("content-type", "application/merge-patch+json")
+                .body(body.to_vec()),
+        )
+        .await
+    }
+
     /// PUT any body with any content type.
     pub async fn request_raw_put(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
         Self::send(

@@ -1,6 +1,7 @@
 //! `/api/plugins`: list, upload (hot swap), show, configure, roll back, enable, disable, delete.
 
 use super::{ApiError, Failure};
+use crate::event::rfc3339;
 use crate::http::HttpState;
 use crate::registry::{Change, PluginRecord};
 use crate::runtime::Description;
@@ -10,7 +11,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, UNIX_EPOCH};
 
 /// One line of `GET /api/plugins`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -76,11 +76,6 @@ fn summary(record: &PluginRecord, stats: Summary) -> PluginSummary {
         subscribes: active.map(|v| v.description.subscribes.clone()).unwrap_or_default(),
         stats,
     }
-}
-
-fn rfc3339(ms: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// All plugins with their active version and call statistics.

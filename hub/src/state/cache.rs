@@ -97,6 +97,29 @@ impl StateCache {
         }
     }
 
+    /// Every state key of `actor` in plugin tree `slot` with its value as the plugin sees it
+    /// (newer cached values over sled's). For inspection and erasure, not the hot path.
+    pub fn actor_entries(&mut self, slot: PluginSlot, actor: &str) -> Result<Vec<(String, Vec<u8>)>, sled::Error> {
+        let mut prefix = slot.0.to_be_bytes().to_vec();
+        keys::push_actor(&mut prefix, actor);
+        let mut user_keys = std::collections::BTreeSet::new();
+        if let Some(tree) = self.trees.get(usize::from(slot.0)) {
+            for key in tree.scan_prefix(&prefix[2..]).keys() {
+                user_keys.insert(String::from_utf8_lossy(&key?[prefix.len() - 2..]).into_owned());
+            }
+        }
+        for key in self.dirty.iter().filter(|k| k.starts_with(&prefix)) {
+            user_keys.insert(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+        }
+        let mut entries = Vec::with_capacity(user_keys.len());
+        for key in user_keys {
+            if let Some(value) = self.get(slot, actor, &key)? {
+                entries.push((key, value.to_vec()));
+            }
+        }
+        Ok(entries)
+    }
+
     pub fn dirty_count(&self) -> usize {
         self.dirty.len()
     }

@@ -78,6 +78,27 @@ impl TimerWheel {
         }
     }
 
+    /// The pending timers of `actor`, by due time. A scan of all pending timers: for inspection
+    /// and erasure, not the hot path.
+    pub fn of_actor(&self, actor: &str) -> Vec<DueTimer> {
+        let mut found: Vec<DueTimer> = self
+            .due_of
+            .iter()
+            .filter_map(|(key, due)| {
+                let (plugin, a, id) = keys::split_timer_key(key)?;
+                (a == actor).then(|| DueTimer {
+                    plugin: plugin.to_owned(),
+                    actor: a.to_owned(),
+                    id: id.to_owned(),
+                    due: *due,
+                    payload: self.queue.get(&(*due, key.clone())).cloned().unwrap_or_default(),
+                })
+            })
+            .collect();
+        found.sort_by_key(|t| t.due);
+        found
+    }
+
     /// When the next timer is due, if any.
     pub fn next_due(&self) -> Option<i64> {
         self.queue.first_key_value().map(|((due, _), _)| *due)

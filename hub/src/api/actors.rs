@@ -1,0 +1,107 @@
+//! `/api/actors/{id}`: what the hub holds about one actor (profile, each plugin's state, pending
+//! timers), profile updates, and erasing everything about the actor (a privacy request).
+
+use super::{ApiError, Failure};
+use crate::actor::{ActorRequest, ActorState, Erased};
+use crate::http::HttpState;
+use crate::state::ProfileError;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/actors/{id}`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActorView {
+    pub actor: String,
+    #[schema(value_type = Object)]
+    pub profile: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub held: ActorState,
+}
+
+/// `DELETE /api/actors/{id}`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErasedView {
+    pub actor: String,
+    #[serde(flatten)]
+    pub erased: Erased,
+}
+
+impl From<ProfileError> for Failure {
+    fn from(e: ProfileError) -> Failure {
+        let status = match e {
+            ProfileError::NotAnObject => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Failure::new(status, e.to_string())
+    }
+}
+
+/// The actor's profile, each plugin's state for it (decoded to JSON), and its pending timers.
+#[utoipa::path(get, path = "/api/actors/{id}", tag = "actors",
+    params(("id" = String, Path, description = "Actor id")),
+    responses((status = 200, body = ActorView), (status = 401, body = ApiError)))]
+pub async fn show(State(s): State<HttpState>, Path(id): Path<String>) -> Result<Json<ActorView>, Failure> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    s.router.ask(&id, ActorRequest::Inspect(reply)).await.map_err(stopped)?;
+    let held = answer.await.map_err(stopped)?;
+    Ok(Json(ActorView {
+        profile: s.profiles.get(&id)?,
+        actor: id,
+        held,
+    }))
+}
+
+/// Replace the actor's profile with the body (a JSON object).
+#[utoipa::path(put, path = "/api/actors/{id}/profile", tag = "actors",
+    params(("id" = String, Path, description = "Actor id")),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = Object, description = "The profile now"), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+pub async fn put_profile(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Failure> {
+    Ok(Json(s.profiles.replace(&id, &parse(&body)?)?))
+}
+
+/// Merge the body into the actor's profile (JSON merge patch: `null` removes a key), as
+/// messages on NATS `profiles.<actor>` do.
+#[utoipa::path(patch, path = "/api/actors/{id}/profile", tag = "actors",
+    params(("id" = String, Path, description = "Actor id")),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses((status = 200, body = Object, description = "The profile now"), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+pub async fn patch_profile(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Failure> {
+    Ok(Json(s.profiles.merge(&id, &parse(&body)?)?))
+}
+
+/// Erase everything about the actor: profile, state in every plugin, pending timers.
+#[utoipa::path(delete, path = "/api/actors/{id}", tag = "actors",
+    params(("id" = String, Path, description = "Actor id")),
+    responses((status = 200, body = ErasedView), (status = 401, body = ApiError)))]
+pub async fn erase(State(s): State<HttpState>, Path(id): Path<String>) -> Result<Json<ErasedView>, Failure> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    s.router.ask(&id, ActorRequest::Erase(reply)).await.map_err(stopped)?;
+    let mut erased = answer
+        .await
+        .map_err(stopped)?
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, format!("erase failed: {e}")))?;
+    erased.profile = s.profiles.remove(&id)?;
+    tracing::info!(actor = id, ?erased, "actor erased");
+    Ok(Json(ErasedView { actor: id, erased }))
+}
+
+fn parse(body: &[u8]) -> Result<serde_json::Value, Failure> {
+    serde_json::from_slice(body)
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))
+}
+
+fn stopped(_: impl std::fmt::Display) -> Failure {
+    Failure::new(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down")
+}
