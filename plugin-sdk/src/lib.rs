@@ -42,6 +42,7 @@
 //! assert_eq!(out[0].as_emit().unwrap().kind, "page.many");
 //! ```
 
+pub mod blocks;
 mod context;
 mod host;
 pub mod pattern;
