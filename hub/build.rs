@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const EXAMPLES: &[&str] = &["clickstream", "cart-abandonment", "payment-trouble"];
+/// Reference scenarios of real deployments (loaded by their tests, not by `hub up`).
+const REFERENCE: &[&str] = &["customer-creation", "energy-metering"];
 const FIXTURES: &[&str] = &["chaos", "counter", "counter-v2", "wrong-world"];
 
 fn main() {
@@ -20,7 +22,9 @@ fn main() {
         .join("plugins");
     let examples = target.join("examples");
     let fixtures = target.join("fixtures");
+    let reference = target.join("reference");
     println!("cargo:rustc-env=HUB_EXAMPLE_PLUGINS={}", examples.display());
+    println!("cargo:rustc-env=HUB_REFERENCE_PLUGINS={}", reference.display());
     println!("cargo:rustc-env=HUB_FIXTURE_PLUGINS={}", fixtures.display());
     if std::env::var_os("HUB_SKIP_PLUGIN_BUILD").is_some() {
         return;
@@ -38,7 +42,7 @@ fn main() {
             "--target-dir",
         ])
         .arg(&target);
-    for p in EXAMPLES.iter().chain(FIXTURES) {
+    for p in EXAMPLES.iter().chain(REFERENCE).chain(FIXTURES) {
         cmd.args(["-p", p]);
     }
     // The outer build's flags and wrappers (clippy, coverage…) are for the host, not the guests.
@@ -62,6 +66,7 @@ fn main() {
     }
     let built = target.join("wasm32-wasip2").join("plugin");
     copy(&built, &examples, EXAMPLES);
+    copy(&built, &reference, REFERENCE);
     copy(&built, &fixtures, FIXTURES);
 }
 

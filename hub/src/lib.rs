@@ -34,5 +34,7 @@ pub mod stats;
 
 /// Where the build put the example plugins (`plugins/`, built for wasm32-wasip2).
 pub const EXAMPLE_PLUGINS: &str = env!("HUB_EXAMPLE_PLUGINS");
+/// Where the build put the reference scenario plugins.
+pub const REFERENCE_PLUGINS: &str = env!("HUB_REFERENCE_PLUGINS");
 /// Where the build put the test fixture plugins.
 pub const FIXTURE_PLUGINS: &str = env!("HUB_FIXTURE_PLUGINS");

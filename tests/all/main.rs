@@ -10,4 +10,5 @@ mod durability;
 mod ingress;
 mod pipeline;
 mod sandbox;
+mod scenarios;
 mod swap;

@@ -160,6 +160,21 @@ pub fn fixture_dir(env: &Env, files: &[&str]) -> PathBuf {
     dir
 }
 
+/// The path of a built reference scenario plugin.
+pub fn reference(file: &str) -> PathBuf {
+    PathBuf::from(hub::REFERENCE_PLUGINS).join(file)
+}
+
+/// A plugin folder of its own holding copies of `files`.
+pub fn plugin_folder(env: &Env, name: &str, files: &[PathBuf]) -> PathBuf {
+    let dir = env.dir.path().join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for file in files {
+        std::fs::copy(file, dir.join(file.file_name().expect("file name"))).expect("copy plugin");
+    }
+    dir
+}
+
 /// The path of a built fixture plugin.
 pub fn fixture(file: &str) -> PathBuf {
     PathBuf::from(hub::FIXTURE_PLUGINS).join(file)
