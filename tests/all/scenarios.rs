@@ -82,3 +82,55 @@ async fn meter_readings_become_hourly_and_daily_consumption_and_alerts() {
     nothing(&mut alerts, "an alert for a normal hour", 300).await;
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_switches_are_rekeyed_into_live_audiences_and_favourites() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.plugins.dir = Some(plugin_folder(&env, "ref", &[reference("tv_audience.wasm")]));
+    let hub = env.start(config).await;
+    let api = crate::support::Api::new(&hub, None);
+    let mut audience = env.sub("hub.events.tv.audience").await;
+
+    let switches = [
+        ("v1", json!("news")),
+        ("v2", json!("news")),
+        ("v3", json!("sports")),
+        ("v1", json!("sports")),
+        ("v2", json!(null)),
+    ];
+    for (viewer, channel) in switches {
+        env.send("tv.switch", viewer, json!({ "channel": channel })).await;
+    }
+    // 4 joins and 2 leaves, each counted on its channel's key, in order per channel.
+    let mut last = std::collections::BTreeMap::new();
+    for _ in 0..6 {
+        let event = json(&next(&mut audience, "tv.audience", 5).await);
+        assert_eq!(
+            event["actor"],
+            format!("channel:{}", event["payload"]["channel"].as_str().unwrap_or(""))
+        );
+        last.insert(
+            event["payload"]["channel"].as_str().unwrap_or_default().to_owned(),
+            event["payload"]["viewers"].clone(),
+        );
+    }
+    assert_eq!(last.get("news"), Some(&json!(0)));
+    assert_eq!(last.get("sports"), Some(&json!(2)));
+
+    let (status, channel) = api.get("/api/actors/channel:sports").await;
+    assert_eq!(status, 200);
+    assert_eq!(channel["state"]["tv-audience"]["viewers"], 2, "{channel}");
+    let (_, viewer) = api.get("/api/actors/v1").await;
+    assert_eq!(
+        viewer["state"]["tv-audience"]["watching"]["channel"], "sports",
+        "{viewer}"
+    );
+    assert!(
+        viewer["state"]["tv-audience"]["favourites"]
+            .to_string()
+            .contains("news"),
+        "{viewer}"
+    );
+    hub.shutdown().await;
+}
