@@ -7,7 +7,13 @@ use std::process::Command;
 
 const EXAMPLES: &[&str] = &["clickstream", "cart-abandonment", "payment-trouble"];
 /// Reference scenarios of real deployments (loaded by their tests, not by `hub up`).
-const REFERENCE: &[&str] = &["customer-creation", "energy-metering", "tv-audience"];
+const REFERENCE: &[&str] = &[
+    "customer-creation",
+    "energy-metering",
+    "tv-audience",
+    "marketing-cart",
+    "support-first",
+];
 const FIXTURES: &[&str] = &["chaos", "counter", "counter-v2", "wrong-world"];
 
 fn main() {

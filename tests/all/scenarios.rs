@@ -134,3 +134,76 @@ async fn channel_switches_are_rekeyed_into_live_audiences_and_favourites() {
     );
     hub.shutdown().await;
 }
+
+fn cart(sku: &str) -> serde_json::Value {
+    json!({"items": [{"sku": sku, "name": "Shoes", "price": 59.9, "qty": 1}], "total": 59.9})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_marketing_module_under_two_names_and_support_comes_first() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.plugins.dir = Some(plugin_folder(&env, "ref", &[reference("support_first.wasm")]));
+    let hub = env.start(config).await;
+    let api = crate::support::Api::new(&hub, None);
+    let wasm = std::fs::read(reference("marketing_cart.wasm")).expect("built");
+    for (name, config) in [
+        ("vip-offers", r#"{"segment": "vip", "window": "1s"}"#),
+        ("offers", r#"{"skip_segment": "vip", "window": "2s"}"#),
+    ] {
+        let (status, body) = api.push(name, wasm.clone(), Some(config)).await;
+        assert_eq!(status, 200, "{name}: {body}");
+    }
+    let mut offers = env.sub("hub.actions.offer.cart_reminder").await;
+    let mut held = env.sub("hub.events.offer.held").await;
+    let mut opened = env.sub("hub.events.support.opened").await;
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    env.send_raw("profiles.alice", br#"{"name": "Alice", "segment": "vip"}"#)
+        .await;
+    env.send_raw("profiles.bob", br#"{"name": "Bob"}"#).await;
+    env.send_raw("profiles.carol", br#"{"name": "Carol"}"#).await;
+
+    env.send("cart.updated", "alice", cart("A1")).await;
+    env.send("cart.updated", "bob", cart("B1")).await;
+    env.send("cart.updated", "carol", cart("C1")).await;
+    for _ in 0..3 {
+        env.send("payment.failed", "carol", json!({"amount": 20})).await;
+    }
+    let case = json(&next(&mut opened, "support.opened", 5).await);
+    assert_eq!(
+        (case["actor"].as_str(), case["payload"]["failures"].as_u64()),
+        (Some("carol"), Some(3))
+    );
+    assert_eq!(
+        json(&next(&mut callbacks, "support.callback", 5).await)["actor"],
+        "carol"
+    );
+
+    // The VIP window is shorter, and each customer is offered by the deployment of their segment.
+    let first = json(&next(&mut offers, "the VIP offer", 5).await);
+    assert_eq!(
+        (first["actor"].as_str(), first["plugin"].as_str()),
+        (Some("alice"), Some("vip-offers"))
+    );
+    assert_eq!(first["payload"]["message"], "Hi Alice, your cart is waiting for you");
+    let second = json(&next(&mut offers, "the regular offer", 5).await);
+    assert_eq!(
+        (second["actor"].as_str(), second["plugin"].as_str()),
+        (Some("bob"), Some("offers"))
+    );
+    assert_eq!(second["payload"]["message"], "Hi Bob, your cart is waiting for you");
+    // Carol has an open support case: her offer is held back.
+    let hold = json(&next(&mut held, "offer.held", 5).await);
+    assert_eq!(hold["actor"], "carol");
+    nothing(&mut offers, "an offer during a support case", 500).await;
+
+    // Once the case is closed, marketing may address her again.
+    env.send("support.closed", "carol", json!({})).await;
+    env.send("cart.updated", "carol", cart("C2")).await;
+    let offer = json(&next(&mut offers, "Carol's offer after the case", 5).await);
+    assert_eq!(
+        (offer["actor"].as_str(), offer["payload"]["message"].as_str()),
+        (Some("carol"), Some("Hi Carol, your cart is waiting for you"))
+    );
+    hub.shutdown().await;
+}
