@@ -20,6 +20,8 @@ pub struct ActorState {
     #[schema(value_type = Object)]
     pub state: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     pub timers: Vec<PendingTimer>,
+    /// The latest actions proposed for the actor, newest last.
+    pub recent_actions: Vec<RecentAction>,
     /// Reading a plugin's state failed (the view is incomplete).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -35,11 +37,27 @@ pub struct PendingTimer {
     pub payload: serde_json::Value,
 }
 
+/// One action as remembered for an actor.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecentAction {
+    pub id: String,
+    pub name: String,
+    pub category: String,
+    pub priority: i32,
+    pub plugin: String,
+    /// RFC 3339.
+    pub time: String,
+}
+
+/// How many actions are remembered per actor.
+pub const RECENT_ACTIONS: usize = 20;
+
 /// What an erase removed.
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Erased {
     pub state_keys: usize,
     pub timers: usize,
+    pub recent_actions: usize,
     pub profile: bool,
 }
 

@@ -10,7 +10,7 @@
 //! Everything a shard touches is its own (plugin instances, state cache, timer wheel), so the
 //! hot path takes no lock shared with other shards.
 
-use crate::actor::{ActorRequest, ActorState, Erased, PendingTimer, decode_value};
+use crate::actor::{ActorRequest, ActorState, Erased, PendingTimer, RECENT_ACTIONS, RecentAction, decode_value};
 use crate::egress::{DeadLetter, Egress, Outbound, headers, subjects};
 use crate::event::{Action, Event, Routed, derived_id, is_subject_safe, now_ms};
 use crate::metrics as m;
@@ -45,6 +45,8 @@ pub struct ShardSetup {
 const TRAPS_BEFORE_QUARANTINE: u32 = 5;
 /// Longest quarantine; back-off doubles from one second up to this.
 const MAX_QUARANTINE: Duration = Duration::from_secs(300);
+/// The key of an actor's recent actions in the `actions` tree.
+const RECENT_KEY: &str = "recent";
 /// Kinds remembered in the subscription cache before it is reset.
 const KIND_CACHE_LIMIT: usize = 4096;
 /// One plugin call in this many records its duration in the latency histogram: the
@@ -127,6 +129,8 @@ pub struct Shard {
     db: crate::state::Db,
     /// State cache slot of every plugin name this shard has run (a name keeps its slot).
     slots: FxHashMap<Arc<str>, PluginSlot>,
+    /// Cache slot of the actors' recent actions.
+    actions_slot: PluginSlot,
     subscribers: FxHashMap<String, Rc<[usize]>>,
     stores: Option<Box<ShardStores>>,
     /// Emitted events for this shard's own actors, processed before the next input.
@@ -154,6 +158,8 @@ impl Shard {
         let shard = setup.id.to_string();
         let shards = setup.router.shard_count();
         let commit_every = Duration::from_millis(setup.engine.commit_interval_ms.max(1));
+        let mut state = StateCache::new(setup.engine.cache_entries);
+        let actions_slot = state.add_plugin(setup.db.actions.clone());
         let mut this = Shard {
             id: setup.id,
             rx: setup.rx,
@@ -166,9 +172,10 @@ impl Shard {
             stats: setup.stats,
             db: setup.db.clone(),
             slots: FxHashMap::default(),
+            actions_slot,
             subscribers: FxHashMap::default(),
             stores: Some(Box::new(ShardStores {
-                state: StateCache::new(setup.engine.cache_entries),
+                state,
                 timers: setup.timers,
                 profiles: setup.db.profiles.clone(),
             })),
@@ -617,6 +624,7 @@ impl Shard {
         });
         self.actions_out.increment(1);
         self.event_to_action.record(received.elapsed().as_secs_f64());
+        self.remember_action(action);
     }
 
     fn publish_delivery(&mut self, p: usize, id: &str, channel: &str, target: &str, body: Vec<u8>) {
@@ -647,6 +655,39 @@ impl Shard {
             payload: Bytes::from(body),
         });
         metrics::counter!(m::DELIVERIES_OUT).increment(1);
+    }
+
+    /// Keep the action in its actor's recent actions (for `GET /api/actors/{id}`).
+    fn remember_action(&mut self, action: &Action) {
+        let slot = self.actions_slot;
+        let mut recent = self.recent_actions(&action.actor);
+        if recent.len() >= RECENT_ACTIONS {
+            recent.drain(..=recent.len() - RECENT_ACTIONS);
+        }
+        recent.push(RecentAction {
+            id: action.id.clone(),
+            name: action.name.clone(),
+            category: action.category.clone(),
+            priority: action.priority,
+            plugin: action.plugin.clone(),
+            time: crate::event::rfc3339(action.time),
+        });
+        match rmp_serde::to_vec_named(&recent) {
+            Ok(bytes) => self.stores().state.set(slot, &action.actor, RECENT_KEY, Some(bytes)),
+            Err(e) => tracing::warn!(error = %e, "recent actions not recorded"),
+        }
+    }
+
+    fn recent_actions(&mut self, actor: &str) -> Vec<RecentAction> {
+        let slot = self.actions_slot;
+        match self.stores().state.get(slot, actor, RECENT_KEY) {
+            Ok(Some(bytes)) => rmp_serde::from_slice(bytes).unwrap_or_default(),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, actor, "recent actions unreadable");
+                Vec::new()
+            }
+        }
     }
 
     /// Inspect or erase one actor for the admin API.
@@ -698,6 +739,7 @@ impl Shard {
                 payload: decode_value(&t.payload),
             })
             .collect();
+        view.recent_actions = self.recent_actions(actor);
         view
     }
 
@@ -727,6 +769,9 @@ impl Shard {
                 }
             }
         }
+        erased.recent_actions = self.recent_actions(actor).len();
+        let slot = self.actions_slot;
+        self.stores().state.set(slot, actor, RECENT_KEY, None);
         let timers = &mut self.stores().timers;
         for t in timers.of_actor(actor) {
             timers.cancel(&t.plugin, actor, &t.id);

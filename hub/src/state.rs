@@ -38,6 +38,8 @@ pub struct Db {
     db: sled::Db,
     pub timers: sled::Tree,
     pub profiles: sled::Tree,
+    /// The recent actions of each actor (written behind like plugin state).
+    pub actions: sled::Tree,
 }
 
 impl Db {
@@ -56,6 +58,7 @@ impl Db {
         Ok(Db {
             timers: db.open_tree("timers")?,
             profiles: db.open_tree("profiles")?,
+            actions: db.open_tree("actions")?,
             db,
         })
     }

@@ -21,6 +21,7 @@ async fn profiles_state_timers_and_a_complete_erase() {
     let hub = env.start(config.clone()).await;
     let api = Api::new(&hub, Some("t"));
     let mut offers = env.sub("hub.actions.offer.cart_reminder").await;
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
     let mut dlq = env.sub("hub.dlq.>").await;
 
     env.web("add_to_cart", shoes("u1")).await;
@@ -47,6 +48,19 @@ async fn profiles_state_timers_and_a_complete_erase() {
     assert_eq!(
         (timers[0]["plugin"].as_str(), timers[0]["id"].as_str()),
         (Some("cart-abandonment"), Some("abandoned"))
+    );
+
+    // Actions are remembered per actor.
+    for _ in 0..3 {
+        env.send("payment.failed", "u1", json!({"amount": 20})).await;
+    }
+    next(&mut callbacks, "support.callback", 5).await;
+    let (_, view) = api.get("/api/actors/u1").await;
+    let recent = view["recent_actions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(recent.len(), 1, "{view}");
+    assert_eq!(
+        (recent[0]["name"].as_str(), recent[0]["plugin"].as_str()),
+        (Some("support.callback"), Some("payment-trouble"))
     );
 
     // Bad profile updates are dead-lettered with their reason.
@@ -81,14 +95,20 @@ async fn profiles_state_timers_and_a_complete_erase() {
     );
     assert!(erased["state_keys"].as_u64().unwrap_or(0) >= 1, "{erased}");
     let (_, view) = api.get("/api/actors/u1").await;
-    assert_eq!(view, json!({"actor": "u1", "profile": null, "state": {}, "timers": []}));
+    assert_eq!(
+        view,
+        json!({"actor": "u1", "profile": null, "state": {}, "timers": [], "recent_actions": []})
+    );
     nothing(&mut offers, "an offer for an erased actor", 2_500).await;
 
     // For good: nothing comes back after a restart.
     hub.shutdown().await;
     let hub = env.start(config).await;
     let (_, view) = Api::new(&hub, Some("t")).get("/api/actors/u1").await;
-    assert_eq!(view, json!({"actor": "u1", "profile": null, "state": {}, "timers": []}));
+    assert_eq!(
+        view,
+        json!({"actor": "u1", "profile": null, "state": {}, "timers": [], "recent_actions": []})
+    );
     assert_eq!(Api::new(&hub, None).get("/api/actors/u1").await.0, 401);
     hub.shutdown().await;
 }
