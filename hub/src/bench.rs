@@ -98,6 +98,11 @@ pub struct BenchArgs {
     /// Repeat the unpaced, paced and relay phases this many times and report medians
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub runs: u64,
+    /// Extra plugin instances that subscribe to kinds not in the stream (copies of the
+    /// customer-creation reference plugin): with the 3 examples, `--idle-plugins 2` vs `47`
+    /// compares 5 with 50 loaded plugins
+    #[arg(long, default_value_t = 0)]
+    pub idle_plugins: u64,
     /// Plugin swaps during a second paced phase (0: skip that phase)
     #[arg(long, default_value_t = 5)]
     pub swaps: u64,
@@ -318,6 +323,17 @@ async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Res
     let hub = Hub::start(hub_config(args, url, &dir.path().join("hub")))
         .await
         .context("cannot start the hub")?;
+    if args.idle_plugins > 0 {
+        let file = Path::new(crate::REFERENCE_PLUGINS).join("customer_creation.wasm");
+        let wasm = bytes::Bytes::from(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
+        for i in 0..args.idle_plugins {
+            hub.registry()
+                .upload(&format!("idle-{i}"), wasm.clone(), None)
+                .await
+                .context("cannot load an idle plugin")?;
+        }
+    }
+    let plugins = hub.registry().live().load().plugins.len();
     let hub_subjects = [
         Subject::from_static(VIEW_SUBJECT),
         Subject::from_static(WEB_SUBJECT),
@@ -353,7 +369,9 @@ async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Res
     hub.shutdown().await;
     let (unpaced, paced, swapping) = phases?;
     let relay = relay_phase(clients, &unpaced_inputs).await.context("relay phase")?;
-    Ok(RunReport::new(unpaced, paced, swapping, relay))
+    let mut report = RunReport::new(unpaced, paced, swapping, relay);
+    report.plugins = plugins;
+    Ok(report)
 }
 
 /// One version going live during the swapping phase.
@@ -960,6 +978,8 @@ fn median_u64(mut values: Vec<u64>) -> u64 {
 /// One run's figures.
 #[derive(Debug, Clone, Serialize)]
 struct RunReport {
+    /// Plugins live in the hub (examples and idle ones).
+    plugins: usize,
     unpaced: PhaseReport,
     paced: PhaseReport,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -985,6 +1005,7 @@ impl RunReport {
             None => (None, Vec::new()),
         };
         RunReport {
+            plugins: 0,
             hub_relay_ratio: ratio(unpaced.per_sec, relay.per_sec),
             unpaced,
             paced,
@@ -1038,6 +1059,8 @@ fn ratio(a: f64, b: f64) -> f64 {
 #[derive(Debug, Serialize)]
 struct Report {
     shards: usize,
+    /// Plugins live in the hub (examples and `--idle-plugins`).
+    plugins: usize,
     actors: u64,
     mix: Mix,
     runs: u64,
@@ -1066,6 +1089,7 @@ impl Report {
         let swapping = SwapReport::from_runs(&runs, &paced);
         Report {
             shards,
+            plugins: runs.first().map_or(0, |r| r.plugins),
             actors: args.actors,
             mix: args.mix,
             runs: args.runs,
@@ -1086,8 +1110,8 @@ impl Report {
 /// The readable report.
 fn print_text(r: &Report) {
     println!(
-        "hub bench: {} shards, {} actors, {:?} mix, {} run(s) (medians)",
-        r.shards, r.actors, r.mix, r.runs
+        "hub bench: {} shards, {} plugins, {} actors, {:?} mix, {} run(s) (medians)",
+        r.shards, r.plugins, r.actors, r.mix, r.runs
     );
     println!(
         "unpaced   {} events   {:.0} events/s   lost {}   {}",
