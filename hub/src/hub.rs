@@ -140,13 +140,14 @@ impl Hub {
         }
 
         drop(commits);
+        let profiles = crate::state::Profiles::new(db.profiles.clone());
         let ingress = Ingress::start(
             &client,
             &config.nats,
             rules,
             router.clone(),
             egress.clone(),
-            crate::state::Profiles::new(db.profiles.clone()),
+            profiles.clone(),
         )
         .await?;
 
@@ -163,7 +164,7 @@ impl Hub {
             router: router.clone(),
             registry: registry.clone(),
             stats,
-            profiles: crate::state::Profiles::new(db.profiles.clone()),
+            profiles,
             auth: crate::api::Auth::new(config.admin_token.clone(), config.http.listen),
             max_module_bytes: config.limits.max_module_bytes,
         });

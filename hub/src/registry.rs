@@ -162,11 +162,12 @@ impl Registry {
             (None, None) => serde_json::json!({}),
         };
         let sha256 = sha256_hex(&wasm);
-        if let Some(active) = existing.as_ref().and_then(PluginRecord::active)
+        if let Some(record) = &existing
+            && let Some(active) = record.active()
             && active.sha256 == sha256
             && active.config == config
         {
-            return Ok(self.unchanged(existing.as_ref()));
+            return Ok(self.unchanged(record));
         }
         let size = wasm.len();
         let this = self.clone();
@@ -192,7 +193,7 @@ impl Registry {
             .cloned()
             .ok_or_else(|| AdminError::NotFound(name.to_owned()))?;
         if active.config == config {
-            return Ok(self.unchanged(Some(&record)));
+            return Ok(self.unchanged(&record));
         }
         let this = self.clone();
         let sha256 = active.sha256.clone();
@@ -222,28 +223,25 @@ impl Registry {
             });
         }
         if target == record.active {
-            return Ok(self.unchanged(Some(&record)));
+            return Ok(self.unchanged(&record));
         }
         record.active = target;
-        let live = if record.enabled {
-            let this = self.clone();
-            let r = record.clone();
-            Some(self.blocking(move || this.live_plugin(&r)).await?)
-        } else {
-            None
-        };
-        self.store.put_plugin(&record)?;
-        Ok(self.go_live(&record, live).await)
+        self.store_and_go_live(record).await
     }
 
     pub async fn set_enabled(self: &Arc<Self>, name: &str, enabled: bool) -> Result<Change, AdminError> {
         let _one_at_a_time = self.changes.lock().await;
         let mut record = self.plugin(name)?;
         if record.enabled == enabled {
-            return Ok(self.unchanged(Some(&record)));
+            return Ok(self.unchanged(&record));
         }
         record.enabled = enabled;
-        let live = if enabled {
+        self.store_and_go_live(record).await
+    }
+
+    /// Validate `record`'s active version (when enabled), store the record, and make it live.
+    async fn store_and_go_live(self: &Arc<Self>, record: PluginRecord) -> Result<Change, AdminError> {
+        let live = if record.enabled {
             let this = self.clone();
             let r = record.clone();
             Some(self.blocking(move || this.live_plugin(&r)).await?)
@@ -381,11 +379,11 @@ impl Registry {
         )
     }
 
-    fn unchanged(&self, record: Option<&PluginRecord>) -> Change {
+    fn unchanged(&self, record: &PluginRecord) -> Change {
         Change {
-            name: record.map(|r| r.name.clone()).unwrap_or_default(),
-            version: record.map_or(0, |r| r.active),
-            enabled: record.is_some_and(|r| r.enabled),
+            name: record.name.clone(),
+            version: record.active,
+            enabled: record.enabled,
             changed: false,
             live: true,
             live_after_ms: 0.0,

@@ -1,13 +1,9 @@
 //! Actors over the admin API: profiles from NATS `profiles.<actor>` and the API, what each plugin
 //! holds for an actor, its pending timers, and an erase that removes everything for good.
 
-use crate::support::{Api, Env, header, next, nothing};
+use crate::support::{Api, Env, header, next, nothing, shoes};
 use serde_json::json;
 use std::time::Duration;
-
-fn shoes(visitor: &str) -> serde_json::Value {
-    json!({"visitor": visitor, "product": {"sku": "A1", "name": "Shoes", "price": 59.9}, "qty": 1})
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_state_timers_and_a_complete_erase() {

@@ -2,7 +2,7 @@
 //! serving; config updates, rollback, two names for one module, enable/disable, delete; the
 //! token; and the registry surviving a restart without recompiling.
 
-use crate::support::{Api, Env, fixture, fixture_dir, json, next, nothing};
+use crate::support::{Api, Env, fixture, json, next, nothing, plugin_folder};
 use async_nats::Subscriber;
 use serde_json::{Value, json};
 
@@ -10,7 +10,7 @@ const TOKEN: &str = "test-token";
 
 fn counter_config(env: &Env) -> hub::config::Config {
     let mut config = env.config();
-    config.plugins.dir = Some(fixture_dir(env, &["counter.wasm"]));
+    config.plugins.dir = Some(plugin_folder(env, "fixture-plugins", &[fixture("counter.wasm")]));
     config.admin_token = Some(TOKEN.into());
     config.limits.max_module_bytes = 1 << 20;
     config

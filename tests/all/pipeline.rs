@@ -1,11 +1,7 @@
 //! The example pipeline over NATS: mapping, a sequence, a non-event, and its cancellation.
 
-use crate::support::{Env, header, json, next, nothing};
+use crate::support::{Env, header, json, next, nothing, shoes};
 use serde_json::json;
-
-fn shoes(visitor: &str) -> serde_json::Value {
-    json!({"visitor": visitor, "product": {"sku": "A1", "name": "Shoes", "price": 59.9}, "qty": 1})
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_web_events_are_mapped_to_business_events() {

@@ -150,16 +150,6 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     response
 }
 
-/// A plugin folder holding only the given fixture files (e.g. `counter.wasm`).
-pub fn fixture_dir(env: &Env, files: &[&str]) -> PathBuf {
-    let dir = env.dir.path().join("fixture-plugins");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    for file in files {
-        std::fs::copy(fixture(file), dir.join(file)).expect("copy fixture");
-    }
-    dir
-}
-
 /// The path of a built reference scenario plugin.
 pub fn reference(file: &str) -> PathBuf {
     PathBuf::from(hub::REFERENCE_PLUGINS).join(file)
@@ -173,6 +163,11 @@ pub fn plugin_folder(env: &Env, name: &str, files: &[PathBuf]) -> PathBuf {
         std::fs::copy(file, dir.join(file.file_name().expect("file name"))).expect("copy plugin");
     }
     dir
+}
+
+/// A raw `web.add_to_cart` body of the browser collector: one pair of shoes for `visitor`.
+pub fn shoes(visitor: &str) -> Value {
+    serde_json::json!({"visitor": visitor, "product": {"sku": "A1", "name": "Shoes", "price": 59.9}, "qty": 1})
 }
 
 /// The path of a built fixture plugin.

@@ -3,7 +3,7 @@
 //! or a repeat, across versions, so state carried over), and an event sent after a swap returns
 //! is handled by the new version.
 
-use crate::support::{Api, Env, fixture, fixture_dir, json, next};
+use crate::support::{Api, Env, fixture, json, next, plugin_folder};
 use futures::StreamExt;
 use serde_json::json;
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ const ACTORS: u64 = 2_000;
 async fn swaps_and_a_rollback_under_load_lose_nothing_and_double_nothing() {
     let env = Env::new().await;
     let mut config = env.config();
-    config.plugins.dir = Some(fixture_dir(&env, &["counter.wasm"]));
+    config.plugins.dir = Some(plugin_folder(&env, "fixture-plugins", &[fixture("counter.wasm")]));
     config.admin_token = Some(TOKEN.into());
     let hub = env.start(config).await;
     let api = Api::new(&hub, Some(TOKEN));
