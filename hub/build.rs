@@ -13,6 +13,7 @@ const REFERENCE: &[&str] = &[
     "tv-audience",
     "marketing-cart",
     "support-first",
+    "notify",
 ];
 const FIXTURES: &[&str] = &["chaos", "counter", "counter-v2", "wrong-world"];
 

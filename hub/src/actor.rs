@@ -4,6 +4,7 @@
 //! The actor's shard answers between events (see `ShardMsg::Actor`), so a view includes every
 //! event routed before the request, and an erase cannot interleave with the actor's events.
 
+use crate::arbiter::{Entry, Outcome};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -20,8 +21,8 @@ pub struct ActorState {
     #[schema(value_type = Object)]
     pub state: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     pub timers: Vec<PendingTimer>,
-    /// The latest actions proposed for the actor, newest last.
-    pub recent_actions: Vec<RecentAction>,
+    /// The actor's action ledger: the arbiter's latest decisions, newest last.
+    pub actions: Vec<ActionRecord>,
     /// Reading a plugin's state failed (the view is incomplete).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -37,9 +38,9 @@ pub struct PendingTimer {
     pub payload: serde_json::Value,
 }
 
-/// One action as remembered for an actor.
+/// One decision of the arbiter, as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RecentAction {
+pub struct ActionRecord {
     pub id: String,
     pub name: String,
     pub category: String,
@@ -47,17 +48,47 @@ pub struct RecentAction {
     pub plugin: String,
     /// RFC 3339.
     pub time: String,
+    /// `delivered` or `suppressed`.
+    pub decision: String,
+    /// Why it was suppressed: `duplicate`, `suppressed_by`, `outranked`, `category_limit`,
+    /// `contact_limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The reason, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
 }
 
-/// How many actions are remembered per actor.
-pub const RECENT_ACTIONS: usize = 20;
+impl From<&Entry> for ActionRecord {
+    fn from(e: &Entry) -> ActionRecord {
+        let (decision, reason, detail) = match &e.outcome {
+            Outcome::Delivered => ("delivered", None, None),
+            Outcome::Suppressed(r) => ("suppressed", Some(r.label().to_owned()), Some(r.to_string())),
+        };
+        ActionRecord {
+            id: e.id.clone(),
+            name: e.name.clone(),
+            category: e.category.clone(),
+            priority: e.priority,
+            plugin: e.plugin.clone(),
+            time: crate::event::rfc3339(e.time),
+            decision: decision.to_owned(),
+            reason,
+            detail,
+            dedup_key: e.dedup_key.clone(),
+        }
+    }
+}
 
 /// What an erase removed.
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Erased {
     pub state_keys: usize,
     pub timers: usize,
-    pub recent_actions: usize,
+    /// Entries of the action ledger.
+    pub actions: usize,
     pub profile: bool,
 }
 

@@ -1,5 +1,5 @@
 //! The admin REST API under `/api/` (JSON; DESIGN §5, §9): plugins and their versions, actors
-//! (profile, state, timers, erasure).
+//! (profile, state, timers, action ledger, erasure), contact policies.
 //!
 //! Every call but `GET /api/openapi.json` needs `Authorization: Bearer $HUB_ADMIN_TOKEN`. Without
 //! a configured token the API is open only when the hub listens on loopback (the local default
@@ -9,6 +9,7 @@
 pub mod actors;
 mod auth;
 pub mod plugins;
+pub mod policies;
 
 pub use auth::Auth;
 use auth::BearerScheme;
@@ -34,6 +35,7 @@ pub fn router(state: HttpState) -> axum::Router<HttpState> {
         .route("/api/plugins/{name}/enable", post(plugins::enable))
         .route("/api/plugins/{name}/disable", post(plugins::disable))
         .route("/api/actors/{id}", get(actors::show).delete(actors::erase))
+        .route("/api/policies", get(policies::show).put(policies::replace))
         .route(
             "/api/actors/{id}/profile",
             put(actors::put_profile).patch(actors::patch_profile),
@@ -63,7 +65,9 @@ pub fn router(state: HttpState) -> axum::Router<HttpState> {
         actors::show,
         actors::put_profile,
         actors::patch_profile,
-        actors::erase
+        actors::erase,
+        policies::show,
+        policies::replace
     ),
     components(schemas(ApiError)),
     modifiers(&BearerScheme),

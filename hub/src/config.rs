@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,6 +25,74 @@ pub struct Config {
     pub ingest: Vec<IngestRule>,
     /// Bearer token for admin calls (`HUB_ADMIN_TOKEN`).
     pub admin_token: Option<String>,
+    /// Contact policies of the arbiter (also `GET/PUT /api/policies`).
+    pub policies: crate::arbiter::Policies,
+    /// Where each delivery channel goes (`[channels.<name>]`); `push` goes to connected devices
+    /// and any other channel to `hub.deliveries.<channel>` unless configured here.
+    pub channels: BTreeMap<String, ChannelConfig>,
+    pub push: PushConfig,
+    pub actions: ActionsConfig,
+}
+
+/// The sink of one delivery channel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "sink", rename_all = "lowercase")]
+pub enum ChannelConfig {
+    /// Published on `hub.deliveries.<channel>`, which the action stream keeps.
+    Nats,
+    /// An HTTP POST to a URL.
+    Webhook(WebhookConfig),
+    /// To the devices connected on `/push/{target}`.
+    Push,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where to POST; `{target}` is replaced by the delivery's target (URL-encoded).
+    pub url: String,
+    /// One attempt's budget, connecting included.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Attempts after the first, with exponential back-off; then the delivery is dead-lettered.
+    pub retries: u32,
+    /// Wait before the first retry; doubles up to `max_backoff`.
+    #[serde(with = "duration_text")]
+    pub backoff: Duration,
+    #[serde(with = "duration_text")]
+    pub max_backoff: Duration,
+    /// Requests in flight to this target at most.
+    pub concurrency: usize,
+    /// Deliveries waiting for a request slot; more are dead-lettered (`sink_overflow`).
+    pub queue: usize,
+    pub content_type: String,
+}
+
+/// Live delivery to devices on `/push/{actor}` (WebSocket, or server-sent events).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Messages waiting for one connection; a device that falls further behind misses them
+    /// (counted), it never holds up the others.
+    pub connection_queue: usize,
+    /// Deliveries waiting for the push task; more are dead-lettered (`sink_overflow`).
+    pub queue: usize,
+    /// When set, a device must present `?token=` = hex HMAC-SHA256(secret, actor). Without it,
+    /// `/push` is open only when the hub listens on loopback.
+    pub secret: Option<String>,
+}
+
+/// The JetStream stream that keeps actions and deliveries (`hub.actions.>`, `hub.deliveries.>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionsConfig {
+    pub stream: String,
+    /// How long a message id is remembered: a replay within it delivers nothing twice.
+    #[serde(with = "duration_text")]
+    pub dedup_window: Duration,
+    /// How long actions are kept.
+    #[serde(with = "duration_text")]
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +190,10 @@ impl Default for Config {
             limits: PluginLimits::default(),
             ingest: Vec::new(),
             admin_token: None,
+            policies: crate::arbiter::Policies::default(),
+            channels: BTreeMap::new(),
+            push: PushConfig::default(),
+            actions: ActionsConfig::default(),
         }
     }
 }
@@ -169,6 +242,41 @@ impl Default for PluginLimits {
     }
 }
 
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: String::new(),
+            timeout: Duration::from_secs(5),
+            retries: 5,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            concurrency: 8,
+            queue: 10_000,
+            content_type: "application/json".into(),
+        }
+    }
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            connection_queue: 256,
+            queue: 65_536,
+            secret: None,
+        }
+    }
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        ActionsConfig {
+            stream: "HUB_ACTIONS".into(),
+            dedup_window: Duration::from_secs(600),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 impl EngineConfig {
     /// The number of shard threads to run.
     pub fn shard_count(&self) -> usize {
@@ -195,9 +303,11 @@ impl Config {
         figment.merge(env_overrides()).extract().map_err(Box::new)
     }
 
-    /// The local default of `hub up`: the example clickstream collector's subject is mapped.
+    /// The local default of `hub up`: the example clickstream collector's subject is mapped, and
+    /// the example contact policies apply.
     pub fn local_default() -> Config {
         Config {
+            policies: crate::arbiter::Policies::example(),
             ingest: vec![IngestRule {
                 subject: "web.*".into(),
                 kind: "web.{2}".into(),
@@ -212,10 +322,36 @@ impl Config {
     }
 }
 
+/// Durations as text (`"90s"`, `"1h 30m"`), as admins write them.
+pub mod duration_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"24h\": {e}")))
+    }
+}
+
 /// `HUB_*` variables that address this config (sections joined by `__`). Other `HUB_` variables
 /// (set by tools, or for other programs) are not ours to refuse.
 fn env_overrides() -> Env {
-    const SECTIONS: [&str; 5] = ["nats__", "http__", "plugins__", "engine__", "limits__"];
+    const SECTIONS: [&str; 9] = [
+        "nats__",
+        "http__",
+        "plugins__",
+        "engine__",
+        "limits__",
+        "policies__",
+        "channels__",
+        "push__",
+        "actions__",
+    ];
     Env::prefixed("HUB_")
         .filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
@@ -249,6 +385,40 @@ mod tests {
             assert_eq!(config.engine.commit_interval_ms, 50);
             Ok(())
         });
+    }
+
+    #[test]
+    fn channels_and_policies_from_toml() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("hub.toml");
+        std::fs::write(
+            &file,
+            r#"
+            [channels.crm]
+            sink = "webhook"
+            url = "http://crm.local/hooks/{target}"
+            retries = 2
+            [channels.sms]
+            sink = "nats"
+            [policies]
+            conflict_window = "10s"
+            [policies.categories.offer]
+            priority = 1
+            limit = { count = 2, window = "1h" }
+            "#,
+        )
+        .expect("write");
+        let config = Config::load(Some(&file)).expect("load");
+        match &config.channels["crm"] {
+            ChannelConfig::Webhook(w) => {
+                assert_eq!(w.retries, 2);
+                assert_eq!(w.timeout, Duration::from_secs(5), "defaults fill the rest");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(config.channels["sms"], ChannelConfig::Nats);
+        assert_eq!(config.policies.conflict_window, Duration::from_secs(10));
+        assert_eq!(config.policies.categories["offer"].priority, 1);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The hub's HTTP surface: `/healthz`, Prometheus `/metrics`, and the admin API under `/api/`.
+//! The hub's HTTP surface: `/healthz`, Prometheus `/metrics`, devices on `/push/{actor}`, and the
+//! admin API under `/api/`.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -17,6 +18,8 @@ pub struct HttpState {
     pub registry: Arc<crate::registry::Registry>,
     pub stats: Arc<crate::stats::PluginStats>,
     pub profiles: crate::state::Profiles,
+    pub policies: crate::arbiter::PolicyStore,
+    pub push: crate::delivery::push::PushHub,
     pub auth: crate::api::Auth,
     /// Upload bodies up to this size (plus room for the refusal to say why) are read.
     pub max_module_bytes: usize,
@@ -26,6 +29,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/push/{actor}", get(crate::delivery::push::connect))
         .merge(crate::api::router(state.clone()))
         .with_state(state)
 }

@@ -1,7 +1,10 @@
 //! Starting and stopping a hub: the one place that wires ingress, shards, runtime, state,
 //! egress and HTTP together.
 
+use crate::arbiter::PolicyStore;
 use crate::config::Config;
+use crate::delivery::Sinks;
+use crate::delivery::push::PushHub;
 use crate::egress::Egress;
 use crate::ingress::{CompiledRule, Ingress};
 use crate::registry::Registry;
@@ -35,6 +38,8 @@ pub enum StartError {
     Seed(#[from] crate::registry::SeedError),
     #[error(transparent)]
     Registry(#[from] crate::registry::StoreError),
+    #[error(transparent)]
+    Policies(#[from] crate::arbiter::PolicyError),
     #[error("shard {id} could not start: {reason}")]
     Shard { id: usize, reason: String },
     #[error("cannot listen for HTTP on {addr}: {source}")]
@@ -55,6 +60,7 @@ pub struct Hub {
     committer: Committer,
     http: JoinHandle<()>,
     http_stop: watch::Sender<bool>,
+    push: PushHub,
     db: Db,
 }
 
@@ -101,6 +107,12 @@ impl Hub {
         let plugins = registry.start()?;
         let stats = Arc::new(PluginStats::new(shard_count));
         let egress = Egress::new(client.clone());
+        let policies = PolicyStore::open(db.sled(), &config.policies)?;
+        if let Err(e) = crate::delivery::ensure_action_stream(&client, &config.actions).await {
+            tracing::error!(error = %e, "no action stream: actions are published without being kept");
+        }
+        let push = PushHub::start(&config.push, config.http.listen, egress.clone());
+        let sinks = Sinks::start(&config.channels, push.clone(), egress.clone());
 
         let mut wheels: Vec<TimerWheel> = (0..shard_count).map(|_| TimerWheel::new(db.timers.clone())).collect();
         let timers_restored = db.load_timers(&mut wheels, |actor| router.shard_of(actor))?;
@@ -119,6 +131,8 @@ impl Hub {
                 timers,
                 commits: commits.clone(),
                 engine: config.engine.clone(),
+                policies: policies.clone(),
+                sinks: sinks.clone(),
             };
             // The shard instantiates its plugins on its own thread; wait for that, so the hub
             // serves every plugin once `start` returns.
@@ -165,6 +179,8 @@ impl Hub {
             registry: registry.clone(),
             stats,
             profiles,
+            policies,
+            push: push.clone(),
             auth: crate::api::Auth::new(config.admin_token.clone(), config.http.listen),
             max_module_bytes: config.limits.max_module_bytes,
         });
@@ -190,6 +206,7 @@ impl Hub {
             committer,
             http,
             http_stop,
+            push,
             db,
         })
     }
@@ -231,8 +248,12 @@ impl Hub {
             tracing::error!(error = %e, "final state flush failed");
         }
         self.egress.flush().await;
+        // Open device connections would hold the graceful HTTP shutdown forever.
+        self.push.close_all().await;
         let _ = self.http_stop.send(true);
-        let _ = self.http.await;
+        if tokio::time::timeout(Duration::from_secs(5), self.http).await.is_err() {
+            tracing::warn!("HTTP connections still open after 5 s; stopping without them");
+        }
         tracing::info!("hub stopped");
     }
 }

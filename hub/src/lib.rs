@@ -7,7 +7,9 @@
 //! 3. [`shard`] — one thread per shard runs the subscribed plugins, in order per actor;
 //! 4. [`runtime`] — the wasmtime sandbox: modules, instances, host imports;
 //! 5. [`state`] — sled behind a per-shard write-behind cache, durable timers;
-//! 6. [`egress`] — actions, emitted events and dead letters leave over NATS.
+//! 6. [`arbiter`] — the actions of an input are judged against the actor's contact policies;
+//! 7. [`delivery`] — delivered actions, rendered by delivery plugins, go to their channel's sink;
+//! 8. [`egress`] — actions, emitted events and dead letters leave over NATS.
 //!
 //! Around them: [`config`], [`registry`] (which plugin versions run, and hot swap), [`api`] (the
 //! admin REST API), [`stats`] (per-plugin call statistics), [`http`] (health and metrics),
@@ -15,9 +17,11 @@
 
 pub mod actor;
 pub mod api;
+pub mod arbiter;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod egress;
 pub mod event;
 pub mod http;

@@ -20,6 +20,12 @@ pub const STATE_COMMITS: &str = "hub_state_commit_seconds";
 pub const STATE_COMMIT_ERRORS: &str = "hub_state_commit_errors_total";
 pub const PUBLISH_ERRORS: &str = "hub_publish_errors_total";
 pub const SLOW_CONSUMER: &str = "hub_nats_slow_consumer_total";
+pub const ACTION_DECISIONS: &str = "hub_action_decisions_total";
+pub const SINK_OVERFLOW: &str = "hub_sink_overflow_total";
+pub const WEBHOOK_DELIVERED: &str = "hub_webhook_delivered_total";
+pub const WEBHOOK_RETRIES: &str = "hub_webhook_retries_total";
+pub const PUSH_CONNECTIONS: &str = "hub_push_connections";
+pub const PUSH_OUTCOMES: &str = "hub_push_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static UPKEEP: std::sync::Once = std::sync::Once::new();
@@ -74,8 +80,23 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(EVENTS_IN, "Events accepted from NATS");
     describe_counter!(EVENTS_EMITTED, "Events emitted by plugins");
-    describe_counter!(ACTIONS_OUT, "Actions published");
-    describe_counter!(DELIVERIES_OUT, "Deliveries published by delivery plugins");
+    describe_counter!(ACTIONS_OUT, "Actions that passed the arbiter");
+    describe_counter!(
+        ACTION_DECISIONS,
+        "Arbiter decisions by category, decision (delivered, suppressed) and reason"
+    );
+    describe_counter!(DELIVERIES_OUT, "Deliveries rendered by delivery plugins, by channel");
+    describe_counter!(
+        SINK_OVERFLOW,
+        "Deliveries dead-lettered because a sink's queue was full"
+    );
+    describe_counter!(WEBHOOK_DELIVERED, "Webhook deliveries answered with 2xx");
+    describe_counter!(WEBHOOK_RETRIES, "Webhook attempts after a failed one");
+    describe_gauge!(PUSH_CONNECTIONS, "Devices connected on /push");
+    describe_counter!(
+        PUSH_OUTCOMES,
+        "Push deliveries: live (to connected devices), offline (to hub.deliveries.push), device_behind"
+    );
     describe_counter!(DEAD_LETTERS, "Messages sent to hub.dlq.<reason>");
     describe_counter!(PLUGIN_CALLS, "Plugin calls");
     describe_counter!(PLUGIN_ERRORS, "Plugin calls that trapped or returned an error");

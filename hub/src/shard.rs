@@ -10,7 +10,9 @@
 //! Everything a shard touches is its own (plugin instances, state cache, timer wheel), so the
 //! hot path takes no lock shared with other shards.
 
-use crate::actor::{ActorRequest, ActorState, Erased, PendingTimer, RECENT_ACTIONS, RecentAction, decode_value};
+use crate::actor::{ActorRequest, ActorState, Erased, PendingTimer, decode_value};
+use crate::arbiter::{Decision, Ledger, Outcome, PolicyStore};
+use crate::delivery::{Delivery, Sinks};
 use crate::egress::{DeadLetter, Egress, Outbound, headers, subjects};
 use crate::event::{Action, Event, Routed, derived_id, is_subject_safe, now_ms};
 use crate::metrics as m;
@@ -39,14 +41,19 @@ pub struct ShardSetup {
     pub timers: TimerWheel,
     pub commits: CommitQueue,
     pub engine: crate::config::EngineConfig,
+    pub policies: PolicyStore,
+    pub sinks: Sinks,
 }
 
 /// Consecutive traps after which a plugin is quarantined on a shard.
 const TRAPS_BEFORE_QUARANTINE: u32 = 5;
 /// Longest quarantine; back-off doubles from one second up to this.
 const MAX_QUARANTINE: Duration = Duration::from_secs(300);
-/// The key of an actor's recent actions in the `actions` tree.
-const RECENT_KEY: &str = "recent";
+/// The key of an actor's action ledger in the `actions` tree.
+const LEDGER_KEY: &str = "ledger";
+/// Event kinds that start with this are actions handed to delivery plugins, whose
+/// subscriptions to actions start with it too (`action.offer.*`).
+pub const ACTION_KIND_PREFIX: &str = "action.";
 /// Kinds remembered in the subscription cache before it is reset.
 const KIND_CACHE_LIMIT: usize = 4096;
 /// One plugin call in this many records its duration in the latency histogram: the
@@ -109,7 +116,8 @@ struct Loaded {
     pending: Pending,
 }
 
-/// What a plugin call is about.
+/// What a plugin call is about (an action for a delivery plugin comes as an event of kind
+/// `action.<name>`).
 enum Cause<'a> {
     Event(&'a Routed),
     Timer(&'a DueTimer),
@@ -129,8 +137,14 @@ pub struct Shard {
     db: crate::state::Db,
     /// State cache slot of every plugin name this shard has run (a name keeps its slot).
     slots: FxHashMap<Arc<str>, PluginSlot>,
-    /// Cache slot of the actors' recent actions.
+    /// Cache slot of the actors' action ledgers.
     actions_slot: PluginSlot,
+    policies: PolicyStore,
+    sinks: Sinks,
+    /// Actions proposed while handling the current input, judged together when it is done.
+    proposed: Vec<(Action, Instant)>,
+    /// Decision counters by (category, reason), so the hot path does not look them up.
+    decisions: FxHashMap<(String, &'static str), metrics::Counter>,
     subscribers: FxHashMap<String, Rc<[usize]>>,
     stores: Option<Box<ShardStores>>,
     /// Emitted events for this shard's own actors, processed before the next input.
@@ -173,6 +187,10 @@ impl Shard {
             db: setup.db.clone(),
             slots: FxHashMap::default(),
             actions_slot,
+            policies: setup.policies,
+            sinks: setup.sinks,
+            proposed: Vec::new(),
+            decisions: FxHashMap::default(),
             subscribers: FxHashMap::default(),
             stores: Some(Box::new(ShardStores {
                 state,
@@ -323,18 +341,48 @@ impl Shard {
         wake
     }
 
-    /// Run the plugin chain for one event and for what it emits on this shard.
+    /// Run the plugin chain for one event and for what it emits on this shard, then judge the
+    /// actions they proposed.
     fn process(&mut self, routed: Routed) {
+        if routed.event.kind.starts_with(ACTION_KIND_PREFIX) {
+            let detail = format!(
+                "event kinds starting with {ACTION_KIND_PREFIX:?} are reserved for actions on their way to delivery"
+            );
+            let letter = DeadLetter {
+                reason: "reserved_kind",
+                detail: &detail,
+                subject: &routed.event.source,
+                plugin: None,
+                event_id: Some(&routed.event.id),
+                body: routed.event.to_json().map(Bytes::from).unwrap_or_default(),
+            };
+            self.egress.send_blocking(letter.into_outbound());
+            return;
+        }
         self.local.push_back(routed);
-        while let Some(routed) = self.local.pop_front() {
-            let subscribers = self.subscribers_of(&routed.event.kind);
-            for &p in subscribers.iter() {
-                self.call(p, Cause::Event(&routed));
+        self.run_local_chain();
+    }
+
+    /// Run the subscribers of every event queued for this shard's own actors, then judge the
+    /// actions proposed on the way.
+    fn run_local_chain(&mut self) {
+        loop {
+            while let Some(routed) = self.local.pop_front() {
+                let subscribers = self.subscribers_of(&routed.event.kind);
+                for &p in subscribers.iter() {
+                    self.call(p, Cause::Event(&routed));
+                }
             }
+            if self.proposed.is_empty() {
+                return;
+            }
+            // Delivery plugins may emit events in turn; those run before the next input.
+            self.arbitrate();
         }
     }
 
-    /// Plugins subscribed to `kind`, cached per kind.
+    /// Plugins subscribed to `kind`, cached per kind. Subscriptions to actions (`action.…`) and
+    /// to events are kept apart, so a plugin that takes every event (`>`) gets no actions.
     fn subscribers_of(&mut self, kind: &str) -> Rc<[usize]> {
         if let Some(list) = self.subscribers.get(kind) {
             return list.clone();
@@ -348,7 +396,10 @@ impl Shard {
             .enumerate()
             .filter(|(_, p)| {
                 let d = &p.instance.module().description;
-                d.subscribes.iter().any(|pat| kind_matches(pat, kind))
+                let action = kind.starts_with(ACTION_KIND_PREFIX);
+                d.subscribes
+                    .iter()
+                    .any(|pat| pat.starts_with(ACTION_KIND_PREFIX) == action && kind_matches(pat, kind))
             })
             .map(|(i, _)| i)
             .collect();
@@ -385,9 +436,7 @@ impl Shard {
                 }
             }
             // Emitted events of timers run like any others.
-            while let Some(routed) = self.local.pop_front() {
-                self.process(routed);
-            }
+            self.run_local_chain();
         }
         let pending = self.stores().timers.len();
         self.timers_pending.set(pending as f64);
@@ -520,6 +569,14 @@ impl Shard {
                     dedup_key,
                     payload,
                 } => {
+                    if is_action_event(cause) {
+                        let detail = format!(
+                            "delivery plugin {} proposed an action ({name}) while delivering one",
+                            self.plugins[p].name
+                        );
+                        self.dead_letter_cause(p, cause, "plugin_error", &detail);
+                        continue;
+                    }
                     let action = Action {
                         id,
                         name,
@@ -532,16 +589,19 @@ impl Shard {
                         time: now,
                         payload,
                     };
-                    self.publish_action(p, &action, received);
+                    self.propose(p, action, received);
                 }
-                Output::Deliver { channel, target, body } => self.publish_delivery(p, &id, &channel, &target, body),
+                Output::Deliver { channel, target, body } => {
+                    let target = if target.is_empty() { actor.to_owned() } else { target };
+                    self.deliver(p, id, actor, channel, target, body);
+                }
             }
         }
     }
 
     /// Publish an emitted event on `hub.events.<kind>` and route it to its actor's shard.
     fn emit(&mut self, p: usize, event: Event, hops: u8, received: Instant) {
-        if !is_subject_safe(&event.kind) || event.actor.is_empty() {
+        if !is_subject_safe(&event.kind) || event.actor.is_empty() || event.kind.starts_with(ACTION_KIND_PREFIX) {
             let detail = format!(
                 "plugin {} emitted an invalid event (kind {:?}, actor {:?})",
                 self.plugins[p].name, event.kind, event.actor
@@ -588,7 +648,8 @@ impl Shard {
         self.egress.send_blocking(letter.into_outbound());
     }
 
-    fn publish_action(&mut self, p: usize, action: &Action, received: Instant) {
+    /// Queue a proposed action for the arbiter, which judges the input's actions together.
+    fn propose(&mut self, p: usize, action: Action, received: Instant) {
         if !is_subject_safe(&action.name) {
             let detail = format!(
                 "plugin {} proposed an action with an invalid name {:?}",
@@ -605,6 +666,82 @@ impl Shard {
             self.egress.send_blocking(letter.into_outbound());
             return;
         }
+        self.proposed.push((action, received));
+    }
+
+    /// Judge the proposed actions, highest rank first, record each decision in the actor's
+    /// ledger, and send the delivered ones on.
+    fn arbitrate(&mut self) {
+        let mut proposed = std::mem::take(&mut self.proposed);
+        let policies = self.policies.load();
+        proposed.sort_by_key(|(a, _)| std::cmp::Reverse(policies.rank(a)));
+        for (action, received) in proposed.drain(..) {
+            let mut ledger = self.ledger(&action.actor);
+            let decision = ledger.decide(&policies, &action, now_ms());
+            let (reason, delivered) = match &decision {
+                Decision::Replayed => ("replayed", false),
+                Decision::Decided(Outcome::Delivered) => ("none", true),
+                Decision::Decided(Outcome::Suppressed(r)) => (r.label(), false),
+            };
+            self.count_decision(&action.category, reason);
+            if decision == Decision::Replayed {
+                continue;
+            }
+            self.store_ledger(&action.actor, &ledger);
+            if delivered {
+                self.actions_out.increment(1);
+                self.event_to_action.record(received.elapsed().as_secs_f64());
+                self.send_action(action, received);
+            }
+        }
+        // Keep the buffer's capacity for the next input.
+        self.proposed = proposed;
+    }
+
+    fn count_decision(&mut self, category: &str, reason: &'static str) {
+        let key = (category.to_owned(), reason);
+        self.decisions
+            .entry(key)
+            .or_insert_with(|| {
+                let decision = match reason {
+                    "none" => "delivered",
+                    "replayed" => "replayed",
+                    _ => "suppressed",
+                };
+                metrics::counter!(m::ACTION_DECISIONS, "category" => category.to_owned(), "decision" => decision, "reason" => reason)
+            })
+            .increment(1);
+    }
+
+    /// A delivered action goes to the delivery plugins subscribed to it, or, when none is, to
+    /// `hub.actions.<name>` (on the action stream, deduplicated by its id).
+    fn send_action(&mut self, action: Action, received: Instant) {
+        let mut kind = String::with_capacity(ACTION_KIND_PREFIX.len() + action.name.len());
+        kind.push_str(ACTION_KIND_PREFIX);
+        kind.push_str(&action.name);
+        let takers = self.subscribers_of(&kind);
+        if takers.is_empty() {
+            self.publish_action(&action);
+            return;
+        }
+        let routed = Routed {
+            event: Event {
+                id: action.id,
+                kind,
+                actor: action.actor,
+                time: action.time,
+                source: format!("plugin:{}", action.plugin),
+                payload: action.payload,
+            },
+            hops: 0,
+            received,
+        };
+        for &p in takers.iter() {
+            self.call(p, Cause::Event(&routed));
+        }
+    }
+
+    fn publish_action(&mut self, action: &Action) {
         let body = match action.to_json() {
             Ok(b) => b,
             Err(e) => {
@@ -622,13 +759,11 @@ impl Shard {
             headers: Some(h),
             payload: Bytes::from(body),
         });
-        self.actions_out.increment(1);
-        self.event_to_action.record(received.elapsed().as_secs_f64());
-        self.remember_action(action);
     }
 
-    fn publish_delivery(&mut self, p: usize, id: &str, channel: &str, target: &str, body: Vec<u8>) {
-        if !is_subject_safe(channel) {
+    /// Hand a rendered delivery to its channel's sink.
+    fn deliver(&mut self, p: usize, id: String, actor: &str, channel: String, target: String, body: Vec<u8>) {
+        if !is_subject_safe(&channel) {
             // Dead-lettered like an invalid event or action: nothing is dropped silently.
             let detail = format!(
                 "plugin {} delivered to an invalid channel name {channel:?}",
@@ -639,54 +774,43 @@ impl Shard {
                 detail: &detail,
                 subject: "delivery",
                 plugin: Some(&self.plugins[p].name),
-                event_id: Some(id),
+                event_id: Some(&id),
                 body: Bytes::from(body),
             };
             self.egress.send_blocking(letter.into_outbound());
             return;
         }
-        let mut h = async_nats::HeaderMap::new();
-        h.insert(headers::MSG_ID, id);
-        h.insert(headers::TARGET, target);
-        h.insert(headers::PLUGIN, &*self.plugins[p].name);
-        self.egress.send_blocking(Outbound {
-            subject: subjects::join(subjects::DELIVERIES, channel),
-            headers: Some(h),
-            payload: Bytes::from(body),
+        self.sinks.deliver(Delivery {
+            id,
+            actor: actor.to_owned(),
+            channel,
+            target,
+            plugin: self.plugins[p].name.to_string(),
+            body: Bytes::from(body),
         });
-        metrics::counter!(m::DELIVERIES_OUT).increment(1);
     }
 
-    /// Keep the action in its actor's recent actions (for `GET /api/actors/{id}`).
-    fn remember_action(&mut self, action: &Action) {
+    /// The actor's action ledger (empty if unreadable: decisions go on, and the error is logged).
+    fn ledger(&mut self, actor: &str) -> Ledger {
         let slot = self.actions_slot;
-        let mut recent = self.recent_actions(&action.actor);
-        if recent.len() >= RECENT_ACTIONS {
-            recent.drain(..=recent.len() - RECENT_ACTIONS);
-        }
-        recent.push(RecentAction {
-            id: action.id.clone(),
-            name: action.name.clone(),
-            category: action.category.clone(),
-            priority: action.priority,
-            plugin: action.plugin.clone(),
-            time: crate::event::rfc3339(action.time),
-        });
-        match rmp_serde::to_vec_named(&recent) {
-            Ok(bytes) => self.stores().state.set(slot, &action.actor, RECENT_KEY, Some(bytes)),
-            Err(e) => tracing::warn!(error = %e, "recent actions not recorded"),
-        }
-    }
-
-    fn recent_actions(&mut self, actor: &str) -> Vec<RecentAction> {
-        let slot = self.actions_slot;
-        match self.stores().state.get(slot, actor, RECENT_KEY) {
-            Ok(Some(bytes)) => rmp_serde::from_slice(bytes).unwrap_or_default(),
-            Ok(None) => Vec::new(),
+        match self.stores().state.get(slot, actor, LEDGER_KEY) {
+            Ok(Some(bytes)) => rmp_serde::from_slice(bytes).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, actor, "action ledger unreadable; starting a new one");
+                Ledger::default()
+            }),
+            Ok(None) => Ledger::default(),
             Err(e) => {
-                tracing::warn!(error = %e, actor, "recent actions unreadable");
-                Vec::new()
+                tracing::warn!(error = %e, actor, "action ledger unreadable");
+                Ledger::default()
             }
+        }
+    }
+
+    fn store_ledger(&mut self, actor: &str, ledger: &Ledger) {
+        let slot = self.actions_slot;
+        match rmp_serde::to_vec(ledger) {
+            Ok(bytes) => self.stores().state.set(slot, actor, LEDGER_KEY, Some(bytes)),
+            Err(e) => tracing::warn!(error = %e, actor, "action ledger not recorded"),
         }
     }
 
@@ -739,7 +863,12 @@ impl Shard {
                 payload: decode_value(&t.payload),
             })
             .collect();
-        view.recent_actions = self.recent_actions(actor);
+        view.actions = self
+            .ledger(actor)
+            .entries
+            .iter()
+            .map(crate::actor::ActionRecord::from)
+            .collect();
         view
     }
 
@@ -769,9 +898,9 @@ impl Shard {
                 }
             }
         }
-        erased.recent_actions = self.recent_actions(actor).len();
+        erased.actions = self.ledger(actor).entries.len();
         let slot = self.actions_slot;
-        self.stores().state.set(slot, actor, RECENT_KEY, None);
+        self.stores().state.set(slot, actor, LEDGER_KEY, None);
         let timers = &mut self.stores().timers;
         for t in timers.of_actor(actor) {
             timers.cancel(&t.plugin, actor, &t.id);
@@ -822,6 +951,11 @@ impl Shard {
         }
         self.next_commit = Instant::now() + self.commit_every;
     }
+}
+
+/// True when the call delivers an action (a delivery plugin's call).
+fn is_action_event(cause: &Cause<'_>) -> bool {
+    matches!(cause, Cause::Event(r) if r.event.kind.starts_with(ACTION_KIND_PREFIX))
 }
 
 /// The state entries of `actor` in a plugin tree no shard cache holds.

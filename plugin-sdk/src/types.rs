@@ -51,10 +51,19 @@ pub struct Event {
     pub payload: Vec<u8>,
 }
 
+/// Kinds of the events that bring actions to delivery plugins start with this.
+pub const ACTION_PREFIX: &str = "action.";
+
 impl Event {
     /// Decode the payload into `T`.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, Error> {
         decode(&self.payload)
+    }
+
+    /// For a delivery plugin: the name of the action this event brings (its kind is
+    /// `action.<name>`, its id the action's id, its payload the action's payload).
+    pub fn action_name(&self) -> Option<&str> {
+        self.kind.strip_prefix(ACTION_PREFIX)
     }
 }
 
@@ -184,6 +193,10 @@ impl Description {
         }
     }
     /// Subscribe to an event kind; `*` matches one dot-separated token, a final `>` the rest.
+    ///
+    /// Delivery plugins subscribe to actions the arbiter let through with patterns that start
+    /// with `action.`: `action.offer.*` takes every action named `offer.<something>`, `action.>`
+    /// takes them all. Other patterns (even `>`) never match actions.
     pub fn subscribe(mut self, pattern: impl Into<String>) -> Self {
         self.subscribes.push(pattern.into());
         self

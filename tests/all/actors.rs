@@ -46,17 +46,21 @@ async fn profiles_state_timers_and_a_complete_erase() {
         (Some("cart-abandonment"), Some("abandoned"))
     );
 
-    // Actions are remembered per actor.
+    // The arbiter's decisions are kept in the actor's action ledger.
     for _ in 0..3 {
         env.send("payment.failed", "u1", json!({"amount": 20})).await;
     }
     next(&mut callbacks, "support.callback", 5).await;
     let (_, view) = api.get("/api/actors/u1").await;
-    let recent = view["recent_actions"].as_array().cloned().unwrap_or_default();
-    assert_eq!(recent.len(), 1, "{view}");
+    let ledger = view["actions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ledger.len(), 1, "{view}");
     assert_eq!(
-        (recent[0]["name"].as_str(), recent[0]["plugin"].as_str()),
-        (Some("support.callback"), Some("payment-trouble"))
+        (
+            ledger[0]["name"].as_str(),
+            ledger[0]["plugin"].as_str(),
+            ledger[0]["decision"].as_str()
+        ),
+        (Some("support.callback"), Some("payment-trouble"), Some("delivered"))
     );
 
     // Bad profile updates are dead-lettered with their reason.
@@ -93,7 +97,7 @@ async fn profiles_state_timers_and_a_complete_erase() {
     let (_, view) = api.get("/api/actors/u1").await;
     assert_eq!(
         view,
-        json!({"actor": "u1", "profile": null, "state": {}, "timers": [], "recent_actions": []})
+        json!({"actor": "u1", "profile": null, "state": {}, "timers": [], "actions": []})
     );
     nothing(&mut offers, "an offer for an erased actor", 2_500).await;
 
@@ -103,7 +107,7 @@ async fn profiles_state_timers_and_a_complete_erase() {
     let (_, view) = Api::new(&hub, Some("t")).get("/api/actors/u1").await;
     assert_eq!(
         view,
-        json!({"actor": "u1", "profile": null, "state": {}, "timers": [], "recent_actions": []})
+        json!({"actor": "u1", "profile": null, "state": {}, "timers": [], "actions": []})
     );
     assert_eq!(Api::new(&hub, None).get("/api/actors/u1").await.0, 401);
     hub.shutdown().await;

@@ -6,6 +6,8 @@ mod support;
 
 mod actors;
 mod admin;
+mod arbitration;
+mod delivery;
 mod durability;
 mod ingress;
 mod pipeline;

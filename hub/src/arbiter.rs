@@ -1,0 +1,361 @@
+//! The arbiter: between the actions scenarios propose and their delivery, it decides per actor
+//! whether each one reaches the customer, so that support outranks marketing and nobody is
+//! flooded (DESIGN §6).
+//!
+//! It runs on the actor's shard, right after the event that caused the actions, with the actor's
+//! [`Ledger`] from the shard's state cache: a pure function of the policies, the ledger and the
+//! proposal, so it needs no lock and no I/O. Every decision, delivered or suppressed with its
+//! reason, is appended to the ledger, which `GET /api/actors/{id}` shows.
+
+mod policy;
+mod store;
+
+pub use policy::{CategoryPolicy, Limit, MAX_LIMIT, Policies, Suppression};
+pub use store::{PolicyError, PolicyStore};
+
+use crate::event::Action;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// Decisions every actor's ledger keeps regardless of age, for people to read.
+pub const LEDGER_RECENT: usize = 50;
+/// Delivered actions kept within the policies' horizon: enough for any valid limit.
+const LEDGER_DELIVERED: usize = MAX_LIMIT as usize + 28;
+
+/// One actor's decisions, oldest first.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub entries: Vec<Entry>,
+}
+
+/// One decision about one proposed action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    pub name: String,
+    pub category: String,
+    pub priority: i32,
+    pub plugin: String,
+    /// When it was decided, ms since the Unix epoch.
+    pub time: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Delivered,
+    Suppressed(Reason),
+}
+
+/// Why an action was held back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reason {
+    /// An action with the same dedup key was delivered within the dedup window.
+    Duplicate { of: String },
+    /// An open action of a suppressing category (e.g. a support case holds back offers).
+    SuppressedBy { id: String, category: String, until: i64 },
+    /// An action of a higher rank was delivered within the conflict window.
+    Outranked { by: String, name: String },
+    /// The category's contact limit is reached.
+    CategoryLimit {
+        category: String,
+        count: u32,
+        window_ms: u64,
+    },
+    /// The limit on actions of any kind is reached.
+    ContactLimit { count: u32, window_ms: u64 },
+}
+
+impl Reason {
+    /// The label of the decision metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::Duplicate { .. } => "duplicate",
+            Reason::SuppressedBy { .. } => "suppressed_by",
+            Reason::Outranked { .. } => "outranked",
+            Reason::CategoryLimit { .. } => "category_limit",
+            Reason::ContactLimit { .. } => "contact_limit",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let window = |ms: &u64| humantime::format_duration(Duration::from_millis(*ms));
+        match self {
+            Reason::Duplicate { of } => write!(f, "duplicate of action {of} (same dedup key)"),
+            Reason::SuppressedBy { id, category, until } => write!(
+                f,
+                "held back by the open {category} action {id} until {}",
+                crate::event::rfc3339(*until)
+            ),
+            Reason::Outranked { by, name } => write!(f, "outranked by {name} ({by}) within the conflict window"),
+            Reason::CategoryLimit {
+                category,
+                count,
+                window_ms,
+            } => write!(f, "{category} limit of {count} per {} reached", window(window_ms)),
+            Reason::ContactLimit { count, window_ms } => {
+                write!(f, "contact limit of {count} actions per {} reached", window(window_ms))
+            }
+        }
+    }
+}
+
+/// What the arbiter says about a proposal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// First decision about this action.
+    Decided(Outcome),
+    /// The action was decided before (a replay of its input): do nothing again.
+    Replayed,
+}
+
+impl Ledger {
+    /// Decide about `action` at `now` and record the decision.
+    pub fn decide(&mut self, policies: &Policies, action: &Action, now: i64) -> Decision {
+        if self.entries.iter().any(|e| e.id == action.id) {
+            return Decision::Replayed;
+        }
+        let outcome = match self.reason_to_suppress(policies, action, now) {
+            Some(reason) => Outcome::Suppressed(reason),
+            None => Outcome::Delivered,
+        };
+        self.entries.push(Entry {
+            id: action.id.clone(),
+            name: action.name.clone(),
+            category: action.category.clone(),
+            priority: action.priority,
+            plugin: action.plugin.clone(),
+            time: now,
+            dedup_key: action.dedup_key.clone(),
+            outcome: outcome.clone(),
+        });
+        self.prune(policies, now);
+        Decision::Decided(outcome)
+    }
+
+    fn reason_to_suppress(&self, p: &Policies, action: &Action, now: i64) -> Option<Reason> {
+        let within = |e: &Entry, window: Duration| now.saturating_sub(e.time) < window.as_millis() as i64;
+        let delivered = || self.entries.iter().rev().filter(|e| e.outcome == Outcome::Delivered);
+
+        if let Some(key) = &action.dedup_key
+            && let Some(e) = delivered().find(|e| e.dedup_key.as_ref() == Some(key) && within(e, p.dedup_window))
+        {
+            return Some(Reason::Duplicate { of: e.id.clone() });
+        }
+        for rule in p.suppressions.iter().filter(|s| s.suppress.contains(&action.category)) {
+            if let Some(e) = delivered().find(|e| e.category == rule.by && within(e, rule.for_)) {
+                return Some(Reason::SuppressedBy {
+                    id: e.id.clone(),
+                    category: e.category.clone(),
+                    until: e.time + rule.for_.as_millis() as i64,
+                });
+            }
+        }
+        if !p.conflict_window.is_zero() {
+            let rank = p.rank(action);
+            if let Some(e) = delivered()
+                .take_while(|e| within(e, p.conflict_window))
+                .find(|e| (p.priority_of(&e.category), e.priority) > rank)
+            {
+                return Some(Reason::Outranked {
+                    by: e.id.clone(),
+                    name: e.name.clone(),
+                });
+            }
+        }
+        if let Some(limit) = p.categories.get(&action.category).and_then(|c| c.limit) {
+            let sent = delivered()
+                .filter(|e| e.category == action.category && within(e, limit.window))
+                .count();
+            if sent >= limit.count as usize {
+                return Some(Reason::CategoryLimit {
+                    category: action.category.clone(),
+                    count: limit.count,
+                    window_ms: limit.window.as_millis() as u64,
+                });
+            }
+        }
+        if let Some(limit) = p.max_actions {
+            let sent = delivered().take_while(|e| within(e, limit.window)).count();
+            if sent >= limit.count as usize {
+                return Some(Reason::ContactLimit {
+                    count: limit.count,
+                    window_ms: limit.window.as_millis() as u64,
+                });
+            }
+        }
+        None
+    }
+
+    /// Keep the latest LEDGER_RECENT decisions, and the delivered actions any rule can still
+    /// count (within the horizon, at most LEDGER_DELIVERED), so the ledger stays small.
+    fn prune(&mut self, policies: &Policies, now: i64) {
+        let horizon = policies.horizon().as_millis() as i64;
+        let len = self.entries.len();
+        let mut delivered = 0;
+        let mut keep = vec![false; len];
+        for (i, e) in self.entries.iter().enumerate().rev() {
+            let recent = len - i <= LEDGER_RECENT;
+            let counted =
+                e.outcome == Outcome::Delivered && now.saturating_sub(e.time) < horizon && delivered < LEDGER_DELIVERED;
+            if counted {
+                delivered += 1;
+            }
+            keep[i] = recent || counted;
+        }
+        let mut flags = keep.into_iter();
+        self.entries.retain(|_| flags.next().unwrap_or(true));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn action(id: &str, category: &str, priority: i32) -> Action {
+        Action {
+            id: id.to_owned(),
+            name: format!("{category}.{id}"),
+            category: category.to_owned(),
+            priority,
+            dedup_key: None,
+            actor: "c1".to_owned(),
+            plugin: "p".to_owned(),
+            cause: "e".to_owned(),
+            time: 0,
+            payload: Vec::new(),
+        }
+    }
+
+    fn outcome(d: Decision) -> Outcome {
+        match d {
+            Decision::Decided(o) => o,
+            Decision::Replayed => panic!("not a replay"),
+        }
+    }
+
+    fn reason(d: Decision) -> &'static str {
+        match outcome(d) {
+            Outcome::Suppressed(r) => r.label(),
+            Outcome::Delivered => "delivered",
+        }
+    }
+
+    #[test]
+    fn support_wins_over_an_offer_of_the_same_event_and_the_conflict_window() {
+        let p = Policies::example();
+        let mut batch = [action("o1", "offer", 5), action("s1", "support", 1)];
+        batch.sort_by_key(|a| std::cmp::Reverse(p.rank(a)));
+        let mut ledger = Ledger::default();
+        let decided: Vec<_> = batch.iter().map(|a| reason(ledger.decide(&p, a, 0))).collect();
+        assert_eq!(
+            decided,
+            ["delivered", "suppressed_by"],
+            "support first, offer held back"
+        );
+
+        let mut p = Policies::example();
+        p.suppressions.clear();
+        let mut ledger = Ledger::default();
+        assert_eq!(reason(ledger.decide(&p, &action("a1", "alert", 0), 0)), "delivered");
+        assert_eq!(
+            reason(ledger.decide(&p, &action("o2", "offer", 9), 10_000)),
+            "outranked"
+        );
+        assert_eq!(
+            reason(ledger.decide(&p, &action("o3", "offer", 9), 30_000)),
+            "delivered",
+            "the conflict window has passed"
+        );
+        assert_eq!(
+            reason(ledger.decide(&p, &action("o4", "offer", 1), 31_000)),
+            "outranked",
+            "within a category the action's own priority ranks"
+        );
+    }
+
+    #[test]
+    fn category_and_contact_limits_count_delivered_actions_in_their_windows() {
+        let mut p = Policies::example();
+        p.conflict_window = Duration::ZERO;
+        let mut ledger = Ledger::default();
+        for i in 0..3 {
+            let d = ledger.decide(&p, &action(&format!("o{i}"), "offer", 1), i * MIN);
+            assert_eq!(outcome(d), Outcome::Delivered);
+        }
+        match outcome(ledger.decide(&p, &action("o3", "offer", 1), 3 * MIN)) {
+            Outcome::Suppressed(r) => assert_eq!(r.to_string(), "offer limit of 3 per 1day reached"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            reason(ledger.decide(&p, &action("o4", "offer", 1), 24 * 60 * MIN)),
+            "delivered",
+            "the first offer left the 24h window"
+        );
+        let mut ledger = Ledger::default();
+        for i in 0..10 {
+            ledger.decide(&p, &action(&format!("a{i}"), "alert", 1), i);
+        }
+        assert_eq!(
+            reason(ledger.decide(&p, &action("a10", "alert", 1), 10)),
+            "contact_limit"
+        );
+        assert_eq!(
+            reason(ledger.decide(&p, &action("a11", "alert", 1), 60 * MIN)),
+            "delivered"
+        );
+    }
+
+    #[test]
+    fn dedup_keys_and_replays() {
+        let p = Policies::default();
+        let mut ledger = Ledger::default();
+        let mut a = action("x1", "alert", 1);
+        a.dedup_key = Some("meter-7:2026-11-22T10".to_owned());
+        assert_eq!(reason(ledger.decide(&p, &a, 0)), "delivered");
+        assert_eq!(ledger.decide(&p, &a, 1), Decision::Replayed, "same id: decided before");
+        a.id = "x2".to_owned();
+        assert_eq!(reason(ledger.decide(&p, &a, MIN)), "duplicate");
+        a.id = "x3".to_owned();
+        assert_eq!(
+            reason(ledger.decide(&p, &a, 61 * MIN)),
+            "delivered",
+            "outside the window"
+        );
+        assert_eq!(ledger.entries.len(), 3);
+    }
+
+    #[test]
+    fn the_ledger_stays_small_and_keeps_what_limits_need() {
+        let mut p = Policies::example();
+        p.conflict_window = Duration::ZERO;
+        p.max_actions = None;
+        p.categories.get_mut("offer").expect("offer").limit = Some(Limit {
+            count: MAX_LIMIT,
+            window: Duration::from_secs(24 * 3600),
+        });
+        let mut ledger = Ledger::default();
+        for i in 0..1000 {
+            ledger.decide(&p, &action(&format!("o{i}"), "offer", 1), i);
+        }
+        assert!(ledger.entries.len() <= LEDGER_RECENT + LEDGER_DELIVERED);
+        let delivered = ledger
+            .entries
+            .iter()
+            .filter(|e| e.outcome == Outcome::Delivered)
+            .count();
+        assert_eq!(
+            delivered, MAX_LIMIT as usize,
+            "exactly the limit got through, and is still known"
+        );
+        let last = ledger.entries.last().expect("entries");
+        assert_eq!(last.id, "o999");
+    }
+}

@@ -1,0 +1,150 @@
+//! Delivery plugins and sinks: the `notify` plugin renders actions with the customer's name for
+//! devices connected on `/push/{actor}` (WebSocket and server-sent events) and for a CRM
+//! webhook that fails twice before it answers.
+
+use crate::support::{Env, next, nothing, plugin_folder, reference};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use futures::StreamExt;
+use hub::config::{ChannelConfig, WebhookConfig};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn cart() -> Value {
+    json!({"items": [{"sku": "A1", "name": "Shoes", "price": 59.9, "qty": 1}], "total": 59.9})
+}
+
+/// One request the CRM received: idempotency key, target, body, and what it answered.
+type Received = Arc<Mutex<Vec<(String, String, Value, u16)>>>;
+
+/// A CRM that answers 500 to the first two requests and 200 after.
+async fn flaky_crm() -> (std::net::SocketAddr, Received) {
+    let received: Received = Arc::default();
+    async fn hook(
+        State(r): State<Received>,
+        Path(target): Path<String>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> StatusCode {
+        let mut r = r.lock().expect("lock");
+        let status = if r.len() < 2 { 500 } else { 200 };
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        r.push((key.to_owned(), target, body, status));
+        StatusCode::from_u16(status).expect("status")
+    }
+    let app = axum::Router::new()
+        .route("/hook/{target}", axum::routing::post(hook))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_pushes_to_devices_and_a_flaky_webhook_gets_its_delivery_once() {
+    let env = Env::new().await;
+    let (crm, received) = flaky_crm().await;
+    let mut config = env.config();
+    let examples = std::fs::read_dir(hub::EXAMPLE_PLUGINS)
+        .expect("examples built")
+        .map(|e| e.expect("entry").path());
+    let files: Vec<_> = examples.chain([reference("notify.wasm")]).collect();
+    config.plugins.dir = Some(plugin_folder(&env, "delivery", &files));
+    config.plugins.config.insert(
+        "notify".into(),
+        json!({"routes": [
+            {"actions": "offer.*", "channel": "push", "title": "For you, {name}", "text": "{total} EUR in your cart"},
+            {"actions": "support.*", "channel": "crm", "target": "queue-1"}
+        ]}),
+    );
+    config
+        .plugins
+        .config
+        .insert("cart-abandonment".into(), json!({"window": "300ms"}));
+    config.channels.insert(
+        "crm".into(),
+        ChannelConfig::Webhook(WebhookConfig {
+            url: format!("http://{crm}/hook/{{target}}"),
+            retries: 4,
+            backoff: Duration::from_millis(50),
+            ..WebhookConfig::default()
+        }),
+    );
+    let hub = env.start(config).await;
+    let mut actions = env.sub("hub.actions.>").await;
+    let mut offline = env.sub("hub.deliveries.push").await;
+    let mut dlq = env.sub("hub.dlq.>").await;
+    env.send_raw("profiles.c1", br#"{"name": "Ada"}"#).await;
+
+    // A device connected by WebSocket receives the offer, rendered with the customer's name.
+    let (mut device, _) = tokio_tungstenite::connect_async(format!("ws://{}/push/c1", hub.http_addr()))
+        .await
+        .expect("WebSocket connects");
+    env.send("cart.updated", "c1", cart()).await;
+    let message = tokio::time::timeout(Duration::from_secs(5), device.next())
+        .await
+        .expect("a push within 5 s")
+        .expect("open")
+        .expect("frame");
+    let pushed: Value = serde_json::from_str(message.to_text().expect("text frame")).expect("JSON");
+    assert_eq!(
+        (&pushed["action"], &pushed["title"], &pushed["text"], &pushed["actor"]),
+        (
+            &json!("offer.cart_reminder"),
+            &json!("For you, Ada"),
+            &json!("59.9 EUR in your cart"),
+            &json!("c1")
+        ),
+        "{pushed}"
+    );
+    nothing(&mut actions, "an action a delivery plugin took", 300).await;
+
+    // Server-sent events for a client that does not upgrade.
+    let mut sse = reqwest::get(format!("http://{}/push/c2", hub.http_addr()))
+        .await
+        .expect("SSE connects");
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    env.send("cart.updated", "c2", cart()).await;
+    let chunk = tokio::time::timeout(Duration::from_secs(5), sse.chunk())
+        .await
+        .expect("an event within 5 s")
+        .expect("stream")
+        .expect("chunk");
+    let text = String::from_utf8_lossy(&chunk);
+    let data = text.trim().strip_prefix("data: ").expect("an SSE data line");
+    let pushed: Value = serde_json::from_str(data).expect("JSON");
+    assert_eq!(pushed["title"], "For you, there", "no profile, no name: {pushed}");
+
+    // No device connected: the push goes to hub.deliveries.push for a push gateway.
+    env.send("cart.updated", "c3", cart()).await;
+    let msg = next(&mut offline, "an offline push", 5).await;
+    assert_eq!(crate::support::header(&msg, "Hub-Target"), "c3");
+
+    // The CRM fails twice, then takes the callback: one delivery, three attempts, one key.
+    for _ in 0..3 {
+        env.send("payment.failed", "c4", json!({"amount": 20})).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while received.lock().expect("lock").iter().all(|r| r.3 != 200) {
+        assert!(tokio::time::Instant::now() < deadline, "the webhook never succeeded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let attempts = received.lock().expect("lock").clone();
+    let statuses: Vec<u16> = attempts.iter().map(|r| r.3).collect();
+    assert_eq!(statuses, [500, 500, 200], "delivered once, after two failures");
+    assert!(
+        attempts.iter().all(|r| r.0 == attempts[0].0 && !r.0.is_empty()),
+        "one idempotency key"
+    );
+    assert_eq!(attempts[2].1, "queue-1");
+    assert_eq!(attempts[2].2["action"], "support.callback");
+    nothing(&mut dlq, "a dead letter", 200).await;
+    hub.shutdown().await;
+}
