@@ -21,6 +21,7 @@
 //! add-to-cart and half payment failures, so every input writes. The bench knows exactly how many
 //! outputs to expect, and reports any shortfall as loss.
 
+mod examples;
 mod phase;
 mod report;
 mod swap;
@@ -30,17 +31,17 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::nats_server::{LocalNats, free_port};
 use anyhow::{Context, bail};
-use async_nats::{Client, Subject};
-use phase::{Outputs, PAYMENT_SUBJECT, Pace, VIEW_SUBJECT, WEB_SUBJECT, relay_phase, run_phase};
+use async_nats::Client;
+use phase::{Outputs, Pace, relay_phase, run_phase};
 use report::{Report, RunReport, print_text};
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use swap::swap_versions;
-use workload::{THRESHOLD, Workload};
+use workload::Workload;
 
 /// Pause between the unpaced burst and the paced phase, so that the burst's write-behind
 /// commits and sled flushes do not show up in the paced latencies.
@@ -100,25 +101,6 @@ pub enum Mix {
     WriteHeavy,
 }
 
-/// What kind of input the `seq`th is, in tenths.
-enum Slot {
-    View,
-    Cart,
-    Payment,
-}
-
-impl Mix {
-    fn slot(self, seq: u64) -> Slot {
-        match (self, seq % 10) {
-            (Mix::Clickstream, 0..6) => Slot::View,
-            (Mix::Clickstream, 6..8) => Slot::Cart,
-            (Mix::Clickstream, _) => Slot::Payment,
-            (Mix::WriteHeavy, n) if n % 2 == 0 => Slot::Cart,
-            (Mix::WriteHeavy, _) => Slot::Payment,
-        }
-    }
-}
-
 /// Run the bench, print the report, and fail if any output was lost.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let server = Server::for_args(&args).await?;
@@ -135,8 +117,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         print_text(&report);
     }
-    if let Some(loss) = report.loss() {
-        bail!("{loss}");
+    if let Some(failure) = report.failure() {
+        bail!("{failure}");
     }
     Ok(())
 }
@@ -253,30 +235,22 @@ async fn bench(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// The hub under test: the local defaults (which map `web.*`), the example plugins, and windows
-/// of an hour so that no cart-abandonment timer fires and no failure expires during the bench.
-fn hub_config(args: &BenchArgs, url: &str, data_dir: &Path) -> Config {
+/// The hub under test: the local defaults (which map `web.*`) with the workload's plugins, on
+/// a private data dir and a free HTTP port.
+fn hub_config(args: &BenchArgs, workload: &Workload, url: &str, data_dir: &Path) -> Config {
     let mut config = Config::local_default();
     config.nats.url = url.to_owned();
     config.data_dir = data_dir.to_path_buf();
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.plugins.dir = Some(PathBuf::from(crate::EXAMPLE_PLUGINS));
-    config.plugins.config.insert(
-        "payment-trouble".into(),
-        serde_json::json!({"threshold": THRESHOLD, "window": "1h"}),
-    );
-    config
-        .plugins
-        .config
-        .insert("cart-abandonment".into(), serde_json::json!({"window": "1h"}));
     config.engine.shards = args.shards;
+    workload.configure(&mut config);
     config
 }
 
 /// One run: a fresh hub through the unpaced and paced phases, then the relay on the same bodies.
 async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Result<RunReport> {
     let dir = tempfile::tempdir().context("cannot create a temp dir for the hub")?;
-    let mut workload = Workload::new(args.actors, args.mix)?;
+    let mut workload = Workload::new(args)?;
     let unpaced_inputs = workload.batch(args.events)?;
     let paced_count = args
         .rate
@@ -288,56 +262,53 @@ async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Res
         _ => Some(workload.batch(paced_count)?),
     };
 
-    let hub = Hub::start(hub_config(args, url, &dir.path().join("hub")))
+    let hub = Hub::start(hub_config(args, &workload, url, &dir.path().join("hub")))
         .await
         .context("cannot start the hub")?;
-    if args.idle_plugins > 0 {
-        let file = Path::new(crate::REFERENCE_PLUGINS).join("customer_creation.wasm");
-        let wasm = bytes::Bytes::from(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
-        for i in 0..args.idle_plugins {
-            hub.registry()
-                .upload(&format!("idle-{i}"), wasm.clone(), None)
-                .await
-                .context("cannot load an idle plugin")?;
-        }
-    }
-    let plugins = hub.registry().live().load().plugins.len();
-    let hub_subjects = [
-        Subject::from_static(VIEW_SUBJECT),
-        Subject::from_static(WEB_SUBJECT),
-        Subject::from_static(PAYMENT_SUBJECT),
-    ];
     let phases = async {
-        let unpaced = run_phase(clients, &hub_subjects, &unpaced_inputs, Outputs::Hub, Pace::Unpaced)
+        load_idle_plugins(&hub, &workload.idle_plugin(), args.idle_plugins).await?;
+        let plugins = hub.registry().live().load().plugins.len();
+        let unpaced = run_phase(clients, &unpaced_inputs, Outputs::Hub, Pace::Unpaced)
             .await
             .context("unpaced phase")?;
         tokio::time::sleep(SETTLE).await;
-        let paced = run_phase(
-            clients,
-            &hub_subjects,
-            &paced_inputs,
-            Outputs::Hub,
-            Pace::Paced(args.rate),
-        )
-        .await
-        .context("paced phase")?;
+        let paced = run_phase(clients, &paced_inputs, Outputs::Hub, Pace::Paced(args.rate))
+            .await
+            .context("paced phase")?;
         let swapping = match &swapping_inputs {
             Some(inputs) => {
                 tokio::time::sleep(SETTLE).await;
-                let swaps = swap_versions(hub.http_addr(), args.swaps, Duration::from_secs(args.seconds));
-                let phase = run_phase(clients, &hub_subjects, inputs, Outputs::Hub, Pace::Paced(args.rate));
+                let target = workload.swap_target();
+                let during = Duration::from_secs(args.seconds);
+                let swaps = swap_versions(hub.http_addr(), &target, args.swaps, during);
+                let phase = run_phase(clients, inputs, Outputs::Hub, Pace::Paced(args.rate));
                 let (phase, swaps) = tokio::join!(phase, swaps);
                 Some((phase.context("swapping phase")?, swaps.context("swapping")?))
             }
             None => None,
         };
-        anyhow::Ok((unpaced, paced, swapping))
+        anyhow::Ok((plugins, unpaced, paced, swapping))
     }
     .await;
     hub.shutdown().await;
-    let (unpaced, paced, swapping) = phases?;
+    let (plugins, unpaced, paced, swapping) = phases?;
     let relay = relay_phase(clients, &unpaced_inputs).await.context("relay phase")?;
     let mut report = RunReport::new(unpaced, paced, swapping, relay);
     report.plugins = plugins;
     Ok(report)
+}
+
+/// Load `count` copies of a plugin that subscribes to no kind in the stream, as `idle-<i>`.
+async fn load_idle_plugins(hub: &Hub, file: &Path, count: u64) -> anyhow::Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let wasm = bytes::Bytes::from(std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?);
+    for i in 0..count {
+        hub.registry()
+            .upload(&format!("idle-{i}"), wasm.clone(), None)
+            .await
+            .context("cannot load an idle plugin")?;
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
-//! One phase: publish a batch with flow control from one client, count and time its outputs on
-//! another, and measure. The relay phase runs the same machinery against a plain relay.
+//! One phase: publish a batch with flow control from one client, count its outputs subject by
+//! subject and time its actions on another, and measure. The relay phase runs the same machinery
+//! against a plain relay.
 
-use super::workload::{Batch, Kind, THRESHOLD};
+use super::workload::Batch;
 use super::{Clients, MAX_LATENCY_US};
 use crate::egress::headers;
 use anyhow::Context;
@@ -9,6 +10,8 @@ use async_nats::header::HeaderName;
 use async_nats::{Client, Subject, Subscriber};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,29 +20,23 @@ use tokio::sync::{Notify, watch};
 /// Most inputs that may be published but not yet accounted for by an output. This bounds every
 /// queue on the way (client buffers, server, hub subscription, shard queues), so nothing
 /// overflows, and async-nats never silently drops anything.
-const WINDOW: u64 = 20_000;
+const WINDOW: usize = 20_000;
 /// How long outputs may stop arriving before the missing ones count as lost.
 const STALL: Duration = Duration::from_secs(10);
 
-pub(super) const VIEW_SUBJECT: &str = "web.page_view";
-pub(super) const WEB_SUBJECT: &str = "web.add_to_cart";
-pub(super) const PAYMENT_SUBJECT: &str = "events.payment.failed";
 const HUB_OUTPUTS: &str = "hub.>";
-const CART_SUBJECT: &str = "hub.events.cart.updated";
-const VIEWED_SUBJECT: &str = "hub.events.product.viewed";
-const ACTION_SUBJECT: &str = "hub.actions.support.callback";
+const EVENTS_PREFIX: &str = "hub.events.";
+const ACTIONS_PREFIX: &str = "hub.actions.";
 const DLQ_PREFIX: &str = "hub.dlq.";
 const RELAY_IN: &str = "bench.relay.in.>";
-const RELAY_VIEW: &str = "bench.relay.in.view";
-const RELAY_WEB: &str = "bench.relay.in.web";
-const RELAY_PAYMENT: &str = "bench.relay.in.payment";
+const RELAY_PREFIX: &str = "bench.relay.in.";
 const RELAY_OUT: &str = "bench.relay.out";
 
 /// What the messages a phase receives are.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Outputs {
-    /// The hub's: `cart.updated` (one web input), `support.callback` (THRESHOLD failures) and
-    /// dead letters (which should not be there).
+    /// The hub's: events and actions, each subject counted against what the batch's kinds must
+    /// produce, and dead letters (which should not be there).
     Hub,
     /// The relay's: one per input.
     Relay,
@@ -47,12 +44,20 @@ pub(super) enum Outputs {
 
 impl Outputs {
     /// Outputs that the first `sent` inputs of `batch` must produce.
-    pub(super) fn expected(self, batch: &Batch, sent: usize) -> u64 {
-        let sent_kinds = &batch.kinds[..sent.min(batch.len())];
+    fn due(self, batch: &Batch, sent: usize) -> u64 {
         match self {
-            Outputs::Hub => sent_kinds.iter().filter(|k| **k != Kind::Failure).count() as u64,
-            Outputs::Relay => sent_kinds.len() as u64,
+            Outputs::Hub => batch.due(sent),
+            Outputs::Relay => sent.min(batch.len()) as u64,
         }
+    }
+
+    /// Where the inputs of each of the batch's kinds are published.
+    fn subjects(self, batch: &Batch) -> Vec<Subject> {
+        let subject = |s: &'static str| match self {
+            Outputs::Hub => Subject::from_static(s),
+            Outputs::Relay => Subject::from(format!("{RELAY_PREFIX}{s}")),
+        };
+        batch.kinds.iter().map(|k| subject(k.subject)).collect()
     }
 }
 
@@ -72,12 +77,15 @@ struct Tally {
     base: u64,
     /// Per input: when it was published, in ns after `epoch` plus one (0: not yet).
     sent_at: Vec<AtomicU64>,
-    /// Outputs received (cart.updated and actions, or relayed messages).
+    /// The output subjects the batch must produce (hub phases), and how many of each arrived.
+    subjects: Vec<&'static str>,
+    by_subject: Vec<AtomicU64>,
+    /// Outputs received on those subjects (or relayed messages).
     outputs: AtomicU64,
     actions: AtomicU64,
     dead_letters: AtomicU64,
-    /// Inputs accounted for by outputs: 1 per cart.updated or relayed message, THRESHOLD per action.
-    processed: AtomicU64,
+    /// Events or actions on subjects no input of the batch produces.
+    strays: AtomicU64,
     /// When the last output arrived, in ns after `epoch`.
     last_output: AtomicU64,
     /// Wakes a publisher that waits for room in the window.
@@ -86,14 +94,17 @@ struct Tally {
 
 impl Tally {
     fn new(batch: &Batch) -> Tally {
+        let subjects = batch.output_subjects();
         Tally {
             epoch: Instant::now(),
             base: batch.base,
             sent_at: (0..batch.len()).map(|_| AtomicU64::new(0)).collect(),
+            by_subject: subjects.iter().map(|_| AtomicU64::new(0)).collect(),
+            subjects,
             outputs: AtomicU64::new(0),
             actions: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
-            processed: AtomicU64::new(0),
+            strays: AtomicU64::new(0),
             last_output: AtomicU64::new(0),
             room: Notify::new(),
         }
@@ -106,6 +117,25 @@ impl Tally {
     fn at(&self, nanos: u64) -> Instant {
         self.epoch + Duration::from_nanos(nanos)
     }
+
+    /// Count a message the batch's inputs do not produce.
+    fn stray(&self, subject: &str) {
+        if subject.starts_with(DLQ_PREFIX) {
+            self.dead_letters.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(subject, "dead letter during the bench");
+        } else if (subject.starts_with(EVENTS_PREFIX) || subject.starts_with(ACTIONS_PREFIX))
+            && self.strays.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            tracing::warn!(subject, "an output no input of the phase should produce");
+        }
+    }
+}
+
+/// Expected and received outputs of one subject.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(super) struct OutputCount {
+    pub(super) expected: u64,
+    pub(super) received: u64,
 }
 
 /// A phase as measured, before it is reduced to figures.
@@ -113,19 +143,27 @@ pub(super) struct PhaseOutcome {
     pub(super) sent: u64,
     pub(super) expected: u64,
     pub(super) received: u64,
+    /// Expected outputs that did not arrive, subject by subject.
+    pub(super) lost: u64,
+    /// Outputs beyond what was expected, subject by subject, and on subjects not expected at all.
+    pub(super) unexpected: u64,
     pub(super) actions: u64,
     pub(super) dead_letters: u64,
+    /// The inputs sent, by subject.
+    pub(super) inputs: BTreeMap<String, u64>,
+    /// Hub phases: each output subject, expected and received.
+    pub(super) outputs: BTreeMap<String, OutputCount>,
     /// From the first publish to the last output received.
     pub(super) elapsed: Duration,
     /// From the first publish to the last.
     pub(super) publishing: Duration,
+    /// Actions timed from the publish of the input that caused them.
     pub(super) latency: Histogram<u64>,
 }
 
 /// Publish a batch with flow control, collect its outputs, and measure.
 pub(super) async fn run_phase(
     clients: &Clients,
-    subjects: &[Subject; 3],
     batch: &Batch,
     outputs: Outputs,
     pace: Pace,
@@ -147,9 +185,10 @@ pub(super) async fn run_phase(
     let (stop, stopped) = watch::channel(false);
     let receiver = tokio::spawn(receive(sub, tally.clone(), outputs, stopped, latency));
 
-    let published = publish(&clients.publisher, subjects, batch, &tally, pace).await;
+    let published = publish(&clients.publisher, batch, outputs, &tally, pace).await;
     let flushed = clients.publisher.flush().await;
-    let expected = outputs.expected(batch, published.as_ref().map_or(0, |p| p.sent));
+    let sent = published.as_ref().map_or(0, |p| p.sent);
+    let expected = outputs.due(batch, sent);
     if published.is_ok() && flushed.is_ok() {
         wait_for_outputs(&tally, expected).await;
     }
@@ -166,13 +205,36 @@ pub(super) async fn run_phase(
     }
 
     let received = tally.outputs.load(Ordering::Acquire);
+    let (lost, unexpected, by_subject) = match outputs {
+        Outputs::Relay => (expected.saturating_sub(received), 0, BTreeMap::new()),
+        Outputs::Hub => {
+            let mut by_subject = BTreeMap::new();
+            let (mut lost, mut unexpected) = (0, tally.strays.load(Ordering::Acquire));
+            for ((subject, count), expected) in tally
+                .subjects
+                .iter()
+                .zip(&tally.by_subject)
+                .zip(batch.expected_outputs(sent))
+            {
+                let received = count.load(Ordering::Acquire);
+                lost += expected.saturating_sub(received);
+                unexpected += received.saturating_sub(expected);
+                by_subject.insert((*subject).to_owned(), OutputCount { expected, received });
+            }
+            (lost, unexpected, by_subject)
+        }
+    };
     let last_output = tally.at(tally.last_output.load(Ordering::Acquire));
     Ok(PhaseOutcome {
-        sent: published.sent as u64,
+        sent: sent as u64,
         expected,
         received,
+        lost,
+        unexpected,
         actions: tally.actions.load(Ordering::Acquire),
         dead_letters: tally.dead_letters.load(Ordering::Acquire),
+        inputs: batch.inputs_by_subject(sent),
+        outputs: by_subject,
         elapsed: last_output.saturating_duration_since(published.started),
         publishing: published.finished.saturating_duration_since(published.started),
         latency,
@@ -191,11 +253,12 @@ struct Published {
 /// Publish a batch, unpaced or at a rate, never with more than WINDOW inputs unaccounted for.
 async fn publish(
     client: &Client,
-    subjects: &[Subject; 3],
     batch: &Batch,
+    outputs: Outputs,
     tally: &Tally,
     pace: Pace,
 ) -> anyhow::Result<Published> {
+    let subjects = outputs.subjects(batch);
     let total = batch.len();
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -212,7 +275,9 @@ async fn publish(
             }
         };
         while sent < due {
-            if !wait_for_room(tally, sent as u64).await {
+            // Inputs before the window must be accounted for: their outputs must have arrived.
+            let settled = (sent + 1).saturating_sub(WINDOW);
+            if !wait_for_room(tally, outputs.due(batch, settled)).await {
                 return Ok(Published {
                     sent,
                     started,
@@ -220,11 +285,7 @@ async fn publish(
                     stalled: true,
                 });
             }
-            let subject = match batch.kinds[sent] {
-                Kind::View => subjects[0].clone(),
-                Kind::Web => subjects[1].clone(),
-                Kind::Failure | Kind::Trigger => subjects[2].clone(),
-            };
+            let subject = subjects[usize::from(batch.inputs[sent])].clone();
             tally.sent_at[sent].store(tally.nanos(Instant::now()) + 1, Ordering::Release);
             client
                 .publish(subject, batch.bodies[sent].clone())
@@ -241,17 +302,17 @@ async fn publish(
     })
 }
 
-/// Wait until fewer than WINDOW of the `sent` inputs are unaccounted for. False if nothing was
-/// accounted for during STALL: outputs were lost and the window will never open again.
-async fn wait_for_room(tally: &Tally, sent: u64) -> bool {
+/// Wait until `needed` outputs have arrived. False if none arrived during STALL: outputs were
+/// lost and the window will never open again.
+async fn wait_for_room(tally: &Tally, needed: u64) -> bool {
     loop {
-        let processed = tally.processed.load(Ordering::Acquire);
-        if sent.saturating_sub(processed) < WINDOW {
+        let received = tally.outputs.load(Ordering::Acquire);
+        if received >= needed {
             return true;
         }
         // notify_one keeps a permit, so an output that arrived since the load is not missed.
         let woken = tokio::time::timeout(STALL, tally.room.notified()).await;
-        if woken.is_err() && tally.processed.load(Ordering::Acquire) == processed {
+        if woken.is_err() && tally.outputs.load(Ordering::Acquire) == received {
             return false;
         }
     }
@@ -298,38 +359,32 @@ async fn receive(
             _ = stop.changed() => break,
         };
         let received = Instant::now();
-        let weight = match outputs {
-            Outputs::Relay => 1,
-            Outputs::Hub => match msg.subject.as_str() {
-                CART_SUBJECT | VIEWED_SUBJECT => 1,
-                ACTION_SUBJECT => {
-                    tally.actions.fetch_add(1, Ordering::Relaxed);
-                    let cause = msg.headers.as_ref().and_then(|h| h.get(cause_header.clone()));
-                    if let Some(sent) = cause.and_then(|c| sent_at(&tally, c.as_str())) {
-                        latency.saturating_record(received.saturating_duration_since(sent).as_micros() as u64);
-                    }
-                    THRESHOLD
+        if let Outputs::Hub = outputs {
+            let subject = msg.subject.as_str();
+            let Some(i) = tally.subjects.iter().position(|s| *s == subject) else {
+                tally.stray(subject);
+                continue;
+            };
+            tally.by_subject[i].fetch_add(1, Ordering::Relaxed);
+            if subject.starts_with(ACTIONS_PREFIX) {
+                tally.actions.fetch_add(1, Ordering::Relaxed);
+                let cause = msg.headers.as_ref().and_then(|h| h.get(cause_header.clone()));
+                if let Some(sent) = cause.and_then(|c| sent_at(&tally, c.as_str())) {
+                    latency.saturating_record(received.saturating_duration_since(sent).as_micros() as u64);
                 }
-                other => {
-                    if other.starts_with(DLQ_PREFIX) {
-                        tally.dead_letters.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(subject = other, "dead letter during the bench");
-                    }
-                    continue;
-                }
-            },
-        };
+            }
+        }
         tally.last_output.store(tally.nanos(received), Ordering::Release);
         tally.outputs.fetch_add(1, Ordering::AcqRel);
-        tally.processed.fetch_add(weight, Ordering::AcqRel);
         tally.room.notify_one();
     }
     latency
 }
 
-/// When the payment failure with id `p{seq}` was published, if it belongs to this phase.
+/// When the input with id `<letter><seq>` was published, if it belongs to this phase. Other
+/// causes are not inputs (an emitted event's derived id is 32 hex digits) and are not timed.
 fn sent_at(tally: &Tally, id: &str) -> Option<Instant> {
-    let seq: u64 = id.strip_prefix('p')?.parse().ok()?;
+    let seq: u64 = id.strip_prefix(|c: char| c.is_ascii_lowercase())?.parse().ok()?;
     let index = usize::try_from(seq.checked_sub(tally.base)?).ok()?;
     match tally.sent_at.get(index)?.load(Ordering::Acquire) {
         0 => None,
@@ -346,12 +401,7 @@ pub(super) async fn relay_phase(clients: &Clients, inputs: &Batch) -> anyhow::Re
         .context("relay cannot subscribe")?;
     clients.relay.flush().await.context("relay cannot flush")?;
     let relay = tokio::spawn(relay(clients.relay.clone(), sub));
-    let subjects = [
-        Subject::from_static(RELAY_VIEW),
-        Subject::from_static(RELAY_WEB),
-        Subject::from_static(RELAY_PAYMENT),
-    ];
-    let outcome = run_phase(clients, &subjects, inputs, Outputs::Relay, Pace::Unpaced).await;
+    let outcome = run_phase(clients, inputs, Outputs::Relay, Pace::Unpaced).await;
     relay.abort();
     outcome
 }
@@ -366,4 +416,32 @@ async fn relay(client: Client, mut sub: Subscriber) -> anyhow::Result<()> {
             .context("relay cannot publish")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::workload::{BatchWriter, InputKind};
+
+    static INPUT: InputKind = InputKind {
+        subject: "in",
+        outputs: &["hub.actions.a"],
+    };
+
+    #[test]
+    fn only_inputs_of_the_phase_are_timed() {
+        let mut w = BatchWriter::new(10, 2, 2).expect("writer");
+        w.input(&INPUT, format_args!("{{}}")).expect("input");
+        w.input(&INPUT, format_args!("{{}}")).expect("input");
+        let tally = Tally::new(&w.finish());
+        tally.sent_at[1].store(5, Ordering::Release);
+        assert!(sent_at(&tally, "p11").is_some());
+        assert!(sent_at(&tally, "p10").is_none(), "not published yet");
+        assert!(sent_at(&tally, "p9").is_none(), "an earlier phase's");
+        assert!(sent_at(&tally, "11").is_none());
+        assert!(
+            sent_at(&tally, "a1234567890123456789012345678901").is_none(),
+            "a derived id"
+        );
+    }
 }

@@ -3,10 +3,11 @@
 
 use super::BenchArgs;
 use super::Mix;
-use super::phase::{Outputs, PhaseOutcome};
+use super::phase::{OutputCount, Outputs, PhaseOutcome};
 use super::swap::SwapTiming;
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Latency percentiles in ms; absent when nothing was measured.
@@ -34,10 +35,18 @@ struct PhaseReport {
     inputs: u64,
     expected_outputs: u64,
     received_outputs: u64,
+    /// Expected outputs that did not arrive, counted subject by subject.
     lost: u64,
-    /// support.callback actions received (hub phases).
+    /// Outputs beyond the expected ones (the bench's model of the plugins is wrong).
+    unexpected: u64,
+    /// Actions received (hub phases).
     actions: u64,
+    /// Actions timed from the publish of the input that caused them (its id is their cause).
+    timed_actions: u64,
     dead_letters: u64,
+    inputs_by_subject: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    outputs_by_subject: BTreeMap<String, OutputCount>,
     /// Inputs per second from the first publish to the last output received.
     per_sec: f64,
     /// Inputs per second from the first publish to the last.
@@ -60,9 +69,13 @@ impl PhaseReport {
             inputs: o.sent,
             expected_outputs: o.expected,
             received_outputs: o.received,
-            lost: o.expected.saturating_sub(o.received),
+            lost: o.lost,
+            unexpected: o.unexpected,
             actions: o.actions,
+            timed_actions: o.latency.len(),
             dead_letters: o.dead_letters,
+            inputs_by_subject: o.inputs.clone(),
+            outputs_by_subject: o.outputs.clone(),
             per_sec: rate(o.elapsed),
             published_per_sec: rate(o.publishing),
             latency_ms: match outputs {
@@ -72,21 +85,36 @@ impl PhaseReport {
         }
     }
 
-    /// The median of every figure over the runs, except loss and dead letters, which are summed
-    /// because any of them is a failure.
+    /// The median of every figure over the runs, except loss, unexpected outputs and dead letters,
+    /// which are summed because any of them is a failure.
     fn combine(runs: &[&PhaseReport]) -> PhaseReport {
-        let count = |f: fn(&PhaseReport) -> u64| median_u64(runs.iter().map(|r| f(r)).collect());
+        let count = |f: &dyn Fn(&PhaseReport) -> u64| median_u64(runs.iter().map(|r| f(r)).collect());
         let rate = |f: fn(&PhaseReport) -> f64| median(runs.iter().map(|r| f(r)).collect()).unwrap_or(0.0);
         let lat = |f: fn(&Latency) -> Option<f64>| {
             median(runs.iter().filter_map(|r| r.latency_ms.and_then(|l| f(&l))).collect())
         };
         PhaseReport {
-            inputs: count(|r| r.inputs),
-            expected_outputs: count(|r| r.expected_outputs),
-            received_outputs: count(|r| r.received_outputs),
+            inputs: count(&|r| r.inputs),
+            expected_outputs: count(&|r| r.expected_outputs),
+            received_outputs: count(&|r| r.received_outputs),
             lost: runs.iter().map(|r| r.lost).sum(),
-            actions: count(|r| r.actions),
+            unexpected: runs.iter().map(|r| r.unexpected).sum(),
+            actions: count(&|r| r.actions),
+            timed_actions: count(&|r| r.timed_actions),
             dead_letters: runs.iter().map(|r| r.dead_letters).sum(),
+            inputs_by_subject: keys(runs, |r| &r.inputs_by_subject)
+                .map(|s| (s.clone(), count(&|r| r.inputs_by_subject.get(s).copied().unwrap_or(0))))
+                .collect(),
+            outputs_by_subject: keys(runs, |r| &r.outputs_by_subject)
+                .map(|s| {
+                    let of = |r: &PhaseReport| r.outputs_by_subject.get(s).copied();
+                    let figures = OutputCount {
+                        expected: count(&|r| of(r).map_or(0, |c| c.expected)),
+                        received: count(&|r| of(r).map_or(0, |c| c.received)),
+                    };
+                    (s.clone(), figures)
+                })
+                .collect(),
             per_sec: rate(|r| r.per_sec),
             published_per_sec: rate(|r| r.published_per_sec),
             latency_ms: runs.first().and_then(|r| r.latency_ms).map(|_| Latency {
@@ -96,6 +124,15 @@ impl PhaseReport {
             }),
         }
     }
+}
+
+/// The subjects of a map of any of the runs.
+fn keys<'a, V: 'a>(
+    runs: &[&'a PhaseReport],
+    map: impl Fn(&'a PhaseReport) -> &'a BTreeMap<String, V>,
+) -> impl Iterator<Item = &'a String> {
+    let subjects: std::collections::BTreeSet<&String> = runs.iter().flat_map(|r| map(r).keys()).collect();
+    subjects.into_iter()
 }
 
 /// The middle value, or the mean of the two middle ones; None for no values.
@@ -248,14 +285,23 @@ impl Report {
 }
 
 impl Report {
-    /// What was lost, if anything: any loss fails the bench.
-    pub(super) fn loss(&self) -> Option<String> {
+    /// What went wrong, if anything: a lost or an unexpected output fails the bench.
+    pub(super) fn failure(&self) -> Option<String> {
         let swapping_lost = self.swapping.as_ref().map_or(0, |s| s.phase.lost);
         let lost = self.unpaced.lost + self.paced.lost + swapping_lost + self.relay.lost;
-        (lost > 0).then(|| {
-            format!(
+        if lost > 0 {
+            return Some(format!(
                 "{lost} output(s) lost over {} run(s): unpaced {}, paced {}, swapping {swapping_lost}, relay {}",
                 self.runs, self.unpaced.lost, self.paced.lost, self.relay.lost
+            ));
+        }
+        let swapping_unexpected = self.swapping.as_ref().map_or(0, |s| s.phase.unexpected);
+        let unexpected = self.unpaced.unexpected + self.paced.unexpected + swapping_unexpected;
+        (unexpected > 0).then(|| {
+            format!(
+                "{unexpected} unexpected output(s) over {} run(s) (unpaced {}, paced {}, swapping \
+                 {swapping_unexpected}): the bench's model of the plugins is wrong",
+                self.runs, self.unpaced.unexpected, self.paced.unexpected
             )
         })
     }

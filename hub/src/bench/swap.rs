@@ -1,12 +1,20 @@
 //! The swapping phase's uploads: new versions of the acting plugin go live through the admin API
 //! while the paced load runs.
 
-use super::workload::THRESHOLD;
 use anyhow::{Context, bail};
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// The plugin that gets new versions: the one whose actions the phase times.
+pub(super) struct SwapTarget {
+    pub(super) name: &'static str,
+    pub(super) wasm: PathBuf,
+    /// The config of the `i`th new version; each differs from the one before, so each upload is a
+    /// real new version with its own init.
+    pub(super) config: fn(u64) -> serde_json::Value,
+}
 
 /// One version going live during the swapping phase.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -17,20 +25,24 @@ pub(super) struct SwapTiming {
     pub(super) live_ms: f64,
 }
 
-/// Upload `count` new versions of payment-trouble (alternating its action priority, so each
-/// is a real new version with its own init) evenly over `during`, through the admin API.
-pub(super) async fn swap_versions(api: SocketAddr, count: u64, during: Duration) -> anyhow::Result<Vec<SwapTiming>> {
-    let file = Path::new(crate::EXAMPLE_PLUGINS).join("payment_trouble.wasm");
-    let wasm = bytes::Bytes::from(std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
+/// Upload `count` new versions of `target` evenly over `during`, through the admin API.
+pub(super) async fn swap_versions(
+    api: SocketAddr,
+    target: &SwapTarget,
+    count: u64,
+    during: Duration,
+) -> anyhow::Result<Vec<SwapTiming>> {
+    let file = &target.wasm;
+    let wasm = bytes::Bytes::from(std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?);
     let http = reqwest::Client::new();
     let gap = during / u32::try_from(count + 1).unwrap_or(u32::MAX);
     let mut timings = Vec::new();
     for i in 0..count {
         tokio::time::sleep(gap).await;
-        let config = serde_json::json!({"threshold": THRESHOLD, "window": "1h", "priority": 100 + (i + 1) % 2});
+        let config = (target.config)(i);
         let started = Instant::now();
         let response = http
-            .put(format!("http://{api}/api/plugins/payment-trouble"))
+            .put(format!("http://{api}/api/plugins/{}", target.name))
             .header(reqwest::header::CONTENT_TYPE, "application/wasm")
             .query(&[("config", config.to_string())])
             .body(wasm.clone())

@@ -1,133 +1,193 @@
-//! What a phase publishes: the example pipeline's inputs, rendered before the clock starts, with
-//! the outputs each must produce.
+//! What a phase publishes: inputs rendered before the clock starts, each of a kind that says on
+//! which subject it goes and exactly which outputs it must produce. Loss is the shortfall against
+//! these expectations, so every generator simulates the plugins it drives.
 
-use super::{Mix, Slot};
+use super::swap::SwapTarget;
+use super::{BenchArgs, Mix, examples};
+use crate::config::Config;
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
-/// Failures of one actor that make payment-trouble act (its configured `threshold`).
-pub(super) const THRESHOLD: u64 = 3;
-/// Actors whose failures are interleaved in one round. Each of them gets its THRESHOLD
-/// failures within THRESHOLD × this many failures, so failures that have not yet led to an
-/// action (and so do not count as processed) stay far below WINDOW.
-const ROUND_ACTORS: u64 = 1_000;
-
-/// What an input leads to, so that expected outputs can be counted exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    /// A raw page view: one `product.viewed`.
-    View,
-    /// A raw add-to-cart: one `cart.updated`.
-    Web,
-    /// A payment failure below the threshold: nothing yet.
-    Failure,
-    /// The payment failure that reaches the threshold: one `support.callback`.
-    Trigger,
+/// A kind of input: where it is published and what the hub must publish for it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct InputKind {
+    pub(super) subject: &'static str,
+    /// Output subjects (`hub.events.<kind>`, `hub.actions.<name>`), one entry per output.
+    pub(super) outputs: &'static [&'static str],
 }
 
 /// One phase's inputs, rendered before the clock starts so that publishing does not allocate.
 pub(super) struct Batch {
-    /// Run-wide sequence number of the first input; the ids are `w{seq}` and `p{seq}`.
+    /// Run-wide sequence number of the first input; ids are a letter and the sequence number.
     pub(super) base: u64,
-    pub(super) kinds: Vec<Kind>,
+    /// The kinds of input in this batch, each once.
+    pub(super) kinds: Vec<&'static InputKind>,
+    /// Per input: its index in `kinds`.
+    pub(super) inputs: Vec<u8>,
     /// Slices of one buffer: cloning one is a reference count, not a copy.
     pub(super) bodies: Vec<Bytes>,
+    /// `due[i]`: the outputs the first `i` inputs must produce.
+    due: Vec<u64>,
 }
 
 impl Batch {
     pub(super) fn len(&self) -> usize {
-        self.kinds.len()
+        self.inputs.len()
+    }
+
+    #[cfg(test)]
+    pub(super) fn kind(&self, input: usize) -> &'static InputKind {
+        self.kinds[usize::from(self.inputs[input])]
+    }
+
+    /// Outputs the first `sent` inputs must produce.
+    pub(super) fn due(&self, sent: usize) -> u64 {
+        self.due[sent.min(self.len())]
+    }
+
+    /// Every output subject the batch's kinds produce, each once.
+    pub(super) fn output_subjects(&self) -> Vec<&'static str> {
+        let mut subjects = Vec::new();
+        for subject in self.kinds.iter().flat_map(|k| k.outputs.iter()) {
+            if !subjects.contains(subject) {
+                subjects.push(*subject);
+            }
+        }
+        subjects
+    }
+
+    /// How many of the first `sent` inputs each kind has.
+    fn kind_counts(&self, sent: usize) -> Vec<u64> {
+        let mut counts = vec![0; self.kinds.len()];
+        for &k in &self.inputs[..sent.min(self.len())] {
+            counts[usize::from(k)] += 1;
+        }
+        counts
+    }
+
+    /// The first `sent` inputs by subject.
+    pub(super) fn inputs_by_subject(&self, sent: usize) -> BTreeMap<String, u64> {
+        let mut by_subject = BTreeMap::new();
+        for (kind, count) in self.kinds.iter().zip(self.kind_counts(sent)) {
+            *by_subject.entry(kind.subject.to_owned()).or_default() += count;
+        }
+        by_subject
+    }
+
+    /// The outputs the first `sent` inputs must produce, by subject (in `output_subjects` order).
+    pub(super) fn expected_outputs(&self, sent: usize) -> Vec<u64> {
+        let subjects = self.output_subjects();
+        let mut expected = vec![0; subjects.len()];
+        for (kind, count) in self.kinds.iter().zip(self.kind_counts(sent)) {
+            for output in kind.outputs {
+                if let Some(i) = subjects.iter().position(|s| s == output) {
+                    expected[i] += count;
+                }
+            }
+        }
+        expected
     }
 }
 
-/// Generates a run's inputs. It keeps each actor's failure count across phases, because the same
-/// hub sees them all; this is how it knows which failure triggers an action.
-pub(super) struct Workload {
-    actors: u64,
-    mix: Mix,
-    next_seq: u64,
-    failures: u64,
-    /// Failures per actor since the actor's last action.
-    counts: Vec<u8>,
+/// Renders a batch input by input into one buffer.
+pub(super) struct BatchWriter {
+    base: u64,
+    buf: BytesMut,
+    ranges: Vec<Range<usize>>,
+    kinds: Vec<&'static InputKind>,
+    inputs: Vec<u8>,
+    due: Vec<u64>,
 }
 
-impl Workload {
-    pub(super) fn new(actors: u64, mix: Mix) -> anyhow::Result<Workload> {
-        let len = usize::try_from(actors).context("--actors is too large")?;
-        Ok(Workload {
-            actors,
-            mix,
-            next_seq: 0,
-            failures: 0,
-            counts: vec![0; len],
+impl BatchWriter {
+    /// A writer for `n` inputs numbered from `base`, of about `body_len` bytes each.
+    pub(super) fn new(base: u64, n: u64, body_len: usize) -> anyhow::Result<BatchWriter> {
+        let len = usize::try_from(n).context("too many inputs")?;
+        let mut due = Vec::with_capacity(len + 1);
+        due.push(0);
+        Ok(BatchWriter {
+            base,
+            buf: BytesMut::with_capacity(len.saturating_mul(body_len)),
+            ranges: Vec::with_capacity(len),
+            kinds: Vec::new(),
+            inputs: Vec::with_capacity(len),
+            due,
         })
     }
 
-    /// The next `n` inputs, kinds in the proportions of the mix: web events spread over all
-    /// actors, payment failures dealt in rounds (see [`Workload::failure_actor`]).
-    pub(super) fn batch(&mut self, n: u64) -> anyhow::Result<Batch> {
-        let len = usize::try_from(n).context("too many inputs")?;
-        let base = self.next_seq;
-        let mut buf = BytesMut::with_capacity(len.saturating_mul(112));
-        let mut ranges = Vec::with_capacity(len);
-        let mut kinds = Vec::with_capacity(len);
-        for seq in base..base + n {
-            let start = buf.len();
-            let kind = match self.mix.slot(seq) {
-                Slot::View => {
-                    let actor = seq % self.actors;
-                    write!(
-                        buf,
-                        r#"{{"visitor":"c{actor}","event_id":"w{seq}","url":"/p/a1","product":{{"sku":"A1","name":"Shoes","price":59.9}}}}"#
-                    )?;
-                    Kind::View
-                }
-                Slot::Cart => {
-                    let actor = seq % self.actors;
-                    write!(
-                        buf,
-                        r#"{{"visitor":"c{actor}","event_id":"w{seq}","product":{{"sku":"A1","name":"Shoes","price":59.9}},"qty":1}}"#
-                    )?;
-                    Kind::Web
-                }
-                Slot::Payment => {
-                    let actor = self.failure_actor();
-                    write!(
-                        buf,
-                        r#"{{"id":"p{seq}","kind":"payment.failed","actor":"c{actor}","payload":{{"amount":20}}}}"#
-                    )?;
-                    self.count_failure(actor)
-                }
-            };
-            ranges.push(start..buf.len());
-            kinds.push(kind);
+    /// Append one input of `kind` whose body is `body`.
+    pub(super) fn input(&mut self, kind: &'static InputKind, body: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+        let index = match self.kinds.iter().position(|k| std::ptr::eq(*k, kind)) {
+            Some(i) => i,
+            None => {
+                self.kinds.push(kind);
+                self.kinds.len() - 1
+            }
+        };
+        let start = self.buf.len();
+        self.buf.write_fmt(body)?;
+        self.ranges.push(start..self.buf.len());
+        self.inputs
+            .push(u8::try_from(index).context("more than 256 kinds of input")?);
+        let due = self.due.last().copied().unwrap_or(0) + kind.outputs.len() as u64;
+        self.due.push(due);
+        Ok(())
+    }
+
+    pub(super) fn finish(self) -> Batch {
+        let all = self.buf.freeze();
+        Batch {
+            base: self.base,
+            kinds: self.kinds,
+            inputs: self.inputs,
+            bodies: self.ranges.into_iter().map(|r| all.slice(r)).collect(),
+            due: self.due,
         }
-        self.next_seq = base + n;
-        let all = buf.freeze();
-        let bodies = ranges.into_iter().map(|r| all.slice(r)).collect();
-        Ok(Batch { base, kinds, bodies })
+    }
+}
+
+/// A run's input generator. It keeps what the hub's plugins remember across phases (the same hub
+/// sees them all): this is how it knows what each input produces.
+pub(super) enum Workload {
+    Examples(examples::Workload),
+}
+
+impl Workload {
+    pub(super) fn new(args: &BenchArgs) -> anyhow::Result<Workload> {
+        Ok(match args.mix {
+            Mix::Clickstream | Mix::WriteHeavy => Workload::Examples(examples::Workload::new(args.actors, args.mix)?),
+        })
     }
 
-    /// The actor of the next failure. Rounds of ROUND_ACTORS actors get one failure each in
-    /// turn, THRESHOLD times over, so every actor of the round reaches the threshold soon after
-    /// its first failure and actions keep coming at a steady pace.
-    fn failure_actor(&mut self) -> u64 {
-        let round = ROUND_ACTORS.min(self.actors);
-        let f = self.failures;
-        self.failures += 1;
-        (f / (round * THRESHOLD) * round + f % round) % self.actors
+    /// The next `n` inputs.
+    pub(super) fn batch(&mut self, n: u64) -> anyhow::Result<Batch> {
+        match self {
+            Workload::Examples(w) => w.batch(n),
+        }
     }
 
-    /// Count a failure as payment-trouble will; after an action the count starts again.
-    fn count_failure(&mut self, actor: u64) -> Kind {
-        let count = &mut self.counts[actor as usize];
-        *count += 1;
-        if u64::from(*count) >= THRESHOLD {
-            *count = 0;
-            Kind::Trigger
-        } else {
-            Kind::Failure
+    /// Set up the hub's plugins (and ingest rules) for this workload.
+    pub(super) fn configure(&self, config: &mut Config) {
+        match self {
+            Workload::Examples(_) => examples::configure(config),
+        }
+    }
+
+    /// The plugin whose new versions go live during the swapping phase.
+    pub(super) fn swap_target(&self) -> SwapTarget {
+        match self {
+            Workload::Examples(_) => examples::swap_target(),
+        }
+    }
+
+    /// A plugin that subscribes to no kind of input of this workload, for `--idle-plugins`.
+    pub(super) fn idle_plugin(&self) -> PathBuf {
+        match self {
+            Workload::Examples(_) => Path::new(crate::REFERENCE_PLUGINS).join("customer_creation.wasm"),
         }
     }
 }
@@ -135,31 +195,30 @@ impl Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::Mix;
-    use crate::bench::phase::Outputs;
+
+    static QUIET: InputKind = InputKind {
+        subject: "in.quiet",
+        outputs: &[],
+    };
+    static LOUD: InputKind = InputKind {
+        subject: "in.loud",
+        outputs: &["hub.events.a", "hub.events.b", "hub.events.a"],
+    };
 
     #[test]
-    fn every_actor_acts_on_its_third_failure() {
-        let mut w = Workload::new(10, Mix::WriteHeavy).expect("workload");
-        let batch = w.batch(120).expect("batch");
-        // 60 failures over 10 actors, 3 each per round of 10: 2 rounds, 10 triggers each.
-        let triggers = batch.kinds.iter().filter(|k| **k == Kind::Trigger).count();
-        assert_eq!(triggers, 20);
-        assert_eq!(Outputs::Hub.expected(&batch, batch.len()), 60 + 20);
-        assert!(w.counts.iter().all(|c| *c == 0));
-    }
-
-    #[test]
-    fn bodies_are_the_documented_inputs() {
-        let mut w = Workload::new(100, Mix::WriteHeavy).expect("workload");
-        let batch = w.batch(2).expect("batch");
-        let web: serde_json::Value = serde_json::from_slice(&batch.bodies[0]).expect("web JSON");
-        assert_eq!(web["visitor"], "c0");
-        assert_eq!(web["event_id"], "w0");
-        let failure: serde_json::Value = serde_json::from_slice(&batch.bodies[1]).expect("envelope JSON");
-        assert_eq!(failure["id"], "p1");
-        assert_eq!(failure["kind"], "payment.failed");
-        let next = w.batch(1).expect("batch");
-        assert_eq!(next.base, 2);
+    fn a_batch_knows_what_each_prefix_must_produce() {
+        let mut w = BatchWriter::new(7, 3, 8).expect("writer");
+        for kind in [&QUIET, &LOUD, &QUIET] {
+            w.input(kind, format_args!("{{}}")).expect("input");
+        }
+        let batch = w.finish();
+        assert_eq!(batch.base, 7);
+        assert_eq!((batch.due(0), batch.due(1), batch.due(2), batch.due(3)), (0, 0, 3, 3));
+        assert_eq!(batch.output_subjects(), ["hub.events.a", "hub.events.b"]);
+        assert_eq!(batch.expected_outputs(1), [0, 0]);
+        assert_eq!(batch.expected_outputs(3), [2, 1]);
+        assert_eq!(batch.inputs_by_subject(3)["in.quiet"], 2);
+        assert_eq!(batch.kind(1), &LOUD);
+        assert_eq!(&batch.bodies[2][..], b"{}");
     }
 }
