@@ -1,29 +1,39 @@
-//! `hub bench`: a load generator and latency report for the example pipeline.
+//! `hub bench`: a load generator and latency report for the example pipeline, or for every
+//! reference scenario at once.
 //!
-//! Each run starts a fresh in-process hub with the example plugins and drives it from separate
-//! NATS clients, as real producers and consumers would, in three phases:
+//! Each run starts a fresh in-process hub with the plugins of the mix and drives it from separate
+//! NATS clients, as real producers and consumers would, in four phases:
 //!
 //! 1. **unpaced**: `--events` inputs as fast as the pipeline absorbs them (throughput);
 //! 2. **paced**: `--rate` inputs per second for `--seconds` (latency under a steady load);
 //! 3. **swapping** (with `--swaps N`, default 5): the paced load again while `N` new versions
-//!    of payment-trouble (the plugin that acts) go live through the admin API, evenly spread;
-//!    reports the p99 next to the paced phase's, how long each upload took, and how long after
-//!    the switch every shard served the new version;
+//!    of the plugin that acts most (payment-trouble, or support-first with `--mix scenarios`) go
+//!    live through the admin API, evenly spread; reports the p99 next to the paced phase's, how
+//!    long each upload took, and how long after the switch every shard served the new version;
 //! 4. **relay**: the same bodies through a plain async-nats subscribe+republish loop, which is
 //!    the ceiling for any NATS-in/NATS-out service on this machine.
 //!
-//! Inputs are raw clickstream messages on `web.page_view` (each yields one
+//! `--mix clickstream` (default) and `--mix write-heavy` drive the example plugins
+//! (`bench/examples.rs`): raw clickstream messages on `web.page_view` (each yields one
 //! `hub.events.product.viewed`; no state) and `web.add_to_cart` (one `hub.events.cart.updated`;
 //! the cart and a durable timer are written), and `payment.failed` envelopes (state is written;
-//! every third failure of an actor yields one `hub.actions.support.callback`). `--mix` sets the
-//! proportions: `clickstream` (default) is shaped like a web shop's stream, 60 % page views,
-//! 20 % add-to-cart, 20 % payment failures; `write-heavy` is the worst case for state, half
-//! add-to-cart and half payment failures, so every input writes. The bench knows exactly how many
-//! outputs to expect, and reports any shortfall as loss.
+//! every third failure of an actor yields one `hub.actions.support.callback`). `clickstream` is
+//! shaped like a web shop's stream, 60 % page views, 20 % add-to-cart, 20 % payment failures;
+//! `write-heavy` is the worst case for state, half add-to-cart and half payment failures, so every
+//! input writes. `--mix scenarios` (`bench/scenarios.rs`) loads every reference scenario at once and
+//! blends database rows, meter readings, channel switches, the shop's web events and payment
+//! trouble over the actors.
+//!
+//! Every input is of a kind that says exactly which outputs (events on `hub.events.*`, actions on
+//! `hub.actions.*`) it must produce (`bench/workload.rs`): the generators simulate what the plugins
+//! remember, outputs are counted subject by subject, any shortfall is loss and any surplus is
+//! unexpected, and either fails the command. Event→action latency is measured from the publish
+//! of the input whose id an action carries as its `Hub-Cause`.
 
 mod examples;
 mod phase;
 mod report;
+mod scenarios;
 mod swap;
 mod workload;
 
@@ -76,14 +86,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub runs: u64,
     /// Extra plugin instances that subscribe to kinds not in the stream (copies of the
-    /// customer-creation reference plugin): with the 3 examples, `--idle-plugins 2` vs `47`
-    /// compares 5 with 50 loaded plugins
+    /// customer-creation reference plugin; of the counter fixture with `--mix scenarios`): with
+    /// the 3 examples, `--idle-plugins 2` vs `47` compares 5 with 50 loaded plugins
     #[arg(long, default_value_t = 0)]
     pub idle_plugins: u64,
     /// Plugin swaps during a second paced phase (0: skip that phase)
     #[arg(long, default_value_t = 5)]
     pub swaps: u64,
-    /// Proportions of the inputs (see the module docs)
+    /// Pipeline and proportions of the inputs (see the module docs)
     #[arg(long, value_enum, default_value_t = Mix::Clickstream)]
     pub mix: Mix,
     /// Print the whole report as one JSON object
@@ -99,6 +109,9 @@ pub enum Mix {
     Clickstream,
     /// 50 % add-to-cart, 50 % payment failures: every input writes state.
     WriteHeavy,
+    /// Every reference scenario at once (customer creation, energy metering, TV audience,
+    /// marketing, support first) in one blend.
+    Scenarios,
 }
 
 /// Run the bench, print the report, and fail if any output was lost.
@@ -266,6 +279,7 @@ async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Res
         .await
         .context("cannot start the hub")?;
     let phases = async {
+        workload.prepare(&hub, &clients.publisher).await?;
         load_idle_plugins(&hub, &workload.idle_plugin(), args.idle_plugins).await?;
         let plugins = hub.registry().live().load().plugins.len();
         let unpaced = run_phase(clients, &unpaced_inputs, Outputs::Hub, Pace::Unpaced)

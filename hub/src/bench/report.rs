@@ -313,6 +313,11 @@ pub(super) fn print_text(r: &Report) {
         "hub bench: {} shards, {} plugins, {} actors, {:?} mix, {} run(s) (medians)",
         r.shards, r.plugins, r.actors, r.mix, r.runs
     );
+    // The blend of many subjects says what it was made of; the example mixes' lines stay as they were.
+    let breakdown = r.mix == Mix::Scenarios;
+    if breakdown {
+        println!("inputs    {}", shares(&r.unpaced.inputs_by_subject, r.unpaced.inputs));
+    }
     println!(
         "unpaced   {} events   {:.0} events/s   lost {}   {}",
         r.unpaced.inputs,
@@ -320,6 +325,9 @@ pub(super) fn print_text(r: &Report) {
         r.unpaced.lost,
         latency_text(r.unpaced.latency_ms)
     );
+    if breakdown {
+        println!("  outputs {}", outputs_text(&r.unpaced));
+    }
     println!(
         "paced     {}/s for {} s (achieved {:.0}/s)   lost {}   {}",
         r.rate,
@@ -328,6 +336,9 @@ pub(super) fn print_text(r: &Report) {
         r.paced.lost,
         latency_text(r.paced.latency_ms)
     );
+    if breakdown {
+        println!("  outputs {}", outputs_text(&r.paced));
+    }
     if let Some(s) = &r.swapping {
         let ms = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1} ms"));
         println!(
@@ -361,6 +372,10 @@ pub(super) fn print_text(r: &Report) {
     if dead_letters > 0 {
         println!("warning   {dead_letters} dead letter(s) on hub.dlq.>");
     }
+    let unexpected = r.unpaced.unexpected + r.paced.unexpected + r.swapping.as_ref().map_or(0, |s| s.phase.unexpected);
+    if unexpected > 0 {
+        println!("warning   {unexpected} unexpected output(s) on hub.events.> / hub.actions.>");
+    }
     if r.client_slow_consumers > 0 || r.server_slow_consumers.is_some_and(|n| n > 0) {
         println!(
             "warning   slow consumers: {} in the bench's clients, {} in nats-server's log",
@@ -368,6 +383,44 @@ pub(super) fn print_text(r: &Report) {
             r.server_slow_consumers.unwrap_or(0)
         );
     }
+}
+
+/// Each subject's share of the inputs, largest first.
+fn shares(by_subject: &BTreeMap<String, u64>, total: u64) -> String {
+    let mut subjects: Vec<(&String, &u64)> = by_subject.iter().collect();
+    subjects.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let percent = |n: u64| {
+        if total == 0 {
+            0.0
+        } else {
+            n as f64 * 100.0 / total as f64
+        }
+    };
+    let parts: Vec<String> = subjects
+        .iter()
+        .map(|(subject, n)| format!("{subject} {:.1} %", percent(**n)))
+        .collect();
+    parts.join(", ")
+}
+
+/// The outputs received, events then actions (and how many actions were timed).
+fn outputs_text(p: &PhaseReport) -> String {
+    let list = |prefix: &str| {
+        let parts: Vec<String> = p
+            .outputs_by_subject
+            .iter()
+            .filter_map(|(s, c)| s.strip_prefix(prefix).map(|name| format!("{name} {}", c.received)))
+            .collect();
+        parts.join(", ")
+    };
+    format!(
+        "{} events: {}; {} actions ({} timed): {}",
+        p.received_outputs.saturating_sub(p.actions),
+        list("hub.events."),
+        p.actions,
+        p.timed_actions,
+        list("hub.actions.")
+    )
 }
 
 fn latency_text(latency: Option<Latency>) -> String {

@@ -3,9 +3,11 @@
 //! these expectations, so every generator simulates the plugins it drives.
 
 use super::swap::SwapTarget;
-use super::{BenchArgs, Mix, examples};
+use super::{BenchArgs, Mix, examples, scenarios};
 use crate::config::Config;
+use crate::hub::Hub;
 use anyhow::Context;
+use async_nats::Client;
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -154,12 +156,14 @@ impl BatchWriter {
 /// sees them all): this is how it knows what each input produces.
 pub(super) enum Workload {
     Examples(examples::Workload),
+    Scenarios(scenarios::Workload),
 }
 
 impl Workload {
     pub(super) fn new(args: &BenchArgs) -> anyhow::Result<Workload> {
         Ok(match args.mix {
             Mix::Clickstream | Mix::WriteHeavy => Workload::Examples(examples::Workload::new(args.actors, args.mix)?),
+            Mix::Scenarios => Workload::Scenarios(scenarios::Workload::new(args.actors)?),
         })
     }
 
@@ -167,6 +171,7 @@ impl Workload {
     pub(super) fn batch(&mut self, n: u64) -> anyhow::Result<Batch> {
         match self {
             Workload::Examples(w) => w.batch(n),
+            Workload::Scenarios(w) => w.batch(n),
         }
     }
 
@@ -174,6 +179,7 @@ impl Workload {
     pub(super) fn configure(&self, config: &mut Config) {
         match self {
             Workload::Examples(_) => examples::configure(config),
+            Workload::Scenarios(_) => scenarios::configure(config),
         }
     }
 
@@ -181,6 +187,7 @@ impl Workload {
     pub(super) fn swap_target(&self) -> SwapTarget {
         match self {
             Workload::Examples(_) => examples::swap_target(),
+            Workload::Scenarios(_) => scenarios::swap_target(),
         }
     }
 
@@ -188,8 +195,27 @@ impl Workload {
     pub(super) fn idle_plugin(&self) -> PathBuf {
         match self {
             Workload::Examples(_) => Path::new(crate::REFERENCE_PLUGINS).join("customer_creation.wasm"),
+            Workload::Scenarios(_) => scenarios::idle_plugin(),
         }
     }
+
+    /// Make a freshly started hub ready for the first phase (plugins, profiles) before the clock
+    /// starts.
+    pub(super) async fn prepare(&self, hub: &Hub, publisher: &Client) -> anyhow::Result<()> {
+        match self {
+            Workload::Examples(_) => Ok(()),
+            Workload::Scenarios(w) => w.prepare(hub, publisher).await,
+        }
+    }
+}
+
+/// A small, fast, deterministic hash (splitmix64's finaliser): the generators' only source of
+/// variety, so every run gets the same inputs and the same expected outputs.
+pub(super) fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 #[cfg(test)]
