@@ -34,7 +34,7 @@ enum Command {
     Tail(TailArgs),
     /// Manage the plugins of a running hub (a client of its admin API).
     Plugin(plugin::PluginArgs),
-    /// Load generator and latency report for the example pipeline.
+    /// Load generator and latency report: the example pipeline, or every reference scenario at once.
     Bench(crate::bench::BenchArgs),
 }
 
