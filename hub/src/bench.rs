@@ -10,7 +10,11 @@
 //!    of the plugin that acts most (payment-trouble, or support-first with `--mix scenarios`) go
 //!    live through the admin API, evenly spread; reports the p99 next to the paced phase's, how
 //!    long each upload took, and how long after the switch every shard served the new version;
-//! 4. **relay**: the same bodies through a plain async-nats subscribe+republish loop, which is
+//! 4. **push** (example mixes; skipped with `--no-push`): the paced load again, with the `notify`
+//!    delivery plugin loaded to render every support callback for the customer's devices, and a
+//!    WebSocket device connected on `/push/{actor}` for every customer that will get one; reports
+//!    event→action latency from the input's publish to the message on the device;
+//! 5. **relay**: the same bodies through a plain async-nats subscribe+republish loop, which is
 //!    the ceiling for any NATS-in/NATS-out service on this machine.
 //!
 //! `--mix clickstream` (default) and `--mix write-heavy` drive the example plugins
@@ -32,6 +36,7 @@
 
 mod examples;
 mod phase;
+mod push;
 mod report;
 mod scenarios;
 mod swap;
@@ -93,6 +98,9 @@ pub struct BenchArgs {
     /// Plugin swaps during a second paced phase (0: skip that phase)
     #[arg(long, default_value_t = 5)]
     pub swaps: u64,
+    /// Skip the device push phase
+    #[arg(long)]
+    pub no_push: bool,
     /// Pipeline and proportions of the inputs (see the module docs)
     #[arg(long, value_enum, default_value_t = Mix::Clickstream)]
     pub mix: Mix,
@@ -256,6 +264,11 @@ fn hub_config(args: &BenchArgs, workload: &Workload, url: &str, data_dir: &Path)
     config.data_dir = data_dir.to_path_buf();
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.engine.shards = args.shards;
+    // The example policies judge every action (priorities, conflict window, suppressions); the
+    // dedup window and the contact limit are off, because a short bench over few actors repeats
+    // callbacks by design and they would be suppressed as they should be in production.
+    config.policies.dedup_window = Duration::ZERO;
+    config.policies.max_actions = None;
     workload.configure(&mut config);
     config
 }
@@ -273,6 +286,10 @@ async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Res
     let swapping_inputs = match args.swaps {
         0 => None,
         _ => Some(workload.batch(paced_count)?),
+    };
+    let push_inputs = match args.no_push || args.mix == Mix::Scenarios {
+        true => None,
+        false => Some(workload.batch(paced_count)?),
     };
 
     let hub = Hub::start(hub_config(args, &workload, url, &dir.path().join("hub")))
@@ -301,14 +318,23 @@ async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Res
             }
             None => None,
         };
-        anyhow::Ok((plugins, unpaced, paced, swapping))
+        let push = match &push_inputs {
+            Some(inputs) => {
+                tokio::time::sleep(SETTLE).await;
+                let phase = push::push_phase(&hub, &clients.publisher, inputs, args.rate).await;
+                Some(phase.context("push phase")?)
+            }
+            None => None,
+        };
+        anyhow::Ok((plugins, unpaced, paced, swapping, push))
     }
     .await;
     hub.shutdown().await;
-    let (plugins, unpaced, paced, swapping) = phases?;
+    let (plugins, unpaced, paced, swapping, push) = phases?;
     let relay = relay_phase(clients, &unpaced_inputs).await.context("relay phase")?;
     let mut report = RunReport::new(unpaced, paced, swapping, relay);
     report.plugins = plugins;
+    report.push = push.as_ref().map(report::PushReport::new);
     Ok(report)
 }
 

@@ -4,6 +4,7 @@
 use super::BenchArgs;
 use super::Mix;
 use super::phase::{OutputCount, Outputs, PhaseOutcome};
+use super::push::PushOutcome;
 use super::swap::SwapTiming;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -165,6 +166,52 @@ pub(super) struct RunReport {
     relay: PhaseReport,
     /// Hub unpaced events/s ÷ relay msgs/s.
     hub_relay_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) push: Option<PushReport>,
+}
+
+/// The push phase: support callbacks rendered by `notify` and received on the devices.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct PushReport {
+    devices: u64,
+    expected: u64,
+    received: u64,
+    lost: u64,
+    /// Time to connect every device, in ms.
+    connect_ms: f64,
+    /// From the publish of the triggering input to the message on the device.
+    latency_ms: Latency,
+}
+
+impl PushReport {
+    pub(super) fn new(o: &PushOutcome) -> PushReport {
+        PushReport {
+            devices: o.devices,
+            expected: o.expected,
+            received: o.received,
+            lost: o.expected.saturating_sub(o.received),
+            connect_ms: o.connecting.as_secs_f64() * 1000.0,
+            latency_ms: Latency::of(&o.latency),
+        }
+    }
+
+    /// Medians over the runs (losses add up).
+    fn combine(runs: &[&PushReport]) -> Option<PushReport> {
+        let first = runs.first()?;
+        let m = |f: fn(&Latency) -> Option<f64>| median(runs.iter().filter_map(|r| f(&r.latency_ms)).collect());
+        Some(PushReport {
+            devices: first.devices,
+            expected: runs.iter().map(|r| r.expected).sum(),
+            received: runs.iter().map(|r| r.received).sum(),
+            lost: runs.iter().map(|r| r.lost).sum(),
+            connect_ms: median(runs.iter().map(|r| r.connect_ms).collect()).unwrap_or(0.0),
+            latency_ms: Latency {
+                p50: m(|l| l.p50),
+                p99: m(|l| l.p99),
+                p999: m(|l| l.p999),
+            },
+        })
+    }
 }
 
 impl RunReport {
@@ -189,6 +236,7 @@ impl RunReport {
             swapping,
             swaps,
             relay,
+            push: None,
         }
     }
 }
@@ -248,6 +296,8 @@ pub(super) struct Report {
     paced: PhaseReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     swapping: Option<SwapReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<PushReport>,
     relay: PhaseReport,
     hub_relay_ratio: f64,
     /// Slow-consumer events of the bench's clients (each means messages dropped).
@@ -264,6 +314,7 @@ impl Report {
         let paced = phase(|r| &r.paced);
         let relay = phase(|r| &r.relay);
         let swapping = SwapReport::from_runs(&runs, &paced);
+        let push = PushReport::combine(&runs.iter().filter_map(|r| r.push.as_ref()).collect::<Vec<_>>());
         Report {
             shards,
             plugins: runs.first().map_or(0, |r| r.plugins),
@@ -276,6 +327,7 @@ impl Report {
             unpaced,
             paced,
             swapping,
+            push,
             relay,
             client_slow_consumers: 0,
             server_slow_consumers: None,
@@ -288,10 +340,12 @@ impl Report {
     /// What went wrong, if anything: a lost or an unexpected output fails the bench.
     pub(super) fn failure(&self) -> Option<String> {
         let swapping_lost = self.swapping.as_ref().map_or(0, |s| s.phase.lost);
-        let lost = self.unpaced.lost + self.paced.lost + swapping_lost + self.relay.lost;
+        let push_lost = self.push.as_ref().map_or(0, |p| p.lost);
+        let lost = self.unpaced.lost + self.paced.lost + swapping_lost + push_lost + self.relay.lost;
         if lost > 0 {
             return Some(format!(
-                "{lost} output(s) lost over {} run(s): unpaced {}, paced {}, swapping {swapping_lost}, relay {}",
+                "{lost} output(s) lost over {} run(s): unpaced {}, paced {}, swapping {swapping_lost}, push \
+                 {push_lost}, relay {}",
                 self.runs, self.unpaced.lost, self.paced.lost, self.relay.lost
             ));
         }
@@ -356,6 +410,17 @@ pub(super) fn print_text(r: &Report) {
             ms(s.live_ms_max),
             ms(s.put_ms_median),
             ms(s.put_ms_max)
+        );
+    }
+    if let Some(p) = &r.push {
+        println!(
+            "push      {}/s for {} s to {} devices (WebSocket, connected in {:.0} ms)   lost {}   {}",
+            r.rate,
+            r.seconds,
+            p.devices,
+            p.connect_ms,
+            p.lost,
+            latency_text(Some(p.latency_ms))
         );
     }
     let relay_lost = if r.relay.lost > 0 {
