@@ -48,7 +48,8 @@ pub struct ActionRecord {
     pub plugin: String,
     /// RFC 3339.
     pub time: String,
-    /// `delivered` or `suppressed`.
+    /// `delivered`, `suppressed`, or `held` (waiting for a higher-ranked action, see the
+    /// category's `hold`).
     pub decision: String,
     /// Why it was suppressed: `duplicate`, `suppressed_by`, `outranked`, `category_limit`,
     /// `contact_limit`.
@@ -66,6 +67,14 @@ impl From<&Entry> for ActionRecord {
         let (decision, reason, detail) = match &e.outcome {
             Outcome::Delivered => ("delivered", None, None),
             Outcome::Suppressed(r) => ("suppressed", Some(r.label().to_owned()), Some(r.to_string())),
+            Outcome::Held { until } => (
+                "held",
+                None,
+                Some(format!(
+                    "waiting until {} for a higher-ranked action",
+                    crate::event::rfc3339(*until)
+                )),
+            ),
         };
         ActionRecord {
             id: e.id.clone(),

@@ -48,6 +48,11 @@ pub struct Entry {
 pub enum Outcome {
     Delivered,
     Suppressed(Reason),
+    /// Waiting until `until` (ms) for a higher-ranked action (the category's `hold`); judged
+    /// again then, and this entry replaced by the verdict.
+    Held {
+        until: i64,
+    },
 }
 
 /// Why an action was held back.
@@ -115,13 +120,21 @@ pub enum Decision {
 }
 
 impl Ledger {
-    /// Decide about `action` at `now` and record the decision.
-    pub fn decide(&mut self, policies: &Policies, action: &Action, now: i64) -> Decision {
-        if self.entries.iter().any(|e| e.id == action.id) {
-            return Decision::Replayed;
+    /// Decide about `action` at `now` and record the decision. `released` is true when a held
+    /// action's wait is over: it is judged again, and not held twice.
+    pub fn decide(&mut self, policies: &Policies, action: &Action, now: i64, released: bool) -> Decision {
+        if let Some(i) = self.entries.iter().position(|e| e.id == action.id) {
+            if !(released && matches!(self.entries[i].outcome, Outcome::Held { .. })) {
+                return Decision::Replayed;
+            }
+            self.entries.remove(i);
         }
+        let hold = policies.hold_of(&action.category);
         let outcome = match self.reason_to_suppress(policies, action, now) {
             Some(reason) => Outcome::Suppressed(reason),
+            None if !released && !hold.is_zero() => Outcome::Held {
+                until: now + hold.as_millis() as i64,
+            },
             None => Outcome::Delivered,
         };
         self.entries.push(Entry {
@@ -245,37 +258,80 @@ mod tests {
         match outcome(d) {
             Outcome::Suppressed(r) => r.label(),
             Outcome::Delivered => "delivered",
+            Outcome::Held { .. } => "held",
         }
+    }
+
+    /// The example policies without the hold on offers.
+    fn policies() -> Policies {
+        let mut p = Policies::example();
+        p.categories.get_mut("offer").expect("offer").hold = Duration::ZERO;
+        p
+    }
+
+    #[test]
+    fn a_held_offer_loses_to_a_support_call_that_comes_second() {
+        let mut p = Policies::example();
+        p.suppressions.clear();
+        let mut ledger = Ledger::default();
+        let offer = action("o1", "offer", 1);
+        assert_eq!(
+            outcome(ledger.decide(&p, &offer, 0, false)),
+            Outcome::Held { until: 2_000 }
+        );
+        assert_eq!(
+            ledger.decide(&p, &offer, 500, false),
+            Decision::Replayed,
+            "a replay while held"
+        );
+        assert_eq!(
+            reason(ledger.decide(&p, &action("s1", "support", 1), 1_000, false)),
+            "delivered"
+        );
+        assert_eq!(reason(ledger.decide(&p, &offer, 2_000, true)), "outranked");
+        assert_eq!(ledger.entries.len(), 2, "the verdict replaced the held entry");
+
+        let later = action("o2", "offer", 1);
+        assert_eq!(reason(ledger.decide(&p, &later, 40_000, false)), "held");
+        assert_eq!(reason(ledger.decide(&p, &later, 42_000, true)), "delivered");
+        assert_eq!(
+            ledger.decide(&p, &later, 42_001, true),
+            Decision::Replayed,
+            "released once"
+        );
     }
 
     #[test]
     fn support_wins_over_an_offer_of_the_same_event_and_the_conflict_window() {
-        let p = Policies::example();
+        let p = policies();
         let mut batch = [action("o1", "offer", 5), action("s1", "support", 1)];
         batch.sort_by_key(|a| std::cmp::Reverse(p.rank(a)));
         let mut ledger = Ledger::default();
-        let decided: Vec<_> = batch.iter().map(|a| reason(ledger.decide(&p, a, 0))).collect();
+        let decided: Vec<_> = batch.iter().map(|a| reason(ledger.decide(&p, a, 0, false))).collect();
         assert_eq!(
             decided,
             ["delivered", "suppressed_by"],
             "support first, offer held back"
         );
 
-        let mut p = Policies::example();
+        let mut p = policies();
         p.suppressions.clear();
         let mut ledger = Ledger::default();
-        assert_eq!(reason(ledger.decide(&p, &action("a1", "alert", 0), 0)), "delivered");
         assert_eq!(
-            reason(ledger.decide(&p, &action("o2", "offer", 9), 10_000)),
+            reason(ledger.decide(&p, &action("a1", "alert", 0), 0, false)),
+            "delivered"
+        );
+        assert_eq!(
+            reason(ledger.decide(&p, &action("o2", "offer", 9), 10_000, false)),
             "outranked"
         );
         assert_eq!(
-            reason(ledger.decide(&p, &action("o3", "offer", 9), 30_000)),
+            reason(ledger.decide(&p, &action("o3", "offer", 9), 30_000, false)),
             "delivered",
             "the conflict window has passed"
         );
         assert_eq!(
-            reason(ledger.decide(&p, &action("o4", "offer", 1), 31_000)),
+            reason(ledger.decide(&p, &action("o4", "offer", 1), 31_000, false)),
             "outranked",
             "within a category the action's own priority ranks"
         );
@@ -283,32 +339,32 @@ mod tests {
 
     #[test]
     fn category_and_contact_limits_count_delivered_actions_in_their_windows() {
-        let mut p = Policies::example();
+        let mut p = policies();
         p.conflict_window = Duration::ZERO;
         let mut ledger = Ledger::default();
         for i in 0..3 {
-            let d = ledger.decide(&p, &action(&format!("o{i}"), "offer", 1), i * MIN);
+            let d = ledger.decide(&p, &action(&format!("o{i}"), "offer", 1), i * MIN, false);
             assert_eq!(outcome(d), Outcome::Delivered);
         }
-        match outcome(ledger.decide(&p, &action("o3", "offer", 1), 3 * MIN)) {
+        match outcome(ledger.decide(&p, &action("o3", "offer", 1), 3 * MIN, false)) {
             Outcome::Suppressed(r) => assert_eq!(r.to_string(), "offer limit of 3 per 1day reached"),
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            reason(ledger.decide(&p, &action("o4", "offer", 1), 24 * 60 * MIN)),
+            reason(ledger.decide(&p, &action("o4", "offer", 1), 24 * 60 * MIN, false)),
             "delivered",
             "the first offer left the 24h window"
         );
         let mut ledger = Ledger::default();
         for i in 0..10 {
-            ledger.decide(&p, &action(&format!("a{i}"), "alert", 1), i);
+            ledger.decide(&p, &action(&format!("a{i}"), "alert", 1), i, false);
         }
         assert_eq!(
-            reason(ledger.decide(&p, &action("a10", "alert", 1), 10)),
+            reason(ledger.decide(&p, &action("a10", "alert", 1), 10, false)),
             "contact_limit"
         );
         assert_eq!(
-            reason(ledger.decide(&p, &action("a11", "alert", 1), 60 * MIN)),
+            reason(ledger.decide(&p, &action("a11", "alert", 1), 60 * MIN, false)),
             "delivered"
         );
     }
@@ -319,13 +375,17 @@ mod tests {
         let mut ledger = Ledger::default();
         let mut a = action("x1", "alert", 1);
         a.dedup_key = Some("meter-7:2026-11-22T10".to_owned());
-        assert_eq!(reason(ledger.decide(&p, &a, 0)), "delivered");
-        assert_eq!(ledger.decide(&p, &a, 1), Decision::Replayed, "same id: decided before");
+        assert_eq!(reason(ledger.decide(&p, &a, 0, false)), "delivered");
+        assert_eq!(
+            ledger.decide(&p, &a, 1, false),
+            Decision::Replayed,
+            "same id: decided before"
+        );
         a.id = "x2".to_owned();
-        assert_eq!(reason(ledger.decide(&p, &a, MIN)), "duplicate");
+        assert_eq!(reason(ledger.decide(&p, &a, MIN, false)), "duplicate");
         a.id = "x3".to_owned();
         assert_eq!(
-            reason(ledger.decide(&p, &a, 61 * MIN)),
+            reason(ledger.decide(&p, &a, 61 * MIN, false)),
             "delivered",
             "outside the window"
         );
@@ -334,7 +394,7 @@ mod tests {
 
     #[test]
     fn the_ledger_stays_small_and_keeps_what_limits_need() {
-        let mut p = Policies::example();
+        let mut p = policies();
         p.conflict_window = Duration::ZERO;
         p.max_actions = None;
         p.categories.get_mut("offer").expect("offer").limit = Some(Limit {
@@ -343,7 +403,7 @@ mod tests {
         });
         let mut ledger = Ledger::default();
         for i in 0..1000 {
-            ledger.decide(&p, &action(&format!("o{i}"), "offer", 1), i);
+            ledger.decide(&p, &action(&format!("o{i}"), "offer", 1), i, false);
         }
         assert!(ledger.entries.len() <= LEDGER_RECENT + LEDGER_DELIVERED);
         let delivered = ledger

@@ -26,8 +26,9 @@ pub struct Routed {
     pub received: std::time::Instant,
 }
 
-/// An action a plugin proposed, as the hub publishes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An action a plugin proposed, as the hub publishes it. (Serde: how a held action waits in
+/// its durable timer.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Action {
     /// Deterministic: derived from the cause event's id, the plugin and the output's position,
     /// so a replay of the same input yields the same id (`Nats-Msg-Id` dedup downstream).

@@ -54,6 +54,8 @@ const LEDGER_KEY: &str = "ledger";
 /// Event kinds that start with this are actions handed to delivery plugins, whose
 /// subscriptions to actions start with it too (`action.offer.*`).
 pub const ACTION_KIND_PREFIX: &str = "action.";
+/// The owner of the durable timers of held actions (not a plugin name: those have no dots).
+const ARBITER_TIMERS: &str = "hub.arbiter";
 /// Kinds remembered in the subscription cache before it is reset.
 const KIND_CACHE_LIMIT: usize = 4096;
 /// One plugin call in this many records its duration in the latency histogram: the
@@ -100,6 +102,15 @@ impl Supervisor {
     }
 }
 
+/// An action waiting for the arbiter.
+struct Proposal {
+    action: Action,
+    /// When the input that caused it arrived.
+    received: Instant,
+    /// A held action whose wait is over.
+    released: bool,
+}
+
 struct Loaded {
     name: Arc<str>,
     /// The live version this instance runs; compared by pointer when the live set changes.
@@ -142,9 +153,9 @@ pub struct Shard {
     policies: PolicyStore,
     sinks: Sinks,
     /// Actions proposed while handling the current input, judged together when it is done.
-    proposed: Vec<(Action, Instant)>,
-    /// Decision counters by (category, reason), so the hot path does not look them up.
-    decisions: FxHashMap<(String, &'static str), metrics::Counter>,
+    proposed: Vec<Proposal>,
+    /// Decision counters by category and reason, so the hot path neither registers nor allocates.
+    decisions: FxHashMap<String, FxHashMap<&'static str, metrics::Counter>>,
     subscribers: FxHashMap<String, Rc<[usize]>>,
     stores: Option<Box<ShardStores>>,
     /// Emitted events for this shard's own actors, processed before the next input.
@@ -411,6 +422,11 @@ impl Shard {
         let now = now_ms();
         while let Some(timer) = self.stores().timers.pop_due(now) {
             self.timers_fired.increment(1);
+            if timer.plugin == ARBITER_TIMERS {
+                self.release_held(&timer);
+                self.run_local_chain();
+                continue;
+            }
             match self.by_name.get(timer.plugin.as_str()).copied() {
                 Some(p) => self.call(p, Cause::Timer(&timer)),
                 None => {
@@ -666,7 +682,34 @@ impl Shard {
             self.egress.send_blocking(letter.into_outbound());
             return;
         }
-        self.proposed.push((action, received));
+        self.proposed.push(Proposal {
+            action,
+            received,
+            released: false,
+        });
+    }
+
+    /// A held action's wait is over: judge it again with what happened meanwhile.
+    fn release_held(&mut self, timer: &DueTimer) {
+        match rmp_serde::from_slice::<Action>(&timer.payload) {
+            Ok(action) => self.proposed.push(Proposal {
+                action,
+                received: Instant::now(),
+                released: true,
+            }),
+            Err(e) => {
+                let detail = format!("held action {} is unreadable: {e}", timer.id);
+                let letter = DeadLetter {
+                    reason: "invalid",
+                    detail: &detail,
+                    subject: "timer",
+                    plugin: None,
+                    event_id: Some(&timer.id),
+                    body: Bytes::from(timer.payload.clone()),
+                };
+                self.egress.send_blocking(letter.into_outbound());
+            }
+        }
     }
 
     /// Judge the proposed actions, highest rank first, record each decision in the actor's
@@ -674,24 +717,43 @@ impl Shard {
     fn arbitrate(&mut self) {
         let mut proposed = std::mem::take(&mut self.proposed);
         let policies = self.policies.load();
-        proposed.sort_by_key(|(a, _)| std::cmp::Reverse(policies.rank(a)));
-        for (action, received) in proposed.drain(..) {
+        proposed.sort_by_key(|p| std::cmp::Reverse(policies.rank(&p.action)));
+        for Proposal {
+            action,
+            received,
+            released,
+        } in proposed.drain(..)
+        {
             let mut ledger = self.ledger(&action.actor);
-            let decision = ledger.decide(&policies, &action, now_ms());
-            let (reason, delivered) = match &decision {
-                Decision::Replayed => ("replayed", false),
-                Decision::Decided(Outcome::Delivered) => ("none", true),
-                Decision::Decided(Outcome::Suppressed(r)) => (r.label(), false),
+            let decision = ledger.decide(&policies, &action, now_ms(), released);
+            let reason = match &decision {
+                Decision::Replayed => "replayed",
+                Decision::Decided(Outcome::Delivered) => "none",
+                Decision::Decided(Outcome::Held { .. }) => "held",
+                Decision::Decided(Outcome::Suppressed(r)) => r.label(),
             };
             self.count_decision(&action.category, reason);
-            if decision == Decision::Replayed {
+            let Decision::Decided(outcome) = decision else {
                 continue;
-            }
+            };
             self.store_ledger(&action.actor, &ledger);
-            if delivered {
-                self.actions_out.increment(1);
-                self.event_to_action.record(received.elapsed().as_secs_f64());
-                self.send_action(action, received);
+            match outcome {
+                Outcome::Delivered => {
+                    self.actions_out.increment(1);
+                    if !released {
+                        // A held action waited on purpose; its wait is not latency.
+                        self.event_to_action.record(received.elapsed().as_secs_f64());
+                    }
+                    self.send_action(action, received);
+                }
+                Outcome::Held { until } => match rmp_serde::to_vec(&action) {
+                    Ok(payload) => {
+                        let timers = &mut self.stores().timers;
+                        timers.set(ARBITER_TIMERS, &action.actor, &action.id, until, payload);
+                    }
+                    Err(e) => tracing::error!(error = %e, action = action.id, "a held action cannot be stored"),
+                },
+                Outcome::Suppressed(_) => {}
             }
         }
         // Keep the buffer's capacity for the next input.
@@ -699,18 +761,21 @@ impl Shard {
     }
 
     fn count_decision(&mut self, category: &str, reason: &'static str) {
-        let key = (category.to_owned(), reason);
+        if let Some(counter) = self.decisions.get(category).and_then(|by_reason| by_reason.get(reason)) {
+            counter.increment(1);
+            return;
+        }
+        let decision = match reason {
+            "none" => "delivered",
+            "replayed" | "held" => reason,
+            _ => "suppressed",
+        };
+        let counter = metrics::counter!(m::ACTION_DECISIONS, "category" => category.to_owned(), "decision" => decision, "reason" => reason);
+        counter.increment(1);
         self.decisions
-            .entry(key)
-            .or_insert_with(|| {
-                let decision = match reason {
-                    "none" => "delivered",
-                    "replayed" => "replayed",
-                    _ => "suppressed",
-                };
-                metrics::counter!(m::ACTION_DECISIONS, "category" => category.to_owned(), "decision" => decision, "reason" => reason)
-            })
-            .increment(1);
+            .entry(category.to_owned())
+            .or_default()
+            .insert(reason, counter);
     }
 
     /// A delivered action goes to the delivery plugins subscribed to it, or, when none is, to

@@ -32,6 +32,12 @@ pub enum StateError {
     Sled(#[from] sled::Error),
 }
 
+/// sled's error when another handle (or process) still holds the database's file lock; sled
+/// says so only in the message.
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 /// The hub's database and its fixed trees.
 #[derive(Clone)]
 pub struct Db {
@@ -46,15 +52,27 @@ impl Db {
     /// Open (or create) the database under `dir/state`.
     pub fn open(dir: &Path, flush_every_ms: u64) -> Result<Db, StateError> {
         let path = dir.join("state");
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             .flush_every_ms(Some(flush_every_ms.max(1)))
-            .cache_capacity(256 << 20)
-            .open()
-            .map_err(|source| StateError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .cache_capacity(256 << 20);
+        // sled releases its file lock from its flusher thread, a moment after the last handle
+        // is dropped: a hub restarted at once (in the same process, or by a supervisor) waits
+        // for that instead of failing.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e)) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => {
+                    break opened.map_err(|source| StateError::Open {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                }
+            }
+        };
         Ok(Db {
             timers: db.open_tree("timers")?,
             profiles: db.open_tree("profiles")?,

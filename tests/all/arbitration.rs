@@ -1,14 +1,10 @@
 //! The arbiter between scenarios and delivery: priorities, contact limits, dedup, policies
 //! changed at run time, and what a replay of the same input does on the action stream.
 
-use crate::support::{Api, Env, http_get, next, nothing};
+use crate::support::{Api, Env, http_get, next, nothing, shoes_cart};
 use hub::arbiter::{Limit, Policies};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
-
-fn cart() -> Value {
-    json!({"items": [{"sku": "A1", "name": "Shoes", "price": 59.9, "qty": 1}], "total": 59.9})
-}
 
 /// The actor's ledger as (action name, decision, reason).
 async fn decisions(api: &Api, actor: &str) -> Vec<(String, String, Option<String>)> {
@@ -39,10 +35,13 @@ async fn support_outranks_offers_and_limits_and_dedup_are_recorded_with_their_re
     let env = Env::new().await;
     let mut config = env.config();
     let mut policies = Policies::example();
-    // The conflict window alone decides between support and the offer here.
+    // The conflict window alone decides between support and the offer here; offers wait a
+    // second for a better action.
     policies.suppressions.clear();
     policies.conflict_window = Duration::from_secs(10);
-    policies.categories.get_mut("offer").expect("offer").limit = Some(Limit {
+    let offer = policies.categories.get_mut("offer").expect("offer");
+    offer.hold = Duration::from_secs(1);
+    offer.limit = Some(Limit {
         count: 2,
         window: Duration::from_secs(3600),
     });
@@ -56,13 +55,18 @@ async fn support_outranks_offers_and_limits_and_dedup_are_recorded_with_their_re
     let mut offers = env.sub("hub.actions.offer.cart_reminder").await;
     let mut callbacks = env.sub("hub.actions.support.callback").await;
 
-    // A support call, then an offer for the same customer within the conflict window: the
-    // offer is suppressed, and the ledger says why.
+    // An offer fires first and waits; a support call comes while it waits: support wins, and
+    // the ledger says why the offer never went out.
+    env.send("cart.updated", "s1", shoes_cart()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        decisions(&api, "s1").await,
+        [decision("offer.cart_reminder", "held", None)]
+    );
     for _ in 0..3 {
         env.send("payment.failed", "s1", json!({"amount": 20})).await;
     }
     next(&mut callbacks, "support.callback", 5).await;
-    env.send("cart.updated", "s1", cart()).await;
     nothing(&mut offers, "an offer outranked by support", 1_500).await;
     assert_eq!(
         decisions(&api, "s1").await,
@@ -77,7 +81,7 @@ async fn support_outranks_offers_and_limits_and_dedup_are_recorded_with_their_re
 
     // Two offers a window: the third abandoned cart is suppressed by the category limit.
     for n in 1..=3 {
-        env.send("cart.updated", "o1", cart()).await;
+        env.send("cart.updated", "o1", shoes_cart()).await;
         if n <= 2 {
             next(&mut offers, "an offer within the limit", 5).await;
         } else {
@@ -136,7 +140,7 @@ async fn support_outranks_offers_and_limits_and_dedup_are_recorded_with_their_re
         json!({"count": 5, "window": "1h"}),
         "{live}"
     );
-    env.send("cart.updated", "o1", cart()).await;
+    env.send("cart.updated", "o1", shoes_cart()).await;
     next(&mut offers, "an offer under the new limit", 5).await;
 
     // Every decision is counted.

@@ -2,7 +2,7 @@
 //! devices connected on `/push/{actor}` (WebSocket and server-sent events) and for a CRM
 //! webhook that fails twice before it answers.
 
-use crate::support::{Env, next, nothing, plugin_folder, reference};
+use crate::support::{Env, next, nothing, plugin_folder, reference, shoes_cart};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
@@ -10,10 +10,6 @@ use hub::config::{ChannelConfig, WebhookConfig};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn cart() -> Value {
-    json!({"items": [{"sku": "A1", "name": "Shoes", "price": 59.9, "qty": 1}], "total": 59.9})
-}
 
 /// One request the CRM received: idempotency key, target, body, and what it answered.
 type Received = Arc<Mutex<Vec<(String, String, Value, u16)>>>;
@@ -86,7 +82,7 @@ async fn notify_pushes_to_devices_and_a_flaky_webhook_gets_its_delivery_once() {
     let (mut device, _) = tokio_tungstenite::connect_async(format!("ws://{}/push/c1", hub.http_addr()))
         .await
         .expect("WebSocket connects");
-    env.send("cart.updated", "c1", cart()).await;
+    env.send("cart.updated", "c1", shoes_cart()).await;
     let message = tokio::time::timeout(Duration::from_secs(5), device.next())
         .await
         .expect("a push within 5 s")
@@ -110,7 +106,7 @@ async fn notify_pushes_to_devices_and_a_flaky_webhook_gets_its_delivery_once() {
         .await
         .expect("SSE connects");
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
-    env.send("cart.updated", "c2", cart()).await;
+    env.send("cart.updated", "c2", shoes_cart()).await;
     let chunk = tokio::time::timeout(Duration::from_secs(5), sse.chunk())
         .await
         .expect("an event within 5 s")
@@ -122,7 +118,7 @@ async fn notify_pushes_to_devices_and_a_flaky_webhook_gets_its_delivery_once() {
     assert_eq!(pushed["title"], "For you, there", "no profile, no name: {pushed}");
 
     // No device connected: the push goes to hub.deliveries.push for a push gateway.
-    env.send("cart.updated", "c3", cart()).await;
+    env.send("cart.updated", "c3", shoes_cart()).await;
     let msg = next(&mut offline, "an offline push", 5).await;
     assert_eq!(crate::support::header(&msg, "Hub-Target"), "c3");
 

@@ -170,6 +170,11 @@ pub fn shoes(visitor: &str) -> Value {
     serde_json::json!({"visitor": visitor, "product": {"sku": "A1", "name": "Shoes", "price": 59.9}, "qty": 1})
 }
 
+/// A `cart.updated` payload: one pair of shoes.
+pub fn shoes_cart() -> Value {
+    serde_json::json!({"items": [{"sku": "A1", "name": "Shoes", "price": 59.9, "qty": 1}], "total": 59.9})
+}
+
 /// The path of a built fixture plugin.
 pub fn fixture(file: &str) -> PathBuf {
     PathBuf::from(hub::FIXTURE_PLUGINS).join(file)

@@ -8,6 +8,8 @@ use std::time::Duration;
 /// Highest `count` a limit may have: the ledger keeps this many delivered actions per actor
 /// within the longest window, which is what lets it enforce any valid limit exactly.
 pub const MAX_LIMIT: u32 = 100;
+/// Longest hold: an action held longer is not "real time" any more.
+const MAX_HOLD: Duration = Duration::from_secs(3600);
 
 /// The arbiter's rules, applied per actor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -46,6 +48,12 @@ pub struct CategoryPolicy {
     /// Higher wins a conflict; categories not listed have priority 0.
     pub priority: i32,
     pub limit: Option<Limit>,
+    /// Actions of this category wait this long before they go out, so that a higher-ranked
+    /// action proposed meanwhile (within the conflict window) wins over them even when it comes
+    /// second. For categories where a few seconds do not matter (offers), never for support.
+    #[serde(with = "crate::config::duration_text")]
+    #[schema(value_type = String, example = "5s")]
+    pub hold: Duration,
 }
 
 /// While an action of category `by` delivered less than `for` ago is open, actions of the
@@ -76,10 +84,14 @@ impl Default for Policies {
 
 impl Policies {
     /// What `hub up` runs with: support outranks alerts outranks offers; within 30 s only the
-    /// highest-ranked action reaches a customer; at most 3 offers a day and 10 actions an hour;
+    /// highest-ranked action reaches a customer (offers wait 2 s for a better one); at most 3 offers a day and 10 actions an hour;
     /// an open support case holds offers back for an hour.
     pub fn example() -> Policies {
-        let category = |priority, limit| CategoryPolicy { priority, limit };
+        let category = |priority, limit| CategoryPolicy {
+            priority,
+            limit,
+            hold: Duration::ZERO,
+        };
         Policies {
             conflict_window: Duration::from_secs(30),
             dedup_window: Duration::from_secs(3600),
@@ -92,13 +104,16 @@ impl Policies {
                 ("alert".to_owned(), category(200, None)),
                 (
                     "offer".to_owned(),
-                    category(
-                        100,
-                        Some(Limit {
-                            count: 3,
-                            window: Duration::from_secs(24 * 3600),
-                        }),
-                    ),
+                    CategoryPolicy {
+                        hold: Duration::from_secs(2),
+                        ..category(
+                            100,
+                            Some(Limit {
+                                count: 3,
+                                window: Duration::from_secs(24 * 3600),
+                            }),
+                        )
+                    },
                 ),
             ]),
             suppressions: vec![Suppression {
@@ -121,6 +136,13 @@ impl Policies {
             }
             if let Some(l) = &c.limit {
                 check_limit(&mut problems, &format!("categories.{name}.limit"), l);
+            }
+            if c.hold > MAX_HOLD {
+                problems.push(format!(
+                    "categories.{name}.hold: at most {}, not {}",
+                    humantime::format_duration(MAX_HOLD),
+                    humantime::format_duration(c.hold)
+                ));
             }
         }
         for (i, s) in self.suppressions.iter().enumerate() {
@@ -155,6 +177,10 @@ impl Policies {
             .chain([self.conflict_window, self.dedup_window])
             .max()
             .unwrap_or_default()
+    }
+
+    pub fn hold_of(&self, category: &str) -> Duration {
+        self.categories.get(category).map_or(Duration::ZERO, |c| c.hold)
     }
 
     pub fn priority_of(&self, category: &str) -> i32 {
@@ -199,6 +225,7 @@ mod tests {
             [categories.offer]
             priority = 100
             limit = { count = 3, window = "24h" }
+            hold = "2s"
             [[suppressions]]
             by = "support"
             suppress = ["offer"]

@@ -269,9 +269,7 @@ async fn publish(
             Pace::Unpaced => total,
             Pace::Paced(rate) => {
                 ticker.tick().await;
-                // What should be out by now, so a late tick catches up instead of losing rate.
-                let due = started.elapsed().as_nanos() * u128::from(rate) / 1_000_000_000;
-                usize::try_from(due).unwrap_or(usize::MAX).min(total)
+                due_by_now(started, rate, total)
             }
         };
         while sent < due {
@@ -300,6 +298,13 @@ async fn publish(
         finished: Instant::now(),
         stalled: false,
     })
+}
+
+/// How many of `total` inputs should be out at `rate` per second since `started`: a late tick
+/// catches up instead of losing rate.
+pub(super) fn due_by_now(started: Instant, rate: u64, total: usize) -> usize {
+    let due = started.elapsed().as_nanos() * u128::from(rate) / 1_000_000_000;
+    usize::try_from(due).unwrap_or(usize::MAX).min(total)
 }
 
 /// Wait until `needed` outputs have arrived. False if none arrived during STALL: outputs were

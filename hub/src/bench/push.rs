@@ -5,6 +5,7 @@
 //! the plugins, the arbiter and the delivery plugin, to the message arriving on the device.
 
 use super::MAX_LATENCY_US;
+use super::phase::due_by_now;
 use super::workload::Batch;
 use crate::hub::Hub;
 use anyhow::Context;
@@ -118,8 +119,7 @@ async fn publish_paced(client: &Client, batch: &Batch, rate: u64) -> anyhow::Res
     let started = Instant::now();
     while sent_at.len() < batch.len() {
         ticker.tick().await;
-        let due = started.elapsed().as_nanos() * u128::from(rate) / 1_000_000_000;
-        let due = usize::try_from(due).unwrap_or(usize::MAX).min(batch.len());
+        let due = due_by_now(started, rate, batch.len());
         while sent_at.len() < due {
             let input = sent_at.len();
             sent_at.push(Instant::now());
