@@ -6,14 +6,15 @@
 //! timers that came due, hands events for other shards to their queues, and commits the state
 //! cache to sled once per commit interval. Outputs are published as soon as their event is done:
 //! their ids are derived from the cause, so a replay yields the same ids (DESIGN §7).
+//! The actions of an input are judged by the arbiter when the input is done (`shard/actions.rs`).
 //!
 //! Everything a shard touches is its own (plugin instances, state cache, timer wheel), so the
 //! hot path takes no lock shared with other shards.
 
 use crate::actor::{ActorRequest, ActorState, Erased, PendingTimer, decode_value};
-use crate::arbiter::{Decision, Ledger, Outcome, PolicyStore};
-use crate::delivery::{Delivery, Sinks};
-use crate::egress::{DeadLetter, Egress, Outbound, headers, subjects};
+use crate::arbiter::PolicyStore;
+use crate::delivery::Sinks;
+use crate::egress::{DeadLetter, Egress, Outbound, subjects};
 use crate::event::{Action, Event, Routed, derived_id, is_subject_safe, now_ms};
 use crate::metrics as m;
 use crate::registry::{Live, LivePlugin, LiveSet};
@@ -28,6 +29,9 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod actions;
+use actions::Proposal;
 
 /// How a shard is set up; built on the hub's thread, consumed by the shard's own thread.
 pub struct ShardSetup {
@@ -100,15 +104,6 @@ impl Supervisor {
         self.until = Some(now + backoff);
         true
     }
-}
-
-/// An action waiting for the arbiter.
-struct Proposal {
-    action: Action,
-    /// When the input that caused it arrived.
-    received: Instant,
-    /// A held action whose wait is over.
-    released: bool,
 }
 
 struct Loaded {
@@ -662,221 +657,6 @@ impl Shard {
             body: event.to_json().map(Bytes::from).unwrap_or_default(),
         };
         self.egress.send_blocking(letter.into_outbound());
-    }
-
-    /// Queue a proposed action for the arbiter, which judges the input's actions together.
-    fn propose(&mut self, p: usize, action: Action, received: Instant) {
-        if !is_subject_safe(&action.name) {
-            let detail = format!(
-                "plugin {} proposed an action with an invalid name {:?}",
-                self.plugins[p].name, action.name
-            );
-            let letter = DeadLetter {
-                reason: "plugin_error",
-                detail: &detail,
-                subject: "action",
-                plugin: Some(&self.plugins[p].name),
-                event_id: Some(&action.cause),
-                body: action.to_json().map(Bytes::from).unwrap_or_default(),
-            };
-            self.egress.send_blocking(letter.into_outbound());
-            return;
-        }
-        self.proposed.push(Proposal {
-            action,
-            received,
-            released: false,
-        });
-    }
-
-    /// A held action's wait is over: judge it again with what happened meanwhile.
-    fn release_held(&mut self, timer: &DueTimer) {
-        match rmp_serde::from_slice::<Action>(&timer.payload) {
-            Ok(action) => self.proposed.push(Proposal {
-                action,
-                received: Instant::now(),
-                released: true,
-            }),
-            Err(e) => {
-                let detail = format!("held action {} is unreadable: {e}", timer.id);
-                let letter = DeadLetter {
-                    reason: "invalid",
-                    detail: &detail,
-                    subject: "timer",
-                    plugin: None,
-                    event_id: Some(&timer.id),
-                    body: Bytes::from(timer.payload.clone()),
-                };
-                self.egress.send_blocking(letter.into_outbound());
-            }
-        }
-    }
-
-    /// Judge the proposed actions, highest rank first, record each decision in the actor's
-    /// ledger, and send the delivered ones on.
-    fn arbitrate(&mut self) {
-        let mut proposed = std::mem::take(&mut self.proposed);
-        let policies = self.policies.load();
-        proposed.sort_by_key(|p| std::cmp::Reverse(policies.rank(&p.action)));
-        for Proposal {
-            action,
-            received,
-            released,
-        } in proposed.drain(..)
-        {
-            let mut ledger = self.ledger(&action.actor);
-            let decision = ledger.decide(&policies, &action, now_ms(), released);
-            let reason = match &decision {
-                Decision::Replayed => "replayed",
-                Decision::Decided(Outcome::Delivered) => "none",
-                Decision::Decided(Outcome::Held { .. }) => "held",
-                Decision::Decided(Outcome::Suppressed(r)) => r.label(),
-            };
-            self.count_decision(&action.category, reason);
-            let Decision::Decided(outcome) = decision else {
-                continue;
-            };
-            self.store_ledger(&action.actor, &ledger);
-            match outcome {
-                Outcome::Delivered => {
-                    self.actions_out.increment(1);
-                    if !released {
-                        // A held action waited on purpose; its wait is not latency.
-                        self.event_to_action.record(received.elapsed().as_secs_f64());
-                    }
-                    self.send_action(action, received);
-                }
-                Outcome::Held { until } => match rmp_serde::to_vec(&action) {
-                    Ok(payload) => {
-                        let timers = &mut self.stores().timers;
-                        timers.set(ARBITER_TIMERS, &action.actor, &action.id, until, payload);
-                    }
-                    Err(e) => tracing::error!(error = %e, action = action.id, "a held action cannot be stored"),
-                },
-                Outcome::Suppressed(_) => {}
-            }
-        }
-        // Keep the buffer's capacity for the next input.
-        self.proposed = proposed;
-    }
-
-    fn count_decision(&mut self, category: &str, reason: &'static str) {
-        if let Some(counter) = self.decisions.get(category).and_then(|by_reason| by_reason.get(reason)) {
-            counter.increment(1);
-            return;
-        }
-        let decision = match reason {
-            "none" => "delivered",
-            "replayed" | "held" => reason,
-            _ => "suppressed",
-        };
-        let counter = metrics::counter!(m::ACTION_DECISIONS, "category" => category.to_owned(), "decision" => decision, "reason" => reason);
-        counter.increment(1);
-        self.decisions
-            .entry(category.to_owned())
-            .or_default()
-            .insert(reason, counter);
-    }
-
-    /// A delivered action goes to the delivery plugins subscribed to it, or, when none is, to
-    /// `hub.actions.<name>` (on the action stream, deduplicated by its id).
-    fn send_action(&mut self, action: Action, received: Instant) {
-        let mut kind = String::with_capacity(ACTION_KIND_PREFIX.len() + action.name.len());
-        kind.push_str(ACTION_KIND_PREFIX);
-        kind.push_str(&action.name);
-        let takers = self.subscribers_of(&kind);
-        if takers.is_empty() {
-            self.publish_action(&action);
-            return;
-        }
-        let routed = Routed {
-            event: Event {
-                id: action.id,
-                kind,
-                actor: action.actor,
-                time: action.time,
-                source: format!("plugin:{}", action.plugin),
-                payload: action.payload,
-            },
-            hops: 0,
-            received,
-        };
-        for &p in takers.iter() {
-            self.call(p, Cause::Event(&routed));
-        }
-    }
-
-    fn publish_action(&mut self, action: &Action) {
-        let body = match action.to_json() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, action = action.name, "action payload not representable as JSON");
-                return;
-            }
-        };
-        // What a consumer routes or deduplicates on without parsing the body.
-        let mut h = async_nats::HeaderMap::new();
-        h.insert(headers::MSG_ID, action.id.as_str());
-        h.insert(headers::ACTOR, action.actor.as_str());
-        h.insert(headers::CAUSE, action.cause.as_str());
-        self.egress.send_blocking(Outbound {
-            subject: subjects::join(subjects::ACTIONS, &action.name),
-            headers: Some(h),
-            payload: Bytes::from(body),
-        });
-    }
-
-    /// Hand a rendered delivery to its channel's sink.
-    fn deliver(&mut self, p: usize, id: String, actor: &str, channel: String, target: String, body: Vec<u8>) {
-        if !is_subject_safe(&channel) {
-            // Dead-lettered like an invalid event or action: nothing is dropped silently.
-            let detail = format!(
-                "plugin {} delivered to an invalid channel name {channel:?}",
-                self.plugins[p].name
-            );
-            let letter = DeadLetter {
-                reason: "plugin_error",
-                detail: &detail,
-                subject: "delivery",
-                plugin: Some(&self.plugins[p].name),
-                event_id: Some(&id),
-                body: Bytes::from(body),
-            };
-            self.egress.send_blocking(letter.into_outbound());
-            return;
-        }
-        self.sinks.deliver(Delivery {
-            id,
-            actor: actor.to_owned(),
-            channel,
-            target,
-            plugin: self.plugins[p].name.to_string(),
-            body: Bytes::from(body),
-        });
-    }
-
-    /// The actor's action ledger (empty if unreadable: decisions go on, and the error is logged).
-    fn ledger(&mut self, actor: &str) -> Ledger {
-        let slot = self.actions_slot;
-        match self.stores().state.get(slot, actor, LEDGER_KEY) {
-            Ok(Some(bytes)) => rmp_serde::from_slice(bytes).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, actor, "action ledger unreadable; starting a new one");
-                Ledger::default()
-            }),
-            Ok(None) => Ledger::default(),
-            Err(e) => {
-                tracing::warn!(error = %e, actor, "action ledger unreadable");
-                Ledger::default()
-            }
-        }
-    }
-
-    fn store_ledger(&mut self, actor: &str, ledger: &Ledger) {
-        let slot = self.actions_slot;
-        match rmp_serde::to_vec(ledger) {
-            Ok(bytes) => self.stores().state.set(slot, actor, LEDGER_KEY, Some(bytes)),
-            Err(e) => tracing::warn!(error = %e, actor, "action ledger not recorded"),
-        }
     }
 
     /// Inspect or erase one actor for the admin API.
