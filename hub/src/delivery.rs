@@ -108,7 +108,6 @@ impl Sinks {
     /// Hand a delivery to its channel's sink. Blocks only on NATS backpressure (the `nats` sink,
     /// and dead letters), like every other publish of a shard.
     pub fn deliver(&self, delivery: Delivery) {
-        metrics::counter!(m::DELIVERIES_OUT, "channel" => delivery.channel.clone()).increment(1);
         let refused = match self.channels.get(&delivery.channel).unwrap_or(&Sink::Nats) {
             Sink::Nats => {
                 self.egress.send_blocking(delivery.outbound());

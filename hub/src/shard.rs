@@ -149,6 +149,10 @@ pub struct Shard {
     sinks: Sinks,
     /// Actions proposed while handling the current input, judged together when it is done.
     proposed: Vec<Proposal>,
+    /// Deliveries handed to the sinks so far (tells whether delivery plugins took an action).
+    deliveries_made: u64,
+    /// Delivery counters by channel, kept like `decisions`.
+    deliveries: FxHashMap<String, metrics::Counter>,
     /// Decision counters by category and reason, so the hot path neither registers nor allocates.
     decisions: FxHashMap<String, FxHashMap<&'static str, metrics::Counter>>,
     subscribers: FxHashMap<String, Rc<[usize]>>,
@@ -197,6 +201,8 @@ impl Shard {
             sinks: setup.sinks,
             proposed: Vec::new(),
             decisions: FxHashMap::default(),
+            deliveries_made: 0,
+            deliveries: FxHashMap::default(),
             subscribers: FxHashMap::default(),
             stores: Some(Box::new(ShardStores {
                 state,

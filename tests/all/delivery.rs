@@ -142,5 +142,17 @@ async fn notify_pushes_to_devices_and_a_flaky_webhook_gets_its_delivery_once() {
     assert_eq!(attempts[2].1, "queue-1");
     assert_eq!(attempts[2].2["action"], "support.callback");
     nothing(&mut dlq, "a dead letter", 200).await;
+
+    // An action the delivery plugin has no route for is not lost: it goes to hub.actions.
+    let api = crate::support::Api::new(&hub, None);
+    let offers_only = r#"{"routes": [{"actions": "offer.*", "channel": "push"}]}"#;
+    let (status, body) = api.put_json("/api/plugins/notify/config", offers_only).await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..3 {
+        env.send("payment.failed", "c5", json!({"amount": 20})).await;
+    }
+    let msg = next(&mut actions, "an action no delivery plugin delivered", 5).await;
+    assert_eq!(msg.subject.as_str(), "hub.actions.support.callback");
+    assert_eq!(crate::support::header(&msg, "Hub-Actor"), "c5");
     hub.shutdown().await;
 }

@@ -85,13 +85,13 @@ impl Shard {
         {
             let mut ledger = self.ledger(&action.actor);
             let decision = ledger.decide(&policies, &action, now_ms(), released);
-            let reason = match &decision {
-                Decision::Replayed => "replayed",
-                Decision::Decided(Outcome::Delivered) => "none",
-                Decision::Decided(Outcome::Held { .. }) => "held",
-                Decision::Decided(Outcome::Suppressed(r)) => r.label(),
+            let (verdict, reason) = match &decision {
+                Decision::Replayed => ("replayed", "replayed"),
+                Decision::Decided(Outcome::Delivered) => ("delivered", "none"),
+                Decision::Decided(Outcome::Held { .. }) => ("held", "held"),
+                Decision::Decided(Outcome::Suppressed(r)) => ("suppressed", r.label()),
             };
-            self.count_decision(&action.category, reason);
+            self.count_decision(&action.category, verdict, reason);
             let Decision::Decided(outcome) = decision else {
                 continue;
             };
@@ -119,16 +119,11 @@ impl Shard {
         self.proposed = proposed;
     }
 
-    fn count_decision(&mut self, category: &str, reason: &'static str) {
+    fn count_decision(&mut self, category: &str, decision: &'static str, reason: &'static str) {
         if let Some(counter) = self.decisions.get(category).and_then(|by_reason| by_reason.get(reason)) {
             counter.increment(1);
             return;
         }
-        let decision = match reason {
-            "none" => "delivered",
-            "replayed" | "held" => reason,
-            _ => "suppressed",
-        };
         let counter = metrics::counter!(m::ACTION_DECISIONS, "category" => category.to_owned(), "decision" => decision, "reason" => reason);
         counter.increment(1);
         self.decisions
@@ -137,8 +132,9 @@ impl Shard {
             .insert(reason, counter);
     }
 
-    /// A delivered action goes to the delivery plugins subscribed to it, or, when none is, to
-    /// `hub.actions.<name>` (on the action stream, deduplicated by its id).
+    /// A delivered action goes to the delivery plugins subscribed to it; when none of them
+    /// delivers it (none is subscribed, none has a route for it, or their calls failed), it
+    /// goes to `hub.actions.<name>` (on the action stream, deduplicated by its id).
     fn send_action(&mut self, action: Action, received: Instant) {
         let mut kind = String::with_capacity(ACTION_KIND_PREFIX.len() + action.name.len());
         kind.push_str(ACTION_KIND_PREFIX);
@@ -150,18 +146,22 @@ impl Shard {
         }
         let routed = Routed {
             event: Event {
-                id: action.id,
+                id: action.id.clone(),
                 kind,
-                actor: action.actor,
+                actor: action.actor.clone(),
                 time: action.time,
                 source: format!("plugin:{}", action.plugin),
-                payload: action.payload,
+                payload: action.payload.clone(),
             },
             hops: 0,
             received,
         };
+        let deliveries_before = self.deliveries_made;
         for &p in takers.iter() {
             self.call(p, Cause::Event(&routed));
+        }
+        if self.deliveries_made == deliveries_before {
+            self.publish_action(&action);
         }
     }
 
@@ -211,6 +211,15 @@ impl Shard {
             };
             self.egress.send_blocking(letter.into_outbound());
             return;
+        }
+        self.deliveries_made += 1;
+        match self.deliveries.get(&channel) {
+            Some(counter) => counter.increment(1),
+            None => {
+                let counter = metrics::counter!(m::DELIVERIES_OUT, "channel" => channel.clone());
+                counter.increment(1);
+                self.deliveries.insert(channel.clone(), counter);
+            }
         }
         self.sinks.deliver(Delivery {
             id,
