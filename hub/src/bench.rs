@@ -34,6 +34,7 @@
 //! unexpected, and either fails the command. Event→action latency is measured from the publish
 //! of the input whose id an action carries as its `Hub-Cause`.
 
+mod cpu;
 mod examples;
 mod phase;
 mod push;
@@ -125,7 +126,7 @@ pub enum Mix {
 /// Run the bench, print the report, and fail if any output was lost.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let server = Server::for_args(&args).await?;
-    let outcome = bench(&args, server.url()).await;
+    let outcome = bench(&args, server.url(), server.pid()).await;
     let server_slow_consumers = server.slow_consumers();
     server.stop().await;
     let mut report = outcome?;
@@ -163,6 +164,13 @@ impl Server {
         Ok(Server::Private { nats, dir })
     }
 
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Server::External(_) => None,
+            Server::Private { nats, .. } => nats.pid(),
+        }
+    }
+
     fn url(&self) -> &str {
         match self {
             Server::External(url) => url,
@@ -196,16 +204,19 @@ struct Clients {
     relay: Client,
     /// Slow-consumer events reported by these clients (each means dropped messages).
     slow_consumers: Arc<AtomicU64>,
+    /// The private nats-server, whose CPU time each phase reports.
+    server_pid: Option<u32>,
 }
 
 impl Clients {
-    async fn connect(url: &str) -> anyhow::Result<Clients> {
+    async fn connect(url: &str, server_pid: Option<u32>) -> anyhow::Result<Clients> {
         let slow_consumers = Arc::new(AtomicU64::new(0));
         Ok(Clients {
             publisher: connect(url, "hub-bench-publisher", &slow_consumers).await?,
             receiver: connect(url, "hub-bench-receiver", &slow_consumers).await?,
             relay: connect(url, "hub-bench-relay", &slow_consumers).await?,
             slow_consumers,
+            server_pid,
         })
     }
 }
@@ -235,8 +246,8 @@ async fn connect(url: &str, name: &str, slow_consumers: &Arc<AtomicU64>) -> anyh
 }
 
 /// Every run, then the medians.
-async fn bench(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
-    let clients = Clients::connect(url).await?;
+async fn bench(args: &BenchArgs, url: &str, server_pid: Option<u32>) -> anyhow::Result<Report> {
+    let clients = Clients::connect(url, server_pid).await?;
     let mut runs = Vec::new();
     for run in 1..=args.runs {
         tracing::info!(run, of = args.runs, "bench run starting");

@@ -101,6 +101,11 @@ impl LocalNats {
     }
 
     /// Stop the server gracefully (SIGTERM), killing it if it does not exit in 5 s.
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = nix::sys::signal::kill(

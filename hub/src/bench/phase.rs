@@ -2,6 +2,7 @@
 //! subject and time its actions on another, and measure. The relay phase runs the same machinery
 //! against a plain relay.
 
+use super::cpu::{CpuMark, CpuPerInput};
 use super::workload::Batch;
 use super::{Clients, MAX_LATENCY_US};
 use crate::egress::headers;
@@ -159,6 +160,8 @@ pub(super) struct PhaseOutcome {
     pub(super) publishing: Duration,
     /// Actions timed from the publish of the input that caused them.
     pub(super) latency: Histogram<u64>,
+    /// CPU time from the first publish to the last output, per input.
+    pub(super) cpu: Option<CpuPerInput>,
 }
 
 /// Publish a batch with flow control, collect its outputs, and measure.
@@ -185,6 +188,7 @@ pub(super) async fn run_phase(
     let (stop, stopped) = watch::channel(false);
     let receiver = tokio::spawn(receive(sub, tally.clone(), outputs, stopped, latency));
 
+    let cpu = CpuMark::now(clients.server_pid);
     let published = publish(&clients.publisher, batch, outputs, &tally, pace).await;
     let flushed = clients.publisher.flush().await;
     let sent = published.as_ref().map_or(0, |p| p.sent);
@@ -192,6 +196,7 @@ pub(super) async fn run_phase(
     if published.is_ok() && flushed.is_ok() {
         wait_for_outputs(&tally, expected).await;
     }
+    let cpu = cpu.and_then(|mark| mark.per_input(sent as u64));
     let _ = stop.send(true);
     let latency = receiver.await.context("the receiver task failed")?;
     let published = published?;
@@ -238,6 +243,7 @@ pub(super) async fn run_phase(
         elapsed: last_output.saturating_duration_since(published.started),
         publishing: published.finished.saturating_duration_since(published.started),
         latency,
+        cpu,
     })
 }
 

@@ -3,6 +3,7 @@
 
 use super::BenchArgs;
 use super::Mix;
+use super::cpu::CpuPerInput;
 use super::phase::{OutputCount, Outputs, PhaseOutcome};
 use super::push::PushOutcome;
 use super::swap::SwapTiming;
@@ -55,6 +56,9 @@ struct PhaseReport {
     /// Event→action latency (hub phases).
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_ms: Option<Latency>,
+    /// CPU time per input over the phase (Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_per_input: Option<CpuPerInput>,
 }
 
 impl PhaseReport {
@@ -83,6 +87,7 @@ impl PhaseReport {
                 Outputs::Hub => Some(Latency::of(&o.latency)),
                 Outputs::Relay => None,
             },
+            cpu_per_input: o.cpu,
         }
     }
 
@@ -122,6 +127,19 @@ impl PhaseReport {
                 p50: lat(|l| l.p50),
                 p99: lat(|l| l.p99),
                 p999: lat(|l| l.p999),
+            }),
+            cpu_per_input: median(
+                runs.iter()
+                    .filter_map(|r| r.cpu_per_input.map(|c| c.process_us))
+                    .collect(),
+            )
+            .map(|process_us| CpuPerInput {
+                process_us,
+                nats_server_us: median(
+                    runs.iter()
+                        .filter_map(|r| r.cpu_per_input.and_then(|c| c.nats_server_us))
+                        .collect(),
+                ),
             }),
         }
     }
@@ -379,6 +397,9 @@ pub(super) fn print_text(r: &Report) {
         r.unpaced.lost,
         latency_text(r.unpaced.latency_ms)
     );
+    if let Some(cpu) = r.unpaced.cpu_per_input {
+        println!("  cpu     {}", cpu_text(cpu, "event"));
+    }
     if breakdown {
         println!("  outputs {}", outputs_text(&r.unpaced));
     }
@@ -432,6 +453,9 @@ pub(super) fn print_text(r: &Report) {
         "relay     {:.0} msgs/s (plain async-nats subscribe+republish)   hub/relay = {:.2}{relay_lost}",
         r.relay.per_sec, r.hub_relay_ratio
     );
+    if let Some(cpu) = r.relay.cpu_per_input {
+        println!("  cpu     {}", cpu_text(cpu, "message"));
+    }
     let dead_letters =
         r.unpaced.dead_letters + r.paced.dead_letters + r.swapping.as_ref().map_or(0, |s| s.phase.dead_letters);
     if dead_letters > 0 {
@@ -448,6 +472,14 @@ pub(super) fn print_text(r: &Report) {
             r.server_slow_consumers.unwrap_or(0)
         );
     }
+}
+
+/// CPU time per input: what contention on a shared machine distorts least.
+fn cpu_text(cpu: CpuPerInput, per: &str) -> String {
+    let server = cpu
+        .nats_server_us
+        .map_or_else(String::new, |s| format!(" + nats-server {s:.1} µs"));
+    format!("{:.1} µs per {per} (bench process){server}", cpu.process_us)
 }
 
 /// Each subject's share of the inputs, largest first.
