@@ -4,6 +4,7 @@
 //! in the hub sees the generated bindings.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use std::fmt::Write as _;
 
 /// One event of one actor. `payload` is the MessagePack encoding of a map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +53,10 @@ pub fn derived_id(cause: &str, plugin: &str, index: usize) -> String {
     h.update(&[0]);
     h.update(plugin.as_bytes());
     h.update(&(index as u64).to_le_bytes());
-    format!("{:032x}", h.digest128())
+    // `format!` would grow its buffer from empty; this runs for every output.
+    let mut id = String::with_capacity(32);
+    let _ = write!(id, "{:032x}", h.digest128());
+    id
 }
 
 /// Serializes MessagePack bytes as the equivalent JSON (or any serde format) without an
@@ -82,14 +86,22 @@ impl Event {
             source: &'a str,
             payload: MsgpackAsJson<'a>,
         }
-        serde_json::to_vec(&Wire {
-            id: &self.id,
-            kind: &self.kind,
-            actor: &self.actor,
-            time: self.time,
-            source: &self.source,
-            payload: MsgpackAsJson(&self.payload),
-        })
+        // Sized for the usual case (JSON of a MessagePack map is up to about twice as long), so
+        // the buffer of every published event is allocated once.
+        let text = self.id.len() + self.kind.len() + self.actor.len() + self.source.len();
+        let mut body = Vec::with_capacity(96 + text + 2 * self.payload.len());
+        serde_json::to_writer(
+            &mut body,
+            &Wire {
+                id: &self.id,
+                kind: &self.kind,
+                actor: &self.actor,
+                time: self.time,
+                source: &self.source,
+                payload: MsgpackAsJson(&self.payload),
+            },
+        )?;
+        Ok(body)
     }
 }
 

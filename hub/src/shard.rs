@@ -25,6 +25,7 @@ use crate::stats::{Pending, PluginStats};
 use bytes::Bytes;
 use hub_plugin_sdk::pattern::kind_matches;
 use rustc_hash::FxHashMap;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -552,9 +553,14 @@ impl Shard {
             return;
         }
         let (cause_id, actor, hops, received) = match cause {
-            Cause::Event(r) => (r.event.id.clone(), r.event.actor.as_str(), r.hops, r.received),
+            Cause::Event(r) => (
+                Cow::Borrowed(r.event.id.as_str()),
+                r.event.actor.as_str(),
+                r.hops,
+                r.received,
+            ),
             Cause::Timer(t) => (
-                format!("timer:{}:{}:{}:{}", t.plugin, t.actor, t.id, t.due),
+                Cow::Owned(format!("timer:{}:{}:{}:{}", t.plugin, t.actor, t.id, t.due)),
                 t.actor.as_str(),
                 0,
                 Instant::now(),
@@ -602,7 +608,7 @@ impl Shard {
                         dedup_key,
                         actor: actor.to_owned(),
                         plugin: self.plugins[p].name.to_string(),
-                        cause: cause_id.clone(),
+                        cause: cause_id.to_string(),
                         time: now,
                         payload,
                     };

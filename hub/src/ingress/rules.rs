@@ -8,6 +8,7 @@
 use super::{IdGen, IngressError};
 use crate::config::IngestRule;
 use crate::event::{Event, is_subject_safe, now_ms};
+use std::borrow::Cow;
 
 #[derive(Debug, Clone)]
 enum Piece {
@@ -74,13 +75,17 @@ impl CompiledRule {
         if !hub_plugin_sdk::pattern::kind_matches(&self.subject, subject) {
             return Err("subject does not match".into());
         }
-        let tokens: Vec<&str> = subject.split('.').collect();
-        let mut kind = String::new();
+        let mut kind = String::with_capacity(subject.len() + 32);
         for piece in &self.kind {
             match piece {
                 Piece::Text(t) => kind.push_str(t),
                 Piece::Subject => kind.push_str(subject),
-                Piece::Token(n) => kind.push_str(tokens.get(n - 1).ok_or_else(|| format!("subject has no token {n}"))?),
+                Piece::Token(n) => kind.push_str(
+                    subject
+                        .split('.')
+                        .nth(n - 1)
+                        .ok_or_else(|| format!("subject has no token {n}"))?,
+                ),
             }
         }
         if !is_subject_safe(&kind) {
@@ -161,7 +166,7 @@ fn locate(l: &Locator, headers: Option<&async_nats::HeaderMap>, body: &Body<'_>)
     let found = match l {
         Locator::Header(h) => headers?.get(h.as_str())?.as_str().to_owned(),
         Locator::Pointer(p) => match body.field(p)? {
-            Scalar::Str(s) => s,
+            Scalar::Str(s) => s.into_owned(),
             Scalar::Int(n) => n.to_string(),
             Scalar::Float(n) => n.to_string(),
         },
@@ -199,10 +204,11 @@ impl RuleSet {
     }
 }
 
-/// A located value: what a pointer may find (other JSON kinds count as not found).
+/// A located value: what a pointer may find (other JSON kinds count as not found). Strings
+/// borrow from the body where they can, so a located actor or id is copied once, into the event.
 #[derive(Debug, Clone, PartialEq)]
-enum Scalar {
-    Str(String),
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
     Int(i64),
     Float(f64),
 }
@@ -211,7 +217,7 @@ enum Scalar {
 enum Body<'a> {
     /// Top-level fields only, read in one pass; the payload is transcoded from the bytes.
     Flat {
-        fields: Vec<(&'a str, Scalar)>,
+        fields: Vec<(&'a str, Scalar<'a>)>,
         raw: &'a [u8],
     },
     /// The whole tree, for nested pointers and bodies that are not objects.
@@ -219,14 +225,18 @@ enum Body<'a> {
 }
 
 impl Body<'_> {
-    fn field(&self, pointer: &str) -> Option<Scalar> {
+    fn field(&self, pointer: &str) -> Option<Scalar<'_>> {
         match self {
             Body::Flat { fields, .. } => {
                 let key = pointer.strip_prefix('/')?;
-                fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+                fields.iter().find(|(k, _)| *k == key).map(|(_, v)| match v {
+                    Scalar::Str(s) => Scalar::Str(Cow::Borrowed(s)),
+                    Scalar::Int(n) => Scalar::Int(*n),
+                    Scalar::Float(n) => Scalar::Float(*n),
+                })
             }
             Body::Tree(value) => match value.pointer(pointer)? {
-                serde_json::Value::String(s) => Some(Scalar::Str(s.clone())),
+                serde_json::Value::String(s) => Some(Scalar::Str(Cow::Borrowed(s))),
                 serde_json::Value::Number(n) => n.as_i64().map(Scalar::Int).or(n.as_f64().map(Scalar::Float)),
                 _ => None,
             },
@@ -276,12 +286,15 @@ fn read_flat<'a>(raw: &'a [u8], keys: &'a [String]) -> Result<Body<'a>, serde_js
     }
     struct ScalarVisitor;
     impl<'de> Visitor<'de> for ScalarVisitor {
-        type Value = Option<Scalar>;
+        type Value = Option<Scalar<'de>>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("any JSON value")
         }
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Scalar::Str(Cow::Borrowed(v))))
+        }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(Scalar::Str(v.to_owned())))
+            Ok(Some(Scalar::Str(Cow::Owned(v.to_owned()))))
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
             Ok(Some(Scalar::Int(v)))
@@ -309,13 +322,13 @@ fn read_flat<'a>(raw: &'a [u8], keys: &'a [String]) -> Result<Body<'a>, serde_js
     }
     struct ScalarSeed;
     impl<'de> DeserializeSeed<'de> for ScalarSeed {
-        type Value = Option<Scalar>;
+        type Value = Option<Scalar<'de>>;
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_any(ScalarVisitor)
         }
     }
     impl<'de, 'k> Visitor<'de> for Fields<'k> {
-        type Value = Vec<(&'k str, Scalar)>;
+        type Value = Vec<(&'k str, Scalar<'de>)>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
