@@ -19,18 +19,13 @@ use std::path::PathBuf;
 )]
 struct Cli {
     /// Worker threads of the async runtime (NATS connections, ingress decoding, HTTP, device push);
-    /// plugins run on the shard threads besides [default: a quarter of the cores, at least 1]
+    /// plugins run on the shard threads besides [default: one per core]. Fewer leave more of the
+    /// machine to the shards: on 2 cores, 1 gave 5–12 % more unpaced throughput but a higher p99
+    /// at a steady 10k events/s (`hub bench`, interleaved runs)
     #[arg(long, global = true, env = "HUB_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     io_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
-}
-
-/// The shards already take a thread per core, so the I/O side gets a share of the cores, not all
-/// of them: on 2 cores, a second I/O thread only competed with the shards (`hub bench`: 72–76k
-/// against 76–88k events/s with one, in interleaved pairs, and more CPU time per event).
-fn default_io_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(4))
 }
 
 #[derive(Subcommand)]
@@ -145,11 +140,12 @@ pub fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.io_threads.map_or_else(default_io_threads, usize::from))
-        .enable_all()
-        .thread_name("hub-io")
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("hub-io");
+    if let Some(threads) = cli.io_threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    let runtime = runtime.build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Up(a) => up(a).await,
