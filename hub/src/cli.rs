@@ -20,7 +20,7 @@ use std::path::PathBuf;
 struct Cli {
     /// Worker threads of the async runtime (NATS connections, ingress decoding, HTTP, device push);
     /// plugins run on the shard threads besides [default: one per core]. Fewer leave more of the
-    /// machine to the shards: on 2 cores, 1 gave 5–12 % more unpaced throughput but a higher p99
+    /// machine to the shards: on 2 cores, 1 gave 6–22 % more unpaced throughput but a higher p99
     /// at a steady 10k events/s (`hub bench`, interleaved runs)
     #[arg(long, global = true, env = "HUB_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     io_threads: Option<u16>,
