@@ -7,7 +7,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use hub::config::PluginLimits;
 use hub::event::Event;
 use hub::runtime::{PluginInstance, PluginModule, Runtime, ShardStores};
-use hub::state::{Db, StateCache, TimerWheel};
+use hub::state::{Db, StateCache};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -39,7 +39,7 @@ fn setup(file: &str, config: serde_json::Value) -> Setup {
     let instance = PluginInstance::new(module, "bench".into(), slot).expect("instance");
     let stores = Some(Box::new(ShardStores {
         state: cache,
-        timers: TimerWheel::new(db.timers.clone()),
+        timers: db.load_timers(1, |_| 0).expect("timers").0.remove(0),
         profiles: db.profiles.clone(),
     }));
     Setup {

@@ -11,7 +11,7 @@ use crate::registry::Registry;
 use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::shard::{Shard, ShardSetup};
-use crate::state::{Committer, Db, StateError, TimerWheel};
+use crate::state::{Committer, Db, StateError};
 use crate::stats::PluginStats;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,8 +114,7 @@ impl Hub {
         let push = PushHub::start(&config.push, config.http.listen, egress.clone());
         let sinks = Sinks::start(&config.channels, push.clone(), egress.clone());
 
-        let mut wheels: Vec<TimerWheel> = (0..shard_count).map(|_| TimerWheel::new(db.timers.clone())).collect();
-        let timers_restored = db.load_timers(&mut wheels, |actor| router.shard_of(actor))?;
+        let (wheels, timers_restored) = db.load_timers(shard_count, |actor| router.shard_of(actor))?;
 
         let (committer, commits) = Committer::start(shard_count * 4)?;
         let mut shards = Vec::with_capacity(shard_count);

@@ -758,11 +758,7 @@ impl Shard {
         erased.actions = self.ledger(actor).entries.len();
         let slot = self.actions_slot;
         self.stores().state.set(slot, actor, LEDGER_KEY, None);
-        let timers = &mut self.stores().timers;
-        for t in timers.of_actor(actor) {
-            timers.cancel(&t.plugin, actor, &t.id);
-            erased.timers += 1;
-        }
+        erased.timers = self.stores().timers.erase_actor(actor);
         // Make the erasure durable now rather than at the next interval.
         self.commit();
         Ok(erased)

@@ -8,13 +8,16 @@
 //!
 //! Trees:
 //! - `state/<plugin>`: key = actor ‖ user key (see [`keys`]);
-//! - `timers`: key = plugin ‖ actor ‖ timer id, value = due ‖ payload;
+//! - `timer-log`: the pending timers as a log of changes per shard (see [`timer_log`]);
+//!   `timers` (key = plugin ‖ actor ‖ timer id, value = due ‖ payload) is where versions before
+//!   the log kept them, read once at start and emptied;
 //! - `profiles`: key = actor, value = MessagePack map.
 
 mod cache;
 mod committer;
 pub mod keys;
 mod profiles;
+mod timer_log;
 mod timers;
 
 pub use cache::{PluginSlot, StateCache};
@@ -42,7 +45,9 @@ fn is_lock_held(e: &std::io::Error) -> bool {
 #[derive(Clone)]
 pub struct Db {
     db: sled::Db,
-    pub timers: sled::Tree,
+    timer_log: sled::Tree,
+    /// Timers as earlier versions kept them; emptied at start.
+    legacy_timers: sled::Tree,
     pub profiles: sled::Tree,
     /// The recent actions of each actor (written behind like plugin state).
     pub actions: sled::Tree,
@@ -74,7 +79,8 @@ impl Db {
             }
         };
         Ok(Db {
-            timers: db.open_tree("timers")?,
+            timer_log: db.open_tree("timer-log")?,
+            legacy_timers: db.open_tree("timers")?,
             profiles: db.open_tree("profiles")?,
             actions: db.open_tree("actions")?,
             db,
@@ -106,29 +112,28 @@ impl Db {
         Ok(())
     }
 
-    /// Every pending timer, handed to the wheel of the shard that owns its actor.
+    /// One timer wheel per shard, holding every pending timer of the actors it owns; the log
+    /// is rewritten for this shard count (see [`timer_log::restore`]). Also returns how many
+    /// timers were restored.
     pub fn load_timers(
         &self,
-        wheels: &mut [TimerWheel],
+        shards: usize,
         shard_of: impl Fn(&str) -> usize,
-    ) -> Result<usize, StateError> {
+    ) -> Result<(Vec<TimerWheel>, usize), StateError> {
+        let (logs, owned) = timer_log::restore(&self.timer_log, &self.legacy_timers, shards, shard_of)?;
         let mut count = 0;
-        for entry in self.timers.iter() {
-            let (key, value) = entry?;
-            let Some(actor) = keys::timer_actor(&key) else {
-                tracing::warn!("skipping a timer with an unreadable key");
-                continue;
-            };
-            let Some((due, payload)) = keys::split_timer_value(&value) else {
-                tracing::warn!(actor, "skipping a timer with an unreadable value");
-                continue;
-            };
-            let shard = shard_of(actor);
-            if let Some(wheel) = wheels.get_mut(shard) {
-                wheel.restore(key.to_vec(), due, payload.to_vec());
-                count += 1;
-            }
-        }
-        Ok(count)
+        let wheels = logs
+            .into_iter()
+            .zip(owned)
+            .map(|(log, timers)| {
+                let mut wheel = TimerWheel::new(log);
+                count += timers.len();
+                for (key, due, payload) in timers {
+                    wheel.restore(key, due, payload);
+                }
+                wheel
+            })
+            .collect();
+        Ok((wheels, count))
     }
 }

@@ -1,11 +1,12 @@
-//! Durable timers of one shard: an in-memory wheel ordered by due time, written behind to the
-//! `timers` tree like state.
+//! Durable timers of one shard: an in-memory wheel ordered by due time, its changes written
+//! behind to the shard's part of the timer log ([`TimerLog`]) once per commit, like state.
 //!
-//! At start every pending timer is loaded from sled and handed to the shard that owns its actor,
-//! so the next due timer is always the first entry of an ordered map, and timers survive
+//! At start every pending timer is read back from sled and handed to the shard that owns its
+//! actor, so the next due timer is always the first entry of an ordered map, and timers survive
 //! restarts (including ones that came due while the hub was down: they fire at start).
 
 use super::keys;
+use super::timer_log::TimerLog;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
 
@@ -20,7 +21,7 @@ pub struct DueTimer {
 }
 
 pub struct TimerWheel {
-    tree: sled::Tree,
+    log: TimerLog,
     /// (due, key) → payload: the firing order.
     queue: BTreeMap<(i64, Vec<u8>), Vec<u8>>,
     /// key → due, to replace or cancel a timer by id.
@@ -31,9 +32,9 @@ pub struct TimerWheel {
 }
 
 impl TimerWheel {
-    pub fn new(tree: sled::Tree) -> TimerWheel {
+    pub fn new(log: TimerLog) -> TimerWheel {
         TimerWheel {
-            tree,
+            log,
             queue: BTreeMap::new(),
             due_of: FxHashMap::default(),
             dirty: FxHashSet::default(),
@@ -76,6 +77,19 @@ impl TimerWheel {
             self.queue.remove(&(due, key.clone()));
             self.dirty.insert(key);
         }
+    }
+
+    /// Cancel every timer of `actor`, and have the next commit rewrite this shard's log so that
+    /// no older record keeps their payloads (a privacy erasure). Returns how many there were.
+    pub fn erase_actor(&mut self, actor: &str) -> usize {
+        let timers = self.of_actor(actor);
+        for t in &timers {
+            self.cancel(&t.plugin, actor, &t.id);
+        }
+        if !timers.is_empty() {
+            self.log.request_snapshot();
+        }
+        timers.len()
     }
 
     /// The pending timers of `actor`, by due time. A scan of all pending timers: for inspection
@@ -130,33 +144,69 @@ impl TimerWheel {
         timer.or_else(|| self.pop_due(now))
     }
 
-    /// The timers changed since the last commit, as one batch for the committer.
+    /// The timers changed since the last commit, as one batch for the committer: appended to
+    /// the log, or, when the log has grown to several times the live timers, a snapshot of them
+    /// that replaces this shard's older records.
     pub fn take_commit(&mut self) -> Option<(sled::Tree, sled::Batch)> {
         if self.dirty.is_empty() {
             return None;
         }
         let mut batch = sled::Batch::default();
-        for key in self.dirty.drain() {
-            match self.due_of.get(&key) {
-                Some(due) => {
-                    let payload = self.queue.get(&(*due, key.clone())).map_or(&[][..], Vec::as_slice);
-                    batch.insert(key.as_slice(), keys::timer_value(*due, payload));
+        if self.log.snapshot_due(self.dirty.len(), self.queue.len()) {
+            self.dirty.clear();
+            let live = self
+                .queue
+                .iter()
+                .map(|((due, key), payload)| (key.as_slice(), *due, payload.as_slice()));
+            self.log.snapshot(&mut batch, live);
+        } else {
+            let mut writer = self.log.writer(&mut batch);
+            for key in self.dirty.drain() {
+                match self.due_of.get(&key) {
+                    Some(due) => {
+                        let payload = self.queue.get(&(*due, key.clone())).map_or(&[][..], Vec::as_slice);
+                        writer.set(&key, *due, payload);
+                    }
+                    None => writer.cancel(&key),
                 }
-                None => batch.remove(key.as_slice()),
             }
+            writer.finish();
         }
-        Some((self.tree.clone(), batch))
+        Some((self.log.tree().clone(), batch))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::timer_log;
 
     fn wheel() -> (sled::Db, TimerWheel) {
         let db = sled::Config::new().temporary(true).open().expect("sled");
-        let tree = db.open_tree("timers").expect("tree");
-        (db, TimerWheel::new(tree))
+        let (log, legacy) = trees(&db);
+        let (mut logs, _) = timer_log::restore(&log, &legacy, 1, |_| 0).expect("restore");
+        (db, TimerWheel::new(logs.remove(0)))
+    }
+
+    fn trees(db: &sled::Db) -> (sled::Tree, sled::Tree) {
+        (
+            db.open_tree("timer-log").expect("tree"),
+            db.open_tree("timers").expect("tree"),
+        )
+    }
+
+    /// What a restart would read back.
+    fn restored(db: &sled::Db) -> Vec<(Vec<u8>, i64, Vec<u8>)> {
+        let (log, legacy) = trees(db);
+        timer_log::restore(&log, &legacy, 1, |_| 0)
+            .expect("restore")
+            .1
+            .remove(0)
+    }
+
+    fn commit(w: &mut TimerWheel) {
+        let (tree, batch) = w.take_commit().expect("changes");
+        tree.apply_batch(batch).expect("apply");
     }
 
     #[test]
@@ -175,20 +225,52 @@ mod tests {
     }
 
     #[test]
-    fn commit_persists_sets_and_cancels() {
+    fn commit_persists_sets_cancels_and_fired_timers() {
         let (db, mut w) = wheel();
         w.set("p", "a", "keep", 10, vec![7]);
         w.set("p", "a", "drop", 10, vec![]);
-        let (tree, batch) = w.take_commit().expect("changes");
-        tree.apply_batch(batch).expect("apply");
+        w.set("p", "a", "fire", 5, vec![]);
+        commit(&mut w);
         w.cancel("p", "a", "drop");
-        let (tree, batch) = w.take_commit().expect("changes");
-        tree.apply_batch(batch).expect("apply");
+        assert_eq!(w.pop_due(5).map(|t| t.id), Some("fire".to_owned()));
+        commit(&mut w);
         assert!(w.take_commit().is_none());
-        let tree = db.open_tree("timers").expect("tree");
-        assert_eq!(tree.len(), 1);
-        let (k, v) = tree.iter().next().expect("one").expect("read");
-        assert_eq!(keys::split_timer_key(&k), Some(("p", "a", "keep")));
-        assert_eq!(keys::split_timer_value(&v), Some((10, &[7u8][..])));
+        let mut key = Vec::new();
+        keys::timer_key(&mut key, "p", "a", "keep");
+        assert_eq!(restored(&db), vec![(key, 10, vec![7])]);
+    }
+
+    #[test]
+    fn the_log_stays_a_small_multiple_of_the_live_timers() {
+        let (db, mut w) = wheel();
+        for round in 0..120 {
+            for actor in 0..1_000 {
+                w.set("p", &actor.to_string(), "t", round, vec![0; 40]);
+            }
+            commit(&mut w);
+        }
+        let (log, _) = trees(&db);
+        let bytes: usize = log.iter().map(|r| r.expect("read").1.len()).sum();
+        // 120,000 changes of 1,000 timers: without snapshots the log would hold them all.
+        assert!(bytes < 70_000 * 60, "log holds {bytes} bytes");
+        let timers = restored(&db);
+        assert_eq!(timers.len(), 1_000);
+        assert!(timers.iter().all(|(_, due, _)| *due == 119));
+    }
+
+    #[test]
+    fn erasing_an_actor_leaves_no_record_of_its_timers() {
+        let (db, mut w) = wheel();
+        w.set("p", "a", "t", 10, b"secret cart".to_vec());
+        w.set("p", "b", "t", 10, b"other".to_vec());
+        commit(&mut w);
+        assert_eq!(w.erase_actor("a"), 1);
+        commit(&mut w);
+        let (log, _) = trees(&db);
+        let leaked = log
+            .iter()
+            .any(|r| r.expect("read").1.windows(11).any(|w| w == b"secret cart"));
+        assert!(!leaked, "an older log record still holds the erased actor's payload");
+        assert_eq!(restored(&db).len(), 1);
     }
 }

@@ -1,0 +1,350 @@
+//! How pending timers are kept durable: as a log of changes in sled, not as one sled key each.
+//!
+//! Every pending timer lives in memory anyway (each shard's [`super::TimerWheel`] holds them all,
+//! in due order), so sled is read only once, at start. Writing each changed timer as its own key
+//! made timers the largest share of sled's work under load (a cart update re-arms its timer:
+//! one random B-tree insert each, ~40 % of all sled time in `hub bench`). Instead each shard
+//! appends its changes of one commit interval as a few records of ~4 KB, and once the changes
+//! since its last snapshot outnumber twice its live timers, it writes a fresh snapshot of the
+//! live timers and drops its older records, in one atomic batch.
+//!
+//! Record key: `shard: u16 BE ‖ seq: u64 BE`. Record value: entries, each
+//! `[1: set][key_len: u32 LE][key][due: i64 LE][payload_len: u32 LE][payload]` or
+//! `[0: cancel][key_len: u32 LE][key]`, where key is the timer key of [`super::keys`].
+//!
+//! Replaying every record in key order gives the live timers: the records of one shard are in
+//! seq order, and a timer key belongs to one shard only (every start rewrites the whole log for
+//! the current shard count, see [`restore`]).
+
+use super::keys;
+use rustc_hash::FxHashMap;
+
+/// Records are cut at about this size, so sled's leaves stay well below the size at which it
+/// stores nodes as separate blob files.
+const RECORD_BYTES: usize = 4096;
+/// A shard snapshots once its changes since the last snapshot exceed both this and twice its
+/// live timers: the log then holds at most about three times the live timers.
+const MIN_CHANGES_BEFORE_SNAPSHOT: usize = 50_000;
+
+const SET: u8 = 1;
+const CANCEL: u8 = 0;
+
+/// One shard's part of the log.
+pub struct TimerLog {
+    tree: sled::Tree,
+    shard: u16,
+    /// Oldest record of this shard still in the log.
+    first_seq: u64,
+    /// Seq of the next record.
+    next_seq: u64,
+    /// Entries appended since the last snapshot.
+    since_snapshot: usize,
+    /// Snapshot at the next commit whatever the log's size (after an actor is erased, so no
+    /// older record still holds its timers' payloads).
+    snapshot_requested: bool,
+}
+
+impl TimerLog {
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Whether the next commit should be a snapshot rather than an append.
+    pub fn snapshot_due(&self, changes: usize, live: usize) -> bool {
+        self.snapshot_requested || self.since_snapshot + changes > MIN_CHANGES_BEFORE_SNAPSHOT.max(2 * live)
+    }
+
+    pub fn request_snapshot(&mut self) {
+        self.snapshot_requested = true;
+    }
+
+    /// Start appending records to `batch`.
+    pub fn writer<'a>(&'a mut self, batch: &'a mut sled::Batch) -> RecordWriter<'a> {
+        RecordWriter {
+            log: self,
+            batch,
+            buf: Vec::with_capacity(RECORD_BYTES + 256),
+        }
+    }
+
+    /// Write every live timer as fresh records and drop this shard's older ones: `batch` must
+    /// then be applied atomically (sled applies a batch all or nothing).
+    pub fn snapshot<'t>(&mut self, batch: &mut sled::Batch, live: impl Iterator<Item = (&'t [u8], i64, &'t [u8])>) {
+        let (first, end) = (self.first_seq, self.next_seq);
+        let mut writer = self.writer(batch);
+        for (key, due, payload) in live {
+            writer.set(key, due, payload);
+        }
+        writer.finish();
+        for seq in first..end {
+            batch.remove(&record_key(self.shard, seq)[..]);
+        }
+        self.first_seq = end;
+        self.since_snapshot = 0;
+        self.snapshot_requested = false;
+    }
+}
+
+/// Appends entries to a batch, cutting records at [`RECORD_BYTES`]; call [`RecordWriter::finish`].
+pub struct RecordWriter<'a> {
+    log: &'a mut TimerLog,
+    batch: &'a mut sled::Batch,
+    buf: Vec<u8>,
+}
+
+impl RecordWriter<'_> {
+    pub fn set(&mut self, key: &[u8], due: i64, payload: &[u8]) {
+        push_entry(&mut self.buf, key, Some((due, payload)));
+        self.entry_done();
+    }
+
+    pub fn cancel(&mut self, key: &[u8]) {
+        push_entry(&mut self.buf, key, None);
+        self.entry_done();
+    }
+
+    fn entry_done(&mut self) {
+        self.log.since_snapshot += 1;
+        if self.buf.len() >= RECORD_BYTES {
+            self.flush_record();
+        }
+    }
+
+    fn flush_record(&mut self) {
+        let key = record_key(self.log.shard, self.log.next_seq);
+        self.log.next_seq += 1;
+        self.batch.insert(&key[..], self.buf.as_slice());
+        self.buf.clear();
+    }
+
+    pub fn finish(mut self) {
+        if !self.buf.is_empty() {
+            self.flush_record();
+        }
+    }
+}
+
+fn record_key(shard: u16, seq: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..2].copy_from_slice(&shard.to_be_bytes());
+    key[2..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn push_entry(buf: &mut Vec<u8>, key: &[u8], timer: Option<(i64, &[u8])>) {
+    buf.push(if timer.is_some() { SET } else { CANCEL });
+    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(key);
+    if let Some((due, payload)) = timer {
+        buf.extend_from_slice(&due.to_le_bytes());
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(payload);
+    }
+}
+
+/// One decoded entry: a timer key and its due time and payload, or `None` when cancelled.
+type Entry<'a> = (&'a [u8], Option<(i64, &'a [u8])>);
+
+/// The entries of one record, or `None` if it is cut short.
+fn decode_record(mut rec: &[u8]) -> Option<Vec<Entry<'_>>> {
+    fn take<'a>(rec: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = rec.split_at_checked(n)?;
+        *rec = rest;
+        Some(head)
+    }
+    fn len(rec: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_le_bytes(take(rec, 4)?.try_into().ok()?) as usize)
+    }
+    let mut entries = Vec::new();
+    while let Some((&op, rest)) = rec.split_first() {
+        rec = rest;
+        let key_len = len(&mut rec)?;
+        let key = take(&mut rec, key_len)?;
+        let timer = match op {
+            SET => {
+                let due = i64::from_le_bytes(take(&mut rec, 8)?.try_into().ok()?);
+                let payload_len = len(&mut rec)?;
+                Some((due, take(&mut rec, payload_len)?))
+            }
+            CANCEL => None,
+            _ => return None,
+        };
+        entries.push((key, timer));
+    }
+    Some(entries)
+}
+
+/// A pending timer read back at start: key, due time, payload.
+pub type Restored = (Vec<u8>, i64, Vec<u8>);
+
+/// Read every pending timer (from the log, and from `legacy`, the one-key-per-timer tree of
+/// earlier versions), then rewrite the log as one snapshot per shard of `shards` and empty
+/// `legacy`. Returns one log per shard and the timers, each with the shard that owns it.
+pub fn restore(
+    log: &sled::Tree,
+    legacy: &sled::Tree,
+    shards: usize,
+    shard_of: impl Fn(&str) -> usize,
+) -> Result<(Vec<TimerLog>, Vec<Vec<Restored>>), sled::Error> {
+    let mut live: FxHashMap<Vec<u8>, (i64, Vec<u8>)> = FxHashMap::default();
+    for entry in legacy.iter() {
+        let (key, value) = entry?;
+        match keys::split_timer_value(&value) {
+            Some((due, payload)) => {
+                live.insert(key.to_vec(), (due, payload.to_vec()));
+            }
+            None => tracing::warn!("skipping a timer with an unreadable value"),
+        }
+    }
+    let mut batch = sled::Batch::default();
+    let mut next_seq = 0;
+    for record in log.iter() {
+        let (key, value) = record?;
+        batch.remove(key.clone());
+        if let Some(seq) = key.get(2..).and_then(|s| <[u8; 8]>::try_from(s).ok()) {
+            next_seq = next_seq.max(u64::from_be_bytes(seq) + 1);
+        }
+        let Some(entries) = decode_record(&value) else {
+            tracing::warn!("skipping a timer log record that is cut short");
+            continue;
+        };
+        for (key, timer) in entries {
+            match timer {
+                Some((due, payload)) => {
+                    live.insert(key.to_vec(), (due, payload.to_vec()));
+                }
+                None => {
+                    live.remove(key);
+                }
+            }
+        }
+    }
+
+    let mut owned: Vec<Vec<Restored>> = (0..shards).map(|_| Vec::new()).collect();
+    for (key, (due, payload)) in live {
+        let Some(actor) = keys::timer_actor(&key) else {
+            tracing::warn!("skipping a timer with an unreadable key");
+            continue;
+        };
+        if let Some(timers) = owned.get_mut(shard_of(actor)) {
+            timers.push((key, due, payload));
+        }
+    }
+    // Fresh seqs above every old one, so no new record shares a key with one being removed.
+    let mut logs = Vec::with_capacity(shards);
+    for (shard, timers) in owned.iter().enumerate() {
+        let mut shard_log = TimerLog {
+            tree: log.clone(),
+            shard: u16::try_from(shard).unwrap_or(u16::MAX),
+            first_seq: next_seq,
+            next_seq,
+            since_snapshot: 0,
+            snapshot_requested: false,
+        };
+        shard_log.snapshot(
+            &mut batch,
+            timers.iter().map(|(k, d, p)| (k.as_slice(), *d, p.as_slice())),
+        );
+        logs.push(shard_log);
+    }
+    log.apply_batch(batch)?;
+    if !legacy.is_empty() {
+        log.flush()?;
+        legacy.clear()?;
+    }
+    Ok((logs, owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(actor: &str, id: &str) -> Vec<u8> {
+        let mut k = Vec::new();
+        keys::timer_key(&mut k, "p", actor, id);
+        k
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_truncation() {
+        let mut buf = Vec::new();
+        push_entry(&mut buf, b"k1", Some((-7, b"payload")));
+        push_entry(&mut buf, b"k2", None);
+        let entries = decode_record(&buf).expect("whole record");
+        assert_eq!(
+            entries,
+            vec![(&b"k1"[..], Some((-7, &b"payload"[..]))), (&b"k2"[..], None)]
+        );
+        assert!(decode_record(&buf[..buf.len() - 3]).is_none());
+    }
+
+    #[test]
+    fn restore_replays_the_log_and_rewrites_it_for_a_new_shard_count() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let (log, legacy) = (
+            db.open_tree("timer-log").expect("tree"),
+            db.open_tree("timers").expect("tree"),
+        );
+        legacy
+            .insert(key("old", "t"), keys::timer_value(5, b"from before the log"))
+            .expect("insert");
+        let (mut logs, owned) = restore(&log, &legacy, 1, |_| 0).expect("restore");
+        assert_eq!(owned[0].len(), 1);
+        assert!(legacy.is_empty(), "the legacy tree is migrated into the log");
+
+        // Shard 0 appends a set, a replacement and a cancel over two commits.
+        let mut batch = sled::Batch::default();
+        let mut w = logs[0].writer(&mut batch);
+        w.set(&key("a", "t"), 10, b"first");
+        w.set(&key("b", "t"), 20, b"b");
+        w.finish();
+        log.apply_batch(batch).expect("apply");
+        let mut batch = sled::Batch::default();
+        let mut w = logs[0].writer(&mut batch);
+        w.set(&key("a", "t"), 30, b"second");
+        w.cancel(&key("b", "t"));
+        w.cancel(&key("old", "t"));
+        w.finish();
+        log.apply_batch(batch).expect("apply");
+
+        // Restart with two shards: actor "a" goes to shard 1.
+        let (_, owned) = restore(&log, &legacy, 2, |actor| usize::from(actor == "a")).expect("restore");
+        assert!(owned[0].is_empty());
+        assert_eq!(owned[1], vec![(key("a", "t"), 30, b"second".to_vec())]);
+        // And the rewritten log alone holds the same.
+        let (_, again) = restore(&log, &legacy, 2, |actor| usize::from(actor == "a")).expect("restore");
+        assert_eq!(again, owned);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_older_records() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let (log, legacy) = (
+            db.open_tree("timer-log").expect("tree"),
+            db.open_tree("timers").expect("tree"),
+        );
+        let (mut logs, _) = restore(&log, &legacy, 1, |_| 0).expect("restore");
+        for i in 0..3 {
+            let mut batch = sled::Batch::default();
+            let mut w = logs[0].writer(&mut batch);
+            w.set(&key("a", "t"), i, &[0u8; 3000]);
+            w.finish();
+            log.apply_batch(batch).expect("apply");
+        }
+        assert_eq!(log.len(), 3);
+        let live = [(key("a", "t"), 2i64, vec![0u8; 3000])];
+        let mut batch = sled::Batch::default();
+        logs[0].snapshot(
+            &mut batch,
+            live.iter().map(|(k, d, p)| (k.as_slice(), *d, p.as_slice())),
+        );
+        log.apply_batch(batch).expect("apply");
+        assert_eq!(
+            log.len(),
+            1,
+            "one record holds the snapshot; the three older ones are gone"
+        );
+        let (_, owned) = restore(&log, &legacy, 1, |_| 0).expect("restore");
+        assert_eq!(owned[0], vec![(key("a", "t"), 2, vec![0u8; 3000])]);
+    }
+}
