@@ -4,7 +4,10 @@
 //! The client's outbound command queue is bounded (`nats.outbound_capacity`); a shard waits only
 //! when it is full, so a slow NATS connection pushes back instead of growing memory. Shards hand
 //! messages over without a task of our own in between: async-nats' publish is a send on a tokio
-//! channel, which works from any thread, so a plain thread completes it with `block_on`.
+//! channel, which works from any thread, so a plain thread completes it with `block_on`. A shard
+//! collects what one turn of its loop publishes ([`Batcher`]) and hands it over at the end of the
+//! turn: published one by one between plugin calls, nearly every message woke the connection's
+//! task anew (a cross-thread wake-up each) and left the connection as a small write of its own.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -76,6 +79,46 @@ impl Egress {
         {
             tracing::warn!("NATS flush timed out");
         }
+    }
+}
+
+/// Messages a shard publishes during one turn of its loop, handed to the client together.
+pub struct Batcher {
+    egress: Egress,
+    pending: Vec<Outbound>,
+}
+
+/// A turn that publishes more than this (timers coming due in bulk after a restart) hands its
+/// messages over in parts.
+const MAX_PENDING: usize = 1024;
+
+impl Batcher {
+    pub fn new(egress: Egress) -> Batcher {
+        Batcher {
+            egress,
+            pending: Vec::with_capacity(256),
+        }
+    }
+
+    pub fn push(&mut self, msg: Outbound) {
+        self.pending.push(msg);
+        if self.pending.len() >= MAX_PENDING {
+            self.flush();
+        }
+    }
+
+    /// Hand everything collected to the client, in order; blocks while its queue is full
+    /// (so never call it from async code).
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let (client, pending) = (&self.egress.client, &mut self.pending);
+        futures::executor::block_on(async {
+            for msg in pending.drain(..) {
+                publish(client, msg).await;
+            }
+        });
     }
 }
 

@@ -14,7 +14,7 @@
 use crate::actor::{ActorRequest, ActorState, Erased, PendingTimer, decode_value};
 use crate::arbiter::PolicyStore;
 use crate::delivery::Sinks;
-use crate::egress::{DeadLetter, Egress, Outbound, subjects};
+use crate::egress::{Batcher, DeadLetter, Egress, Outbound, subjects};
 use crate::event::{Action, Event, Routed, derived_id, is_subject_safe, now_ms};
 use crate::metrics as m;
 use crate::registry::{Live, LivePlugin, LiveSet};
@@ -134,7 +134,8 @@ pub struct Shard {
     id: usize,
     rx: flume::Receiver<ShardMsg>,
     router: Router,
-    egress: Egress,
+    /// What this turn of the loop publishes (handed to NATS at the end of the turn).
+    egress: Batcher,
     plugins: Vec<Loaded>,
     by_name: FxHashMap<Arc<str>, usize>,
     /// The live set this shard runs.
@@ -189,7 +190,7 @@ impl Shard {
             id: setup.id,
             rx: setup.rx,
             router: setup.router,
-            egress: setup.egress,
+            egress: Batcher::new(setup.egress),
             plugins: Vec::new(),
             by_name: FxHashMap::default(),
             live_set: Arc::new(LiveSet::default()),
@@ -329,6 +330,7 @@ impl Shard {
             }
             self.fire_due_timers();
             self.flush_outbox();
+            self.egress.flush();
             self.queue_depth.set(self.rx.len() as f64);
             if Instant::now() >= self.next_commit {
                 self.commit();
@@ -338,6 +340,7 @@ impl Shard {
             }
         }
         self.commit();
+        self.egress.flush();
         tracing::debug!(shard = self.id, "shard stopped");
     }
 
@@ -369,7 +372,7 @@ impl Shard {
                 event_id: Some(&routed.event.id),
                 body: routed.event.to_json().map(Bytes::from).unwrap_or_default(),
             };
-            self.egress.send_blocking(letter.into_outbound());
+            self.egress.push(letter.into_outbound());
             return;
         }
         self.local.push_back(routed);
@@ -450,7 +453,7 @@ impl Shard {
                         event_id: None,
                         body: Bytes::from(timer.payload.clone()),
                     };
-                    self.egress.send_blocking(letter.into_outbound());
+                    self.egress.push(letter.into_outbound());
                 }
             }
             // Emitted events of timers run like any others.
@@ -531,7 +534,7 @@ impl Shard {
         );
     }
 
-    fn dead_letter_cause(&self, p: usize, cause: &Cause<'_>, reason: &'static str, detail: &str) {
+    fn dead_letter_cause(&mut self, p: usize, cause: &Cause<'_>, reason: &'static str, detail: &str) {
         match cause {
             Cause::Event(r) => self.dead_letter_event(p, &r.event, reason, detail),
             Cause::Timer(t) => {
@@ -543,7 +546,7 @@ impl Shard {
                     event_id: Some(&t.id),
                     body: Bytes::from(t.payload.clone()),
                 };
-                self.egress.send_blocking(letter.into_outbound());
+                self.egress.push(letter.into_outbound());
             }
         }
     }
@@ -643,7 +646,7 @@ impl Shard {
         self.events_emitted.increment(1);
         match event.to_json() {
             // No headers: the id is in the body, and headers cost a hash map per message.
-            Ok(body) => self.egress.send_blocking(Outbound {
+            Ok(body) => self.egress.push(Outbound {
                 subject: subjects::join(subjects::EVENTS, &event.kind),
                 headers: None,
                 payload: Bytes::from(body),
@@ -659,7 +662,7 @@ impl Shard {
         }
     }
 
-    fn dead_letter_event(&self, p: usize, event: &Event, reason: &'static str, detail: &str) {
+    fn dead_letter_event(&mut self, p: usize, event: &Event, reason: &'static str, detail: &str) {
         let letter = DeadLetter {
             reason,
             detail,
@@ -668,7 +671,7 @@ impl Shard {
             event_id: Some(&event.id),
             body: event.to_json().map(Bytes::from).unwrap_or_default(),
         };
-        self.egress.send_blocking(letter.into_outbound());
+        self.egress.push(letter.into_outbound());
     }
 
     /// Inspect or erase one actor for the admin API.

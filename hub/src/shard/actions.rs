@@ -38,7 +38,7 @@ impl Shard {
                 event_id: Some(&action.cause),
                 body: action.to_json().map(Bytes::from).unwrap_or_default(),
             };
-            self.egress.send_blocking(letter.into_outbound());
+            self.egress.push(letter.into_outbound());
             return;
         }
         self.proposed.push(Proposal {
@@ -66,7 +66,7 @@ impl Shard {
                     event_id: Some(&timer.id),
                     body: Bytes::from(timer.payload.clone()),
                 };
-                self.egress.send_blocking(letter.into_outbound());
+                self.egress.push(letter.into_outbound());
             }
         }
     }
@@ -178,7 +178,7 @@ impl Shard {
         h.insert(headers::MSG_ID, action.id.as_str());
         h.insert(headers::ACTOR, action.actor.as_str());
         h.insert(headers::CAUSE, action.cause.as_str());
-        self.egress.send_blocking(Outbound {
+        self.egress.push(Outbound {
             subject: subjects::join(subjects::ACTIONS, &action.name),
             headers: Some(h),
             payload: Bytes::from(body),
@@ -209,7 +209,7 @@ impl Shard {
                 event_id: Some(&id),
                 body: Bytes::from(body),
             };
-            self.egress.send_blocking(letter.into_outbound());
+            self.egress.push(letter.into_outbound());
             return;
         }
         self.deliveries_made += 1;
