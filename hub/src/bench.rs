@@ -76,8 +76,9 @@ pub struct BenchArgs {
     /// Distinct actors the inputs are spread over
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub actors: u64,
-    /// Inputs of the unpaced (throughput) phase
-    #[arg(long, default_value_t = 400_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Inputs of the unpaced (throughput) phase. Enough for a steady state: on the example
+    /// pipeline each shard snapshots its timer log (`state/timer_log.rs`) twice
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub events: u64,
     /// Inputs per second of the paced (latency) phase
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]

@@ -72,10 +72,13 @@ impl TimerLog {
     pub fn snapshot<'t>(&mut self, batch: &mut sled::Batch, live: impl Iterator<Item = (&'t [u8], i64, &'t [u8])>) {
         let (first, end) = (self.first_seq, self.next_seq);
         let mut writer = self.writer(batch);
+        let mut timers = 0;
         for (key, due, payload) in live {
             writer.set(key, due, payload);
+            timers += 1;
         }
         writer.finish();
+        tracing::debug!(shard = self.shard, timers, replaced_records = end - first, "timer log snapshot");
         for seq in first..end {
             batch.remove(&record_key(self.shard, seq)[..]);
         }
