@@ -41,6 +41,21 @@ fn is_lock_held(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
+/// Open a sled database, waiting up to 5 s for its file lock. sled releases the lock from its
+/// flusher thread, a moment after the last handle is dropped: a hub restarted at once (in the
+/// same process, or by a supervisor) waits for that instead of failing.
+pub(crate) fn open_when_unlocked(config: &sled::Config) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// The hub's database and its fixed trees.
 #[derive(Clone)]
 pub struct Db {
@@ -61,23 +76,10 @@ impl Db {
             .path(&path)
             .flush_every_ms(Some(flush_every_ms.max(1)))
             .cache_capacity(256 << 20);
-        // sled releases its file lock from its flusher thread, a moment after the last handle
-        // is dropped: a hub restarted at once (in the same process, or by a supervisor) waits
-        // for that instead of failing.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let db = loop {
-            match config.open() {
-                Err(sled::Error::Io(e)) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                opened => {
-                    break opened.map_err(|source| StateError::Open {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                }
-            }
-        };
+        let db = open_when_unlocked(&config).map_err(|source| StateError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         Ok(Db {
             timer_log: db.open_tree("timer-log")?,
             legacy_timers: db.open_tree("timers")?,

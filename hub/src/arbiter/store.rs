@@ -102,6 +102,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Reopen as a restarted hub would (waiting for the lock the last handle releases late).
+    fn open(dir: &std::path::Path) -> sled::Db {
+        crate::state::open_when_unlocked(&sled::Config::new().path(dir)).expect("db")
+    }
+
     #[test]
     fn api_changes_outlive_a_restart_until_the_file_changes() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -109,7 +114,7 @@ mod tests {
         let mut api = file.clone();
         api.conflict_window = Duration::from_secs(5);
         {
-            let db = sled::open(dir.path()).expect("db");
+            let db = open(dir.path());
             let store = PolicyStore::open(&db, &file).expect("open");
             store.replace(api.clone()).expect("replace");
             assert_eq!(**store.load(), api);
@@ -124,11 +129,11 @@ mod tests {
             assert_eq!(**store.load(), api, "a refused change leaves the live policies");
         }
         {
-            let db = sled::open(dir.path()).expect("db");
+            let db = open(dir.path());
             let store = PolicyStore::open(&db, &file).expect("open");
             assert_eq!(**store.load(), api, "unchanged file: the API's version stays");
         }
-        let db = sled::open(dir.path()).expect("db");
+        let db = open(dir.path());
         let edited = Policies::default();
         let store = PolicyStore::open(&db, &edited).expect("open");
         assert_eq!(**store.load(), edited, "an edited file wins");
