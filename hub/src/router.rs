@@ -44,11 +44,14 @@ impl Router {
 
     /// Send an event to its actor's shard, waiting while that shard's queue is full.
     pub async fn route(&self, routed: Routed) -> Result<(), Stopped> {
-        let shard = self.shard_of(&routed.event.actor);
-        self.shards[shard]
-            .send_async(ShardMsg::Event(routed))
-            .await
-            .map_err(|_| Stopped)
+        let shard = &self.shards[self.shard_of(&routed.event.actor)];
+        // Most of the time there is room: then the message moves into the queue once, without
+        // the send future that would carry it (and be moved and polled) otherwise.
+        match shard.try_send(ShardMsg::Event(routed)) {
+            Ok(()) => Ok(()),
+            Err(flume::TrySendError::Full(msg)) => shard.send_async(msg).await.map_err(|_| Stopped),
+            Err(flume::TrySendError::Disconnected(_)) => Err(Stopped),
+        }
     }
 
     /// Try to hand a message to `shard` without waiting (shard-to-shard traffic must never

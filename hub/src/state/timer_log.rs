@@ -78,7 +78,12 @@ impl TimerLog {
             timers += 1;
         }
         writer.finish();
-        tracing::debug!(shard = self.shard, timers, replaced_records = end - first, "timer log snapshot");
+        tracing::debug!(
+            shard = self.shard,
+            timers,
+            replaced_records = end - first,
+            "timer log snapshot"
+        );
         for seq in first..end {
             batch.remove(&record_key(self.shard, seq)[..]);
         }

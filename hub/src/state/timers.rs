@@ -8,7 +8,8 @@
 use super::keys;
 use super::timer_log::TimerLog;
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// A timer that came due, taken off the wheel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,14 +21,17 @@ pub struct DueTimer {
     pub payload: Vec<u8>,
 }
 
+/// A timer key (see [`keys::timer_key`]), allocated once and shared by the wheel's maps.
+type Key = Arc<[u8]>;
+
 pub struct TimerWheel {
     log: TimerLog,
-    /// (due, key) → payload: the firing order.
-    queue: BTreeMap<(i64, Vec<u8>), Vec<u8>>,
-    /// key → due, to replace or cancel a timer by id.
-    due_of: FxHashMap<Vec<u8>, i64>,
+    /// (due, key): the firing order.
+    queue: BTreeSet<(i64, Key)>,
+    /// key → (due, payload), to replace or cancel a timer by id.
+    timers: FxHashMap<Key, (i64, Vec<u8>)>,
     /// Keys changed since the last commit.
-    dirty: FxHashSet<Vec<u8>>,
+    dirty: FxHashSet<Key>,
     key: Vec<u8>,
 }
 
@@ -35,8 +39,8 @@ impl TimerWheel {
     pub fn new(log: TimerLog) -> TimerWheel {
         TimerWheel {
             log,
-            queue: BTreeMap::new(),
-            due_of: FxHashMap::default(),
+            queue: BTreeSet::new(),
+            timers: FxHashMap::default(),
             dirty: FxHashSet::default(),
             key: Vec::with_capacity(128),
         }
@@ -44,36 +48,31 @@ impl TimerWheel {
 
     /// Put back a timer read from sled at start (not dirty).
     pub fn restore(&mut self, key: Vec<u8>, due: i64, payload: Vec<u8>) {
-        self.due_of.insert(key.clone(), due);
-        self.queue.insert((due, key), payload);
+        let key: Key = key.into();
+        self.queue.insert((due, key.clone()));
+        self.timers.insert(key, (due, payload));
     }
 
     pub fn set(&mut self, plugin: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>) {
         self.key.clear();
         keys::timer_key(&mut self.key, plugin, actor, id);
-        let old = match self.due_of.get_mut(self.key.as_slice()) {
-            Some(d) => Some(std::mem::replace(d, due)),
-            None => {
-                self.due_of.insert(self.key.clone(), due);
-                None
+        let key = match self.timers.get_key_value(self.key.as_slice()) {
+            Some((key, (old_due, _))) => {
+                let key = key.clone();
+                self.queue.remove(&(*old_due, key.clone()));
+                key
             }
+            None => Key::from(self.key.as_slice()),
         };
-        // The queue's key owns a copy; the old entry's copy moves to the new position.
-        let key = match old.and_then(|old| self.queue.remove_entry(&(old, self.key.clone()))) {
-            Some(((_, key), _)) => key,
-            None => self.key.clone(),
-        };
-        if !self.dirty.contains(key.as_slice()) {
-            self.dirty.insert(key.clone());
-        }
-        self.queue.insert((due, key), payload);
+        self.queue.insert((due, key.clone()));
+        self.dirty.insert(key.clone());
+        self.timers.insert(key, (due, payload));
     }
 
     pub fn cancel(&mut self, plugin: &str, actor: &str, id: &str) {
         self.key.clear();
         keys::timer_key(&mut self.key, plugin, actor, id);
-        if let Some(due) = self.due_of.remove(self.key.as_slice()) {
-            let key = self.key.clone();
+        if let Some((key, (due, _))) = self.timers.remove_entry(self.key.as_slice()) {
             self.queue.remove(&(due, key.clone()));
             self.dirty.insert(key);
         }
@@ -96,16 +95,16 @@ impl TimerWheel {
     /// and erasure, not the hot path.
     pub fn of_actor(&self, actor: &str) -> Vec<DueTimer> {
         let mut found: Vec<DueTimer> = self
-            .due_of
+            .timers
             .iter()
-            .filter_map(|(key, due)| {
+            .filter_map(|(key, (due, payload))| {
                 let (plugin, a, id) = keys::split_timer_key(key)?;
                 (a == actor).then(|| DueTimer {
                     plugin: plugin.to_owned(),
                     actor: a.to_owned(),
                     id: id.to_owned(),
                     due: *due,
-                    payload: self.queue.get(&(*due, key.clone())).cloned().unwrap_or_default(),
+                    payload: payload.clone(),
                 })
             })
             .collect();
@@ -115,7 +114,7 @@ impl TimerWheel {
 
     /// When the next timer is due, if any.
     pub fn next_due(&self) -> Option<i64> {
-        self.queue.first_key_value().map(|((due, _), _)| *due)
+        self.queue.first().map(|(due, _)| *due)
     }
 
     pub fn len(&self) -> usize {
@@ -131,8 +130,8 @@ impl TimerWheel {
         if self.next_due()? > now {
             return None;
         }
-        let ((due, key), payload) = self.queue.pop_first()?;
-        self.due_of.remove(&key);
+        let (due, key) = self.queue.pop_first()?;
+        let payload = self.timers.remove(&key).map(|(_, payload)| payload).unwrap_or_default();
         let timer = keys::split_timer_key(&key).map(|(plugin, actor, id)| DueTimer {
             plugin: plugin.to_owned(),
             actor: actor.to_owned(),
@@ -155,18 +154,15 @@ impl TimerWheel {
         if self.log.snapshot_due(self.dirty.len(), self.queue.len()) {
             self.dirty.clear();
             let live = self
-                .queue
+                .timers
                 .iter()
-                .map(|((due, key), payload)| (key.as_slice(), *due, payload.as_slice()));
+                .map(|(key, (due, payload))| (&key[..], *due, payload.as_slice()));
             self.log.snapshot(&mut batch, live);
         } else {
             let mut writer = self.log.writer(&mut batch);
             for key in self.dirty.drain() {
-                match self.due_of.get(&key) {
-                    Some(due) => {
-                        let payload = self.queue.get(&(*due, key.clone())).map_or(&[][..], Vec::as_slice);
-                        writer.set(&key, *due, payload);
-                    }
+                match self.timers.get(&key) {
+                    Some((due, payload)) => writer.set(&key, *due, payload),
                     None => writer.cancel(&key),
                 }
             }
