@@ -4,8 +4,9 @@
 //! Each turn of the loop takes a micro-batch from the shard's queue, runs every subscribed plugin
 //! for each event (and for the events those plugins emit for actors of this shard), fires the
 //! timers that came due, hands events for other shards to their queues, and commits the state
-//! cache to sled once per commit interval. Outputs are published as soon as their event is done:
-//! their ids are derived from the cause, so a replay yields the same ids (DESIGN §7).
+//! cache to sled once per commit interval. Outputs are published at the end of the turn that
+//! produced them, without waiting for the commit: their ids are derived from the cause, so a
+//! replay yields the same ids (DESIGN §7).
 //! The actions of an input are judged by the arbiter when the input is done (`shard/actions.rs`).
 //!
 //! Everything a shard touches is its own (plugin instances, state cache, timer wheel), so the

@@ -267,6 +267,14 @@ pub fn restore(
 mod tests {
     use super::*;
 
+    /// A temporary database with the log and the legacy tree.
+    fn trees() -> (sled::Db, sled::Tree, sled::Tree) {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let log = db.open_tree("timer-log").expect("tree");
+        let legacy = db.open_tree("timers").expect("tree");
+        (db, log, legacy)
+    }
+
     fn key(actor: &str, id: &str) -> Vec<u8> {
         let mut k = Vec::new();
         keys::timer_key(&mut k, "p", actor, id);
@@ -288,11 +296,7 @@ mod tests {
 
     #[test]
     fn restore_replays_the_log_and_rewrites_it_for_a_new_shard_count() {
-        let db = sled::Config::new().temporary(true).open().expect("sled");
-        let (log, legacy) = (
-            db.open_tree("timer-log").expect("tree"),
-            db.open_tree("timers").expect("tree"),
-        );
+        let (_db, log, legacy) = trees();
         legacy
             .insert(key("old", "t"), keys::timer_value(5, b"from before the log"))
             .expect("insert");
@@ -326,11 +330,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_replaces_the_older_records() {
-        let db = sled::Config::new().temporary(true).open().expect("sled");
-        let (log, legacy) = (
-            db.open_tree("timer-log").expect("tree"),
-            db.open_tree("timers").expect("tree"),
-        );
+        let (_db, log, legacy) = trees();
         let (mut logs, _) = restore(&log, &legacy, 1, |_| 0).expect("restore");
         for i in 0..3 {
             let mut batch = sled::Batch::default();
