@@ -491,11 +491,12 @@ impl Shard {
             Cause::Timer(t) => plugin.instance.on_timer(&mut self.stores, t, wall),
         };
         let plugin = &mut self.plugins[p];
+        let took = now.elapsed();
         plugin.calls.increment(1);
-        plugin.pending.record(now.elapsed().as_micros() as u64);
+        plugin.pending.record(took.as_micros() as u64);
         plugin.sampled = plugin.sampled.wrapping_add(1);
         if plugin.sampled.is_multiple_of(LATENCY_SAMPLE_EVERY) {
-            plugin.latency.record(now.elapsed().as_secs_f64());
+            plugin.latency.record(took.as_secs_f64());
         }
         match result {
             Ok(outputs) => {
