@@ -100,12 +100,12 @@ impl LocalNats {
         Ok(LocalNats { child, url, port })
     }
 
-    /// Stop the server gracefully (SIGTERM), killing it if it does not exit in 5 s.
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
+    /// Stop the server gracefully (SIGTERM), killing it if it does not exit in 5 s.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = nix::sys::signal::kill(
