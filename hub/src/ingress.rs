@@ -6,6 +6,7 @@
 
 mod envelope;
 mod rules;
+mod transcode;
 
 pub use envelope::decode_envelope;
 pub use rules::{CompiledRule, RuleSet, decode_raw};

@@ -88,7 +88,7 @@ fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdG
         Some(raw) if raw.get().starts_with('{') => {
             let mut buf = Vec::with_capacity(raw.get().len());
             let mut de = serde_json::Deserializer::from_str(raw.get());
-            serde_transcode::transcode(&mut de, &mut rmp_serde::Serializer::new(&mut buf))
+            super::transcode::transcode(&mut de, &mut buf)
                 .map_err(|e| IngressError::undecodable(format!("payload: {e}")))?;
             buf
         }

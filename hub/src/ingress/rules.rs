@@ -5,6 +5,7 @@
 //! pointer). Several rules may share a subject: the first that fits wins; if none fits, the
 //! message is dead-lettered as `no_rule` with each rule's reason.
 
+use super::transcode::{Container, Encode};
 use super::{IdGen, IngressError};
 use crate::config::IngestRule;
 use crate::event::{Event, is_subject_safe, now_ms};
@@ -112,14 +113,14 @@ impl CompiledRule {
             },
             None => now_ms(),
         };
-        let payload = body.payload()?;
         Ok(Event {
             id,
             kind,
             actor,
             time,
             source: subject.to_owned(),
-            payload,
+            // Filled in by `decode_raw` once a rule fits: the body's payload is moved, not copied.
+            payload: Vec::new(),
         })
     }
 }
@@ -215,10 +216,10 @@ enum Scalar<'a> {
 
 /// A raw JSON body, read as much as the rules need.
 enum Body<'a> {
-    /// Top-level fields only, read in one pass; the payload is transcoded from the bytes.
+    /// Top-level fields only, read while the body is encoded as the payload.
     Flat {
         fields: Vec<(&'a str, Scalar<'a>)>,
-        raw: &'a [u8],
+        payload: Vec<u8>,
     },
     /// The whole tree, for nested pointers and bodies that are not objects.
     Tree(serde_json::Value),
@@ -244,116 +245,131 @@ impl Body<'_> {
     }
 
     /// The payload as a MessagePack map (a non-object body is wrapped as `{"value": body}`).
-    fn payload(&self) -> Result<Vec<u8>, String> {
+    fn into_payload(self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
         match self {
-            Body::Flat { raw, .. } => {
-                let mut buf = Vec::with_capacity(raw.len());
-                let mut de = serde_json::Deserializer::from_slice(raw);
-                serde_transcode::transcode(&mut de, &mut rmp_serde::Serializer::new(&mut buf))
-                    .map_err(|e| format!("payload: {e}"))?;
-                Ok(buf)
-            }
-            Body::Tree(v) if v.is_object() => rmp_serde::to_vec_named(v).map_err(|e| format!("payload: {e}")),
-            Body::Tree(v) => {
-                rmp_serde::to_vec_named(&serde_json::json!({ "value": v })).map_err(|e| format!("payload: {e}"))
-            }
+            Body::Flat { payload, .. } => Ok(payload),
+            Body::Tree(v) if v.is_object() => rmp_serde::to_vec_named(&v),
+            Body::Tree(v) => rmp_serde::to_vec_named(&serde_json::json!({ "value": v })),
         }
     }
 }
 
-/// Read the wanted top-level fields of a JSON object in one pass, skipping everything else.
+/// Read the wanted top-level fields of a JSON object while encoding the whole object as the
+/// payload: one pass over the text.
 fn read_flat<'a>(raw: &'a [u8], keys: &'a [String]) -> Result<Body<'a>, serde_json::Error> {
-    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
 
-    struct Fields<'k>(&'k [String]);
-    /// Which wanted key a map key is, compared without allocating.
-    struct Key<'k>(&'k [String]);
+    /// The object: encodes every entry, returns the wanted fields.
+    struct Fields<'k, 'o> {
+        keys: &'k [String],
+        out: &'o mut Vec<u8>,
+    }
+    /// Encodes a key and says which wanted key it is, compared without allocating.
+    struct Key<'k, 'o> {
+        keys: &'k [String],
+        out: &'o mut Vec<u8>,
+    }
+    /// Encodes a wanted field's value and keeps it if it is a scalar.
+    struct Wanted<'o>(&'o mut Vec<u8>);
 
-    impl<'de, 'k> DeserializeSeed<'de> for Key<'k> {
+    impl<'de, 'k> DeserializeSeed<'de> for Key<'k, '_> {
         type Value = Option<&'k str>;
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_str(self)
         }
     }
-    impl<'k> Visitor<'_> for Key<'k> {
+    impl<'k> Visitor<'_> for Key<'k, '_> {
         type Value = Option<&'k str>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a key")
         }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(self.0.iter().find(|k| k.as_str() == v).map(String::as_str))
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Encode(self.out).visit_str::<E>(v)?;
+            Ok(self.keys.iter().find(|k| k.as_str() == v).map(String::as_str))
         }
     }
-    struct ScalarVisitor;
-    impl<'de> Visitor<'de> for ScalarVisitor {
+    impl<'de> DeserializeSeed<'de> for Wanted<'_> {
+        type Value = Option<Scalar<'de>>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Wanted<'_> {
         type Value = Option<Scalar<'de>>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("any JSON value")
         }
-        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Encode(self.0).visit_str::<E>(v)?;
             Ok(Some(Scalar::Str(Cow::Borrowed(v))))
         }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Encode(self.0).visit_str::<E>(v)?;
             Ok(Some(Scalar::Str(Cow::Owned(v.to_owned()))))
         }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            Encode(self.0).visit_i64::<E>(v)?;
             Ok(Some(Scalar::Int(v)))
         }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Encode(self.0).visit_u64::<E>(v)?;
             Ok(Some(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int)))
         }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
+            Encode(self.0).visit_f64::<E>(v)?;
             Ok(Some(Scalar::Float(v)))
         }
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        fn visit_bool<E: Error>(self, v: bool) -> Result<Self::Value, E> {
+            Encode(self.0).visit_bool::<E>(v)?;
             Ok(None)
         }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Encode(self.0).visit_unit::<E>()?;
             Ok(None)
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-            while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+            Encode(self.0).visit_map(m)?;
             Ok(None)
         }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
-            while s.next_element::<IgnoredAny>()?.is_some() {}
+        fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<Self::Value, A::Error> {
+            Encode(self.0).visit_seq(s)?;
             Ok(None)
         }
     }
-    struct ScalarSeed;
-    impl<'de> DeserializeSeed<'de> for ScalarSeed {
-        type Value = Option<Scalar<'de>>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(ScalarVisitor)
-        }
-    }
-    impl<'de, 'k> Visitor<'de> for Fields<'k> {
+    impl<'de, 'k> Visitor<'de> for Fields<'k, '_> {
         type Value = Vec<(&'k str, Scalar<'de>)>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-            let mut found = Vec::with_capacity(self.0.len());
-            while let Some(key) = m.next_key_seed(Key(self.0))? {
+            let (keys, out) = (self.keys, self.out);
+            let mut found = Vec::with_capacity(keys.len());
+            let container = Container::begin(out, true);
+            let mut entries = 0;
+            while let Some(key) = m.next_key_seed(Key { keys, out: &mut *out })? {
                 match key {
                     Some(k) => {
-                        if let Some(v) = m.next_value_seed(ScalarSeed)? {
+                        if let Some(v) = m.next_value_seed(Wanted(&mut *out))? {
                             found.push((k, v));
                         }
                     }
-                    None => {
-                        m.next_value::<IgnoredAny>()?;
-                    }
+                    None => m.next_value_seed(Encode(&mut *out))?,
                 }
+                entries += 1;
             }
+            container.end(out, entries)?;
             Ok(found)
         }
     }
 
+    let mut payload = Vec::with_capacity(raw.len());
     let mut de = serde_json::Deserializer::from_slice(raw);
-    let fields = de.deserialize_map(Fields(keys))?;
+    let fields = de.deserialize_map(Fields {
+        keys,
+        out: &mut payload,
+    })?;
     de.end()?;
-    Ok(Body::Flat { fields, raw })
+    Ok(Body::Flat { fields, payload })
 }
 
 /// Turn a raw message into an event with the first rule that fits.
@@ -373,7 +389,12 @@ pub fn decode_raw(
     let mut why = Vec::new();
     for rule in &rules.rules {
         match rule.apply(subject, headers, &body, ids) {
-            Ok(event) => return Ok(event),
+            Ok(mut event) => {
+                event.payload = body
+                    .into_payload()
+                    .map_err(|e| IngressError::undecodable(format!("payload: {e}")))?;
+                return Ok(event);
+            }
             Err(e) => why.push(format!("rule {:?}: {e}", rule.subject)),
         }
     }
@@ -481,6 +502,16 @@ mod tests {
         let pb: serde_json::Value = rmp_serde::from_slice(&b.payload).expect("payload");
         assert_eq!(pa, pb);
         assert_eq!(pa["skip"]["deep"][1]["visitor"], "no");
+    }
+
+    #[test]
+    fn wanted_fields_that_are_not_scalars_stay_in_the_payload() {
+        let body = br#"{"visitor":"u1","event_id":[1,{"a":null}],"ts":{"at":false},"n":-3}"#;
+        let e = decode_raw(&RuleSet::new(vec![web_rule()]), "web.click", None, body, &IdGen::new()).expect("event");
+        assert_ne!(e.id, "", "an id is generated when the located one is not a scalar");
+        let payload: serde_json::Value = rmp_serde::from_slice(&e.payload).expect("payload");
+        let body: serde_json::Value = serde_json::from_slice(body).expect("json");
+        assert_eq!(payload, body);
     }
 
     #[test]
