@@ -4,9 +4,17 @@
 //! an entry dirty and remember its key. [`StateCache::take_commit`] turns the dirty entries into
 //! one sled batch per plugin tree for the committer, without scanning clean entries. Only the
 //! shard thread touches its cache, so there are no locks.
+//!
+//! A key is allocated once, when it enters the cache, and shared with the dirty list; a lookup
+//! hashes the key once and allocates nothing (hashbrown's `entry_ref`).
 
 use super::keys;
-use rustc_hash::FxHashMap;
+use hashbrown::hash_map::EntryRef;
+use rustc_hash::FxBuildHasher;
+use std::sync::Arc;
+
+/// Slot (2 bytes BE) ‖ actor ‖ user key, i.e. the sled key behind a slot prefix.
+type Key = Arc<[u8]>;
 
 /// A plugin's index in a shard's cache (one sled tree each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,9 +34,8 @@ struct Entry {
 
 pub struct StateCache {
     trees: Vec<sled::Tree>,
-    /// Key: slot (2 bytes BE) ‖ actor ‖ user key, i.e. the sled key behind a slot prefix.
-    entries: FxHashMap<Vec<u8>, Entry>,
-    dirty: Vec<Vec<u8>>,
+    entries: hashbrown::HashMap<Key, Entry, FxBuildHasher>,
+    dirty: Vec<Key>,
     capacity: usize,
     key: Vec<u8>,
 }
@@ -37,7 +44,7 @@ impl StateCache {
     pub fn new(capacity: usize) -> StateCache {
         StateCache {
             trees: Vec::new(),
-            entries: FxHashMap::default(),
+            entries: hashbrown::HashMap::default(),
             dirty: Vec::new(),
             capacity,
             key: Vec::with_capacity(128),
@@ -58,41 +65,47 @@ impl StateCache {
 
     pub fn get(&mut self, slot: PluginSlot, actor: &str, key: &str) -> Result<Option<&[u8]>, sled::Error> {
         self.build_key(slot, actor, key);
-        if !self.entries.contains_key(self.key.as_slice()) {
-            let tree = self
-                .trees
-                .get(usize::from(slot.0))
-                .ok_or(sled::Error::Unsupported("unknown plugin slot".into()))?;
-            let value = tree.get(&self.key[2..])?.map(|v| v.to_vec());
-            let entry = Entry {
-                value,
-                dirty: false,
-                commit: 0,
-            };
-            self.entries.insert(self.key.clone(), entry);
-        }
-        Ok(self.entries.get(self.key.as_slice()).and_then(|e| e.value.as_deref()))
+        let entry = match self.entries.entry_ref(self.key.as_slice()) {
+            EntryRef::Occupied(e) => e.into_mut(),
+            EntryRef::Vacant(e) => {
+                let tree = self
+                    .trees
+                    .get(usize::from(slot.0))
+                    .ok_or(sled::Error::Unsupported("unknown plugin slot".into()))?;
+                let value = tree.get(&self.key[2..])?.map(|v| v.to_vec());
+                e.insert(Entry {
+                    value,
+                    dirty: false,
+                    commit: 0,
+                })
+            }
+        };
+        Ok(entry.value.as_deref())
     }
 
     /// Set (`Some`) or delete (`None`) a key.
     pub fn set(&mut self, slot: PluginSlot, actor: &str, key: &str, value: Option<Vec<u8>>) {
         self.build_key(slot, actor, key);
-        match self.entries.get_mut(self.key.as_slice()) {
-            Some(entry) => {
-                if !entry.dirty {
-                    entry.dirty = true;
-                    self.dirty.push(self.key.clone());
+        match self.entries.entry_ref(self.key.as_slice()) {
+            EntryRef::Occupied(mut e) => {
+                if !e.get().dirty {
+                    self.dirty.push(Arc::clone(e.key()));
                 }
+                let entry = e.get_mut();
+                entry.dirty = true;
                 entry.value = value;
             }
-            None => {
-                self.dirty.push(self.key.clone());
-                let entry = Entry {
-                    value,
-                    dirty: true,
-                    commit: 0,
-                };
-                self.entries.insert(self.key.clone(), entry);
+            EntryRef::Vacant(e) => {
+                let key = Key::from(self.key.as_slice());
+                self.dirty.push(Arc::clone(&key));
+                e.insert_with_key(
+                    key,
+                    Entry {
+                        value,
+                        dirty: true,
+                        commit: 0,
+                    },
+                );
             }
         }
     }
@@ -131,7 +144,7 @@ impl StateCache {
         }
         let mut batches: Vec<Option<sled::Batch>> = (0..self.trees.len()).map(|_| None).collect();
         for key in self.dirty.drain(..) {
-            let Some(entry) = self.entries.get_mut(&key) else {
+            let Some(entry) = self.entries.get_mut(&*key) else {
                 continue;
             };
             entry.dirty = false;
