@@ -18,6 +18,7 @@
 
 use super::keys;
 use rustc_hash::FxHashMap;
+use std::sync::Arc;
 
 /// Records are cut at about this size, so sled's leaves stay well below the size at which it
 /// stores nodes as separate blob files.
@@ -182,8 +183,9 @@ fn decode_record(mut rec: &[u8]) -> Option<Vec<Entry<'_>>> {
     Some(entries)
 }
 
-/// A pending timer read back at start: key, due time, payload.
-pub type Restored = (Vec<u8>, i64, Vec<u8>);
+/// A pending timer read back at start: key (in the one allocation the wheel keeps), due time,
+/// payload.
+pub type Restored = (Arc<[u8]>, i64, Vec<u8>);
 
 /// Read every pending timer (from the log, and from `legacy`, the one-key-per-timer tree of
 /// earlier versions), then rewrite the log as one snapshot per shard of `shards` and empty
@@ -194,12 +196,12 @@ pub fn restore(
     shards: usize,
     shard_of: impl Fn(&str) -> usize,
 ) -> Result<(Vec<TimerLog>, Vec<Vec<Restored>>), sled::Error> {
-    let mut live: FxHashMap<Vec<u8>, (i64, Vec<u8>)> = FxHashMap::default();
+    let mut live: FxHashMap<Arc<[u8]>, (i64, Vec<u8>)> = FxHashMap::default();
     for entry in legacy.iter() {
         let (key, value) = entry?;
         match keys::split_timer_value(&value) {
             Some((due, payload)) => {
-                live.insert(key.to_vec(), (due, payload.to_vec()));
+                live.insert(Arc::from(&key[..]), (due, payload.to_vec()));
             }
             None => tracing::warn!("skipping a timer with an unreadable value"),
         }
@@ -219,7 +221,7 @@ pub fn restore(
         for (key, timer) in entries {
             match timer {
                 Some((due, payload)) => {
-                    live.insert(key.to_vec(), (due, payload.to_vec()));
+                    live.insert(Arc::from(key), (due, payload.to_vec()));
                 }
                 None => {
                     live.remove(key);
@@ -249,10 +251,7 @@ pub fn restore(
             since_snapshot: 0,
             snapshot_requested: false,
         };
-        shard_log.snapshot(
-            &mut batch,
-            timers.iter().map(|(k, d, p)| (k.as_slice(), *d, p.as_slice())),
-        );
+        shard_log.snapshot(&mut batch, timers.iter().map(|(k, d, p)| (&k[..], *d, p.as_slice())));
         logs.push(shard_log);
     }
     log.apply_batch(batch)?;
@@ -322,7 +321,7 @@ mod tests {
         // Restart with two shards: actor "a" goes to shard 1.
         let (_, owned) = restore(&log, &legacy, 2, |actor| usize::from(actor == "a")).expect("restore");
         assert!(owned[0].is_empty());
-        assert_eq!(owned[1], vec![(key("a", "t"), 30, b"second".to_vec())]);
+        assert_eq!(owned[1], vec![(key("a", "t").into(), 30, b"second".to_vec())]);
         // And the rewritten log alone holds the same.
         let (_, again) = restore(&log, &legacy, 2, |actor| usize::from(actor == "a")).expect("restore");
         assert_eq!(again, owned);
@@ -353,6 +352,6 @@ mod tests {
             "one record holds the snapshot; the three older ones are gone"
         );
         let (_, owned) = restore(&log, &legacy, 1, |_| 0).expect("restore");
-        assert_eq!(owned[0], vec![(key("a", "t"), 2, vec![0u8; 3000])]);
+        assert_eq!(owned[0], vec![(key("a", "t").into(), 2, vec![0u8; 3000])]);
     }
 }

@@ -47,8 +47,7 @@ impl TimerWheel {
     }
 
     /// Put back a timer read from sled at start (not dirty).
-    pub fn restore(&mut self, key: Vec<u8>, due: i64, payload: Vec<u8>) {
-        let key: Key = key.into();
+    pub fn restore(&mut self, key: Key, due: i64, payload: Vec<u8>) {
         self.queue.insert((due, key.clone()));
         self.timers.insert(key, (due, payload));
     }
@@ -192,7 +191,7 @@ mod tests {
     }
 
     /// What a restart would read back.
-    fn restored(db: &sled::Db) -> Vec<(Vec<u8>, i64, Vec<u8>)> {
+    fn restored(db: &sled::Db) -> Vec<timer_log::Restored> {
         let (log, legacy) = trees(db);
         timer_log::restore(&log, &legacy, 1, |_| 0)
             .expect("restore")
@@ -233,7 +232,7 @@ mod tests {
         assert!(w.take_commit().is_none());
         let mut key = Vec::new();
         keys::timer_key(&mut key, "p", "a", "keep");
-        assert_eq!(restored(&db), vec![(key, 10, vec![7])]);
+        assert_eq!(restored(&db), vec![(key.into(), 10, vec![7])]);
     }
 
     #[test]
