@@ -26,6 +26,7 @@ pub const WEBHOOK_DELIVERED: &str = "hub_webhook_delivered_total";
 pub const WEBHOOK_RETRIES: &str = "hub_webhook_retries_total";
 pub const PUSH_CONNECTIONS: &str = "hub_push_connections";
 pub const PUSH_OUTCOMES: &str = "hub_push_total";
+pub const UNREADABLE_RECORDS: &str = "hub_unreadable_records_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static UPKEEP: std::sync::Once = std::sync::Once::new();
@@ -118,6 +119,10 @@ fn describe() {
     );
     describe_counter!(STATE_COMMIT_ERRORS, "Failed attempts to apply a state batch to sled");
     describe_counter!(PUBLISH_ERRORS, "NATS publish failures");
+    describe_counter!(
+        UNREADABLE_RECORDS,
+        "Stored records that could not be read, kept aside in the `unreadable` tree, by tree"
+    );
     describe_counter!(
         SLOW_CONSUMER,
         "NATS slow-consumer events (messages dropped by the client)"

@@ -11,7 +11,8 @@
 //! - `timer-log`: the pending timers as a log of changes per shard (see [`timer_log`]);
 //!   `timers` (key = plugin ‖ actor ‖ timer id, value = due ‖ payload) is where versions before
 //!   the log kept them, read once at start and emptied;
-//! - `profiles`: key = actor, value = MessagePack map.
+//! - `profiles`: key = actor, value = MessagePack map;
+//! - `unreadable`: records no reader could decode, kept aside (see [`unreadable`]).
 
 mod cache;
 mod committer;
@@ -19,6 +20,7 @@ pub mod keys;
 mod profiles;
 mod timer_log;
 mod timers;
+pub mod unreadable;
 
 pub use cache::{PluginSlot, StateCache};
 pub use committer::{Applied, Commit, CommitQueue, Committer};
