@@ -24,10 +24,18 @@ pub const LEDGER_RECENT: usize = 50;
 const LEDGER_DELIVERED: usize = MAX_LIMIT as usize + 28;
 
 /// One actor's decisions, oldest first.
+///
+/// Stored in the `actions` tree as a MessagePack *map* (field names included, see
+/// [`Ledger::to_bytes`]), so an absent optional field or one added later cannot shift the others.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     pub entries: Vec<Entry>,
 }
+
+/// Why a stored ledger could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("action ledger unreadable: {0}")]
+pub struct LedgerError(#[from] rmp_serde::decode::Error);
 
 /// One decision about one proposed action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +128,20 @@ pub enum Decision {
 }
 
 impl Ledger {
+    /// The stored form: a MessagePack map per struct, so fields are matched by name.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec_named(self)
+    }
+
+    /// Read a stored ledger: the map form, or the positional arrays earlier versions wrote
+    /// (including their entries without a dedup key, written one element short).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Ledger, LedgerError> {
+        match rmp_serde::from_slice(bytes) {
+            Ok(ledger) => Ok(ledger),
+            Err(e) => legacy_ledger(bytes).ok_or(LedgerError(e)),
+        }
+    }
+
     /// Decide about `action` at `now` and record the decision. `released` is true when a held
     /// action's wait is over: it is judged again, and not held twice.
     pub fn decide(&mut self, policies: &Policies, action: &Action, now: i64, released: bool) -> Decision {
@@ -224,6 +246,31 @@ impl Ledger {
         let mut flags = keep.into_iter();
         self.entries.retain(|_| flags.next().unwrap_or(true));
     }
+}
+
+/// Entries of a positional ledger written when the dedup key was skipped if absent: seven
+/// elements, the dedup key missing before the outcome. Put it back and read the ledger again.
+fn legacy_ledger(bytes: &[u8]) -> Option<Ledger> {
+    /// Fields of an entry; the dedup key is the seventh.
+    const ENTRY_FIELDS: usize = 8;
+    let mut value = rmpv::decode::read_value(&mut &bytes[..]).ok()?;
+    let rmpv::Value::Array(fields) = &mut value else {
+        return None;
+    };
+    let Some(rmpv::Value::Array(entries)) = fields.first_mut() else {
+        return None;
+    };
+    for entry in entries.iter_mut() {
+        if let rmpv::Value::Array(f) = entry
+            && f.len() == ENTRY_FIELDS - 1
+        {
+            f.insert(ENTRY_FIELDS - 2, rmpv::Value::Nil);
+        }
+    }
+    // Encoded again and read by rmp-serde, which knows the enums' encoding (rmpv does not).
+    let mut repaired = Vec::with_capacity(bytes.len() + entries.len());
+    rmpv::encode::write_value(&mut repaired, &value).ok()?;
+    rmp_serde::from_slice(&repaired).ok()
 }
 
 #[cfg(test)]
@@ -417,5 +464,144 @@ mod tests {
         );
         let last = ledger.entries.last().expect("entries");
         assert_eq!(last.id, "o999");
+    }
+
+    /// Ledgers as versions before the map encoding wrote them: positional arrays, with the
+    /// dedup key left out when absent.
+    #[derive(Serialize)]
+    struct LegacyEntry<'a> {
+        id: &'a str,
+        name: &'a str,
+        category: &'a str,
+        priority: i32,
+        plugin: &'a str,
+        time: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dedup_key: &'a Option<String>,
+        outcome: &'a Outcome,
+    }
+
+    fn legacy_bytes(ledger: &Ledger) -> Vec<u8> {
+        let entries: Vec<LegacyEntry<'_>> = ledger
+            .entries
+            .iter()
+            .map(|e| LegacyEntry {
+                id: &e.id,
+                name: &e.name,
+                category: &e.category,
+                priority: e.priority,
+                plugin: &e.plugin,
+                time: e.time,
+                dedup_key: &e.dedup_key,
+                outcome: &e.outcome,
+            })
+            .collect();
+        rmp_serde::to_vec(&(entries,)).expect("encode")
+    }
+
+    #[test]
+    fn an_action_without_a_dedup_key_keeps_the_ledger_readable() {
+        let p = policies();
+        let mut ledger = Ledger::default();
+        for i in 0..5 {
+            ledger.decide(&p, &action(&format!("o{i}"), "offer", 1), i * MIN, false);
+        }
+        let read = Ledger::from_bytes(&ledger.to_bytes().expect("encode")).expect("readable");
+        assert_eq!(read, ledger);
+        assert_eq!(
+            read.entries.iter().filter(|e| e.outcome == Outcome::Delivered).count(),
+            3,
+            "the limit of 3 offers a day still counts what was delivered"
+        );
+        let legacy = Ledger::from_bytes(&legacy_bytes(&ledger)).expect("a ledger the old encoding broke reads");
+        assert_eq!(legacy, ledger);
+    }
+
+    mod formats {
+        use super::super::*;
+        use super::legacy_bytes;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![Just(String::new()), ".{0,12}", "[a-z.]{1,8}"]
+        }
+
+        fn reason() -> impl Strategy<Value = Reason> {
+            prop_oneof![
+                text().prop_map(|of| Reason::Duplicate { of }),
+                (text(), text(), any::<i64>()).prop_map(|(id, category, until)| Reason::SuppressedBy {
+                    id,
+                    category,
+                    until
+                }),
+                (text(), text()).prop_map(|(by, name)| Reason::Outranked { by, name }),
+                (text(), any::<u32>(), any::<u64>()).prop_map(|(category, count, window_ms)| {
+                    Reason::CategoryLimit {
+                        category,
+                        count,
+                        window_ms,
+                    }
+                }),
+                (any::<u32>(), any::<u64>()).prop_map(|(count, window_ms)| Reason::ContactLimit { count, window_ms }),
+            ]
+        }
+
+        fn outcome() -> impl Strategy<Value = Outcome> {
+            prop_oneof![
+                Just(Outcome::Delivered),
+                reason().prop_map(Outcome::Suppressed),
+                any::<i64>().prop_map(|until| Outcome::Held { until }),
+            ]
+        }
+
+        prop_compose! {
+            fn entry()(
+                id in text(), name in text(), category in text(), priority in any::<i32>(), plugin in text(),
+                time in any::<i64>(), dedup_key in proptest::option::of(text()), outcome in outcome(),
+            ) -> Entry {
+                Entry { id, name, category, priority, plugin, time, dedup_key, outcome }
+            }
+        }
+
+        prop_compose! {
+            fn action()(
+                id in text(), name in text(), category in text(), priority in any::<i32>(),
+                dedup_key in proptest::option::of(text()), actor in text(), plugin in text(), cause in text(),
+                time in any::<i64>(), payload in proptest::collection::vec(any::<u8>(), 0..16),
+            ) -> Action {
+                Action { id, name, category, priority, dedup_key, actor, plugin, cause, time, payload }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn ledgers_round_trip(entries in proptest::collection::vec(entry(), 0..8)) {
+                let ledger = Ledger { entries };
+                let bytes = ledger.to_bytes().expect("encode");
+                prop_assert_eq!(Ledger::from_bytes(&bytes).expect("decode"), ledger.clone());
+                prop_assert_eq!(Ledger::from_bytes(&legacy_bytes(&ledger)).expect("legacy"), ledger);
+            }
+
+            /// A held action waits in its timer's payload in this form.
+            #[test]
+            fn held_actions_round_trip(action in action()) {
+                let bytes = rmp_serde::to_vec_named(&action).expect("encode");
+                prop_assert_eq!(rmp_serde::from_slice::<Action>(&bytes).expect("decode"), action);
+            }
+        }
+
+        #[test]
+        fn a_ledger_entry_tolerates_fields_added_later() {
+            let stored = serde_json::json!({"entries": [{
+                "id": "a", "name": "n", "category": "offer", "priority": 1, "plugin": "p", "time": 5,
+                "outcome": "Delivered", "channel_hint": "added by a later version"
+            }]});
+            let bytes = rmp_serde::to_vec_named(&stored).expect("encode");
+            let ledger = Ledger::from_bytes(&bytes).expect("decode");
+            assert_eq!(ledger.entries[0].dedup_key, None);
+            assert_eq!(ledger.entries[0].outcome, Outcome::Delivered);
+        }
     }
 }
