@@ -15,7 +15,7 @@ const REFERENCE: &[&str] = &[
     "support-first",
     "notify",
 ];
-const FIXTURES: &[&str] = &["chaos", "counter", "counter-v2", "wrong-world"];
+const FIXTURES: &[&str] = &["chaos", "counter", "counter-v2", "wrong-world", "bare"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -145,14 +145,21 @@ pub struct EngineConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginLimits {
-    /// Wall-clock budget of one call (epoch interruption).
+    /// CPU-time budget of one call: a plugin computing longer is stopped (`deadline`). Time the
+    /// OS spends running other threads does not count.
     pub call_timeout_ms: u64,
+    /// Wall-clock cap of one call, for a call that blocks without computing.
+    pub call_wall_timeout_ms: u64,
     /// Linear memory cap per plugin instance.
     pub memory_bytes: usize,
     /// Granularity of the epoch ticker.
     pub epoch_tick_ms: u64,
     /// Largest accepted plugin module.
     pub max_module_bytes: usize,
+    /// Largest output a call may return (an emitted event as published, an action, a delivery
+    /// body); a call returning a larger one fails as `invalid_output`, atomically. Lowered at
+    /// start to the NATS server's `max_payload` less room for headers.
+    pub max_output_bytes: usize,
 }
 
 /// How a raw message on a subject becomes an event.
@@ -235,9 +242,11 @@ impl Default for PluginLimits {
     fn default() -> Self {
         PluginLimits {
             call_timeout_ms: 100,
+            call_wall_timeout_ms: 1000,
             memory_bytes: 64 << 20,
             epoch_tick_ms: 1,
             max_module_bytes: 32 << 20,
+            max_output_bytes: (1 << 20) - 4096,
         }
     }
 }

@@ -97,7 +97,16 @@ impl Hub {
                 source,
             })?;
 
-        let runtime = Runtime::new(config.limits.clone()).map_err(|e| StartError::Runtime(format!("{e:#}")))?;
+        let mut limits = config.limits.clone();
+        // Headers (dead-letter reasons, message ids) need room beside the largest output.
+        let carried = usize::try_from(client.server_info().max_payload)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(4096);
+        if carried < limits.max_output_bytes {
+            tracing::info!(max_output_bytes = carried, "outputs limited to what the NATS server carries");
+            limits.max_output_bytes = carried;
+        }
+        let runtime = Runtime::new(limits).map_err(|e| StartError::Runtime(format!("{e:#}")))?;
         let shard_count = config.engine.shard_count();
         let (router, receivers) = Router::new(shard_count, config.engine.queue_capacity);
         let registry = Registry::open(runtime, db.sled(), router.clone())?;

@@ -6,14 +6,17 @@
 //!   component-model-async feature (which would slow every call 1.4–2.7×) is not compiled in;
 //! - an instance lives as long as it is healthy: instantiating costs 12–20 µs, a call ~1.5 µs;
 //! - a deadline per call comes from epoch interruption, driven by a dedicated OS thread
-//!   ([`EpochTicker`]) so a busy async runtime can never delay it;
+//!   ([`EpochTicker`]) so a busy async runtime can never delay it, and counts the call's CPU
+//!   time (`deadline`);
 //! - a trap poisons an instance, so it is dropped and re-created from the module, while state
 //!   lives outside the instance (in the shard's write-behind cache) and nothing is lost.
 
 mod bindings;
+mod deadline;
 mod host;
 mod instance;
 mod module;
+mod outputs;
 
 pub use host::{HostState, ShardStores};
 pub use instance::{CallError, PluginInstance};
@@ -108,10 +111,6 @@ impl Runtime {
         unsafe { Component::deserialize(&self.engine, artifact) }.ok()
     }
 
-    /// Epoch ticks a call may run before it is interrupted.
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.call_timeout_ms / self.limits.epoch_tick_ms.max(1)).max(1)
-    }
 }
 
 /// Advances the engine's epoch on its own OS thread; stops when dropped.

@@ -16,7 +16,7 @@ use crate::actor::{ActorRequest, ActorState, Erased, PendingTimer, decode_value}
 use crate::arbiter::PolicyStore;
 use crate::delivery::Sinks;
 use crate::egress::{Batcher, DeadLetter, Egress, Outbound, subjects};
-use crate::event::{Action, Event, Routed, derived_id, is_subject_safe, now_ms};
+use crate::event::{Action, Event, Routed, derived_id, now_ms};
 use crate::metrics as m;
 use crate::registry::{Live, LivePlugin, LiveSet};
 use crate::router::{Router, ShardMsg};
@@ -597,14 +597,6 @@ impl Shard {
                     dedup_key,
                     payload,
                 } => {
-                    if is_action_event(cause) {
-                        let detail = format!(
-                            "delivery plugin {} proposed an action ({name}) while delivering one",
-                            self.plugins[p].name
-                        );
-                        self.dead_letter_cause(p, cause, "plugin_error", &detail);
-                        continue;
-                    }
                     let action = Action {
                         id,
                         name,
@@ -617,7 +609,7 @@ impl Shard {
                         time: now,
                         payload,
                     };
-                    self.propose(p, action, received);
+                    self.propose(action, received);
                 }
                 Output::Deliver { channel, target, body } => {
                     let target = if target.is_empty() { actor.to_owned() } else { target };
@@ -627,16 +619,9 @@ impl Shard {
         }
     }
 
-    /// Publish an emitted event on `hub.events.<kind>` and route it to its actor's shard.
+    /// Publish an emitted event on `hub.events.<kind>` and route it to its actor's shard. (Its
+    /// kind, actor and size were checked with the call's outputs, see `runtime::outputs`.)
     fn emit(&mut self, p: usize, event: Event, hops: u8, received: Instant) {
-        if !is_subject_safe(&event.kind) || event.actor.is_empty() || event.kind.starts_with(ACTION_KIND_PREFIX) {
-            let detail = format!(
-                "plugin {} emitted an invalid event (kind {:?}, actor {:?})",
-                self.plugins[p].name, event.kind, event.actor
-            );
-            self.dead_letter_event(p, &event, "plugin_error", &detail);
-            return;
-        }
         if hops > self.hop_limit {
             let detail = format!(
                 "event chain longer than the hop limit of {} (last plugin {})",
@@ -809,11 +794,6 @@ impl Shard {
         }
         self.next_commit = Instant::now() + self.commit_every;
     }
-}
-
-/// True when the call delivers an action (a delivery plugin's call).
-fn is_action_event(cause: &Cause<'_>) -> bool {
-    matches!(cause, Cause::Event(r) if r.event.kind.starts_with(ACTION_KIND_PREFIX))
 }
 
 /// The state entries of `actor` in a plugin tree no shard cache holds.

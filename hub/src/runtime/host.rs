@@ -5,6 +5,11 @@
 //! instances of that shard, but a wasmtime store must own its data. So the shard moves its boxed
 //! [`ShardStores`] into the instance's [`HostState`] for the duration of a call and takes it
 //! back afterwards: one pointer move each way, no locks, no reference counting.
+//!
+//! A call is atomic: its state writes and timer changes go to a journal ([`CallWrites`]) that
+//! its own reads see, and reach the shard's stores only when the call returns `Ok` with valid
+//! outputs. A call that traps or fails leaves nothing behind, so replaying its dead letter
+//! applies the event once.
 
 use super::bindings::hub::plugin::{clock, log, profile, state, timers, types};
 use crate::state::{PluginSlot, StateCache, TimerWheel};
@@ -35,6 +40,58 @@ pub struct HostState {
     pub(super) stores: Option<Box<ShardStores>>,
     /// The guest's stderr, where Rust guests write their panic message.
     pub(super) stderr: MemoryOutputPipe,
+    /// What the current call wrote, applied when it succeeds.
+    pub(super) writes: CallWrites,
+    /// The current call's budget, checked whenever the epoch deadline passes.
+    pub(super) deadline: super::deadline::Deadline,
+}
+
+/// One timer change of a call.
+enum TimerWrite {
+    Set { id: String, due: i64, payload: Vec<u8> },
+    Cancel { id: String },
+}
+
+/// The state writes and timer changes of one call, in call order. Buffers are kept between
+/// calls, so journalling allocates nothing beyond the keys and values the guest hands over.
+#[derive(Default)]
+pub(super) struct CallWrites {
+    /// Key → new value (`None`: deleted); one entry per key, the last write wins.
+    state: Vec<(String, Option<Vec<u8>>)>,
+    timers: Vec<TimerWrite>,
+}
+
+impl CallWrites {
+    /// The value this call wrote for `key`, if it wrote one (`Some(None)`: deleted).
+    fn read(&self, key: &str) -> Option<Option<&[u8]>> {
+        self.state.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_deref())
+    }
+
+    fn write(&mut self, key: String, value: Option<Vec<u8>>) {
+        match self.state.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.state.push((key, value)),
+        }
+    }
+
+    /// Apply the journal to the shard's stores, for plugin `plugin` in `slot` and `actor`.
+    pub(super) fn apply(&mut self, stores: &mut ShardStores, plugin: &str, slot: PluginSlot, actor: &str) {
+        for (key, value) in self.state.drain(..) {
+            stores.state.set(slot, actor, &key, value);
+        }
+        for change in self.timers.drain(..) {
+            match change {
+                TimerWrite::Set { id, due, payload } => stores.timers.set(plugin, actor, &id, due, payload),
+                TimerWrite::Cancel { id } => stores.timers.cancel(plugin, actor, &id),
+            }
+        }
+    }
+
+    /// Forget the journal: the call failed.
+    pub(super) fn discard(&mut self) {
+        self.state.clear();
+        self.timers.clear();
+    }
 }
 
 impl HostState {
@@ -51,6 +108,8 @@ impl HostState {
             now: 0,
             stores: None,
             stderr,
+            writes: CallWrites::default(),
+            deadline: super::deadline::Deadline::default(),
         }
     }
 
@@ -104,38 +163,37 @@ impl types::Host for HostState {}
 
 impl state::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        if let Some(written) = self.writes.read(&key) {
+            return Ok(written.map(<[u8]>::to_vec));
+        }
         let slot = self.slot;
         let (stores, actor) = self.scope()?;
         Ok(stores.state.get(slot, actor, &key)?.map(<[u8]>::to_vec))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
-        let slot = self.slot;
-        let (stores, actor) = self.scope()?;
-        stores.state.set(slot, actor, &key, Some(value));
+        self.scope()?;
+        self.writes.write(key, Some(value));
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
-        let slot = self.slot;
-        let (stores, actor) = self.scope()?;
-        stores.state.set(slot, actor, &key, None);
+        self.scope()?;
+        self.writes.write(key, None);
         Ok(())
     }
 }
 
 impl timers::Host for HostState {
     fn set(&mut self, id: String, due: i64, payload: Vec<u8>) -> wasmtime::Result<()> {
-        let plugin = self.plugin.clone();
-        let (stores, actor) = self.scope()?;
-        stores.timers.set(&plugin, actor, &id, due, payload);
+        self.scope()?;
+        self.writes.timers.push(TimerWrite::Set { id, due, payload });
         Ok(())
     }
 
     fn cancel(&mut self, id: String) -> wasmtime::Result<()> {
-        let plugin = self.plugin.clone();
-        let (stores, actor) = self.scope()?;
-        stores.timers.cancel(&plugin, actor, &id);
+        self.scope()?;
+        self.writes.timers.push(TimerWrite::Cancel { id });
         Ok(())
     }
 }

@@ -17,8 +17,11 @@ use wasmtime::{Store, Trap};
 /// Why a plugin call did not produce outputs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    #[error("deadline of {0} ms exceeded")]
+    #[error("deadline of {0} ms exceeded (CPU time of the call)")]
     Deadline(u64),
+    /// The call blocked (it did not compute) past the cap on a call's wall time.
+    #[error("deadline of {0} ms of wall-clock time exceeded (the call blocked)")]
+    Stalled(u64),
     #[error("memory limit of {0} bytes exceeded")]
     Memory(usize),
     #[error("panicked: {0}")]
@@ -28,23 +31,27 @@ pub enum CallError {
     /// The plugin returned an error: its own message.
     #[error("{0}")]
     Plugin(String),
+    /// The call returned outputs the hub cannot take (see `runtime::outputs`).
+    #[error("{0}")]
+    Output(String),
 }
 
 impl CallError {
     /// The dead-letter reason, used as the last token of `hub.dlq.<reason>`.
     pub fn reason(&self) -> &'static str {
         match self {
-            CallError::Deadline(_) => "deadline",
+            CallError::Deadline(_) | CallError::Stalled(_) => "deadline",
             CallError::Memory(_) => "memory",
             CallError::Panic(_) => "panic",
             CallError::Trap(_) => "trap",
             CallError::Plugin(_) => "plugin_error",
+            CallError::Output(_) => "invalid_output",
         }
     }
 
     /// A trap poisons the instance; a returned error does not.
     pub fn is_trap(&self) -> bool {
-        !matches!(self, CallError::Plugin(_))
+        !matches!(self, CallError::Plugin(_) | CallError::Output(_))
     }
 }
 
@@ -122,12 +129,12 @@ impl PluginInstance {
     /// Call `describe()` on a throw-away instance (no `init`: describe must not need config).
     pub(super) fn describe(module: &PluginModule) -> Result<Description, CallError> {
         let mut store = new_store(module, "probe".into(), PluginSlot::PROBE);
-        store.set_epoch_deadline(module.runtime.deadline_ticks());
+        arm(&mut store, module);
         let plugin = module
             .pre
             .instantiate(&mut store)
             .map_err(|e| classify(e, &store, module))?;
-        store.set_epoch_deadline(module.runtime.deadline_ticks());
+        arm(&mut store, module);
         let d = plugin
             .call_describe(&mut store)
             .map_err(|e| classify(e, &store, module))?;
@@ -139,10 +146,8 @@ impl PluginInstance {
         })
     }
 
-    /// Give the next call its full deadline and a clean memory-cap flag.
     fn arm(&mut self) {
-        self.store.set_epoch_deadline(self.module.runtime.deadline_ticks());
-        self.store.data_mut().limiter.hit = false;
+        arm(&mut self.store, &self.module);
     }
 
     /// Handle one event of one actor; `stores` is lent to the instance for the call.
@@ -160,7 +165,8 @@ impl PluginInstance {
             source: &event.source,
             payload: &event.payload,
         };
-        self.call(stores, &event.actor, now, |plugin, store| {
+        let delivering = event.kind.starts_with(crate::shard::ACTION_KIND_PREFIX);
+        self.call(stores, &event.actor, now, delivering, |plugin, store| {
             plugin.call_on_event(store, arg)
         })
     }
@@ -178,39 +184,51 @@ impl PluginInstance {
             due: timer.due,
             payload: &timer.payload,
         };
-        self.call(stores, &timer.actor, now, |plugin, store| {
+        self.call(stores, &timer.actor, now, false, |plugin, store| {
             plugin.call_on_timer(store, arg)
         })
     }
 
+    /// Run one call atomically: its writes reach `stores` only if it returns `Ok` and its
+    /// outputs are valid (`delivering`: the call delivers an action, so it may not propose one).
     fn call(
         &mut self,
         stores: &mut Option<Box<ShardStores>>,
         actor: &str,
         now: i64,
+        delivering: bool,
         f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<Result<Vec<wit::Output>, String>>,
     ) -> Result<Vec<Output>, CallError> {
         let Some(plugin) = self.plugin.as_ref() else {
             return Err(CallError::Trap("instance is poisoned by an earlier trap".into()));
         };
-        self.store.set_epoch_deadline(self.module.runtime.deadline_ticks());
+        arm(&mut self.store, &self.module);
         let data = self.store.data_mut();
-        data.limiter.hit = false;
         data.actor.clear();
         data.actor.push_str(actor);
         data.now = now;
         data.stores = stores.take();
         let result = f(plugin, &mut self.store);
-        *stores = self.store.data_mut().stores.take();
-        match result {
-            Ok(Ok(outputs)) => Ok(outputs.into_iter().map(from_wit).collect()),
+        let data = self.store.data_mut();
+        *stores = data.stores.take();
+        let outcome = match result {
+            Ok(Ok(outputs)) => {
+                let outputs: Vec<Output> = outputs.into_iter().map(from_wit).collect();
+                super::outputs::check(&outputs, delivering, self.module.runtime.limits()).map(|()| outputs)
+            }
             Ok(Err(msg)) => Err(CallError::Plugin(msg)),
             Err(e) => {
                 let err = classify(e, &self.store, &self.module);
                 self.plugin = None;
                 Err(err)
             }
+        };
+        let data = self.store.data_mut();
+        match (&outcome, stores.as_deref_mut()) {
+            (Ok(_), Some(stores)) => data.writes.apply(stores, &data.plugin, data.slot, &data.actor),
+            _ => data.writes.discard(),
         }
+        outcome
     }
 }
 
@@ -221,7 +239,22 @@ fn new_store(module: &PluginModule, name: Arc<str>, slot: PluginSlot) -> Store<H
     let host = HostState::new(name, slot, limits.memory_bytes);
     let mut store = Store::new(&module.runtime.engine, host);
     store.limiter(|host| &mut host.limiter);
+    store.epoch_deadline_callback(|mut cx| cx.data_mut().deadline.next());
     store
+}
+
+/// Give the next call (or instantiation) its full budget and a clean memory-cap flag.
+fn arm(store: &mut Store<HostState>, module: &PluginModule) {
+    let limits = module.runtime.limits();
+    let data = store.data_mut();
+    data.limiter.hit = false;
+    data.deadline.begin(
+        std::time::Duration::from_millis(limits.call_timeout_ms),
+        std::time::Duration::from_millis(limits.call_wall_timeout_ms),
+        std::time::Duration::from_millis(limits.epoch_tick_ms.max(1)),
+    );
+    let ticks = data.deadline.first_ticks();
+    store.set_epoch_deadline(ticks);
 }
 
 /// Turn a wasmtime error into the reason an admin can act on.
@@ -231,7 +264,10 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, module: &PluginModul
         return CallError::Memory(module.runtime.limits().memory_bytes);
     }
     match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => CallError::Deadline(module.runtime.limits().call_timeout_ms),
+        Some(Trap::Interrupt) => match host.deadline.exceeded {
+            Some(super::deadline::Exceeded::Wall) => CallError::Stalled(module.runtime.limits().call_wall_timeout_ms),
+            _ => CallError::Deadline(module.runtime.limits().call_timeout_ms),
+        },
         Some(Trap::UnreachableCodeReached) => {
             let stderr = host.stderr.contents();
             let text = String::from_utf8_lossy(&stderr);

@@ -7,7 +7,7 @@ use super::{ACTION_KIND_PREFIX, ARBITER_TIMERS, Cause, LEDGER_KEY, Shard};
 use crate::arbiter::{Decision, Ledger, Outcome};
 use crate::delivery::Delivery;
 use crate::egress::{DeadLetter, Outbound, headers, subjects};
-use crate::event::{Action, Event, Routed, is_subject_safe, now_ms};
+use crate::event::{Action, Event, Routed, now_ms};
 use crate::metrics as m;
 use crate::state::DueTimer;
 use bytes::Bytes;
@@ -24,23 +24,7 @@ pub(super) struct Proposal {
 
 impl Shard {
     /// Queue a proposed action for the arbiter, which judges the input's actions together.
-    pub(super) fn propose(&mut self, p: usize, action: Action, received: Instant) {
-        if !is_subject_safe(&action.name) {
-            let detail = format!(
-                "plugin {} proposed an action with an invalid name {:?}",
-                self.plugins[p].name, action.name
-            );
-            let letter = DeadLetter {
-                reason: "plugin_error",
-                detail: &detail,
-                subject: "action",
-                plugin: Some(&self.plugins[p].name),
-                event_id: Some(&action.cause),
-                body: action.to_json().map(Bytes::from).unwrap_or_default(),
-            };
-            self.egress.push(letter.into_outbound());
-            return;
-        }
+    pub(super) fn propose(&mut self, action: Action, received: Instant) {
         self.proposed.push(Proposal {
             action,
             received,
@@ -105,7 +89,7 @@ impl Shard {
                     }
                     self.send_action(action, received);
                 }
-                Outcome::Held { until } => match rmp_serde::to_vec(&action) {
+                Outcome::Held { until } => match rmp_serde::to_vec_named(&action) {
                     Ok(payload) => {
                         let timers = &mut self.stores().timers;
                         timers.set(ARBITER_TIMERS, &action.actor, &action.id, until, payload);
@@ -195,23 +179,6 @@ impl Shard {
         target: String,
         body: Vec<u8>,
     ) {
-        if !is_subject_safe(&channel) {
-            // Dead-lettered like an invalid event or action: nothing is dropped silently.
-            let detail = format!(
-                "plugin {} delivered to an invalid channel name {channel:?}",
-                self.plugins[p].name
-            );
-            let letter = DeadLetter {
-                reason: "plugin_error",
-                detail: &detail,
-                subject: "delivery",
-                plugin: Some(&self.plugins[p].name),
-                event_id: Some(&id),
-                body: Bytes::from(body),
-            };
-            self.egress.push(letter.into_outbound());
-            return;
-        }
         self.deliveries_made += 1;
         match self.deliveries.get(&channel) {
             Some(counter) => counter.increment(1),
@@ -231,27 +198,33 @@ impl Shard {
         });
     }
 
-    /// The actor's action ledger (empty if unreadable: decisions go on, and the error is logged).
+    /// The actor's action ledger. One that cannot be read is kept aside (see
+    /// `state::unreadable`) and decisions go on with an empty ledger, which replaces it.
     pub(super) fn ledger(&mut self, actor: &str) -> Ledger {
         let slot = self.actions_slot;
-        match self.stores().state.get(slot, actor, LEDGER_KEY) {
-            Ok(Some(bytes)) => rmp_serde::from_slice(bytes).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, actor, "action ledger unreadable; starting a new one");
-                Ledger::default()
-            }),
-            Ok(None) => Ledger::default(),
-            Err(e) => {
-                tracing::warn!(error = %e, actor, "action ledger unreadable");
-                Ledger::default()
-            }
-        }
+        let error = match self.stores().state.get(slot, actor, LEDGER_KEY) {
+            Ok(None) => return Ledger::default(),
+            Ok(Some(bytes)) => match Ledger::from_bytes(bytes) {
+                Ok(ledger) => return ledger,
+                Err(e) => {
+                    let mut key = Vec::new();
+                    crate::state::keys::state_key(&mut key, actor, LEDGER_KEY);
+                    let bytes = bytes.to_vec();
+                    crate::state::unreadable::keep_aside(self.db.sled(), "actions", &key, &bytes, &e);
+                    return Ledger::default();
+                }
+            },
+            Err(e) => e,
+        };
+        tracing::error!(error = %error, actor, "action ledger cannot be read from sled; deciding without it");
+        Ledger::default()
     }
 
     fn store_ledger(&mut self, actor: &str, ledger: &Ledger) {
         let slot = self.actions_slot;
-        match rmp_serde::to_vec(ledger) {
+        match ledger.to_bytes() {
             Ok(bytes) => self.stores().state.set(slot, actor, LEDGER_KEY, Some(bytes)),
-            Err(e) => tracing::warn!(error = %e, actor, "action ledger not recorded"),
+            Err(e) => tracing::error!(error = %e, actor, "action ledger not recorded"),
         }
     }
 }

@@ -1,0 +1,151 @@
+//! A call's time budget counts the CPU time the call itself uses, not wall time: on a busy
+//! machine the OS may deschedule a shard thread in the middle of a cheap call, and that call
+//! must not die as `deadline` for it. Only a plugin that really computes for longer than
+//! `call_timeout_ms` is stopped.
+//!
+//! How, without a system call per plugin call: the epoch ticker interrupts a call once its
+//! wall-clock budget has passed (the cheap check wasmtime does anyway). Only then does
+//! [`Deadline::next`] read the thread's CPU clock, and either stops the call or lets it run for
+//! the CPU budget it has left. The CPU clock is read at most once per millisecond of a shard's
+//! wall time to mark a baseline (`begin`), so a call's CPU time is known to within that
+//! millisecond. A wall-clock cap (`call_wall_timeout_ms`) still bounds a call that blocks
+//! without computing, so no plugin can stall its shard for long.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+use wasmtime::{Trap, UpdateDeadline};
+
+/// How stale the thread's CPU baseline may be when a call begins.
+const BASELINE_AGE: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// (when, this thread's CPU time then): the baseline calls on this thread measure from.
+    static BASELINE: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+}
+
+/// The CPU time the calling thread has used.
+pub fn thread_cpu_time() -> Duration {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID) {
+        Ok(t) => Duration::new(t.tv_sec().max(0) as u64, t.tv_nsec().clamp(0, 999_999_999) as u32),
+        // Not expected on Linux; without a CPU clock the wall-clock cap still applies.
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// Which budget a stopped call ran out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    Cpu,
+    Wall,
+}
+
+/// The budget of the current call.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    /// Thread CPU time at the baseline.
+    cpu_base: Duration,
+    /// CPU time allowed since the baseline: the call's budget plus what the thread may have
+    /// used between the baseline and the call's start.
+    cpu_budget: Duration,
+    started: Instant,
+    wall_budget: Duration,
+    tick: Duration,
+    /// Set when the call was stopped.
+    pub exceeded: Option<Exceeded>,
+}
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Deadline {
+            cpu_base: Duration::ZERO,
+            cpu_budget: Duration::ZERO,
+            started: Instant::now(),
+            wall_budget: Duration::ZERO,
+            tick: Duration::from_millis(1),
+            exceeded: None,
+        }
+    }
+}
+
+impl Deadline {
+    /// Start a call's budget: `cpu` of CPU time, `wall` of wall time at most, with the epoch
+    /// ticking every `tick`.
+    pub fn begin(&mut self, cpu: Duration, wall: Duration, tick: Duration) {
+        let now = Instant::now();
+        let (at, base) = BASELINE.with(|b| match b.get() {
+            Some((at, base)) if now.duration_since(at) <= BASELINE_AGE => (at, base),
+            _ => {
+                let fresh = (now, thread_cpu_time());
+                b.set(Some(fresh));
+                fresh
+            }
+        });
+        self.cpu_base = base;
+        self.cpu_budget = cpu + now.duration_since(at);
+        self.started = now;
+        self.wall_budget = wall.max(cpu);
+        self.tick = tick.max(Duration::from_nanos(1));
+        self.exceeded = None;
+    }
+
+    /// Epoch ticks until the first check: the CPU budget, since a call cannot use more CPU
+    /// than wall time.
+    pub fn first_ticks(&self) -> u64 {
+        ticks(self.cpu_budget, self.tick)
+    }
+
+    /// The wall-clock budget has passed at least once: stop the call, or let it go on.
+    pub fn next(&mut self) -> wasmtime::Result<UpdateDeadline> {
+        let elapsed = self.started.elapsed();
+        if elapsed >= self.wall_budget {
+            self.exceeded = Some(Exceeded::Wall);
+            return Err(Trap::Interrupt.into());
+        }
+        let used = thread_cpu_time().saturating_sub(self.cpu_base);
+        if used >= self.cpu_budget {
+            self.exceeded = Some(Exceeded::Cpu);
+            return Err(Trap::Interrupt.into());
+        }
+        let left = (self.cpu_budget - used).min(self.wall_budget - elapsed);
+        Ok(UpdateDeadline::Continue(ticks(left, self.tick)))
+    }
+}
+
+fn ticks(d: Duration, tick: Duration) -> u64 {
+    (d.as_nanos() / tick.as_nanos()).clamp(1, u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_descheduled_call_is_not_stopped_but_a_computing_one_is() {
+        let tick = Duration::from_millis(1);
+        let mut d = Deadline::default();
+        d.begin(Duration::from_millis(20), Duration::from_secs(5), tick);
+        // Blocked, not computing: 30 ms of wall time, hardly any CPU.
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            matches!(d.next(), Ok(UpdateDeadline::Continue(n)) if n >= 1),
+            "a call that waited is given the CPU time it has left"
+        );
+        assert_eq!(d.exceeded, None);
+        // Computing: spin until the CPU budget is gone.
+        let start = thread_cpu_time();
+        while thread_cpu_time() - start < Duration::from_millis(25) {
+            std::hint::black_box(0);
+        }
+        assert!(d.next().is_err());
+        assert_eq!(d.exceeded, Some(Exceeded::Cpu));
+    }
+
+    #[test]
+    fn the_wall_clock_cap_stops_a_call_that_blocks() {
+        let mut d = Deadline::default();
+        d.begin(Duration::from_millis(5), Duration::from_millis(10), Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(12));
+        assert!(d.next().is_err());
+        assert_eq!(d.exceeded, Some(Exceeded::Wall));
+    }
+}
