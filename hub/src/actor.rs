@@ -101,13 +101,32 @@ pub struct Erased {
     pub profile: bool,
 }
 
-/// Plugin data as JSON: MessagePack decoded, anything else as hex.
+/// Plugin data as JSON: one whole MessagePack value decoded, anything else as hex (raw bytes
+/// that merely start like MessagePack, e.g. a little-endian counter, are shown as they are).
 pub fn decode_value(bytes: &[u8]) -> serde_json::Value {
-    match rmp_serde::from_slice::<serde_json::Value>(bytes) {
-        Ok(v) => v,
-        Err(_) => {
+    use serde::Deserialize;
+    let mut rest = bytes;
+    let decoded = serde_json::Value::deserialize(&mut rmp_serde::Deserializer::new(&mut rest));
+    match decoded {
+        Ok(v) if rest.is_empty() => v,
+        _ => {
             let hex = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
             serde_json::json!({ "bytes_hex": hex })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_value;
+    use serde_json::json;
+
+    #[test]
+    fn raw_bytes_that_start_like_msgpack_are_shown_as_hex() {
+        assert_eq!(decode_value(&5u32.to_le_bytes()), json!({"bytes_hex": "05000000"}));
+        assert_eq!(decode_value(&[0x05]), json!(5));
+        let map = rmp_serde::to_vec_named(&json!({"a": [1, "x"]})).expect("encode");
+        assert_eq!(decode_value(&map), json!({"a": [1, "x"]}));
+        assert_eq!(decode_value(&[]), json!({"bytes_hex": ""}));
     }
 }

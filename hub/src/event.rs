@@ -136,6 +136,76 @@ impl Action {
     }
 }
 
+/// What every event meets, whatever path it came by (an envelope on `events.>`, an ingest rule,
+/// a plugin's emit) and what the profile paths (`profiles.<actor>`, the API) meet for the actor
+/// and the profile. Checked in one place, [`Event::check`] and [`check_actor`], so no path is
+/// looser than another: actor ids longer than the limit would otherwise be cut by the storage
+/// key and merge actors.
+pub mod limits {
+    /// Longest actor id, in bytes.
+    pub const MAX_ACTOR_BYTES: usize = 1024;
+    /// Longest event id, in bytes.
+    pub const MAX_ID_BYTES: usize = 1024;
+    /// Longest event kind, in bytes.
+    pub const MAX_KIND_BYTES: usize = 256;
+    /// Earliest event time: the Unix epoch.
+    pub const MIN_TIME_MS: i64 = 0;
+    /// Latest event time: 9999-12-31T23:59:59.999Z (the last instant RFC 3339 can write).
+    pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+    /// Largest stored profile (its MessagePack encoding).
+    pub const MAX_PROFILE_BYTES: usize = 64 << 10;
+}
+
+/// An actor id the hub accepts: not empty, at most [`limits::MAX_ACTOR_BYTES`].
+pub fn check_actor(actor: &str) -> Result<(), String> {
+    if actor.is_empty() {
+        return Err("the actor id is empty".into());
+    }
+    if actor.len() > limits::MAX_ACTOR_BYTES {
+        return Err(format!(
+            "the actor id is {} bytes long; at most {} are allowed",
+            actor.len(),
+            limits::MAX_ACTOR_BYTES
+        ));
+    }
+    Ok(())
+}
+
+impl Event {
+    /// Check the event against [`limits`]; the error says what is wrong, for a dead letter.
+    pub fn check(&self) -> Result<(), String> {
+        check_actor(&self.actor)?;
+        if self.id.is_empty() || self.id.len() > limits::MAX_ID_BYTES {
+            return Err(format!(
+                "the event id must be 1 to {} bytes long (it is {})",
+                limits::MAX_ID_BYTES,
+                self.id.len()
+            ));
+        }
+        if self.kind.len() > limits::MAX_KIND_BYTES || !is_subject_safe(&self.kind) {
+            return Err(format!(
+                "kind {:?} must be at most {} bytes of dot-separated tokens without spaces or wildcards",
+                self.kind,
+                limits::MAX_KIND_BYTES
+            ));
+        }
+        check_time(self.time)
+    }
+}
+
+/// An event time the hub accepts: ms since the Unix epoch, up to the year 9999.
+pub fn check_time(time: i64) -> Result<(), String> {
+    if (limits::MIN_TIME_MS..=limits::MAX_TIME_MS).contains(&time) {
+        Ok(())
+    } else {
+        Err(format!(
+            "time {time} is out of range: ms since the Unix epoch, from {} to {}",
+            limits::MIN_TIME_MS,
+            limits::MAX_TIME_MS
+        ))
+    }
+}
+
 /// Whether `s` can stand as dot-separated tokens in a NATS subject (no wildcards, spaces or
 /// empty tokens): event kinds and action names become subjects.
 pub fn is_subject_safe(s: &str) -> bool {

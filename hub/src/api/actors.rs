@@ -44,6 +44,7 @@ impl From<ProfileError> for Failure {
     params(("id" = String, Path, description = "Actor id")),
     responses((status = 200, body = ActorView), (status = 401, body = ApiError)))]
 pub async fn show(State(s): State<HttpState>, Path(id): Path<String>) -> Result<Json<ActorView>, Failure> {
+    valid(&id)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.router.ask(&id, ActorRequest::Inspect(reply)).await.map_err(stopped)?;
     let held = answer.await.map_err(stopped)?;
@@ -64,6 +65,7 @@ pub async fn put_profile(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Failure> {
+    valid(&id)?;
     Ok(Json(s.profiles.replace(&id, &parse(&body)?)?))
 }
 
@@ -78,6 +80,7 @@ pub async fn patch_profile(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Failure> {
+    valid(&id)?;
     Ok(Json(s.profiles.merge(&id, &parse(&body)?)?))
 }
 
@@ -86,6 +89,7 @@ pub async fn patch_profile(
     params(("id" = String, Path, description = "Actor id")),
     responses((status = 200, body = ErasedView), (status = 401, body = ApiError)))]
 pub async fn erase(State(s): State<HttpState>, Path(id): Path<String>) -> Result<Json<ErasedView>, Failure> {
+    valid(&id)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.router.ask(&id, ActorRequest::Erase(reply)).await.map_err(stopped)?;
     let mut erased = answer
@@ -95,6 +99,11 @@ pub async fn erase(State(s): State<HttpState>, Path(id): Path<String>) -> Result
     erased.profile = s.profiles.remove(&id)?;
     tracing::info!(actor = id, ?erased, "actor erased");
     Ok(Json(ErasedView { actor: id, erased }))
+}
+
+/// Actor ids in paths meet the same limits as everywhere else (`event::check_actor`).
+fn valid(id: &str) -> Result<(), Failure> {
+    crate::event::check_actor(id).map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))
 }
 
 fn parse(body: &[u8]) -> Result<serde_json::Value, Failure> {

@@ -6,38 +6,73 @@ use super::{IdGen, IngressError};
 use crate::event::{Event, now_ms};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::borrow::Cow;
 
+/// Fields that are absent are filled in; fields that are present must have their type (`null`
+/// included: `"time": null` is refused, not taken as "now").
 #[derive(Deserialize)]
 struct JsonEnvelope<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    actor: Option<Cow<'a, str>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Ident>,
+    #[serde(default, deserialize_with = "present")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    actor: Option<Ident>,
+    #[serde(default, deserialize_with = "present")]
     time: Option<i64>,
-    #[serde(borrow, default)]
-    source: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present")]
+    source: Option<String>,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct MsgpackEnvelope {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Ident>,
+    #[serde(default, deserialize_with = "present")]
     kind: Option<String>,
-    #[serde(default)]
-    actor: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    actor: Option<Ident>,
+    #[serde(default, deserialize_with = "present")]
     time: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     source: Option<String>,
     #[serde(default)]
     payload: Option<rmpv::Value>,
+}
+
+/// A field that is there: its value must decode as `T` (`Option<T>` would take `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// An actor or event id: a string, or an integer taken as its decimal form (legacy systems'
+/// numeric customer ids), as ingest rules take them. Anything else is refused.
+pub(super) struct Ident(pub(super) String);
+
+impl<'de> Deserialize<'de> for Ident {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ident, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Ident;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Ident, E> {
+                Ok(Ident(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Ident, E> {
+                Ok(Ident(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Ident, E> {
+                Ok(Ident(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Ident, E> {
+                Ok(Ident(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 enum Format {
@@ -81,8 +116,15 @@ pub fn decode_envelope(
 }
 
 fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdGen) -> Result<Event, IngressError> {
-    let env: JsonEnvelope =
-        serde_json::from_slice(body).map_err(|e| IngressError::undecodable(format!("invalid JSON envelope: {e}")))?;
+    let env: JsonEnvelope = serde_json::from_slice(body).map_err(|e| {
+        let detail = format!("invalid JSON envelope: {e}");
+        // JSON that parsed but holds a field of the wrong type is invalid, not undecodable.
+        if e.is_data() {
+            IngressError::invalid(detail)
+        } else {
+            IngressError::undecodable(detail)
+        }
+    })?;
     let payload = match env.payload {
         None => empty_map(),
         Some(raw) if raw.get().starts_with('{') => {
@@ -96,11 +138,11 @@ fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdG
     };
     finish(
         subject,
-        env.id.map(Cow::into_owned),
-        env.kind.map(Cow::into_owned),
-        env.actor.map(Cow::into_owned),
+        env.id.map(|i| i.0),
+        env.kind,
+        env.actor.map(|a| a.0),
         env.time,
-        env.source.map(Cow::into_owned),
+        env.source,
         payload,
         subject_kind,
         ids,
@@ -126,9 +168,9 @@ fn decode_msgpack(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &
     };
     finish(
         subject,
-        env.id,
+        env.id.map(|i| i.0),
         env.kind,
-        env.actor,
+        env.actor.map(|a| a.0),
         env.time,
         env.source,
         payload,
@@ -156,28 +198,22 @@ fn finish(
     let actor = actor
         .filter(|a| !a.is_empty())
         .ok_or_else(|| IngressError::invalid("missing \"actor\""))?;
-    if actor.len() > 1024 {
-        return Err(IngressError::invalid("\"actor\" is longer than 1024 bytes"));
-    }
     let kind = match kind.filter(|k| !k.is_empty()) {
         Some(k) => k,
         None => subject_kind
             .map(str::to_owned)
             .ok_or_else(|| IngressError::invalid("missing \"kind\" (and none in the subject)"))?,
     };
-    if !crate::event::is_subject_safe(&kind) {
-        return Err(IngressError::invalid(format!(
-            "kind {kind:?} must be dot-separated tokens without spaces or wildcards"
-        )));
-    }
-    Ok(Event {
+    let event = Event {
         id: id.filter(|i| !i.is_empty()).unwrap_or_else(|| ids.next()),
         kind,
         actor,
         time: time.unwrap_or_else(now_ms),
         source: source.unwrap_or_else(|| subject.to_owned()),
         payload,
-    })
+    };
+    event.check().map_err(IngressError::invalid)?;
+    Ok(event)
 }
 
 #[cfg(test)]
@@ -234,5 +270,39 @@ mod tests {
                 .detail
                 .contains("kind")
         );
+    }
+
+    #[test]
+    fn envelope_times_out_of_range_or_null_are_refused() {
+        for time in ["9223372036854775807", "-1", "null", "\"soon\"", "1.5"] {
+            let body = format!(r#"{{"actor":"a","kind":"k","time":{time}}}"#);
+            let e = decode("events.k", body.as_bytes()).expect_err(&body);
+            assert_eq!(e.reason, "invalid", "{body}: {}", e.detail);
+        }
+        let body = rmp_serde::to_vec_named(&serde_json::json!({"actor": "a", "kind": "k", "time": null})).expect("encode");
+        assert!(decode("events.k", &body).is_err(), "MessagePack nil time");
+        let e = decode("events.k", br#"{"actor":"a","kind":"k","time":253402300800000}"#).expect_err("year 10000");
+        assert!(e.detail.contains("out of range"), "{}", e.detail);
+        let ok = decode("events.k", br#"{"actor":"a","kind":"k","time":0}"#).expect("the epoch itself");
+        assert_eq!(ok.time, 0);
+    }
+
+    #[test]
+    fn numeric_actors_are_accepted_in_envelopes_like_in_ingest_rules() {
+        let e = decode("events.k", br#"{"actor":12345,"id":7}"#).expect("numeric ids");
+        assert_eq!((e.actor.as_str(), e.id.as_str()), ("12345", "7"));
+        let body = rmp_serde::to_vec_named(&serde_json::json!({"actor": 42u64, "kind": "k"})).expect("encode");
+        assert_eq!(decode("events.k", &body).expect("msgpack").actor, "42");
+        for actor in ["1.5", "true", "null", "{}", "[]"] {
+            let body = format!(r#"{{"actor":{actor}}}"#);
+            assert_eq!(decode("events.k", body.as_bytes()).expect_err(&body).reason, "invalid", "{body}");
+        }
+    }
+
+    #[test]
+    fn envelope_actors_over_the_limit_are_refused() {
+        let body = format!(r#"{{"actor":"{}"}}"#, "v".repeat(crate::event::limits::MAX_ACTOR_BYTES + 1));
+        let e = decode("events.k", body.as_bytes()).expect_err("too long");
+        assert!(e.detail.contains("at most 1024"), "{}", e.detail);
     }
 }

@@ -92,23 +92,29 @@ impl CompiledRule {
         if !is_subject_safe(&kind) {
             return Err(format!("kind {kind:?} is not a valid event kind"));
         }
-        let actor = locate(&self.actor, headers, body).ok_or_else(|| match &self.actor {
-            Locator::Header(h) => format!("no actor in header {h}"),
-            Locator::Pointer(p) => format!("no actor at {p}"),
-        })?;
-        let id = self
-            .id
-            .as_ref()
-            .and_then(|l| locate(l, headers, body))
-            .unwrap_or_else(|| ids.next());
+        let actor = locate(&self.actor, headers, body)
+            .map_err(|e| format!("actor: {e}"))?
+            .ok_or_else(|| match &self.actor {
+                Locator::Header(h) => format!("no actor in header {h}"),
+                Locator::Pointer(p) => format!("no actor at {p}"),
+            })?;
+        let id = match &self.id {
+            Some(l) => locate(l, headers, body).map_err(|e| format!("id: {e}"))?,
+            None => None,
+        }
+        .unwrap_or_else(|| ids.next());
         let time = match &self.time_pointer {
             Some(p) => match body.field(p) {
                 Some(Scalar::Int(ms)) => ms,
                 Some(Scalar::Float(_)) => return Err(format!("time at {p} is not an integer")),
+                Some(Scalar::Other(what)) => {
+                    return Err(format!("time at {p} is {what}, not ms since the epoch or RFC 3339 text"));
+                }
                 Some(Scalar::Str(s)) => humantime::parse_rfc3339_weak(&s)
                     .map_err(|e| format!("time at {p}: {e}"))?
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64),
+                    .map_err(|_| format!("time at {p} is before the Unix epoch"))
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))?,
                 None => now_ms(),
             },
             None => now_ms(),
@@ -163,16 +169,22 @@ fn template(t: &str, at: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
-fn locate(l: &Locator, headers: Option<&async_nats::HeaderMap>, body: &Body<'_>) -> Option<String> {
+/// The actor or id a locator points at: `Ok(None)` when it is not there; an error when it is
+/// there but not a string or an integer (the rule fits, the message does not).
+fn locate(l: &Locator, headers: Option<&async_nats::HeaderMap>, body: &Body<'_>) -> Result<Option<String>, String> {
     let found = match l {
-        Locator::Header(h) => headers?.get(h.as_str())?.as_str().to_owned(),
-        Locator::Pointer(p) => match body.field(p)? {
-            Scalar::Str(s) => s.into_owned(),
-            Scalar::Int(n) => n.to_string(),
-            Scalar::Float(n) => n.to_string(),
+        Locator::Header(h) => headers
+            .and_then(|hs| hs.get(h.as_str()))
+            .map(|v| v.as_str().to_owned()),
+        Locator::Pointer(p) => match body.field(p) {
+            None => None,
+            Some(Scalar::Str(s)) => Some(s.into_owned()),
+            Some(Scalar::Int(n)) => Some(n.to_string()),
+            Some(Scalar::Float(_)) => return Err(format!("{p} is a fractional number, not a string or an integer")),
+            Some(Scalar::Other(what)) => return Err(format!("{p} is {what}, not a string or an integer")),
         },
     };
-    (!found.is_empty()).then_some(found)
+    Ok(found.filter(|f| !f.is_empty()))
 }
 
 /// Rules that share one subscription, and how their messages' bodies are read.
@@ -212,6 +224,8 @@ enum Scalar<'a> {
     Str(Cow<'a, str>),
     Int(i64),
     Float(f64),
+    /// `null`, a boolean, an array or an object: there, but not a value a rule can use.
+    Other(&'static str),
 }
 
 /// A raw JSON body, read as much as the rules need.
@@ -234,13 +248,21 @@ impl Body<'_> {
                     Scalar::Str(s) => Scalar::Str(Cow::Borrowed(s)),
                     Scalar::Int(n) => Scalar::Int(*n),
                     Scalar::Float(n) => Scalar::Float(*n),
+                    Scalar::Other(what) => Scalar::Other(what),
                 })
             }
-            Body::Tree(value) => match value.pointer(pointer)? {
-                serde_json::Value::String(s) => Some(Scalar::Str(Cow::Borrowed(s))),
-                serde_json::Value::Number(n) => n.as_i64().map(Scalar::Int).or(n.as_f64().map(Scalar::Float)),
-                _ => None,
-            },
+            Body::Tree(value) => Some(match value.pointer(pointer)? {
+                serde_json::Value::String(s) => Scalar::Str(Cow::Borrowed(s)),
+                serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+                    (Some(i), _) => Scalar::Int(i),
+                    (None, Some(u)) => Scalar::Str(Cow::Owned(u.to_string())),
+                    (None, None) => Scalar::Float(n.as_f64().unwrap_or(f64::NAN)),
+                },
+                serde_json::Value::Null => Scalar::Other("null"),
+                serde_json::Value::Bool(_) => Scalar::Other("a boolean"),
+                serde_json::Value::Array(_) => Scalar::Other("an array"),
+                serde_json::Value::Object(_) => Scalar::Other("an object"),
+            }),
         }
     }
 
@@ -313,7 +335,8 @@ fn read_flat<'a>(raw: &'a [u8], keys: &'a [String]) -> Result<Body<'a>, serde_js
         }
         fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
             Encode(self.0).visit_u64::<E>(v)?;
-            Ok(Some(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int)))
+            // Above i64: kept as its decimal text, so an id is not rounded.
+            Ok(Some(i64::try_from(v).map_or_else(|_| Scalar::Str(Cow::Owned(v.to_string())), Scalar::Int)))
         }
         fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
             Encode(self.0).visit_f64::<E>(v)?;
@@ -321,19 +344,19 @@ fn read_flat<'a>(raw: &'a [u8], keys: &'a [String]) -> Result<Body<'a>, serde_js
         }
         fn visit_bool<E: Error>(self, v: bool) -> Result<Self::Value, E> {
             Encode(self.0).visit_bool::<E>(v)?;
-            Ok(None)
+            Ok(Some(Scalar::Other("a boolean")))
         }
         fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
             Encode(self.0).visit_unit::<E>()?;
-            Ok(None)
+            Ok(Some(Scalar::Other("null")))
         }
         fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
             Encode(self.0).visit_map(m)?;
-            Ok(None)
+            Ok(Some(Scalar::Other("an object")))
         }
         fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<Self::Value, A::Error> {
             Encode(self.0).visit_seq(s)?;
-            Ok(None)
+            Ok(Some(Scalar::Other("an array")))
         }
     }
     impl<'de, 'k> Visitor<'de> for Fields<'k, '_> {
@@ -390,6 +413,8 @@ pub fn decode_raw(
     for rule in &rules.rules {
         match rule.apply(subject, headers, &body, ids) {
             Ok(mut event) => {
+                // The rule fits; what it found must still be a valid event, as on every path.
+                event.check().map_err(IngressError::invalid)?;
                 event.payload = body
                     .into_payload()
                     .map_err(|e| IngressError::undecodable(format!("payload: {e}")))?;
@@ -505,13 +530,18 @@ mod tests {
     }
 
     #[test]
-    fn wanted_fields_that_are_not_scalars_stay_in_the_payload() {
+    fn wanted_fields_that_are_not_scalars_are_read_whole_and_refused() {
         let body = br#"{"visitor":"u1","event_id":[1,{"a":null}],"ts":{"at":false},"n":-3}"#;
-        let e = decode_raw(&RuleSet::new(vec![web_rule()]), "web.click", None, body, &IdGen::new()).expect("event");
-        assert_ne!(e.id, "", "an id is generated when the located one is not a scalar");
-        let payload: serde_json::Value = rmp_serde::from_slice(&e.payload).expect("payload");
-        let body: serde_json::Value = serde_json::from_slice(body).expect("json");
-        assert_eq!(payload, body);
+        let keys = ["visitor".to_owned(), "event_id".to_owned(), "ts".to_owned()];
+        let Ok(Body::Flat { payload, .. }) = read_flat(body, &keys) else {
+            panic!("a flat read");
+        };
+        let payload: serde_json::Value = rmp_serde::from_slice(&payload).expect("payload");
+        let json: serde_json::Value = serde_json::from_slice(body).expect("json");
+        assert_eq!(payload, json, "the one-pass reader encodes wanted non-scalars whole");
+        let e = decode_raw(&RuleSet::new(vec![web_rule()]), "web.click", None, body, &IdGen::new())
+            .expect_err("an id that is an array is refused, not replaced");
+        assert!(e.detail.contains("/event_id is an array"), "{}", e.detail);
     }
 
     #[test]
@@ -543,5 +573,60 @@ mod tests {
                 .expect_err("refused")
                 .contains("exactly one")
         );
+    }
+
+    fn decode_web(body: &str) -> Result<Event, IngressError> {
+        decode_raw(
+            &RuleSet::new(vec![web_rule()]),
+            "web.add_to_cart",
+            None,
+            body.as_bytes(),
+            &IdGen::new(),
+        )
+    }
+
+    #[test]
+    fn raw_times_that_are_not_numbers_or_text_are_refused() {
+        for ts in ["[]", "{}", "null", "true", "\"x\"", "1.5", "-1"] {
+            let body = format!(r#"{{"visitor":"u1","ts":{ts}}}"#);
+            assert!(decode_web(&body).is_err(), "ts {ts} was accepted");
+        }
+        // A nested pointer reads the whole tree: the same answers.
+        let rule = CompiledRule::compile(&IngestRule {
+            time_pointer: Some("/meta/ts".into()),
+            ..crate::config::Config::local_default().ingest[0].clone()
+        })
+        .expect("valid");
+        let rules = RuleSet::new(vec![rule]);
+        for ts in ["[]", "{}", "null"] {
+            let body = format!(r#"{{"visitor":"u1","meta":{{"ts":{ts}}}}}"#);
+            assert!(
+                decode_raw(&rules, "web.x", None, body.as_bytes(), &IdGen::new()).is_err(),
+                "nested ts {ts} was accepted"
+            );
+        }
+        assert_eq!(decode_web(r#"{"visitor":"u1","ts":"2026-11-30T10:00:00Z"}"#).expect("text").time, 1_796_032_800_000);
+    }
+
+    #[test]
+    fn raw_actors_are_strings_or_integers_within_the_limit() {
+        assert_eq!(decode_web(r#"{"visitor":12345}"#).expect("integer").actor, "12345");
+        assert_eq!(
+            decode_web(r#"{"visitor":18446744073709551615}"#).expect("u64").actor,
+            "18446744073709551615"
+        );
+        for visitor in ["1.5", "true", "{}", "[]", "null"] {
+            let body = format!(r#"{{"visitor":{visitor}}}"#);
+            assert!(decode_web(&body).is_err(), "visitor {visitor} was accepted");
+        }
+    }
+
+    #[test]
+    fn long_actor_ids_from_ingest_rules_are_refused_not_cut() {
+        let long = "v".repeat(70_000);
+        let body = format!(r#"{{"visitor":"{long}a"}}"#);
+        let e = decode_web(&body).expect_err("too long");
+        assert_eq!(e.reason, "invalid");
+        assert!(e.detail.contains("at most 1024"), "{}", e.detail);
     }
 }
