@@ -10,6 +10,7 @@ mod arbitration;
 mod delivery;
 mod durability;
 mod ingress;
+mod outside_input;
 mod pipeline;
 mod sandbox;
 mod scenarios;
