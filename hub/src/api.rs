@@ -4,7 +4,9 @@
 //! Every call but `GET /api/openapi.json` needs `Authorization: Bearer $HUB_ADMIN_TOKEN`. Without
 //! a configured token the API is open only when the hub listens on loopback (the local default
 //! of `hub up`), and the hub says so at start; on any other address it refuses every call.
-//! Errors are `{"error": "..."}` with a message meant for the admin.
+//! Errors are `{"error": "..."}` with a message meant for the admin: the handlers' own, and
+//! every other error answer too (axum's rejections, unknown routes, …), rewritten by
+//! [`json_errors`].
 
 pub mod actors;
 mod auth;
@@ -16,9 +18,11 @@ use auth::BearerScheme;
 
 use crate::http::HttpState;
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use serde::de::{self, Deserializer, IntoDeserializer, Visitor};
+use serde_json::Value;
 use utoipa::OpenApi;
 
 /// The API's routes; `state` carries what the handlers need.
@@ -101,6 +105,166 @@ impl IntoResponse for Failure {
     }
 }
 
+/// Error answers not made by [`Failure`] (axum's rejections: 413 for a body over the limit, 405,
+/// 415, an unknown route's empty 404…) become `{"error": <their text, or the status's reason>}`,
+/// so a client reads every error of the hub the same way. JSON answers pass unchanged.
+pub async fn json_errors(response: Response) -> Response {
+    /// Rejection texts are a line or two; a longer body is cut to its status's reason.
+    const MAX_TEXT: usize = 4096;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json") || mime.to_ascii_lowercase().ends_with("+json")
+        });
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_TEXT)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&ApiError { error: text }).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// Read a request body as `T`, a struct the API takes as a JSON object.
+///
+/// serde's derived structs also accept a JSON array, matching fields by position: `[]` read as
+/// policies was every field at its default, i.e. no limits at all. Here a struct is read only
+/// from a JSON object, at the top and at every depth.
+pub fn from_json_object<T: de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    let value: Value = serde_json::from_slice(body)?;
+    if !value.is_object() {
+        return Err(de::Error::custom(format!(
+            "the body must be a JSON object, not {}",
+            kind(&value)
+        )));
+    }
+    T::deserialize(ObjectsOnly(value))
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A JSON value that deserializes structs from objects only (see [`from_json_object`]).
+struct ObjectsOnly(Value);
+
+impl ObjectsOnly {
+    fn visit_array<'de, V: Visitor<'de>>(items: Vec<Value>, visitor: V) -> Result<V::Value, serde_json::Error> {
+        let mut seq = de::value::SeqDeserializer::new(items.into_iter().map(ObjectsOnly));
+        let value = visitor.visit_seq(&mut seq)?;
+        seq.end()?;
+        Ok(value)
+    }
+
+    fn visit_object<'de, V: Visitor<'de>>(
+        map: serde_json::Map<String, Value>,
+        visitor: V,
+    ) -> Result<V::Value, serde_json::Error> {
+        let mut map = de::value::MapDeserializer::new(map.into_iter().map(|(k, v)| (k, ObjectsOnly(v))));
+        let value = visitor.visit_map(&mut map)?;
+        map.end()?;
+        Ok(value)
+    }
+}
+
+impl<'de> IntoDeserializer<'de, serde_json::Error> for ObjectsOnly {
+    type Deserializer = ObjectsOnly;
+
+    fn into_deserializer(self) -> ObjectsOnly {
+        self
+    }
+}
+
+impl<'de> Deserializer<'de> for ObjectsOnly {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Array(items) => Self::visit_array(items, visitor),
+            Value::Object(map) => Self::visit_object(map, visitor),
+            scalar => scalar.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Null => visitor.visit_none(),
+            value => visitor.visit_some(ObjectsOnly(value)),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Object(map) => Self::visit_object(map, visitor),
+            other => Err(de::Error::custom(format!(
+                "expected {}, found {}: it must be a JSON object",
+                Expected(&visitor),
+                kind(&other)
+            ))),
+        }
+    }
+
+    /// Enums keep serde_json's reading (the API reads none holding a struct).
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_enum(name, variants, visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit
+        unit_struct seq tuple tuple_struct map identifier ignored_any
+    }
+}
+
+/// What a visitor expects, for an error message.
+struct Expected<'a, V>(&'a V);
+
+impl<'de, V: Visitor<'de>> std::fmt::Display for Expected<'_, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.expecting(f)
+    }
+}
+
 impl From<crate::registry::AdminError> for Failure {
     fn from(e: crate::registry::AdminError) -> Failure {
         use crate::registry::AdminError as E;
@@ -120,5 +284,92 @@ impl From<crate::registry::AdminError> for Failure {
 impl From<crate::registry::StoreError> for Failure {
     fn from(e: crate::registry::StoreError) -> Failure {
         Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arbiter::Policies;
+
+    #[test]
+    fn policies_from_a_json_array_are_refused_at_any_depth() {
+        let err = from_json_object::<Policies>(b"[]").expect_err("refused");
+        assert_eq!(err.to_string(), "the body must be a JSON object, not an array");
+        let err = from_json_object::<Policies>(br#"{"max_actions": [1, "1h"]}"#).expect_err("refused");
+        assert!(
+            err.to_string().contains("expected struct Limit, found an array"),
+            "{err}"
+        );
+        let err =
+            from_json_object::<Policies>(br#"{"suppressions": [["support", ["offer"], "1h"]]}"#).expect_err("refused");
+        assert!(
+            err.to_string().contains("expected struct Suppression, found an array"),
+            "{err}"
+        );
+        let err = from_json_object::<Policies>(br#"{"categories": {"offer": [1, null, "0s"]}}"#).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("expected struct CategoryPolicy, found an array"),
+            "{err}"
+        );
+    }
+
+    async fn body_of(response: Response) -> (StatusCode, Option<String>, Value) {
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        (status, content_type, serde_json::from_slice(&bytes).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn error_answers_in_plain_text_become_json() {
+        let text = (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Failed to buffer the body: length limit exceeded",
+        )
+            .into_response();
+        let (status, content_type, body) = body_of(json_errors(text).await).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "Failed to buffer the body: length limit exceeded"})
+        );
+
+        let empty = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        let (_, _, body) = body_of(json_errors(empty).await).await;
+        assert_eq!(body, serde_json::json!({"error": "Method Not Allowed"}));
+
+        let own = Failure::new(StatusCode::CONFLICT, "nothing to roll back").into_response();
+        let (status, _, body) = body_of(json_errors(own).await).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::CONFLICT,
+                serde_json::json!({"error": "nothing to roll back"})
+            )
+        );
+    }
+
+    #[test]
+    fn policies_from_a_json_object_read_as_before() {
+        let example = Policies::example();
+        let json = serde_json::to_vec(&example).expect("json");
+        assert_eq!(from_json_object::<Policies>(&json).expect("object"), example);
+        assert_eq!(
+            from_json_object::<Policies>(br#"{"max_actions": null}"#).expect("null limit"),
+            Policies::default()
+        );
+        let err = from_json_object::<Policies>(br#"{"max_action": {}}"#).expect_err("typo");
+        assert!(err.to_string().contains("unknown field `max_action`"), "{err}");
+        let err = from_json_object::<Policies>(br#"{"conflict_window": "soon"}"#).expect_err("bad");
+        assert!(err.to_string().contains("\"soon\" is not a duration"), "{err}");
+        let err = from_json_object::<Policies>(br#"{"max_actions": {"count": -1, "window": "1h"}}"#).expect_err("bad");
+        assert!(err.to_string().contains("invalid value: integer `-1`"), "{err}");
     }
 }

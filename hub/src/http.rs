@@ -25,13 +25,22 @@ pub struct HttpState {
     pub max_module_bytes: usize,
 }
 
+/// Every route, with every error answer as JSON `{"error": ...}` (see [`crate::api::json_errors`]),
+/// including unknown paths (404) and axum's own rejections.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/push/{actor}", get(crate::delivery::push::connect))
         .merge(crate::api::router(state.clone()))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(crate::api::json_errors))
         .with_state(state)
+}
+
+/// Unknown paths, `/api/…` included: 404 with the error body every other answer has.
+async fn not_found(uri: axum::http::Uri) -> crate::api::Failure {
+    crate::api::Failure::new(StatusCode::NOT_FOUND, format!("no such path: {}", uri.path()))
 }
 
 async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {

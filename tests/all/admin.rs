@@ -238,3 +238,144 @@ async fn the_registry_survives_a_restart_without_recompiling() {
     assert_eq!(tick(&env, &mut counted, "a").await["generation"], 2);
     hub.shutdown().await;
 }
+
+/// A hub with no plugins and the admin token, for the API's edges.
+async fn bare_hub(env: &Env) -> hub::hub::Hub {
+    let mut config = env.config();
+    config.plugins.dir = None;
+    config.admin_token = Some(TOKEN.into());
+    config.limits.max_module_bytes = 1 << 20;
+    env.start(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_put_refuses_a_json_array() {
+    let env = Env::new().await;
+    let hub = bare_hub(&env).await;
+    let api = Api::new(&hub, Some(TOKEN));
+    let (_, before) = api.get("/api/policies").await;
+    assert!(before["max_actions"].is_object(), "{before}");
+
+    for (body, reason) in [
+        ("[]", "the body must be a JSON object, not an array"),
+        (
+            r#"["0s", "1h", null, {}, []]"#,
+            "the body must be a JSON object, not an array",
+        ),
+        ("null", "the body must be a JSON object, not null"),
+        (
+            r#"{"max_actions": [100, "1s"]}"#,
+            "expected struct Limit, found an array",
+        ),
+        (
+            r#"{"suppressions": [["support", ["offer"], "1s"]]}"#,
+            "expected struct Suppression, found an array",
+        ),
+    ] {
+        let (status, answer) = api.put_json("/api/policies", body).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason), "{body}: {answer}");
+    }
+    assert_eq!(api.get("/api/policies").await.1, before, "the limits stay in force");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_put_refuses_windows_too_long_naming_the_field() {
+    let env = Env::new().await;
+    let hub = bare_hub(&env).await;
+    let api = Api::new(&hub, Some(TOKEN));
+    let (_, before) = api.get("/api/policies").await;
+    for (body, field) in [
+        (
+            r#"{"dedup_window": "300000000years"}"#,
+            "dedup_window: at most 100years",
+        ),
+        (
+            r#"{"conflict_window": "101years"}"#,
+            "conflict_window: at most 100years",
+        ),
+        (
+            r#"{"max_actions": {"count": 1, "window": "200years"}}"#,
+            "max_actions.window: at most 100years",
+        ),
+        (
+            r#"{"suppressions": [{"by": "support", "suppress": ["offer"], "for": "300000000years"}]}"#,
+            "suppressions[0].for: at most 100years",
+        ),
+    ] {
+        let (status, answer) = api.put_json("/api/policies", body).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(field), "{body}: {answer}");
+    }
+    assert_eq!(api.get("/api/policies").await.1, before);
+    let (status, answer) = api.put_json("/api/policies", r#"{"dedup_window": "100years"}"#).await;
+    assert_eq!((status, &answer["dedup_window"]), (200, &json!("100years")), "{answer}");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let env = Env::new().await;
+    let hub = bare_hub(&env).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/policies", hub.http_addr());
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let response = http
+            .get(&url)
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    let response = http
+        .get(&url)
+        .header("authorization", "bearer wrong")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 401);
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_answer_is_json() {
+    let env = Env::new().await;
+    let hub = bare_hub(&env).await;
+    // A fresh connection per request: the server closes the one a refused upload came on.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let base = format!("http://{}", hub.http_addr());
+    let too_large = vec![b' '; 3 << 20];
+    let cases = [
+        (
+            http.put(format!("{base}/api/policies")).body(too_large),
+            413,
+            "length limit exceeded",
+        ),
+        (http.get(format!("{base}/api/nope")), 404, "no such path: /api/nope"),
+        (http.get(format!("{base}/nope")), 404, "no such path: /nope"),
+        (http.patch(format!("{base}/api/policies")), 405, "Method Not Allowed"),
+        (http.post(format!("{base}/healthz")), 405, "Method Not Allowed"),
+    ];
+    for (request, status, reason) in cases {
+        let response = request.bearer_auth(TOKEN).send().await.expect("answer");
+        assert_eq!(response.status(), status, "{reason}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(content_type, "application/json", "{reason}");
+        let body: Value = response.json().await.expect("a JSON body");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason), "{status}: {body}");
+    }
+    hub.shutdown().await;
+}

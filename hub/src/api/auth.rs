@@ -45,9 +45,9 @@ pub async fn require_token(State(auth): State<Auth>, request: Request, next: Nex
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+                .and_then(bearer_token);
             match given {
-                Some(t) if same(t.trim().as_bytes(), expected.as_bytes()) => None,
+                Some(t) if same(t.as_bytes(), expected.as_bytes()) => None,
                 Some(_) => Some("wrong bearer token"),
                 None => Some("this call needs Authorization: Bearer <HUB_ADMIN_TOKEN>"),
             }
@@ -63,6 +63,13 @@ pub async fn require_token(State(auth): State<Auth>, request: Request, next: Nex
             response
         }
     }
+}
+
+/// The token of `Authorization: Bearer <token>`. The scheme name is case-insensitive (RFC 9110
+/// §11.1): clients that send `bearer` or `BEARER` are as right as those that send `Bearer`.
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Compare without stopping at the first difference, so timing does not reveal the token.
@@ -85,7 +92,17 @@ impl utoipa::Modify for BearerScheme {
 
 #[cfg(test)]
 mod tests {
-    use super::same;
+    use super::{bearer_token, same};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k ", "Bearer\tt0k"] {
+            assert_eq!(bearer_token(header), Some("t0k"), "{header:?}");
+        }
+        for header in ["Basic dDBr", "Bearert0k", "t0k", "", "Bearer"] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+    }
 
     #[test]
     fn tokens_compare_whole() {

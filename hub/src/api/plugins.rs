@@ -182,7 +182,7 @@ pub async fn rollback(
     let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
+        super::from_json_object(&body).map_err(|e| {
             Failure::new(
                 StatusCode::BAD_REQUEST,
                 format!("the body must be empty or {{\"version\": N}}: {e}"),

@@ -33,7 +33,7 @@ pub async fn show(State(s): State<HttpState>) -> Json<Policies> {
         (status = 422, description = "Not valid policies; the message says what is wrong", body = ApiError),
         (status = 401, body = ApiError)))]
 pub async fn replace(State(s): State<HttpState>, body: Bytes) -> Result<Json<Policies>, Failure> {
-    let policies: Policies = serde_json::from_slice(&body)
+    let policies: Policies = super::from_json_object(&body)
         .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid policies: {e}")))?;
     let store = s.policies.clone();
     let stored = policies.clone();
