@@ -155,7 +155,7 @@ impl Ledger {
         let outcome = match self.reason_to_suppress(policies, action, now) {
             Some(reason) => Outcome::Suppressed(reason),
             None if !released && !hold.is_zero() => Outcome::Held {
-                until: now + hold.as_millis() as i64,
+                until: now.saturating_add(policy::millis(hold)),
             },
             None => Outcome::Delivered,
         };
@@ -174,7 +174,7 @@ impl Ledger {
     }
 
     fn reason_to_suppress(&self, p: &Policies, action: &Action, now: i64) -> Option<Reason> {
-        let within = |e: &Entry, window: Duration| now.saturating_sub(e.time) < window.as_millis() as i64;
+        let within = |e: &Entry, window: Duration| now.saturating_sub(e.time) < policy::millis(window);
         let delivered = || self.entries.iter().rev().filter(|e| e.outcome == Outcome::Delivered);
 
         if let Some(key) = &action.dedup_key
@@ -187,7 +187,7 @@ impl Ledger {
                 return Some(Reason::SuppressedBy {
                     id: e.id.clone(),
                     category: e.category.clone(),
-                    until: e.time + rule.for_.as_millis() as i64,
+                    until: e.time.saturating_add(policy::millis(rule.for_)),
                 });
             }
         }
@@ -211,7 +211,7 @@ impl Ledger {
                 return Some(Reason::CategoryLimit {
                     category: action.category.clone(),
                     count: limit.count,
-                    window_ms: limit.window.as_millis() as u64,
+                    window_ms: policy::millis(limit.window).unsigned_abs(),
                 });
             }
         }
@@ -220,7 +220,7 @@ impl Ledger {
             if sent >= limit.count as usize {
                 return Some(Reason::ContactLimit {
                     count: limit.count,
-                    window_ms: limit.window.as_millis() as u64,
+                    window_ms: policy::millis(limit.window).unsigned_abs(),
                 });
             }
         }
@@ -230,7 +230,7 @@ impl Ledger {
     /// Keep the latest LEDGER_RECENT decisions, and the delivered actions any rule can still
     /// count (within the horizon, at most LEDGER_DELIVERED), so the ledger stays small.
     fn prune(&mut self, policies: &Policies, now: i64) {
-        let horizon = policies.horizon().as_millis() as i64;
+        let horizon = policy::millis(policies.horizon());
         let len = self.entries.len();
         let mut delivered = 0;
         let mut keep = vec![false; len];

@@ -10,6 +10,16 @@ use std::time::Duration;
 pub const MAX_LIMIT: u32 = 100;
 /// Longest hold: an action held longer is not "real time" any more.
 const MAX_HOLD: Duration = Duration::from_secs(3600);
+/// Longest window any rule may have (`"100years"`, as humantime counts a year: 365.25 days).
+/// The arbiter compares windows in i64 milliseconds; a longer one used to wrap negative there
+/// and switch its rule off, so validation refuses it instead.
+pub const MAX_WINDOW: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// `d` in milliseconds for the arbiter's i64 clock, saturating: a window must never wrap
+/// negative (which would switch its rule off), even one that bypassed validation.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// The arbiter's rules, applied per actor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -127,6 +137,8 @@ impl Policies {
     /// Everything wrong with these policies, for the admin, or nothing.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
+        check_window(&mut problems, "conflict_window", self.conflict_window);
+        check_window(&mut problems, "dedup_window", self.dedup_window);
         if let Some(l) = &self.max_actions {
             check_limit(&mut problems, "max_actions", l);
         }
@@ -155,6 +167,7 @@ impl Policies {
             if s.for_.is_zero() {
                 problems.push(format!("suppressions[{i}].for must be longer than 0s"));
             }
+            check_window(&mut problems, &format!("suppressions[{i}].for"), s.for_);
         }
         if problems.is_empty() {
             Ok(())
@@ -203,6 +216,17 @@ fn check_limit(problems: &mut Vec<String>, what: &str, l: &Limit) {
     }
     if l.window.is_zero() {
         problems.push(format!("{what}: window must be longer than 0s"));
+    }
+    check_window(problems, &format!("{what}.window"), l.window);
+}
+
+fn check_window(problems: &mut Vec<String>, what: &str, window: Duration) {
+    if window > MAX_WINDOW {
+        problems.push(format!(
+            "{what}: at most {}, not {}",
+            humantime::format_duration(MAX_WINDOW),
+            humantime::format_duration(window)
+        ));
     }
 }
 
@@ -260,5 +284,42 @@ mod tests {
         );
         assert!(err.contains("max_actions: window must be longer than 0s"), "{err}");
         assert!(err.contains("suppressions[0].suppress names no category"), "{err}");
+    }
+
+    #[test]
+    fn windows_too_long_for_the_arbiter_are_refused_naming_the_field() {
+        let long: Policies = serde_json::from_str(
+            r#"{"dedup_window": "300000000years", "conflict_window": "101years",
+                "max_actions": {"count": 1, "window": "200years"},
+                "categories": {"offer": {"limit": {"count": 1, "window": "1000years"}}},
+                "suppressions": [{"by": "support", "suppress": ["offer"], "for": "500years"}]}"#,
+        )
+        .expect("parses");
+        let err = long.validate().expect_err("refused");
+        for field in [
+            "dedup_window: at most 100years, not 300000000years",
+            "conflict_window: at most 100years",
+            "max_actions.window: at most 100years",
+            "categories.offer.limit.window: at most 100years",
+            "suppressions[0].for: at most 100years",
+        ] {
+            assert!(err.contains(field), "{field} in {err}");
+        }
+
+        let mut longest = Policies::example();
+        longest.dedup_window = MAX_WINDOW;
+        longest.conflict_window = MAX_WINDOW;
+        longest.suppressions[0].for_ = MAX_WINDOW;
+        longest.validate().expect("100 years is the longest valid window");
+        assert_eq!(millis(MAX_WINDOW), 3_155_760_000_000);
+    }
+
+    #[test]
+    fn window_millis_saturate_instead_of_wrapping_negative() {
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis(Duration::from_secs(u64::MAX)), i64::MAX);
+        let wraps = humantime::parse_duration("300000000years").expect("duration");
+        assert!((wraps.as_millis() as i64) < 0, "what the arbiter's cast did");
+        assert_eq!(millis(wraps), i64::MAX);
     }
 }
