@@ -284,7 +284,7 @@ fn update_profile(profiles: &Profiles, prefix: &str, msg: &async_nats::Message) 
         .map_err(|e| IngressError::undecodable(format!("profile update is not JSON: {e}")))?;
     match profiles.merge(actor, &patch) {
         Ok(_) => Ok(()),
-        Err(e @ ProfileError::NotAnObject) => Err(IngressError::invalid(e.to_string())),
+        Err(e @ (ProfileError::NotAnObject | ProfileError::Invalid(_))) => Err(IngressError::invalid(e.to_string())),
         Err(e) => {
             tracing::error!(actor, error = %e, "profile update failed");
             Err(IngressError::invalid(e.to_string()))

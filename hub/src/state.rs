@@ -117,14 +117,14 @@ impl Db {
     }
 
     /// One timer wheel per shard, holding every pending timer of the actors it owns; the log
-    /// is rewritten for this shard count (see [`timer_log::restore`]). Also returns how many
-    /// timers were restored.
+    /// is rewritten for this shard count (see [`timer_log::restore`]). Also returns
+    /// how many timers were restored.
     pub fn load_timers(
         &self,
         shards: usize,
         shard_of: impl Fn(&str) -> usize,
     ) -> Result<(Vec<TimerWheel>, usize), StateError> {
-        let (logs, owned) = timer_log::restore(&self.timer_log, &self.legacy_timers, shards, shard_of)?;
+        let (logs, owned) = timer_log::restore(&self.db, &self.timer_log, &self.legacy_timers, shards, shard_of)?;
         let mut count = 0;
         let wheels = logs
             .into_iter()

@@ -38,7 +38,11 @@ async fn an_action_without_a_dedup_key_keeps_the_ledger_and_its_limits() {
     }
     for i in 0..5 {
         let event = json(&next(&mut counted, "bare.counted", 5).await);
-        assert_eq!(event["payload"], json!({}), "an empty payload is shown as an empty map ({i})");
+        assert_eq!(
+            event["payload"],
+            json!({}),
+            "an empty payload is shown as an empty map ({i})"
+        );
     }
     for _ in 0..3 {
         let action = json(&next(&mut offers, "offer.bare", 5).await);
@@ -56,7 +60,11 @@ async fn an_action_without_a_dedup_key_keeps_the_ledger_and_its_limits() {
         "{view}"
     );
     assert_eq!(ledger[4]["reason"], "category_limit");
-    assert_eq!(view["state"]["bare"]["n"], json!({"bytes_hex": "05000000"}), "raw bytes as state");
+    assert_eq!(
+        view["state"]["bare"]["n"],
+        json!({"bytes_hex": "05000000"}),
+        "raw bytes as state"
+    );
 
     let metrics = crate::support::http_get(hub.http_addr(), "/metrics").await;
     assert!(
@@ -97,7 +105,11 @@ async fn a_failed_plugin_call_keeps_nothing_it_wrote() {
         json!({"bytes_hex": "01000000"}),
         "only the successful call's write stays: {view}"
     );
-    assert_eq!(view["timers"], json!([]), "no timer of a failed call is pending: {view}");
+    assert_eq!(
+        view["timers"],
+        json!([]),
+        "no timer of a failed call is pending: {view}"
+    );
     nothing(&mut fired, "a timer set by a failed call", 300).await;
     hub.shutdown().await;
 }
@@ -138,5 +150,42 @@ async fn long_actor_ids_from_ingest_rules_do_not_merge_actors() {
     let (status, body) = api.get(&format!("/api/actors/{}", "v".repeat(1025))).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap_or("").contains("at most 1024"), "{body}");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_profiles_and_long_actor_ids_are_refused_on_every_profile_path() {
+    let env = Env::new().await;
+    let hub = env.start(env.config()).await;
+    let api = Api::new(&hub, None);
+    let mut dlq = env.sub("hub.dlq.>").await;
+
+    let big = json!({"notes": "x".repeat(hub::event::limits::MAX_PROFILE_BYTES)});
+    let (status, body) = api
+        .request_raw_put(
+            "/api/actors/c5/profile",
+            "application/json",
+            big.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("at most 65536"), "{body}");
+    let (status, body) = api
+        .request_raw_patch("/api/actors/c5/profile", big.to_string().as_bytes())
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        actor_view(&api, "c5").await["profile"],
+        json!(null),
+        "nothing was stored"
+    );
+
+    env.send_raw("profiles.c5", big.to_string().as_bytes()).await;
+    let letter = next(&mut dlq, "hub.dlq.invalid for a profile over the limit", 5).await;
+    assert!(header(&letter, "Hub-Dlq-Reason").contains("at most 65536"));
+    let long = "v".repeat(hub::event::limits::MAX_ACTOR_BYTES + 1);
+    env.send_raw(&format!("profiles.{long}"), br#"{"name": "Ann"}"#).await;
+    let letter = next(&mut dlq, "hub.dlq.invalid for a long actor id", 5).await;
+    assert!(header(&letter, "Hub-Dlq-Reason").contains("at most 1024"));
     hub.shutdown().await;
 }

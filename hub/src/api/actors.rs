@@ -32,7 +32,9 @@ pub struct ErasedView {
 impl From<ProfileError> for Failure {
     fn from(e: ProfileError) -> Failure {
         let status = match e {
-            ProfileError::NotAnObject => StatusCode::BAD_REQUEST,
+            ProfileError::NotAnObject | ProfileError::Invalid(_) => StatusCode::BAD_REQUEST,
+            // What is stored cannot be read and is left as it is: an operator must look first.
+            ProfileError::Corrupt { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Failure::new(status, e.to_string())

@@ -5,12 +5,18 @@
 //! At start the config file's policies win only when they changed since they were last seeded:
 //! an admin who edits the file gets the file; an admin who used the API keeps the API's version
 //! across restarts of an unchanged file (the same rule as plugins seeded from a folder).
+//!
+//! The record is a JSON object (fields matched by name, unknown ones ignored), so fields added
+//! later cannot shift the others. A record this version cannot read is kept aside (see
+//! [`crate::state::unreadable`]) and the config file's policies take over: the hub still starts.
 
 use super::Policies;
+use crate::state::unreadable;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+const TREE: &str = "policies";
 const RECORD_KEY: &[u8] = b"policies";
 
 #[derive(Debug, thiserror::Error)]
@@ -19,13 +25,13 @@ pub enum PolicyError {
     Invalid(String),
     #[error("policy storage: {0}")]
     Sled(#[from] sled::Error),
-    #[error("the stored policies are unreadable: {0}")]
-    Corrupt(#[from] serde_json::Error),
+    #[error("cannot encode the policies: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// The stored record: the live policies, and the config file's policies they were last seeded
 /// from (to tell an edited file from an unchanged one).
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Record {
     live: Policies,
     seeded_from: Policies,
@@ -33,22 +39,33 @@ struct Record {
     source: String,
 }
 
+impl Record {
+    fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
 /// The live policies; cheap to clone.
 #[derive(Clone)]
 pub struct PolicyStore {
     live: Arc<ArcSwap<Policies>>,
+    db: sled::Db,
     tree: sled::Tree,
+    /// The config file's policies this store was opened with: what the record says it was
+    /// seeded from, should the record become unreadable.
+    seeded_from: Arc<Policies>,
 }
 
 impl PolicyStore {
     /// Open the stored policies, seeding them from the config file's as described above.
     pub fn open(db: &sled::Db, from_config: &Policies) -> Result<PolicyStore, PolicyError> {
         from_config.validate().map_err(PolicyError::Invalid)?;
-        let tree = db.open_tree("policies")?;
-        let stored: Option<Record> = match tree.get(RECORD_KEY)? {
-            Some(bytes) => Some(serde_json::from_slice(&bytes)?),
-            None => None,
-        };
+        let tree = db.open_tree(TREE)?;
+        let stored = read(db, &tree)?;
         let live = match stored {
             Some(record) if record.seeded_from == *from_config => {
                 if record.source == "api" {
@@ -62,14 +79,16 @@ impl PolicyStore {
                     seeded_from: from_config.clone(),
                     source: "config".to_owned(),
                 };
-                tree.insert(RECORD_KEY, serde_json::to_vec(&record)?)?;
+                tree.insert(RECORD_KEY, record.to_bytes()?)?;
                 tree.flush()?;
                 record.live
             }
         };
         Ok(PolicyStore {
             live: Arc::new(ArcSwap::from_pointee(live)),
+            db: db.clone(),
             tree,
+            seeded_from: Arc::new(from_config.clone()),
         })
     }
 
@@ -81,25 +100,43 @@ impl PolicyStore {
     /// Replace the policies after validating them; durable before they take effect.
     pub fn replace(&self, policies: Policies) -> Result<(), PolicyError> {
         policies.validate().map_err(PolicyError::Invalid)?;
-        let seeded_from = match self.tree.get(RECORD_KEY)? {
-            Some(bytes) => serde_json::from_slice::<Record>(&bytes)?.seeded_from,
-            None => Policies::default(),
+        let seeded_from = match read(&self.db, &self.tree)? {
+            Some(record) => record.seeded_from,
+            None => Policies::clone(&self.seeded_from),
         };
         let record = Record {
             live: policies,
             seeded_from,
             source: "api".to_owned(),
         };
-        self.tree.insert(RECORD_KEY, serde_json::to_vec(&record)?)?;
+        self.tree.insert(RECORD_KEY, record.to_bytes()?)?;
         self.tree.flush()?;
         self.live.store(Arc::new(record.live));
         Ok(())
     }
 }
 
+/// The stored record, or `None` when there is none or it is unreadable (then kept aside first,
+/// so that writing a new one loses nothing).
+fn read(db: &sled::Db, tree: &sled::Tree) -> Result<Option<Record>, sled::Error> {
+    let Some(bytes) = tree.get(RECORD_KEY)? else {
+        return Ok(None);
+    };
+    match Record::from_bytes(&bytes) {
+        Ok(record) => Ok(Some(record)),
+        Err(e) => {
+            unreadable::keep_aside(db, TREE, RECORD_KEY, &bytes, &e);
+            Ok(None)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::policy::MAX_WINDOW;
+    use super::super::{CategoryPolicy, Limit, Suppression};
     use super::*;
+    use proptest::prelude::*;
     use std::time::Duration;
 
     /// Reopen as a restarted hub would (waiting for the lock the last handle releases late).
@@ -137,5 +174,144 @@ mod tests {
         let edited = Policies::default();
         let store = PolicyStore::open(&db, &edited).expect("open");
         assert_eq!(**store.load(), edited, "an edited file wins");
+    }
+
+    #[test]
+    fn an_unreadable_policies_record_is_kept_aside_and_the_config_file_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path());
+        let garbage = b"{\"live\": [1, 2".to_vec();
+        db.open_tree(TREE)
+            .expect("tree")
+            .insert(RECORD_KEY, garbage.clone())
+            .expect("insert");
+        let file = Policies::example();
+        let store = PolicyStore::open(&db, &file).expect("the hub starts");
+        assert_eq!(**store.load(), file, "the config file's policies take over");
+        assert_eq!(
+            unreadable::list(&db).expect("list"),
+            vec![(TREE.to_owned(), RECORD_KEY.to_vec(), garbage)]
+        );
+        let tree = db.open_tree(TREE).expect("tree");
+        let record = Record::from_bytes(&tree.get(RECORD_KEY).expect("get").expect("record")).expect("readable");
+        assert_eq!((record.live, record.source.as_str()), (file, "config"));
+    }
+
+    #[test]
+    fn replace_keeps_an_unreadable_policies_record_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path());
+        let file = Policies::example();
+        let store = PolicyStore::open(&db, &file).expect("open");
+        let tree = db.open_tree(TREE).expect("tree");
+        tree.insert(RECORD_KEY, &b"\xff not json"[..]).expect("insert");
+        let api = Policies::default();
+        store.replace(api.clone()).expect("replace");
+        assert_eq!(**store.load(), api);
+        assert_eq!(
+            unreadable::list(&db).expect("list"),
+            vec![(TREE.to_owned(), RECORD_KEY.to_vec(), b"\xff not json".to_vec())]
+        );
+        let record = Record::from_bytes(&tree.get(RECORD_KEY).expect("get").expect("record")).expect("readable");
+        assert_eq!(
+            record.seeded_from, file,
+            "seeded from the file the store was opened with, so an unchanged file keeps the API's"
+        );
+    }
+
+    #[test]
+    fn a_policies_record_with_a_future_field_is_read() {
+        let record = Record {
+            live: Policies::example(),
+            seeded_from: Policies::default(),
+            source: "api".to_owned(),
+        };
+        let mut value = serde_json::to_value(&record).expect("json");
+        value["written_by"] = serde_json::json!({"version": "9.9"});
+        let bytes = serde_json::to_vec(&value).expect("json");
+        assert_eq!(Record::from_bytes(&bytes).expect("readable"), record);
+    }
+
+    /// The stored form is fixed: a change to it must be deliberate (and readable by both sides).
+    #[test]
+    fn the_policies_record_encoding_is_pinned() {
+        let record = Record {
+            live: Policies::example(),
+            seeded_from: Policies::default(),
+            source: "config".to_owned(),
+        };
+        let text = String::from_utf8(record.to_bytes().expect("encode")).expect("utf-8");
+        assert_eq!(text, PINNED);
+        assert_eq!(Record::from_bytes(PINNED.as_bytes()).expect("decode"), record);
+    }
+
+    const PINNED: &str = concat!(
+        r#"{"live":{"conflict_window":"30s","dedup_window":"1h","max_actions":{"count":10,"window":"1h"},"#,
+        r#""categories":{"alert":{"priority":200,"limit":null,"hold":"0s"},"#,
+        r#""offer":{"priority":100,"limit":{"count":3,"window":"1day"},"hold":"2s"},"#,
+        r#""support":{"priority":300,"limit":null,"hold":"0s"}},"#,
+        r#""suppressions":[{"by":"support","suppress":["offer"],"for":"1h"}]},"#,
+        r#""seeded_from":{"conflict_window":"0s","dedup_window":"1h","max_actions":null,"categories":{},"suppressions":[]},"#,
+        r#""source":"config"}"#
+    );
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(MAX_WINDOW),
+            (0..=MAX_WINDOW.as_secs(), 0..1_000_000_000u32).prop_map(|(s, n)| Duration::new(s, n).min(MAX_WINDOW)),
+            (0..100_000u64).prop_map(Duration::from_millis),
+        ]
+    }
+
+    prop_compose! {
+        fn limit()(count in any::<u32>(), window in duration()) -> Limit {
+            Limit { count, window }
+        }
+    }
+
+    prop_compose! {
+        fn category()(priority in any::<i32>(), limit in proptest::option::of(limit()), hold in duration())
+            -> CategoryPolicy {
+            CategoryPolicy { priority, limit, hold }
+        }
+    }
+
+    prop_compose! {
+        fn suppression()(
+            by in any::<String>(),
+            suppress in proptest::collection::vec(any::<String>(), 0..3),
+            for_ in duration(),
+        ) -> Suppression {
+            Suppression { by, suppress, for_ }
+        }
+    }
+
+    prop_compose! {
+        fn policies()(
+            conflict_window in duration(),
+            dedup_window in duration(),
+            max_actions in proptest::option::of(limit()),
+            categories in proptest::collection::btree_map(any::<String>(), category(), 0..4),
+            suppressions in proptest::collection::vec(suppression(), 0..3),
+        ) -> Policies {
+            Policies { conflict_window, dedup_window, max_actions, categories, suppressions }
+        }
+    }
+
+    prop_compose! {
+        fn record()(live in policies(), seeded_from in policies(), source in any::<String>()) -> Record {
+            Record { live, seeded_from, source }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn policies_records_round_trip(record in record()) {
+            let bytes = record.to_bytes().expect("encode");
+            prop_assert_eq!(Record::from_bytes(&bytes).expect("decode"), record);
+        }
     }
 }

@@ -2,16 +2,24 @@
 //! its config, the hash of its wasm), the wasm bytes (stored once per hash, so the same module
 //! under two names or many config versions costs nothing extra), and compiled artifacts keyed by
 //! the engine's compatibility and the wasm hash, so a restart does not recompile.
+//!
+//! A plugin's record is a JSON object (fields matched by name; fields added later are ignored
+//! by older versions). A record that cannot be read is kept aside (see
+//! [`crate::state::unreadable`]) and left out: the hub starts with the other plugins, and the
+//! name can be uploaded again.
 
 use crate::runtime::Description;
+use crate::state::unreadable;
 use serde::{Deserialize, Serialize};
+
+const PLUGINS_TREE: &str = "registry.plugins";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("registry storage: {0}")]
     Sled(#[from] sled::Error),
-    #[error("registry record of {name:?} is unreadable: {source}")]
-    Corrupt { name: String, source: serde_json::Error },
+    #[error("cannot encode the registry record of {name:?}: {source}")]
+    Encode { name: String, source: serde_json::Error },
     #[error("the wasm of {sha256} is missing from the registry")]
     MissingWasm { sha256: String },
 }
@@ -41,6 +49,15 @@ pub struct PluginRecord {
 }
 
 impl PluginRecord {
+    /// The stored form.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<PluginRecord, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
     pub fn version(&self, v: u32) -> Option<&VersionRecord> {
         self.versions.iter().find(|r| r.version == v)
     }
@@ -66,40 +83,52 @@ impl Store {
     pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
         Ok(Store {
             db: db.clone(),
-            plugins: db.open_tree("registry.plugins")?,
+            plugins: db.open_tree(PLUGINS_TREE)?,
             wasm: db.open_tree("registry.wasm")?,
             artifacts: db.open_tree("registry.artifacts")?,
         })
     }
 
+    /// Every readable plugin record (unreadable ones are kept aside and left out).
     pub fn plugins(&self) -> Result<Vec<PluginRecord>, StoreError> {
-        self.plugins
-            .iter()
-            .map(|item| {
-                let (key, value) = item?;
-                serde_json::from_slice(&value).map_err(|source| StoreError::Corrupt {
-                    name: String::from_utf8_lossy(&key).into_owned(),
-                    source,
-                })
-            })
-            .collect()
+        Ok(self.all_plugins()?.0)
     }
 
+    /// The readable records, and whether any was unreadable.
+    fn all_plugins(&self) -> Result<(Vec<PluginRecord>, bool), StoreError> {
+        let mut records = Vec::new();
+        let mut skipped = false;
+        for item in self.plugins.iter() {
+            let (key, value) = item?;
+            match self.decode(&key, &value) {
+                Some(record) => records.push(record),
+                None => skipped = true,
+            }
+        }
+        Ok((records, skipped))
+    }
+
+    /// The plugin's record; `None` also when it is unreadable (then kept aside).
     pub fn plugin(&self, name: &str) -> Result<Option<PluginRecord>, StoreError> {
-        match self.plugins.get(name)? {
-            Some(value) => serde_json::from_slice(&value)
-                .map(Some)
-                .map_err(|source| StoreError::Corrupt {
-                    name: name.to_owned(),
-                    source,
-                }),
-            None => Ok(None),
+        Ok(match self.plugins.get(name)? {
+            Some(value) => self.decode(name.as_bytes(), &value),
+            None => None,
+        })
+    }
+
+    fn decode(&self, key: &[u8], value: &[u8]) -> Option<PluginRecord> {
+        match PluginRecord::from_bytes(value) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                unreadable::keep_aside(&self.db, PLUGINS_TREE, key, value, &e);
+                None
+            }
         }
     }
 
     /// Write a record and make it durable before the change goes live.
     pub fn put_plugin(&self, record: &PluginRecord) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt {
+        let value = record.to_bytes().map_err(|source| StoreError::Encode {
             name: record.name.clone(),
             source,
         })?;
@@ -114,8 +143,13 @@ impl Store {
             return Ok(());
         };
         self.plugins.remove(name)?;
-        let in_use: std::collections::HashSet<String> = self
-            .plugins()?
+        let (others, some_unreadable) = self.all_plugins()?;
+        if some_unreadable {
+            // An unreadable record may use the same wasm: keep it, for the record's repair.
+            self.db.flush()?;
+            return Ok(());
+        }
+        let in_use: std::collections::HashSet<String> = others
             .into_iter()
             .flat_map(|p| p.versions.into_iter().map(|v| v.sha256))
             .collect();
@@ -171,6 +205,158 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn store() -> (sled::Db, Store) {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let store = Store::open(&db).expect("store");
+        (db, store)
+    }
+
+    fn record(name: &str, sha256: &str) -> PluginRecord {
+        PluginRecord {
+            name: name.to_owned(),
+            active: 1,
+            enabled: true,
+            versions: vec![VersionRecord {
+                version: 1,
+                sha256: sha256.to_owned(),
+                size: 3,
+                uploaded_at: 1_700_000_000_000,
+                source: "api".to_owned(),
+                description: Description {
+                    name: name.to_owned(),
+                    version: "0.1.0".to_owned(),
+                    subscribes: vec!["cart.*".to_owned()],
+                    emits: vec![],
+                },
+                config: json!({"label": "blue"}),
+            }],
+        }
+    }
+
+    #[test]
+    fn an_unreadable_registry_record_is_kept_aside_and_the_others_are_read() {
+        let (db, store) = store();
+        store.put_plugin(&record("good", "aa")).expect("put");
+        store.put_wasm("aa", b"one").expect("wasm");
+        store.put_wasm("bb", b"two").expect("wasm");
+        let garbage = br#"{"name": "bad", "active": "#.to_vec();
+        db.open_tree(PLUGINS_TREE)
+            .expect("tree")
+            .insert("bad", garbage.clone())
+            .expect("insert");
+
+        assert_eq!(store.plugins().expect("the hub starts"), vec![record("good", "aa")]);
+        assert_eq!(store.plugin("bad").expect("read"), None);
+        assert_eq!(
+            unreadable::list(&db).expect("list"),
+            vec![(PLUGINS_TREE.to_owned(), b"bad".to_vec(), garbage)]
+        );
+
+        // Deleting another plugin keeps every wasm while a record that may use it is unreadable.
+        store.put_plugin(&record("other", "bb")).expect("put");
+        store.delete_plugin("other").expect("delete");
+        assert_eq!(&store.wasm("bb").expect("kept")[..], b"two");
+    }
+
+    #[test]
+    fn a_registry_record_with_a_future_field_is_read() {
+        let mut value = serde_json::to_value(record("p", "aa")).expect("json");
+        value["owner"] = json!("team-a");
+        value["versions"][0]["signature"] = json!({"alg": "ed25519"});
+        value["versions"][0]["description"]["world"] = json!("hub:plugin/plugin@0.2.0");
+        let bytes = serde_json::to_vec(&value).expect("json");
+        assert_eq!(PluginRecord::from_bytes(&bytes).expect("readable"), record("p", "aa"));
+    }
+
+    /// The stored form is fixed: a change to it must be deliberate (and readable by both sides).
+    #[test]
+    fn the_registry_record_encoding_is_pinned() {
+        let pinned = concat!(
+            r#"{"name":"p","active":1,"enabled":true,"versions":[{"version":1,"sha256":"aa","size":3,"#,
+            r#""uploaded_at":1700000000000,"source":"api","description":{"name":"p","version":"0.1.0","#,
+            r#""subscribes":["cart.*"],"emits":[]},"config":{"label":"blue"}}]}"#
+        );
+        let text = String::from_utf8(record("p", "aa").to_bytes().expect("encode")).expect("utf-8");
+        assert_eq!(text, pinned);
+        assert_eq!(
+            PluginRecord::from_bytes(pinned.as_bytes()).expect("decode"),
+            record("p", "aa")
+        );
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map(any::<String>(), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn json_object() -> impl Strategy<Value = Value> {
+        proptest::collection::btree_map(any::<String>(), json_value(), 0..5)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    prop_compose! {
+        fn description()(
+            name in any::<String>(),
+            version in any::<String>(),
+            subscribes in proptest::collection::vec(any::<String>(), 0..3),
+            emits in proptest::collection::vec(any::<String>(), 0..3),
+        ) -> Description {
+            Description { name, version, subscribes, emits }
+        }
+    }
+
+    prop_compose! {
+        fn version_record()(
+            version in any::<u32>(),
+            sha256 in any::<String>(),
+            size in any::<usize>(),
+            uploaded_at in any::<i64>(),
+            source in any::<String>(),
+            description in description(),
+            config in json_object(),
+        ) -> VersionRecord {
+            VersionRecord { version, sha256, size, uploaded_at, source, description, config }
+        }
+    }
+
+    prop_compose! {
+        fn plugin_record()(
+            name in any::<String>(),
+            active in any::<u32>(),
+            enabled in any::<bool>(),
+            versions in proptest::collection::vec(version_record(), 0..3),
+        ) -> PluginRecord {
+            PluginRecord { name, active, enabled, versions }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn registry_records_round_trip(record in plugin_record()) {
+            let bytes = record.to_bytes().expect("encode");
+            prop_assert_eq!(PluginRecord::from_bytes(&bytes).expect("decode"), record);
+        }
+    }
 
     #[test]
     fn sha256_of_nothing() {

@@ -77,4 +77,40 @@ mod tests {
         state_key(&mut b, "a", "bc");
         assert_ne!(a, b);
     }
+
+    mod formats {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Timer keys outlive the process (the timer log): any plugin name up to 255 bytes,
+            /// any actor the hub accepts and any timer id read back as written.
+            #[test]
+            fn timer_keys_round_trip(
+                plugin in "\\PC{0,40}",
+                actor in "\\PC{1,60}",
+                id in "\\PC{0,40}",
+                due in any::<i64>(),
+                payload in proptest::collection::vec(any::<u8>(), 0..32),
+            ) {
+                let mut key = Vec::new();
+                timer_key(&mut key, &plugin, &actor, &id);
+                prop_assert_eq!(split_timer_key(&key), Some((plugin.as_str(), actor.as_str(), id.as_str())));
+                prop_assert_eq!(timer_actor(&key), Some(actor.as_str()));
+                let value = timer_value(due, &payload);
+                prop_assert_eq!(split_timer_value(&value), Some((due, &payload[..])));
+            }
+
+            /// No two (actor, key) pairs share a state key.
+            #[test]
+            fn state_keys_never_collide(a in "\\PC{1,8}", k in "\\PC{0,8}", b in "\\PC{1,8}", l in "\\PC{0,8}") {
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                state_key(&mut x, &a, &k);
+                state_key(&mut y, &b, &l);
+                prop_assert_eq!(x == y, a == b && k == l);
+            }
+        }
+    }
 }

@@ -4,15 +4,25 @@
 //! Updates are JSON merge patches (RFC 7386: a key set to `null` is removed, objects merge), from
 //! NATS `profiles.<actor>` and the admin API. Each update is an atomic compare-and-swap on the
 //! actor's key, so concurrent updates never lose one another.
+//!
+//! A stored profile that cannot be read is never overwritten: an update of it (merge or
+//! replacement) is refused, so what was stored stays for an operator to inspect or repair;
+//! erasing the actor removes it.
 
+use crate::event::limits;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("a profile update must be a JSON object")]
     NotAnObject,
-    #[error("the stored profile of {actor:?} is unreadable: {detail}")]
+    /// The actor id or the resulting profile is outside `event::limits`.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the stored profile of {actor:?} is unreadable ({detail}); it is left as it is, not updated")]
     Corrupt { actor: String, detail: String },
+    #[error("cannot encode the profile of {actor:?}: {detail}")]
+    Encode { actor: String, detail: String },
     #[error("profile storage: {0}")]
     Sled(#[from] sled::Error),
 }
@@ -49,10 +59,13 @@ impl Profiles {
         Ok(self.tree.remove(actor.as_bytes())?.is_some())
     }
 
+    /// Apply `change` to the stored profile. An unreadable one is refused even for a
+    /// replacement, which does not need it: overwriting it would lose it silently.
     fn update(&self, actor: &str, change: impl Fn(&mut Value), input: &Value) -> Result<Value, ProfileError> {
         if !input.is_object() {
             return Err(ProfileError::NotAnObject);
         }
+        crate::event::check_actor(actor).map_err(ProfileError::Invalid)?;
         loop {
             let old = self.tree.get(actor.as_bytes())?;
             let mut profile = match &old {
@@ -60,10 +73,17 @@ impl Profiles {
                 None => Value::Object(Default::default()),
             };
             change(&mut profile);
-            let encoded = rmp_serde::to_vec_named(&profile).map_err(|e| ProfileError::Corrupt {
+            let encoded = encode(&profile).map_err(|e| ProfileError::Encode {
                 actor: actor.to_owned(),
                 detail: e.to_string(),
             })?;
+            if encoded.len() > limits::MAX_PROFILE_BYTES {
+                return Err(ProfileError::Invalid(format!(
+                    "the profile would be {} bytes as stored; at most {} are allowed",
+                    encoded.len(),
+                    limits::MAX_PROFILE_BYTES
+                )));
+            }
             if self
                 .tree
                 .compare_and_swap(actor.as_bytes(), old, Some(encoded))?
@@ -73,6 +93,11 @@ impl Profiles {
             }
         }
     }
+}
+
+/// The stored form: a MessagePack map (keys by name), what plugins read.
+fn encode(profile: &Value) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(profile)
 }
 
 fn decode(actor: &str, bytes: &[u8]) -> Result<Value, ProfileError> {
@@ -85,7 +110,85 @@ fn decode(actor: &str, bytes: &[u8]) -> Result<Value, ProfileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    fn profiles() -> Profiles {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        Profiles::new(db.open_tree("profiles").expect("tree"))
+    }
+
+    #[test]
+    fn a_corrupt_profile_is_never_overwritten_by_an_update() {
+        let p = profiles();
+        let garbage = b"\xc1 not msgpack".to_vec();
+        p.tree.insert("a", garbage.clone()).expect("insert");
+        for update in [
+            p.merge("a", &json!({"segment": "vip"})),
+            p.replace("a", &json!({"name": "Ann"})),
+        ] {
+            let err = update.expect_err("refused");
+            assert!(matches!(err, ProfileError::Corrupt { .. }), "{err}");
+            assert!(err.to_string().contains("left as it is"), "{err}");
+        }
+        assert_eq!(p.tree.get("a").expect("get").as_deref(), Some(&garbage[..]));
+        assert!(p.remove("a").expect("erasure still removes it"));
+    }
+
+    /// Stored as a map with its keys, so what is stored never depends on a field's position.
+    #[test]
+    fn the_profile_encoding_is_pinned() {
+        let profile = json!({"a": 1, "b": [true, null], "c": 1.5});
+        let bytes = encode(&profile).expect("encode");
+        assert_eq!(
+            bytes,
+            [
+                &[0x83, 0xa1, b'a', 0x01, 0xa1, b'b', 0x92, 0xc3, 0xc0, 0xa1, b'c', 0xcb][..],
+                &1.5f64.to_be_bytes()
+            ]
+            .concat()
+        );
+        assert_eq!(decode("a", &bytes).expect("decode"), profile);
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map(any::<String>(), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    prop_compose! {
+        fn profile()(fields in proptest::collection::btree_map(any::<String>(), json_value(), 0..6)) -> Value {
+            Value::Object(fields.into_iter().collect())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn profiles_round_trip(profile in profile()) {
+            let bytes = encode(&profile).expect("encode");
+            prop_assert_eq!(decode("a", &bytes).expect("decode"), profile.clone());
+            let p = profiles();
+            prop_assert_eq!(p.replace("a", &profile).expect("replace"), profile.clone());
+            prop_assert_eq!(p.get("a").expect("get"), Some(profile));
+        }
+    }
 
     #[test]
     fn updates_merge_and_null_removes() {
@@ -107,5 +210,18 @@ mod tests {
         assert!(matches!(p.merge("a", &json!([1])), Err(ProfileError::NotAnObject)));
         assert!(p.remove("a").expect("remove"));
         assert_eq!(p.get("a").expect("get"), None);
+    }
+
+    #[test]
+    fn profiles_over_the_limit_and_long_actor_ids_are_refused() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let p = Profiles::new(db.open_tree("profiles").expect("tree"));
+        let big = json!({"notes": "x".repeat(limits::MAX_PROFILE_BYTES)});
+        assert!(matches!(p.replace("a", &big), Err(ProfileError::Invalid(_))));
+        assert!(matches!(p.merge("a", &big), Err(ProfileError::Invalid(_))));
+        assert_eq!(p.get("a").expect("get"), None, "nothing stored");
+        let long = "v".repeat(limits::MAX_ACTOR_BYTES + 1);
+        let err = p.merge(&long, &json!({"name": "Ann"})).expect_err("long actor id");
+        assert!(err.to_string().contains("at most 1024"), "{err}");
     }
 }

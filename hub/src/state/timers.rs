@@ -179,7 +179,7 @@ mod tests {
     fn wheel() -> (sled::Db, TimerWheel) {
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let (log, legacy) = trees(&db);
-        let (mut logs, _) = timer_log::restore(&log, &legacy, 1, |_| 0).expect("restore");
+        let (mut logs, _) = timer_log::restore(&db, &log, &legacy, 1, |_| 0).expect("restore");
         (db, TimerWheel::new(logs.remove(0)))
     }
 
@@ -193,7 +193,7 @@ mod tests {
     /// What a restart would read back.
     fn restored(db: &sled::Db) -> Vec<timer_log::Restored> {
         let (log, legacy) = trees(db);
-        timer_log::restore(&log, &legacy, 1, |_| 0)
+        timer_log::restore(db, &log, &legacy, 1, |_| 0)
             .expect("restore")
             .1
             .remove(0)

@@ -38,17 +38,26 @@ pub fn keep_aside(db: &sled::Db, tree: &str, key: &[u8], bytes: &[u8], error: &d
     }
 }
 
-/// Every record kept aside: (tree, key, bytes). For operators and tests.
-pub fn list(db: &sled::Db) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, sled::Error> {
+/// A record kept aside: (tree, key, bytes).
+pub type KeptAside = (String, Vec<u8>, Vec<u8>);
+
+/// Every record kept aside. For operators and tests.
+pub fn list(db: &sled::Db) -> Result<Vec<KeptAside>, sled::Error> {
     let aside = db.open_tree(TREE)?;
     let mut out = Vec::new();
     for item in aside.iter() {
         let (key, value) = item?;
-        let Some((&len, rest)) = key.split_first() else { continue };
+        let Some((&len, rest)) = key.split_first() else {
+            continue;
+        };
         let Some((tree, original)) = rest.split_at_checked(usize::from(len)) else {
             continue;
         };
-        out.push((String::from_utf8_lossy(tree).into_owned(), original.to_vec(), value.to_vec()));
+        out.push((
+            String::from_utf8_lossy(tree).into_owned(),
+            original.to_vec(),
+            value.to_vec(),
+        ));
     }
     Ok(out)
 }
