@@ -99,11 +99,12 @@ impl Hub {
 
         let mut limits = config.limits.clone();
         // Headers (dead-letter reasons, message ids) need room beside the largest output.
-        let carried = usize::try_from(client.server_info().max_payload)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(4096);
+        let carried = client.server_info().max_payload.saturating_sub(4096);
         if carried < limits.max_output_bytes {
-            tracing::info!(max_output_bytes = carried, "outputs limited to what the NATS server carries");
+            tracing::info!(
+                max_output_bytes = carried,
+                "outputs limited to what the NATS server carries"
+            );
             limits.max_output_bytes = carried;
         }
         let runtime = Runtime::new(limits).map_err(|e| StartError::Runtime(format!("{e:#}")))?;

@@ -110,7 +110,6 @@ impl Runtime {
         // engine; wasmtime still checks the header and refuses incompatible artifacts.
         unsafe { Component::deserialize(&self.engine, artifact) }.ok()
     }
-
 }
 
 /// Advances the engine's epoch on its own OS thread; stops when dropped.

@@ -279,7 +279,8 @@ mod tests {
             let e = decode("events.k", body.as_bytes()).expect_err(&body);
             assert_eq!(e.reason, "invalid", "{body}: {}", e.detail);
         }
-        let body = rmp_serde::to_vec_named(&serde_json::json!({"actor": "a", "kind": "k", "time": null})).expect("encode");
+        let body =
+            rmp_serde::to_vec_named(&serde_json::json!({"actor": "a", "kind": "k", "time": null})).expect("encode");
         assert!(decode("events.k", &body).is_err(), "MessagePack nil time");
         let e = decode("events.k", br#"{"actor":"a","kind":"k","time":253402300800000}"#).expect_err("year 10000");
         assert!(e.detail.contains("out of range"), "{}", e.detail);
@@ -295,13 +296,20 @@ mod tests {
         assert_eq!(decode("events.k", &body).expect("msgpack").actor, "42");
         for actor in ["1.5", "true", "null", "{}", "[]"] {
             let body = format!(r#"{{"actor":{actor}}}"#);
-            assert_eq!(decode("events.k", body.as_bytes()).expect_err(&body).reason, "invalid", "{body}");
+            assert_eq!(
+                decode("events.k", body.as_bytes()).expect_err(&body).reason,
+                "invalid",
+                "{body}"
+            );
         }
     }
 
     #[test]
     fn envelope_actors_over_the_limit_are_refused() {
-        let body = format!(r#"{{"actor":"{}"}}"#, "v".repeat(crate::event::limits::MAX_ACTOR_BYTES + 1));
+        let body = format!(
+            r#"{{"actor":"{}"}}"#,
+            "v".repeat(crate::event::limits::MAX_ACTOR_BYTES + 1)
+        );
         let e = decode("events.k", body.as_bytes()).expect_err("too long");
         assert!(e.detail.contains("at most 1024"), "{}", e.detail);
     }

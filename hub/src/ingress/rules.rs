@@ -108,7 +108,9 @@ impl CompiledRule {
                 Some(Scalar::Int(ms)) => ms,
                 Some(Scalar::Float(_)) => return Err(format!("time at {p} is not an integer")),
                 Some(Scalar::Other(what)) => {
-                    return Err(format!("time at {p} is {what}, not ms since the epoch or RFC 3339 text"));
+                    return Err(format!(
+                        "time at {p} is {what}, not ms since the epoch or RFC 3339 text"
+                    ));
                 }
                 Some(Scalar::Str(s)) => humantime::parse_rfc3339_weak(&s)
                     .map_err(|e| format!("time at {p}: {e}"))?
@@ -173,9 +175,7 @@ fn template(t: &str, at: &str) -> Result<Vec<Piece>, String> {
 /// there but not a string or an integer (the rule fits, the message does not).
 fn locate(l: &Locator, headers: Option<&async_nats::HeaderMap>, body: &Body<'_>) -> Result<Option<String>, String> {
     let found = match l {
-        Locator::Header(h) => headers
-            .and_then(|hs| hs.get(h.as_str()))
-            .map(|v| v.as_str().to_owned()),
+        Locator::Header(h) => headers.and_then(|hs| hs.get(h.as_str())).map(|v| v.as_str().to_owned()),
         Locator::Pointer(p) => match body.field(p) {
             None => None,
             Some(Scalar::Str(s)) => Some(s.into_owned()),
@@ -336,7 +336,9 @@ fn read_flat<'a>(raw: &'a [u8], keys: &'a [String]) -> Result<Body<'a>, serde_js
         fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
             Encode(self.0).visit_u64::<E>(v)?;
             // Above i64: kept as its decimal text, so an id is not rounded.
-            Ok(Some(i64::try_from(v).map_or_else(|_| Scalar::Str(Cow::Owned(v.to_string())), Scalar::Int)))
+            Ok(Some(
+                i64::try_from(v).map_or_else(|_| Scalar::Str(Cow::Owned(v.to_string())), Scalar::Int),
+            ))
         }
         fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
             Encode(self.0).visit_f64::<E>(v)?;
@@ -605,7 +607,12 @@ mod tests {
                 "nested ts {ts} was accepted"
             );
         }
-        assert_eq!(decode_web(r#"{"visitor":"u1","ts":"2026-11-30T10:00:00Z"}"#).expect("text").time, 1_796_032_800_000);
+        assert_eq!(
+            decode_web(r#"{"visitor":"u1","ts":"2026-11-30T10:00:00Z"}"#)
+                .expect("text")
+                .time,
+            1_796_032_800_000
+        );
     }
 
     #[test]

@@ -143,7 +143,11 @@ mod tests {
     #[test]
     fn the_wall_clock_cap_stops_a_call_that_blocks() {
         let mut d = Deadline::default();
-        d.begin(Duration::from_millis(5), Duration::from_millis(10), Duration::from_millis(1));
+        d.begin(
+            Duration::from_millis(5),
+            Duration::from_millis(10),
+            Duration::from_millis(1),
+        );
         std::thread::sleep(Duration::from_millis(12));
         assert!(d.next().is_err());
         assert_eq!(d.exceeded, Some(Exceeded::Wall));

@@ -27,10 +27,7 @@ pub fn check(outputs: &[Output], delivering: bool, limits: &PluginLimits) -> Res
 fn check_one(output: &Output, delivering: bool, max: usize) -> Result<(), String> {
     match output {
         Output::Emit { kind, actor, payload } => {
-            if kind.len() > limits::MAX_KIND_BYTES
-                || !is_subject_safe(kind)
-                || kind.starts_with(ACTION_KIND_PREFIX)
-            {
+            if kind.len() > limits::MAX_KIND_BYTES || !is_subject_safe(kind) || kind.starts_with(ACTION_KIND_PREFIX) {
                 return Err(format!(
                     "emitted kind {kind:?} must be at most {} bytes of dot-separated tokens without spaces or \
                      wildcards, and may not start with {ACTION_KIND_PREFIX:?}",
@@ -43,9 +40,17 @@ fn check_one(output: &Output, delivering: bool, max: usize) -> Result<(), String
             let text = kind.len() + actor.as_ref().map_or(0, String::len);
             fits("emitted event", payload, text, max)
         }
-        Output::Action { name, category, dedup_key, payload, .. } => {
+        Output::Action {
+            name,
+            category,
+            dedup_key,
+            payload,
+            ..
+        } => {
             if delivering {
-                return Err(format!("a delivery plugin proposed an action ({name}) while delivering one"));
+                return Err(format!(
+                    "a delivery plugin proposed an action ({name}) while delivering one"
+                ));
             }
             if !is_subject_safe(name) {
                 return Err(format!(

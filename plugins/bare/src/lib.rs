@@ -51,7 +51,12 @@ impl Guest for Bare {
             name: "bare".into(),
             version: "0.1.0".into(),
             subscribes: vec!["bare.*".into()],
-            emits: vec!["bare.counted".into(), "bare.awake".into(), "bare.timer".into(), "offer.bare".into()],
+            emits: vec![
+                "bare.counted".into(),
+                "bare.awake".into(),
+                "bare.timer".into(),
+                "offer.bare".into(),
+            ],
         }
     }
 
