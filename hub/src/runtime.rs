@@ -24,7 +24,7 @@ pub use module::{Description, LoadError, PluginModule, valid_name};
 
 use crate::config::PluginLimits;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -57,7 +57,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     limits: PluginLimits,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl Runtime {
@@ -81,12 +81,17 @@ impl Runtime {
             engine,
             linker,
             limits,
-            _ticker: ticker,
+            ticker,
         }))
     }
 
     pub fn limits(&self) -> &PluginLimits {
         &self.limits
+    }
+
+    /// Epoch ticks since the runtime started: a clock a call reads for the price of an atomic load.
+    pub fn ticks(&self) -> u64 {
+        self.ticker.ticks.load(Ordering::Relaxed)
     }
 
     /// Identifies what this engine can load: compiled artifacts are cached under it, so a hub
@@ -112,26 +117,30 @@ impl Runtime {
     }
 }
 
-/// Advances the engine's epoch on its own OS thread; stops when dropped.
+/// Advances the engine's epoch on its own OS thread, and counts the ticks where calls can read
+/// them (wasmtime does not expose the epoch); stops when dropped.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
+    ticks: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
     fn start(engine: Engine, tick: Duration) -> EpochTicker {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), ticks.clone());
         let thread = std::thread::Builder::new()
             .name("hub-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
                     engine.increment_epoch();
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .ok();
-        EpochTicker { stop, thread }
+        EpochTicker { stop, ticks, thread }
     }
 }
 

@@ -3,24 +3,21 @@
 //! must not die as `deadline` for it. Only a plugin that really computes for longer than
 //! `call_timeout_ms` is stopped.
 //!
-//! How, without a system call per plugin call: the epoch ticker interrupts a call once its
+//! How, without reading a clock per plugin call: the epoch ticker interrupts a call once its
 //! wall-clock budget has passed (the cheap check wasmtime does anyway). Only then does
 //! [`Deadline::next`] read the thread's CPU clock, and either stops the call or lets it run for
-//! the CPU budget it has left. The CPU clock is read at most once per millisecond of a shard's
-//! wall time to mark a baseline (`begin`), so a call's CPU time is known to within that
-//! millisecond. A wall-clock cap (`call_wall_timeout_ms`) still bounds a call that blocks
-//! without computing, so no plugin can stall its shard for long.
+//! the CPU budget it has left. A call's start is the ticker's count (an atomic load), and the
+//! thread's CPU clock is read at most once per tick to mark a baseline (`begin`), so a call's
+//! CPU time is known to within one tick. A wall-clock cap (`call_wall_timeout_ms`) still bounds
+//! a call that blocks without computing, so no plugin can stall its shard for long.
 
 use std::cell::Cell;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wasmtime::{Trap, UpdateDeadline};
 
-/// How stale the thread's CPU baseline may be when a call begins.
-const BASELINE_AGE: Duration = Duration::from_millis(1);
-
 thread_local! {
-    /// (when, this thread's CPU time then): the baseline calls on this thread measure from.
-    static BASELINE: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+    /// (tick, this thread's CPU time then): the baseline calls on this thread measure from.
+    static BASELINE: Cell<Option<(u64, Duration)>> = const { Cell::new(None) };
 }
 
 /// The CPU time the calling thread has used.
@@ -39,52 +36,39 @@ pub enum Exceeded {
     Wall,
 }
 
-/// The budget of the current call.
-#[derive(Debug, Clone)]
+/// The budget of the current call, in epoch ticks of wall time and in CPU time.
+#[derive(Debug, Clone, Default)]
 pub struct Deadline {
     /// Thread CPU time at the baseline.
     cpu_base: Duration,
-    /// CPU time allowed since the baseline: the call's budget plus what the thread may have
-    /// used between the baseline and the call's start.
+    /// CPU time allowed since the baseline: the call's budget plus one tick, what the thread may
+    /// have used between the baseline and the call's start.
     cpu_budget: Duration,
-    started: Instant,
-    wall_budget: Duration,
+    /// The tick the call started in, and its wall-clock cap in ticks.
+    started: u64,
+    wall_ticks: u64,
     tick: Duration,
     /// Set when the call was stopped.
     pub exceeded: Option<Exceeded>,
 }
 
-impl Default for Deadline {
-    fn default() -> Self {
-        Deadline {
-            cpu_base: Duration::ZERO,
-            cpu_budget: Duration::ZERO,
-            started: Instant::now(),
-            wall_budget: Duration::ZERO,
-            tick: Duration::from_millis(1),
-            exceeded: None,
-        }
-    }
-}
-
 impl Deadline {
-    /// Start a call's budget: `cpu` of CPU time, `wall` of wall time at most, with the epoch
-    /// ticking every `tick`.
-    pub fn begin(&mut self, cpu: Duration, wall: Duration, tick: Duration) {
-        let now = Instant::now();
-        let (at, base) = BASELINE.with(|b| match b.get() {
-            Some((at, base)) if now.duration_since(at) <= BASELINE_AGE => (at, base),
+    /// Start a call's budget at tick `now`: `cpu` of CPU time, `wall` of wall time at most, with
+    /// the epoch ticking every `tick`.
+    pub fn begin(&mut self, now: u64, cpu: Duration, wall: Duration, tick: Duration) {
+        let base = BASELINE.with(|b| match b.get() {
+            Some((at, base)) if at == now => base,
             _ => {
-                let fresh = (now, thread_cpu_time());
-                b.set(Some(fresh));
-                fresh
+                let base = thread_cpu_time();
+                b.set(Some((now, base)));
+                base
             }
         });
-        self.cpu_base = base;
-        self.cpu_budget = cpu + now.duration_since(at);
-        self.started = now;
-        self.wall_budget = wall.max(cpu);
         self.tick = tick.max(Duration::from_nanos(1));
+        self.cpu_base = base;
+        self.cpu_budget = cpu + self.tick;
+        self.started = now;
+        self.wall_ticks = ticks(wall.max(cpu), self.tick);
         self.exceeded = None;
     }
 
@@ -94,10 +78,11 @@ impl Deadline {
         ticks(self.cpu_budget, self.tick)
     }
 
-    /// The wall-clock budget has passed at least once: stop the call, or let it go on.
-    pub fn next(&mut self) -> wasmtime::Result<UpdateDeadline> {
-        let elapsed = self.started.elapsed();
-        if elapsed >= self.wall_budget {
+    /// The wall-clock budget has passed at least once (the ticker is at tick `now`): stop the
+    /// call, or let it go on.
+    pub fn next(&mut self, now: u64) -> wasmtime::Result<UpdateDeadline> {
+        let elapsed = now.saturating_sub(self.started);
+        if elapsed >= self.wall_ticks {
             self.exceeded = Some(Exceeded::Wall);
             return Err(Trap::Interrupt.into());
         }
@@ -106,8 +91,8 @@ impl Deadline {
             self.exceeded = Some(Exceeded::Cpu);
             return Err(Trap::Interrupt.into());
         }
-        let left = (self.cpu_budget - used).min(self.wall_budget - elapsed);
-        Ok(UpdateDeadline::Continue(ticks(left, self.tick)))
+        let left = ticks(self.cpu_budget - used, self.tick).min(self.wall_ticks - elapsed);
+        Ok(UpdateDeadline::Continue(left.max(1)))
     }
 }
 
@@ -119,15 +104,16 @@ fn ticks(d: Duration, tick: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    const TICK: Duration = Duration::from_millis(1);
+
     #[test]
     fn a_descheduled_call_is_not_stopped_but_a_computing_one_is() {
-        let tick = Duration::from_millis(1);
         let mut d = Deadline::default();
-        d.begin(Duration::from_millis(20), Duration::from_secs(5), tick);
-        // Blocked, not computing: 30 ms of wall time, hardly any CPU.
+        d.begin(0, Duration::from_millis(20), Duration::from_secs(5), TICK);
+        // Blocked, not computing: 30 ticks of wall time, hardly any CPU.
         std::thread::sleep(Duration::from_millis(30));
         assert!(
-            matches!(d.next(), Ok(UpdateDeadline::Continue(n)) if n >= 1),
+            matches!(d.next(30), Ok(UpdateDeadline::Continue(n)) if n >= 1),
             "a call that waited is given the CPU time it has left"
         );
         assert_eq!(d.exceeded, None);
@@ -136,20 +122,16 @@ mod tests {
         while thread_cpu_time() - start < Duration::from_millis(25) {
             std::hint::black_box(0);
         }
-        assert!(d.next().is_err());
+        assert!(d.next(60).is_err());
         assert_eq!(d.exceeded, Some(Exceeded::Cpu));
     }
 
     #[test]
     fn the_wall_clock_cap_stops_a_call_that_blocks() {
         let mut d = Deadline::default();
-        d.begin(
-            Duration::from_millis(5),
-            Duration::from_millis(10),
-            Duration::from_millis(1),
-        );
-        std::thread::sleep(Duration::from_millis(12));
-        assert!(d.next().is_err());
+        d.begin(100, Duration::from_millis(5), Duration::from_millis(10), TICK);
+        assert!(d.next(109).is_ok());
+        assert!(d.next(110).is_err());
         assert_eq!(d.exceeded, Some(Exceeded::Wall));
     }
 }
