@@ -14,7 +14,8 @@ pub mod push;
 pub mod webhook;
 
 use crate::config::ChannelConfig;
-use crate::egress::{DeadLetter, Egress, Outbound, headers, subjects};
+use crate::dead_letter::{DeadLetter, Reason};
+use crate::egress::{Egress, Outbound, headers, subjects};
 use crate::metrics as m;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -35,16 +36,10 @@ pub struct Delivery {
 
 impl Delivery {
     /// The delivery as a dead letter; replaying it means re-sending `body` to its channel.
-    pub fn dead_letter(&self, reason: &'static str, detail: &str) -> Outbound {
-        DeadLetter {
-            reason,
-            detail,
-            subject: &subjects::join(subjects::DELIVERIES, &self.channel),
-            plugin: Some(&self.plugin),
-            event_id: Some(&self.id),
-            body: self.body.clone(),
-        }
-        .into_outbound()
+    pub fn dead_letter(&self, reason: Reason, detail: &str) -> Outbound {
+        DeadLetter::delivery(reason, detail, &self.channel, &self.id, self.body.clone())
+            .plugin(&self.plugin)
+            .into_outbound()
     }
 
     /// The delivery as published on `hub.deliveries.<channel>`.
@@ -120,7 +115,7 @@ impl Sinks {
             metrics::counter!(m::SINK_OVERFLOW, "channel" => delivery.channel.clone()).increment(1);
             let detail = format!("the {} sink's queue is full", delivery.channel);
             self.egress
-                .send_blocking(delivery.dead_letter("sink_overflow", &detail));
+                .send_blocking(delivery.dead_letter(Reason::SinkOverflow, &detail));
         }
     }
 }

@@ -122,54 +122,6 @@ impl Batcher {
     }
 }
 
-/// Why something could not be processed, and everything needed to inspect or replay it.
-pub struct DeadLetter<'a> {
-    /// Short machine-readable reason: the last token of `hub.dlq.<reason>`.
-    pub reason: &'static str,
-    /// What went wrong, for a person.
-    pub detail: &'a str,
-    /// The subject the input arrived on (or `plugin:<name>` for emitted events).
-    pub subject: &'a str,
-    pub plugin: Option<&'a str>,
-    pub event_id: Option<&'a str>,
-    /// The original bytes, or the event's JSON envelope (replayable on `events.<kind>`).
-    pub body: Bytes,
-}
-
-impl DeadLetter<'_> {
-    pub fn into_outbound(self) -> Outbound {
-        metrics::counter!(crate::metrics::DEAD_LETTERS, "reason" => self.reason).increment(1);
-        tracing::debug!(
-            reason = self.reason,
-            detail = self.detail,
-            subject = self.subject,
-            "dead letter"
-        );
-        let mut h = HeaderMap::new();
-        h.insert(headers::DLQ_REASON, header_safe(self.detail).as_str());
-        h.insert(headers::DLQ_SUBJECT, header_safe(self.subject).as_str());
-        if let Some(p) = self.plugin {
-            h.insert(headers::PLUGIN, header_safe(p).as_str());
-        }
-        if let Some(id) = self.event_id {
-            h.insert(headers::EVENT_ID, header_safe(id).as_str());
-        }
-        Outbound {
-            subject: format!("{}.{}", subjects::DEAD_LETTERS, self.reason),
-            headers: Some(h),
-            payload: self.body,
-        }
-    }
-}
-
-/// Header values are one line of printable text.
-fn header_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(1024)
-        .collect()
-}
-
 async fn publish(client: &async_nats::Client, msg: Outbound) {
     let result = match msg.headers {
         Some(h) => client.publish_with_headers(msg.subject, h, msg.payload).await,

@@ -12,7 +12,8 @@ pub use envelope::decode_envelope;
 pub use rules::{CompiledRule, RuleSet, decode_raw};
 
 use crate::config::NatsConfig;
-use crate::egress::{DeadLetter, Egress};
+use crate::dead_letter::{DeadLetter, Reason};
+use crate::egress::Egress;
 use crate::event::Routed;
 use crate::router::Router;
 use crate::state::{ProfileError, Profiles};
@@ -27,21 +28,21 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{detail}")]
 pub struct IngressError {
-    /// `undecodable`, `invalid` or `no_rule`: the last token of the dead-letter subject.
-    pub reason: &'static str,
+    /// `Undecodable`, `Invalid` or `NoRule`.
+    pub reason: Reason,
     pub detail: String,
 }
 
 impl IngressError {
     pub fn undecodable(detail: impl Into<String>) -> Self {
         IngressError {
-            reason: "undecodable",
+            reason: Reason::Undecodable,
             detail: detail.into(),
         }
     }
     pub fn invalid(detail: impl Into<String>) -> Self {
         IngressError {
-            reason: "invalid",
+            reason: Reason::Invalid,
             detail: detail.into(),
         }
     }
@@ -261,14 +262,7 @@ impl Task {
     }
 
     async fn dead_letter(&self, msg: &async_nats::Message, e: IngressError) {
-        let letter = DeadLetter {
-            reason: e.reason,
-            detail: &e.detail,
-            subject: &msg.subject,
-            plugin: None,
-            event_id: None,
-            body: msg.payload.clone(),
-        };
+        let letter = DeadLetter::message(e.reason, e.detail, &msg.subject, msg.payload.clone());
         self.egress.send(letter.into_outbound()).await;
     }
 }

@@ -21,6 +21,7 @@ pub mod arbiter;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod dead_letter;
 pub mod delivery;
 pub mod egress;
 pub mod event;

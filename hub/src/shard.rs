@@ -14,8 +14,9 @@
 
 use crate::actor::{ActorRequest, ActorState, Erased, PendingTimer, decode_value};
 use crate::arbiter::PolicyStore;
+use crate::dead_letter::{DeadLetter, Reason};
 use crate::delivery::Sinks;
-use crate::egress::{Batcher, DeadLetter, Egress, Outbound, subjects};
+use crate::egress::{Batcher, Egress, Outbound, subjects};
 use crate::event::{Action, Event, Routed, derived_id, now_ms};
 use crate::metrics as m;
 use crate::registry::{Live, LivePlugin, LiveSet};
@@ -365,14 +366,7 @@ impl Shard {
             let detail = format!(
                 "event kinds starting with {ACTION_KIND_PREFIX:?} are reserved for actions on their way to delivery"
             );
-            let letter = DeadLetter {
-                reason: "reserved_kind",
-                detail: &detail,
-                subject: &routed.event.source,
-                plugin: None,
-                event_id: Some(&routed.event.id),
-                body: routed.event.to_json().map(Bytes::from).unwrap_or_default(),
-            };
+            let letter = DeadLetter::event(Reason::ReservedKind, detail, &routed.event);
             self.egress.push(letter.into_outbound());
             return;
         }
@@ -438,22 +432,15 @@ impl Shard {
                 None => {
                     let disabled = self.live_set.disabled.iter().any(|d| **d == *timer.plugin);
                     let (reason, state) = if disabled {
-                        ("disabled", "disabled")
+                        (Reason::Disabled, "disabled")
                     } else {
-                        ("no_plugin", "not loaded")
+                        (Reason::NoPlugin, "not loaded")
                     };
                     let detail = format!(
                         "timer {:?} belongs to plugin {:?}, which is {state}",
                         timer.id, timer.plugin
                     );
-                    let letter = DeadLetter {
-                        reason,
-                        detail: &detail,
-                        subject: "timer",
-                        plugin: Some(&timer.plugin),
-                        event_id: None,
-                        body: Bytes::from(timer.payload.clone()),
-                    };
+                    let letter = DeadLetter::timer(reason, detail, &timer.id, &timer.payload).plugin(&timer.plugin);
                     self.egress.push(letter.into_outbound());
                 }
             }
@@ -470,7 +457,7 @@ impl Shard {
         let plugin = &mut self.plugins[p];
         if plugin.supervisor.quarantined(now) {
             let err = format!("plugin {} is quarantined after repeated traps", plugin.name);
-            self.dead_letter_cause(p, &cause, "quarantined", &err);
+            self.dead_letter_cause(p, &cause, Reason::Quarantined, &err);
             return;
         }
         if plugin.instance.is_poisoned()
@@ -511,7 +498,7 @@ impl Shard {
         let plugin = &mut self.plugins[p];
         plugin.errors.increment(1);
         plugin.pending.errors += 1;
-        tracing::warn!(plugin = %plugin.name, reason = e.reason(), error = %e, "plugin call failed");
+        tracing::warn!(plugin = %plugin.name, reason = %e.reason(), error = %e, "plugin call failed");
         if e.is_trap() {
             let started = plugin.supervisor.trapped(Instant::now());
             // Re-create the instance now so the next event does not pay for it.
@@ -536,18 +523,11 @@ impl Shard {
         );
     }
 
-    fn dead_letter_cause(&mut self, p: usize, cause: &Cause<'_>, reason: &'static str, detail: &str) {
+    fn dead_letter_cause(&mut self, p: usize, cause: &Cause<'_>, reason: Reason, detail: &str) {
         match cause {
             Cause::Event(r) => self.dead_letter_event(p, &r.event, reason, detail),
             Cause::Timer(t) => {
-                let letter = DeadLetter {
-                    reason,
-                    detail,
-                    subject: "timer",
-                    plugin: Some(&self.plugins[p].name),
-                    event_id: Some(&t.id),
-                    body: Bytes::from(t.payload.clone()),
-                };
+                let letter = DeadLetter::timer(reason, detail, &t.id, &t.payload).plugin(&self.plugins[p].name);
                 self.egress.push(letter.into_outbound());
             }
         }
@@ -627,7 +607,7 @@ impl Shard {
                 "event chain longer than the hop limit of {} (last plugin {})",
                 self.hop_limit, self.plugins[p].name
             );
-            self.dead_letter_event(p, &event, "hop_limit", &detail);
+            self.dead_letter_event(p, &event, Reason::HopLimit, &detail);
             return;
         }
         self.events_emitted.increment(1);
@@ -649,15 +629,8 @@ impl Shard {
         }
     }
 
-    fn dead_letter_event(&mut self, p: usize, event: &Event, reason: &'static str, detail: &str) {
-        let letter = DeadLetter {
-            reason,
-            detail,
-            subject: &event.source,
-            plugin: Some(&self.plugins[p].name),
-            event_id: Some(&event.id),
-            body: event.to_json().map(Bytes::from).unwrap_or_default(),
-        };
+    fn dead_letter_event(&mut self, p: usize, event: &Event, reason: Reason, detail: &str) {
+        let letter = DeadLetter::event(reason, detail, event).plugin(&self.plugins[p].name);
         self.egress.push(letter.into_outbound());
     }
 

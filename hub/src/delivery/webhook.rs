@@ -8,6 +8,7 @@
 
 use super::Delivery;
 use crate::config::WebhookConfig;
+use crate::dead_letter::Reason;
 use crate::egress::Egress;
 use crate::metrics as m;
 use reqwest::StatusCode;
@@ -90,10 +91,10 @@ async fn deliver(channel: &str, config: &WebhookConfig, client: &reqwest::Client
                 continue;
             }
             Attempt::Retry(why) => (
-                "webhook_failed",
+                Reason::WebhookFailed,
                 format!("POST {url} failed after {} attempts: {why}", attempt + 1),
             ),
-            Attempt::Rejected(why) => ("webhook_rejected", format!("POST {url} was rejected: {why}")),
+            Attempt::Rejected(why) => (Reason::WebhookRejected, format!("POST {url} was rejected: {why}")),
         };
         tracing::warn!(channel, delivery = d.id, detail, "webhook delivery dead-lettered");
         egress.send(d.dead_letter(reason, &detail)).await;

@@ -219,6 +219,7 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dead_letter::Reason;
 
     fn decode(subject: &str, body: &[u8]) -> Result<Event, IngressError> {
         decode_envelope(subject, None, body, "events.", &IdGen::new())
@@ -250,14 +251,14 @@ mod tests {
     fn bad_input_is_explained() {
         assert_eq!(
             decode("events.k", b"not json").expect_err("refused").reason,
-            "undecodable"
+            Reason::Undecodable
         );
         assert_eq!(
             decode("events.k", b"{\"actor\":").expect_err("refused").reason,
-            "undecodable"
+            Reason::Undecodable
         );
         let e = decode("events.k", br#"{"kind":"k"}"#).expect_err("refused");
-        assert_eq!((e.reason, e.detail.as_str()), ("invalid", "missing \"actor\""));
+        assert_eq!((e.reason, e.detail.as_str()), (Reason::Invalid, "missing \"actor\""));
         assert!(
             decode("events.k", br#"{"actor":"a","payload":[1]}"#)
                 .expect_err("refused")
@@ -277,7 +278,7 @@ mod tests {
         for time in ["9223372036854775807", "-1", "null", "\"soon\"", "1.5"] {
             let body = format!(r#"{{"actor":"a","kind":"k","time":{time}}}"#);
             let e = decode("events.k", body.as_bytes()).expect_err(&body);
-            assert_eq!(e.reason, "invalid", "{body}: {}", e.detail);
+            assert_eq!(e.reason, Reason::Invalid, "{body}: {}", e.detail);
         }
         let body =
             rmp_serde::to_vec_named(&serde_json::json!({"actor": "a", "kind": "k", "time": null})).expect("encode");
@@ -298,7 +299,7 @@ mod tests {
             let body = format!(r#"{{"actor":{actor}}}"#);
             assert_eq!(
                 decode("events.k", body.as_bytes()).expect_err(&body).reason,
-                "invalid",
+                Reason::Invalid,
                 "{body}"
             );
         }

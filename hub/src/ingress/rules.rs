@@ -426,7 +426,7 @@ pub fn decode_raw(
         }
     }
     Err(IngressError {
-        reason: "no_rule",
+        reason: crate::dead_letter::Reason::NoRule,
         detail: format!("no ingest rule fits: {}", why.join("; ")),
     })
 }
@@ -494,7 +494,7 @@ mod tests {
             &IdGen::new(),
         )
         .expect_err("refused");
-        assert_eq!(err.reason, "no_rule");
+        assert_eq!(err.reason, crate::dead_letter::Reason::NoRule);
         assert!(err.detail.contains("no actor at /visitor"), "{}", err.detail);
         let err = decode_raw(
             &RuleSet::new(vec![web_rule()]),
@@ -504,7 +504,7 @@ mod tests {
             &IdGen::new(),
         )
         .expect_err("refused");
-        assert_eq!(err.reason, "undecodable");
+        assert_eq!(err.reason, crate::dead_letter::Reason::Undecodable);
     }
 
     #[test]
@@ -633,7 +633,7 @@ mod tests {
         let long = "v".repeat(70_000);
         let body = format!(r#"{{"visitor":"{long}a"}}"#);
         let e = decode_web(&body).expect_err("too long");
-        assert_eq!(e.reason, "invalid");
+        assert_eq!(e.reason, crate::dead_letter::Reason::Invalid);
         assert!(e.detail.contains("at most 1024"), "{}", e.detail);
     }
 }

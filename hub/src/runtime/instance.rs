@@ -9,6 +9,7 @@ use super::Output;
 use super::bindings::{Plugin, wit};
 use super::host::{HostState, ShardStores};
 use super::module::{Description, PluginModule};
+use crate::dead_letter::Reason;
 use crate::event::Event;
 use crate::state::{DueTimer, PluginSlot};
 use std::sync::Arc;
@@ -37,15 +38,15 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// The dead-letter reason, used as the last token of `hub.dlq.<reason>`.
-    pub fn reason(&self) -> &'static str {
+    /// The dead-letter reason.
+    pub fn reason(&self) -> Reason {
         match self {
-            CallError::Deadline(_) | CallError::Stalled(_) => "deadline",
-            CallError::Memory(_) => "memory",
-            CallError::Panic(_) => "panic",
-            CallError::Trap(_) => "trap",
-            CallError::Plugin(_) => "plugin_error",
-            CallError::Output(_) => "invalid_output",
+            CallError::Deadline(_) | CallError::Stalled(_) => Reason::Deadline,
+            CallError::Memory(_) => Reason::Memory,
+            CallError::Panic(_) => Reason::Panic,
+            CallError::Trap(_) => Reason::Trap,
+            CallError::Plugin(_) => Reason::PluginError,
+            CallError::Output(_) => Reason::InvalidOutput,
         }
     }
 
@@ -239,7 +240,8 @@ fn new_store(module: &PluginModule, name: Arc<str>, slot: PluginSlot) -> Store<H
     let host = HostState::new(name, slot, limits.memory_bytes);
     let mut store = Store::new(&module.runtime.engine, host);
     store.limiter(|host| &mut host.limiter);
-    store.epoch_deadline_callback(|mut cx| cx.data_mut().deadline.next());
+    let runtime = module.runtime.clone();
+    store.epoch_deadline_callback(move |mut cx| cx.data_mut().deadline.next(runtime.ticks()));
     store
 }
 
@@ -249,6 +251,7 @@ fn arm(store: &mut Store<HostState>, module: &PluginModule) {
     let data = store.data_mut();
     data.limiter.hit = false;
     data.deadline.begin(
+        module.runtime.ticks(),
         std::time::Duration::from_millis(limits.call_timeout_ms),
         std::time::Duration::from_millis(limits.call_wall_timeout_ms),
         std::time::Duration::from_millis(limits.epoch_tick_ms.max(1)),

@@ -137,7 +137,7 @@ mod tests {
     fn an_emitted_event_over_the_message_limit_fails_the_call() {
         let big = rmp_serde::to_vec_named(&serde_json::json!({"blob": "x".repeat(2 << 20)})).expect("encode");
         let err = check(&[emit(vec![0x80]), emit(big)], false, &limits(1 << 20)).expect_err("refused");
-        assert_eq!(err.reason(), "invalid_output");
+        assert_eq!(err.reason(), crate::dead_letter::Reason::InvalidOutput);
         assert!(err.to_string().starts_with("output 1: emitted event of about"), "{err}");
 
         let fine = rmp_serde::to_vec_named(&serde_json::json!({"blob": "x".repeat(200_000)})).expect("encode");

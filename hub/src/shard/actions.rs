@@ -5,8 +5,9 @@
 
 use super::{ACTION_KIND_PREFIX, ARBITER_TIMERS, Cause, LEDGER_KEY, Shard};
 use crate::arbiter::{Decision, Ledger, Outcome};
+use crate::dead_letter::{DeadLetter, Reason};
 use crate::delivery::Delivery;
-use crate::egress::{DeadLetter, Outbound, headers, subjects};
+use crate::egress::{Outbound, headers, subjects};
 use crate::event::{Action, Event, Routed, now_ms};
 use crate::metrics as m;
 use crate::state::DueTimer;
@@ -42,14 +43,7 @@ impl Shard {
             }),
             Err(e) => {
                 let detail = format!("held action {} is unreadable: {e}", timer.id);
-                let letter = DeadLetter {
-                    reason: "invalid",
-                    detail: &detail,
-                    subject: "timer",
-                    plugin: None,
-                    event_id: Some(&timer.id),
-                    body: Bytes::from(timer.payload.clone()),
-                };
+                let letter = DeadLetter::timer(Reason::Invalid, detail, &timer.id, &timer.payload);
                 self.egress.push(letter.into_outbound());
             }
         }
