@@ -10,7 +10,8 @@
 mod policy;
 mod store;
 
-pub use policy::{CategoryPolicy, Limit, MAX_LIMIT, Policies, Suppression};
+pub use crate::limits::MAX_LIMIT;
+pub use policy::{CategoryPolicy, Limit, Policies, Suppression};
 pub use store::{PolicyError, PolicyStore};
 
 use crate::event::Action;
@@ -18,15 +19,13 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
-/// Decisions every actor's ledger keeps regardless of age, for people to read.
-pub const LEDGER_RECENT: usize = 50;
-/// Delivered actions kept within the policies' horizon: enough for any valid limit.
-const LEDGER_DELIVERED: usize = MAX_LIMIT as usize + 28;
+use crate::limits::LEDGER_DELIVERED;
+pub use crate::limits::LEDGER_RECENT;
 
 /// One actor's decisions, oldest first.
 ///
-/// Stored in the `actions` tree as a MessagePack *map* (field names included, see
-/// [`Ledger::to_bytes`]), so an absent optional field or one added later cannot shift the others.
+/// Stored in the `actions` tree with a format tag (see [`Ledger::to_bytes`]); every field of an
+/// entry is always written, so an absent optional one cannot shift the others.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     pub entries: Vec<Entry>,
@@ -47,10 +46,17 @@ pub struct Entry {
     pub plugin: String,
     /// When it was decided, ms since the Unix epoch.
     pub time: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Always written (as nil when absent): entries are stored by position, see
+    /// [`Ledger::to_bytes`].
+    #[serde(default)]
     pub dedup_key: Option<String>,
     pub outcome: Outcome,
 }
+
+/// The format tag of stored ledgers: `[LEDGER_FORMAT, [entry…]]`. Earlier versions wrote
+/// `[[entry…]]` (and left out absent dedup keys, which broke them); a change to [`Entry`]'s
+/// fields gets a new tag.
+const LEDGER_FORMAT: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -128,14 +134,19 @@ pub enum Decision {
 }
 
 impl Ledger {
-    /// The stored form: a MessagePack map per struct, so fields are matched by name.
+    /// The stored form: the format tag, then the entries, each a MessagePack array with every
+    /// field. Positional rather than a map with field names: a ledger is read and written
+    /// again for every decision, and names made that about twice the work (`hub bench`).
     pub fn to_bytes(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-        rmp_serde::to_vec_named(self)
+        rmp_serde::to_vec(&(LEDGER_FORMAT, &self.entries))
     }
 
-    /// Read a stored ledger: the map form, or the positional arrays earlier versions wrote
-    /// (including their entries without a dedup key, written one element short).
+    /// Read a stored ledger: the tagged form, or what earlier versions wrote (positional
+    /// arrays whose entries without a dedup key are one element short, or maps).
     pub fn from_bytes(bytes: &[u8]) -> Result<Ledger, LedgerError> {
+        if let Ok((LEDGER_FORMAT, entries)) = rmp_serde::from_slice::<(u8, Vec<Entry>)>(bytes) {
+            return Ok(Ledger { entries });
+        }
         match rmp_serde::from_slice(bytes) {
             Ok(ledger) => Ok(ledger),
             Err(e) => legacy_ledger(bytes).ok_or(LedgerError(e)),
@@ -590,6 +601,26 @@ mod tests {
                 let bytes = rmp_serde::to_vec_named(&action).expect("encode");
                 prop_assert_eq!(rmp_serde::from_slice::<Action>(&bytes).expect("decode"), action);
             }
+        }
+
+        #[test]
+        fn a_ledger_in_the_tagged_form_keeps_its_tag_and_every_field() {
+            let mut ledger = Ledger::default();
+            ledger.decide(&Policies::default(), &super::action("a1", "alert", 1), 5, false);
+            let bytes = ledger.to_bytes().expect("encode");
+            let value = rmpv::decode::read_value(&mut &bytes[..]).expect("msgpack");
+            let rmpv::Value::Array(top) = value else {
+                panic!("{value:?}")
+            };
+            assert_eq!(top[0], rmpv::Value::from(LEDGER_FORMAT));
+            let rmpv::Value::Array(entries) = &top[1] else {
+                panic!("{top:?}")
+            };
+            assert_eq!(
+                entries[0].as_array().map(Vec::len),
+                Some(8),
+                "an absent dedup key is written as nil"
+            );
         }
 
         #[test]
