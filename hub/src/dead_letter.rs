@@ -13,7 +13,7 @@ use bytes::Bytes;
 pub enum Reason {
     /// An input that is neither JSON nor MessagePack of the expected shape.
     Undecodable,
-    /// An input that decodes but breaks the input rules (`event::limits`).
+    /// An input that decodes but breaks the input rules (`crate::limits`).
     Invalid,
     /// A raw message no ingest rule fits.
     NoRule,

@@ -88,9 +88,7 @@ pub struct Batcher {
     pending: Vec<Outbound>,
 }
 
-/// A turn that publishes more than this (timers coming due in bulk after a restart) hands its
-/// messages over in parts.
-const MAX_PENDING: usize = 1024;
+use crate::limits::MAX_PENDING_PUBLISHES as MAX_PENDING;
 
 impl Batcher {
     pub fn new(egress: Egress) -> Batcher {

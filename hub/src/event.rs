@@ -3,6 +3,7 @@
 //! WIT types are converted to these at the runtime boundary (`runtime::instance`); nothing else
 //! in the hub sees the generated bindings.
 
+use crate::limits;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::fmt::Write as _;
 
@@ -134,26 +135,6 @@ impl Action {
             payload: MsgpackAsJson(&self.payload),
         })
     }
-}
-
-/// What every event meets, whatever path it came by (an envelope on `events.>`, an ingest rule,
-/// a plugin's emit) and what the profile paths (`profiles.<actor>`, the API) meet for the actor
-/// and the profile. Checked in one place, [`Event::check`] and [`check_actor`], so no path is
-/// looser than another: actor ids longer than the limit would otherwise be cut by the storage
-/// key and merge actors.
-pub mod limits {
-    /// Longest actor id, in bytes.
-    pub const MAX_ACTOR_BYTES: usize = 1024;
-    /// Longest event id, in bytes.
-    pub const MAX_ID_BYTES: usize = 1024;
-    /// Longest event kind, in bytes.
-    pub const MAX_KIND_BYTES: usize = 256;
-    /// Earliest event time: the Unix epoch.
-    pub const MIN_TIME_MS: i64 = 0;
-    /// Latest event time: 9999-12-31T23:59:59.999Z (the last instant RFC 3339 can write).
-    pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
-    /// Largest stored profile (its MessagePack encoding).
-    pub const MAX_PROFILE_BYTES: usize = 64 << 10;
 }
 
 /// An actor id the hub accepts: not empty, at most [`limits::MAX_ACTOR_BYTES`].

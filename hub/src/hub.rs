@@ -99,7 +99,10 @@ impl Hub {
 
         let mut limits = config.limits.clone();
         // Headers (dead-letter reasons, message ids) need room beside the largest output.
-        let carried = client.server_info().max_payload.saturating_sub(4096);
+        let carried = client
+            .server_info()
+            .max_payload
+            .saturating_sub(crate::limits::HEADER_ROOM_BYTES);
         if carried < limits.max_output_bytes {
             tracing::info!(
                 max_output_bytes = carried,
@@ -184,14 +187,16 @@ impl Hub {
         let app = crate::http::router(crate::http::HttpState {
             metrics,
             nats: client.clone(),
-            router: router.clone(),
-            registry: registry.clone(),
-            stats,
-            profiles,
-            policies,
+            api: crate::api::ApiState {
+                router: router.clone(),
+                registry: registry.clone(),
+                stats,
+                profiles,
+                policies,
+                auth: crate::api::Auth::new(config.admin_token.clone(), config.http.listen),
+                max_module_bytes: config.limits.max_module_bytes,
+            },
             push: push.clone(),
-            auth: crate::api::Auth::new(config.admin_token.clone(), config.http.listen),
-            max_module_bytes: config.limits.max_module_bytes,
         });
         let (http_stop, mut stopped) = watch::channel(false);
         let http = tokio::spawn(async move {

@@ -28,6 +28,7 @@ pub mod event;
 pub mod http;
 pub mod hub;
 pub mod ingress;
+pub mod limits;
 pub mod metrics;
 pub mod nats_server;
 pub mod registry;

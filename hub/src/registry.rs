@@ -17,12 +17,11 @@ use crate::router::Router;
 use crate::runtime::{LoadError, PluginModule, Runtime, valid_name};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use store::Store;
 use wasmtime::component::Component;
 
-/// How long an admin call waits for every shard to run a change before it answers anyway.
-const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::limits::LIVE_TIMEOUT;
 
 /// Why an admin change was refused. The messages are shown to the admin as they are.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,7 @@ use crate::dead_letter::{DeadLetter, Reason};
 use crate::delivery::Sinks;
 use crate::egress::{Batcher, Egress, Outbound, subjects};
 use crate::event::{Action, Event, Routed, derived_id, now_ms};
+use crate::limits::{KIND_CACHE_LIMIT, LATENCY_SAMPLE_EVERY, MAX_QUARANTINE, TRAPS_BEFORE_QUARANTINE};
 use crate::metrics as m;
 use crate::registry::{Live, LivePlugin, LiveSet};
 use crate::router::{Router, ShardMsg};
@@ -52,10 +53,6 @@ pub struct ShardSetup {
     pub sinks: Sinks,
 }
 
-/// Consecutive traps after which a plugin is quarantined on a shard.
-const TRAPS_BEFORE_QUARANTINE: u32 = 5;
-/// Longest quarantine; back-off doubles from one second up to this.
-const MAX_QUARANTINE: Duration = Duration::from_secs(300);
 /// The key of an actor's action ledger in the `actions` tree.
 const LEDGER_KEY: &str = "ledger";
 /// Event kinds that start with this are actions handed to delivery plugins, whose
@@ -63,11 +60,6 @@ const LEDGER_KEY: &str = "ledger";
 pub const ACTION_KIND_PREFIX: &str = "action.";
 /// The owner of the durable timers of held actions (not a plugin name: those have no dots).
 const ARBITER_TIMERS: &str = "hub.arbiter";
-/// Kinds remembered in the subscription cache before it is reset.
-const KIND_CACHE_LIMIT: usize = 4096;
-/// One plugin call in this many records its duration in the latency histogram: the
-/// distribution stays representative, and the per-record cost leaves the hot path.
-const LATENCY_SAMPLE_EVERY: u32 = 8;
 
 /// A supervisor in the Akka sense: restarts a trapping plugin at once, and quarantines it with
 /// exponential back-off when it keeps trapping, so one bad plugin cannot eat a shard's time.
@@ -786,7 +778,8 @@ fn scan_actor(tree: &sled::Tree, actor: &str) -> Result<Vec<(String, Vec<u8>)>, 
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_QUARANTINE, Supervisor, TRAPS_BEFORE_QUARANTINE};
+    use super::Supervisor;
+    use crate::limits::{MAX_QUARANTINE, TRAPS_BEFORE_QUARANTINE};
     use std::time::{Duration, Instant};
 
     #[test]

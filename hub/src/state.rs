@@ -47,7 +47,7 @@ fn is_lock_held(e: &std::io::Error) -> bool {
 /// flusher thread, a moment after the last handle is dropped: a hub restarted at once (in the
 /// same process, or by a supervisor) waits for that instead of failing.
 pub(crate) fn open_when_unlocked(config: &sled::Config) -> Result<sled::Db, sled::Error> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + crate::limits::SLED_LOCK_WAIT;
     loop {
         match config.open() {
             Err(sled::Error::Io(e)) if is_lock_held(&e) && std::time::Instant::now() < deadline => {

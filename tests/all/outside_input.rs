@@ -160,7 +160,7 @@ async fn oversized_profiles_and_long_actor_ids_are_refused_on_every_profile_path
     let api = Api::new(&hub, None);
     let mut dlq = env.sub("hub.dlq.>").await;
 
-    let big = json!({"notes": "x".repeat(hub::event::limits::MAX_PROFILE_BYTES)});
+    let big = json!({"notes": "x".repeat(hub::limits::MAX_PROFILE_BYTES)});
     let (status, body) = api
         .request_raw_put(
             "/api/actors/c5/profile",
@@ -183,7 +183,7 @@ async fn oversized_profiles_and_long_actor_ids_are_refused_on_every_profile_path
     env.send_raw("profiles.c5", big.to_string().as_bytes()).await;
     let letter = next(&mut dlq, "hub.dlq.invalid for a profile over the limit", 5).await;
     assert!(header(&letter, "Hub-Dlq-Reason").contains("at most 65536"));
-    let long = "v".repeat(hub::event::limits::MAX_ACTOR_BYTES + 1);
+    let long = "v".repeat(hub::limits::MAX_ACTOR_BYTES + 1);
     env.send_raw(&format!("profiles.{long}"), br#"{"name": "Ann"}"#).await;
     let letter = next(&mut dlq, "hub.dlq.invalid for a long actor id", 5).await;
     assert!(header(&letter, "Hub-Dlq-Reason").contains("at most 1024"));

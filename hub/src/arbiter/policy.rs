@@ -5,15 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Highest `count` a limit may have: the ledger keeps this many delivered actions per actor
-/// within the longest window, which is what lets it enforce any valid limit exactly.
-pub const MAX_LIMIT: u32 = 100;
-/// Longest hold: an action held longer is not "real time" any more.
-const MAX_HOLD: Duration = Duration::from_secs(3600);
-/// Longest window any rule may have (`"100years"`, as humantime counts a year: 365.25 days).
-/// The arbiter compares windows in i64 milliseconds; a longer one used to wrap negative there
-/// and switch its rule off, so validation refuses it instead.
-pub const MAX_WINDOW: Duration = Duration::from_secs(100 * 31_557_600);
+use crate::limits::{MAX_HOLD, MAX_LIMIT, MAX_WINDOW};
 
 /// `d` in milliseconds for the arbiter's i64 clock, saturating: a window must never wrap
 /// negative (which would switch its rule off), even one that bypassed validation.

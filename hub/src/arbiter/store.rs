@@ -133,9 +133,9 @@ fn read(db: &sled::Db, tree: &sled::Tree) -> Result<Option<Record>, sled::Error>
 
 #[cfg(test)]
 mod tests {
-    use super::super::policy::MAX_WINDOW;
     use super::super::{CategoryPolicy, Limit, Suppression};
     use super::*;
+    use crate::limits::MAX_WINDOW;
     use proptest::prelude::*;
     use std::time::Duration;
 

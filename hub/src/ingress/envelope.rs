@@ -307,10 +307,7 @@ mod tests {
 
     #[test]
     fn envelope_actors_over_the_limit_are_refused() {
-        let body = format!(
-            r#"{{"actor":"{}"}}"#,
-            "v".repeat(crate::event::limits::MAX_ACTOR_BYTES + 1)
-        );
+        let body = format!(r#"{{"actor":"{}"}}"#, "v".repeat(crate::limits::MAX_ACTOR_BYTES + 1));
         let e = decode("events.k", body.as_bytes()).expect_err("too long");
         assert!(e.detail.contains("at most 1024"), "{}", e.detail);
     }

@@ -6,7 +6,8 @@
 
 use super::{CallError, Output};
 use crate::config::PluginLimits;
-use crate::event::{MsgpackAsJson, check_actor, is_subject_safe, limits};
+use crate::event::{MsgpackAsJson, check_actor, is_subject_safe};
+use crate::limits;
 use crate::shard::ACTION_KIND_PREFIX;
 
 /// JSON of a MessagePack value is at most this many times longer (a control character in a

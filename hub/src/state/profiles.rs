@@ -9,14 +9,14 @@
 //! replacement) is refused, so what was stored stays for an operator to inspect or repair;
 //! erasing the actor removes it.
 
-use crate::event::limits;
+use crate::limits;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("a profile update must be a JSON object")]
     NotAnObject,
-    /// The actor id or the resulting profile is outside `event::limits`.
+    /// The actor id or the resulting profile is outside `crate::limits`.
     #[error("{0}")]
     Invalid(String),
     #[error("the stored profile of {actor:?} is unreadable ({detail}); it is left as it is, not updated")]

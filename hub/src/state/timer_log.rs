@@ -25,12 +25,9 @@ use super::{keys, unreadable};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
-/// Records are cut at about this size, so sled's leaves stay well below the size at which it
-/// stores nodes as separate blob files.
-const RECORD_BYTES: usize = 4096;
-/// A shard snapshots once its changes since the last snapshot exceed both this and twice its
-/// live timers: the log then holds at most about three times the live timers.
-const MIN_CHANGES_BEFORE_SNAPSHOT: usize = 50_000;
+use crate::limits::{
+    MIN_TIMER_CHANGES_BEFORE_SNAPSHOT as MIN_CHANGES_BEFORE_SNAPSHOT, TIMER_RECORD_BYTES as RECORD_BYTES,
+};
 
 const SET: u8 = 1;
 const CANCEL: u8 = 0;
