@@ -16,7 +16,6 @@ pub mod policies;
 pub use auth::Auth;
 use auth::BearerScheme;
 
-use crate::http::HttpState;
 use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +24,25 @@ use serde::de::{self, Deserializer, IntoDeserializer, Visitor};
 use serde_json::Value;
 use utoipa::OpenApi;
 
-/// The API's routes; `state` carries what the handlers need.
-pub fn router(state: HttpState) -> axum::Router<HttpState> {
+/// What the API's handlers can see of the running hub.
+#[derive(Clone)]
+pub struct ApiState {
+    pub router: crate::router::Router,
+    pub registry: std::sync::Arc<crate::registry::Registry>,
+    pub stats: std::sync::Arc<crate::stats::PluginStats>,
+    pub profiles: crate::state::Profiles,
+    pub policies: crate::arbiter::PolicyStore,
+    pub auth: Auth,
+    /// Upload bodies up to this size (plus room for the refusal to say why) are read.
+    pub max_module_bytes: usize,
+}
+
+/// The API's routes, for a server whose state `S` holds an [`ApiState`].
+pub fn router<S>(state: &ApiState) -> axum::Router<S>
+where
+    ApiState: axum::extract::FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
     let body_limit = state.max_module_bytes.saturating_add(1 << 20);
     let guarded = axum::Router::new()
         .route("/api/plugins", get(plugins::list))

@@ -1,28 +1,38 @@
 //! The hub's HTTP surface: `/healthz`, Prometheus `/metrics`, devices on `/push/{actor}`, and the
 //! admin API under `/api/`.
+//!
+//! This is the top of the HTTP rooms: it composes the API (`api`) and the device connections
+//! (`delivery::push`), which know nothing of each other or of this module; each handler sees
+//! only its own part of [`HttpState`] (axum's `FromRef`).
 
-use axum::extract::State;
+use crate::api::ApiState;
+use crate::delivery::push::PushHub;
+use axum::extract::{FromRef, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::sync::Arc;
 
 /// What the HTTP handlers can see of the running hub.
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub nats: async_nats::Client,
-    pub router: crate::router::Router,
-    pub registry: Arc<crate::registry::Registry>,
-    pub stats: Arc<crate::stats::PluginStats>,
-    pub profiles: crate::state::Profiles,
-    pub policies: crate::arbiter::PolicyStore,
-    pub push: crate::delivery::push::PushHub,
-    pub auth: crate::api::Auth,
-    /// Upload bodies up to this size (plus room for the refusal to say why) are read.
-    pub max_module_bytes: usize,
+    pub api: ApiState,
+    pub push: PushHub,
+}
+
+impl FromRef<HttpState> for ApiState {
+    fn from_ref(s: &HttpState) -> ApiState {
+        s.api.clone()
+    }
+}
+
+impl FromRef<HttpState> for PushHub {
+    fn from_ref(s: &HttpState) -> PushHub {
+        s.push.clone()
+    }
 }
 
 /// Every route, with every error answer as JSON `{"error": ...}` (see [`crate::api::json_errors`]),
@@ -32,7 +42,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/push/{actor}", get(crate::delivery::push::connect))
-        .merge(crate::api::router(state.clone()))
+        .merge(crate::api::router(&state.api))
         .fallback(not_found)
         .layer(axum::middleware::map_response(crate::api::json_errors))
         .with_state(state)
@@ -48,9 +58,9 @@ async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
     let body = serde_json::json!({
         "status": if connected { "ok" } else { "degraded" },
         "nats": if connected { "connected" } else { "disconnected" },
-        "shards": s.router.shard_count(),
-        "queued": s.router.depths().iter().sum::<usize>(),
-        "plugins": s.registry.live().load().plugins.iter().map(|p| serde_json::json!({
+        "shards": s.api.router.shard_count(),
+        "queued": s.api.router.depths().iter().sum::<usize>(),
+        "plugins": s.api.registry.live().load().plugins.iter().map(|p| serde_json::json!({
             "name": &*p.name, "version": p.version, "module": p.module.description.name,
             "module_version": p.module.description.version, "subscribes": p.module.description.subscribes,
         })).collect::<Vec<_>>(),

@@ -1,9 +1,9 @@
 //! `/api/actors/{id}`: what the hub holds about one actor (profile, each plugin's state, pending
 //! timers), profile updates, and erasing everything about the actor (a privacy request).
 
+use super::ApiState;
 use super::{ApiError, Failure};
 use crate::actor::{ActorRequest, ActorState, Erased};
-use crate::http::HttpState;
 use crate::state::ProfileError;
 use axum::Json;
 use axum::body::Bytes;
@@ -45,7 +45,7 @@ impl From<ProfileError> for Failure {
 #[utoipa::path(get, path = "/api/actors/{id}", tag = "actors",
     params(("id" = String, Path, description = "Actor id")),
     responses((status = 200, body = ActorView), (status = 401, body = ApiError)))]
-pub async fn show(State(s): State<HttpState>, Path(id): Path<String>) -> Result<Json<ActorView>, Failure> {
+pub async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<ActorView>, Failure> {
     valid(&id)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.router.ask(&id, ActorRequest::Inspect(reply)).await.map_err(stopped)?;
@@ -63,7 +63,7 @@ pub async fn show(State(s): State<HttpState>, Path(id): Path<String>) -> Result<
     request_body(content = Object, content_type = "application/json"),
     responses((status = 200, body = Object, description = "The profile now"), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn put_profile(
-    State(s): State<HttpState>,
+    State(s): State<ApiState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Failure> {
@@ -78,7 +78,7 @@ pub async fn put_profile(
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Object, description = "The profile now"), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn patch_profile(
-    State(s): State<HttpState>,
+    State(s): State<ApiState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Failure> {
@@ -90,7 +90,7 @@ pub async fn patch_profile(
 #[utoipa::path(delete, path = "/api/actors/{id}", tag = "actors",
     params(("id" = String, Path, description = "Actor id")),
     responses((status = 200, body = ErasedView), (status = 401, body = ApiError)))]
-pub async fn erase(State(s): State<HttpState>, Path(id): Path<String>) -> Result<Json<ErasedView>, Failure> {
+pub async fn erase(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<ErasedView>, Failure> {
     valid(&id)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.router.ask(&id, ActorRequest::Erase(reply)).await.map_err(stopped)?;

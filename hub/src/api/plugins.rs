@@ -1,8 +1,8 @@
 //! `/api/plugins`: list, upload (hot swap), show, configure, roll back, enable, disable, delete.
 
+use super::ApiState;
 use super::{ApiError, Failure};
 use crate::event::rfc3339;
-use crate::http::HttpState;
 use crate::registry::{Change, PluginRecord};
 use crate::runtime::Description;
 use crate::stats::Summary;
@@ -81,7 +81,7 @@ fn summary(record: &PluginRecord, stats: Summary) -> PluginSummary {
 /// All plugins with their active version and call statistics.
 #[utoipa::path(get, path = "/api/plugins", tag = "plugins",
     responses((status = 200, body = [PluginSummary]), (status = 401, body = ApiError)))]
-pub async fn list(State(s): State<HttpState>) -> Result<Json<Vec<PluginSummary>>, Failure> {
+pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<PluginSummary>>, Failure> {
     let records = s.registry.plugins()?;
     Ok(Json(
         records.iter().map(|r| summary(r, s.stats.summary(&r.name))).collect(),
@@ -101,7 +101,7 @@ pub async fn list(State(s): State<HttpState>) -> Result<Json<Vec<PluginSummary>>
         (status = 415, body = ApiError, description = "Body is not application/wasm"),
         (status = 422, body = ApiError, description = "Module refused: not a component, wrong world, init rejected the config or trapped")))]
 pub async fn push(
-    State(s): State<HttpState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
     Query(params): Query<PushParams>,
     headers: HeaderMap,
@@ -128,7 +128,7 @@ pub async fn push(
 #[utoipa::path(get, path = "/api/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = PluginDetail), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
-pub async fn show(State(s): State<HttpState>, Path(name): Path<String>) -> Result<Json<PluginDetail>, Failure> {
+pub async fn show(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<PluginDetail>, Failure> {
     let record = s.registry.plugin(&name)?;
     Ok(Json(PluginDetail {
         versions: record
@@ -159,11 +159,7 @@ pub async fn show(State(s): State<HttpState>, Path(name): Path<String>) -> Resul
     request_body(content = Object, content_type = "application/json"),
     responses((status = 200, body = Change), (status = 400, body = ApiError), (status = 401, body = ApiError),
         (status = 404, body = ApiError), (status = 422, body = ApiError, description = "init rejected the config")))]
-pub async fn config(
-    State(s): State<HttpState>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<Json<Change>, Failure> {
+pub async fn config(State(s): State<ApiState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Change>, Failure> {
     let config = parse_config(&body)?;
     Ok(Json(s.registry.set_config(&name, config).await?))
 }
@@ -175,7 +171,7 @@ pub async fn config(
     responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError),
         (status = 409, body = ApiError, description = "No earlier version")))]
 pub async fn rollback(
-    State(s): State<HttpState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Change>, Failure> {
@@ -196,7 +192,7 @@ pub async fn rollback(
 #[utoipa::path(post, path = "/api/plugins/{name}/enable", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
-pub async fn enable(State(s): State<HttpState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
+pub async fn enable(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
     Ok(Json(s.registry.set_enabled(&name, true).await?))
 }
 
@@ -205,7 +201,7 @@ pub async fn enable(State(s): State<HttpState>, Path(name): Path<String>) -> Res
 #[utoipa::path(post, path = "/api/plugins/{name}/disable", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
-pub async fn disable(State(s): State<HttpState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
+pub async fn disable(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
     Ok(Json(s.registry.set_enabled(&name, false).await?))
 }
 
@@ -213,7 +209,7 @@ pub async fn disable(State(s): State<HttpState>, Path(name): Path<String>) -> Re
 #[utoipa::path(delete, path = "/api/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
-pub async fn remove(State(s): State<HttpState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
+pub async fn remove(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
     Ok(Json(s.registry.delete(&name).await?))
 }
 

@@ -1,9 +1,9 @@
 //! `/api/policies`: the arbiter's contact policies, read and replaced at run time. A new set takes
 //! effect with the next action judged, on every shard, and outlives a restart.
 
+use super::ApiState;
 use super::{ApiError, Failure};
 use crate::arbiter::{Policies, PolicyError};
-use crate::http::HttpState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -22,7 +22,7 @@ impl From<PolicyError> for Failure {
 /// The policies in force.
 #[utoipa::path(get, path = "/api/policies", tag = "policies",
     responses((status = 200, body = Policies), (status = 401, body = ApiError)))]
-pub async fn show(State(s): State<HttpState>) -> Json<Policies> {
+pub async fn show(State(s): State<ApiState>) -> Json<Policies> {
     Json(Policies::clone(&s.policies.load()))
 }
 
@@ -32,7 +32,7 @@ pub async fn show(State(s): State<HttpState>) -> Json<Policies> {
     responses((status = 200, body = Policies),
         (status = 422, description = "Not valid policies; the message says what is wrong", body = ApiError),
         (status = 401, body = ApiError)))]
-pub async fn replace(State(s): State<HttpState>, body: Bytes) -> Result<Json<Policies>, Failure> {
+pub async fn replace(State(s): State<ApiState>, body: Bytes) -> Result<Json<Policies>, Failure> {
     let policies: Policies = super::from_json_object(&body)
         .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid policies: {e}")))?;
     let store = s.policies.clone();

@@ -11,7 +11,6 @@
 use super::Delivery;
 use crate::config::PushConfig;
 use crate::egress::Egress;
-use crate::http::HttpState;
 use crate::metrics as m;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Path, Query, State};
@@ -224,16 +223,16 @@ pub struct DeviceQuery {
 /// `GET /push/{actor}`: a WebSocket (text frames for UTF-8 bodies, binary otherwise), or
 /// server-sent events when the request is not an upgrade.
 pub async fn connect(
-    State(s): State<HttpState>,
+    State(push): State<PushHub>,
     Path(actor): Path<String>,
     Query(q): Query<DeviceQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err((status, why)) = s.push.authorize(&actor, q.token.as_deref()) {
+    if let Err((status, why)) = push.authorize(&actor, q.token.as_deref()) {
         return crate::api::Failure::new(status, why).into_response();
     }
     // Registered before answering: a device that got its answer receives everything after it.
-    let Some(connection) = s.push.connect(actor).await else {
+    let Some(connection) = push.connect(actor).await else {
         return crate::api::Failure::new(StatusCode::SERVICE_UNAVAILABLE, "the hub is stopping").into_response();
     };
     match upgrade {
