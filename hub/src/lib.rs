@@ -37,6 +37,8 @@ pub mod runtime;
 pub mod shard;
 pub mod state;
 pub mod stats;
+#[cfg(test)]
+mod strategies;
 
 /// Where the build put the example plugins (`plugins/`, built for wasm32-wasip2).
 pub const EXAMPLE_PLUGINS: &str = env!("HUB_EXAMPLE_PLUGINS");

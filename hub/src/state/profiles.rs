@@ -151,28 +151,8 @@ mod tests {
         assert_eq!(decode("a", &bytes).expect("decode"), profile);
     }
 
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            any::<f64>()
-                .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
-                .prop_map(Value::from),
-            any::<String>().prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 48, 5, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                proptest::collection::btree_map(any::<String>(), inner, 0..5)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
     prop_compose! {
-        fn profile()(fields in proptest::collection::btree_map(any::<String>(), json_value(), 0..6)) -> Value {
+        fn profile()(fields in proptest::collection::btree_map(any::<String>(), crate::strategies::json_value(4, 48), 0..6)) -> Value {
             Value::Object(fields.into_iter().collect())
         }
     }
