@@ -17,10 +17,12 @@ mod host;
 mod instance;
 mod module;
 mod outputs;
+mod stores;
 
-pub use host::{HostState, ShardStores};
+pub use host::HostState;
 pub use instance::{CallError, PluginInstance};
 pub use module::{Description, LoadError, PluginModule, valid_name};
+pub use stores::{MemoryStores, ShardStores, StoreError, Stores};
 
 use crate::config::PluginLimits;
 use std::sync::Arc;

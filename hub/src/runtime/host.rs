@@ -1,10 +1,11 @@
 //! The host imports a plugin sees: state, timers, profile, clock and log, each scoped to the
 //! plugin and the actor of the current call.
 //!
-//! A shard's stores (write-behind state cache, timer wheel, profiles) are shared by all plugin
-//! instances of that shard, but a wasmtime store must own its data. So the shard moves its boxed
-//! [`ShardStores`] into the instance's [`HostState`] for the duration of a call and takes it
-//! back afterwards: one pointer move each way, no locks, no reference counting.
+//! The imports run against a [`Stores`] (see `runtime/stores.rs`): a shard's stores, shared by
+//! all plugin instances of that shard, or stores in memory for an offline run. A wasmtime store
+//! must own its data, so the caller moves its boxed stores into the instance's [`HostState`] for
+//! the duration of a call and takes them back afterwards: one pointer move each way, no locks,
+//! no reference counting.
 //!
 //! A call is atomic: its state writes and timer changes go to a journal ([`CallWrites`]) that
 //! its own reads see, and reach the shard's stores only when the call returns `Ok` with valid
@@ -12,18 +13,12 @@
 //! applies the event once.
 
 use super::bindings::hub::plugin::{clock, log, profile, state, timers, types};
-use crate::state::{PluginSlot, StateCache, TimerWheel};
+use super::stores::Stores;
+use crate::state::PluginSlot;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// The per-shard stores plugins read and write through their imports.
-pub struct ShardStores {
-    pub state: StateCache,
-    pub timers: TimerWheel,
-    pub profiles: sled::Tree,
-}
 
 /// The data of one plugin instance's wasmtime store.
 pub struct HostState {
@@ -37,7 +32,7 @@ pub struct HostState {
     /// The hub's clock for the current call.
     pub(super) now: i64,
     /// Present only during a call; see the module docs.
-    pub(super) stores: Option<Box<ShardStores>>,
+    pub(super) stores: Option<Box<dyn Stores>>,
     /// The guest's stderr, where Rust guests write their panic message.
     pub(super) stderr: MemoryOutputPipe,
     /// What the current call wrote, applied when it succeeds.
@@ -74,15 +69,15 @@ impl CallWrites {
         }
     }
 
-    /// Apply the journal to the shard's stores, for plugin `plugin` in `slot` and `actor`.
-    pub(super) fn apply(&mut self, stores: &mut ShardStores, plugin: &str, slot: PluginSlot, actor: &str) {
+    /// Apply the journal to the stores, for plugin `plugin` in `slot` and `actor`.
+    pub(super) fn apply(&mut self, stores: &mut dyn Stores, plugin: &str, slot: PluginSlot, actor: &str) {
         for (key, value) in self.state.drain(..) {
-            stores.state.set(slot, actor, &key, value);
+            stores.set_state(slot, actor, &key, value);
         }
         for change in self.timers.drain(..) {
             match change {
-                TimerWrite::Set { id, due, payload } => stores.timers.set(plugin, actor, &id, due, payload),
-                TimerWrite::Cancel { id } => stores.timers.cancel(plugin, actor, &id),
+                TimerWrite::Set { id, due, payload } => stores.set_timer(plugin, actor, &id, due, payload),
+                TimerWrite::Cancel { id } => stores.cancel_timer(plugin, actor, &id),
             }
         }
     }
@@ -113,8 +108,8 @@ impl HostState {
         }
     }
 
-    /// The shard's stores and the current actor, borrowed side by side.
-    fn scope(&mut self) -> wasmtime::Result<(&mut ShardStores, &str)> {
+    /// The stores and the current actor, borrowed side by side.
+    fn scope(&mut self) -> wasmtime::Result<(&mut dyn Stores, &str)> {
         let stores = self
             .stores
             .as_deref_mut()
@@ -168,7 +163,7 @@ impl state::Host for HostState {
         }
         let slot = self.slot;
         let (stores, actor) = self.scope()?;
-        Ok(stores.state.get(slot, actor, &key)?.map(<[u8]>::to_vec))
+        Ok(stores.state(slot, actor, &key)?.map(<[u8]>::to_vec))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
@@ -201,7 +196,7 @@ impl timers::Host for HostState {
 impl profile::Host for HostState {
     fn get(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
         let (stores, actor) = self.scope()?;
-        Ok(stores.profiles.get(actor.as_bytes())?.map(|v| v.to_vec()))
+        Ok(stores.profile(actor)?)
     }
 }
 

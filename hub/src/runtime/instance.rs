@@ -7,8 +7,9 @@
 
 use super::Output;
 use super::bindings::{Plugin, wit};
-use super::host::{HostState, ShardStores};
+use super::host::HostState;
 use super::module::{Description, PluginModule};
+use super::stores::Stores;
 use crate::dead_letter::Reason;
 use crate::event::Event;
 use crate::state::{DueTimer, PluginSlot};
@@ -151,10 +152,11 @@ impl PluginInstance {
         arm(&mut self.store, &self.module);
     }
 
-    /// Handle one event of one actor; `stores` is lent to the instance for the call.
-    pub fn on_event(
+    /// Handle one event of one actor; `stores` is lent to the instance for the call, and `now`
+    /// is what the plugin's clock reads (the hub's, or a virtual one).
+    pub fn on_event<S: Stores>(
         &mut self,
-        stores: &mut Option<Box<ShardStores>>,
+        stores: &mut Option<Box<S>>,
         event: &Event,
         now: i64,
     ) -> Result<Vec<Output>, CallError> {
@@ -173,9 +175,9 @@ impl PluginInstance {
     }
 
     /// A timer of this plugin came due.
-    pub fn on_timer(
+    pub fn on_timer<S: Stores>(
         &mut self,
-        stores: &mut Option<Box<ShardStores>>,
+        stores: &mut Option<Box<S>>,
         timer: &DueTimer,
         now: i64,
     ) -> Result<Vec<Output>, CallError> {
@@ -192,9 +194,9 @@ impl PluginInstance {
 
     /// Run one call atomically: its writes reach `stores` only if it returns `Ok` and its
     /// outputs are valid (`delivering`: the call delivers an action, so it may not propose one).
-    fn call(
+    fn call<S: Stores>(
         &mut self,
-        stores: &mut Option<Box<ShardStores>>,
+        stores: &mut Option<Box<S>>,
         actor: &str,
         now: i64,
         delivering: bool,
@@ -208,10 +210,11 @@ impl PluginInstance {
         data.actor.clear();
         data.actor.push_str(actor);
         data.now = now;
-        data.stores = stores.take();
+        data.stores = stores.take().map(|s| s as Box<dyn Stores>);
         let result = f(plugin, &mut self.store);
         let data = self.store.data_mut();
-        *stores = data.stores.take();
+        // The stores go back to their owner as the type it lent.
+        *stores = data.stores.take().and_then(|s| s.into_any().downcast::<S>().ok());
         let outcome = match result {
             Ok(Ok(outputs)) => {
                 let outputs: Vec<Output> = outputs.into_iter().map(from_wit).collect();

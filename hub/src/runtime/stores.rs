@@ -1,0 +1,196 @@
+//! The seam between the plugin host imports and where their data lives. The imports (state,
+//! timers, profile; the clock is the `now` each call is given) run against a [`Stores`]: the
+//! shard's [`ShardStores`] (write-behind cache over sled, the durable timer wheel, the profiles
+//! tree) on a running hub, or [`MemoryStores`] for a plugin run offline on a virtual clock (the
+//! plugin test runner, backtests, shadow runs). Either way the plugin runs in the same sandbox.
+
+use crate::state::{DueTimer, PluginSlot, StateCache, TimerWheel};
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+
+/// Why a store could not answer an import; the call traps with it.
+#[derive(Debug, thiserror::Error)]
+#[error("state storage: {0}")]
+pub struct StoreError(#[from] sled::Error);
+
+/// What the host imports read and write, scoped by the host to a plugin and an actor.
+pub trait Stores: Any + Send {
+    fn state(&mut self, slot: PluginSlot, actor: &str, key: &str) -> Result<Option<&[u8]>, StoreError>;
+    /// Set (`Some`) or delete (`None`) a key.
+    fn set_state(&mut self, slot: PluginSlot, actor: &str, key: &str, value: Option<Vec<u8>>);
+    fn set_timer(&mut self, plugin: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>);
+    fn cancel_timer(&mut self, plugin: &str, actor: &str, id: &str);
+    /// The actor's profile as a MessagePack map.
+    fn profile(&mut self, actor: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// For handing the concrete stores back to their owner after a call.
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+/// The per-shard stores plugins read and write through their imports.
+pub struct ShardStores {
+    pub state: StateCache,
+    pub timers: TimerWheel,
+    pub profiles: sled::Tree,
+}
+
+impl Stores for ShardStores {
+    fn state(&mut self, slot: PluginSlot, actor: &str, key: &str) -> Result<Option<&[u8]>, StoreError> {
+        Ok(self.state.get(slot, actor, key)?)
+    }
+
+    fn set_state(&mut self, slot: PluginSlot, actor: &str, key: &str, value: Option<Vec<u8>>) {
+        self.state.set(slot, actor, key, value);
+    }
+
+    fn set_timer(&mut self, plugin: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>) {
+        self.timers.set(plugin, actor, id, due, payload);
+    }
+
+    fn cancel_timer(&mut self, plugin: &str, actor: &str, id: &str) {
+        self.timers.cancel(plugin, actor, id);
+    }
+
+    fn profile(&mut self, actor: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.profiles.get(actor.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// Stores that live in memory only, for running plugins offline: nothing touches disk, and
+/// timers wait in a map until the caller's virtual clock reaches them ([`MemoryStores::pop_due`]).
+#[derive(Debug, Default)]
+pub struct MemoryStores {
+    state: HashMap<(PluginSlot, String, String), Vec<u8>>,
+    /// (plugin, actor, id) → (due, payload).
+    timers: BTreeMap<(String, String, String), (i64, Vec<u8>)>,
+    profiles: HashMap<String, Vec<u8>>,
+}
+
+impl MemoryStores {
+    /// Seed an actor's profile (a MessagePack map).
+    pub fn put_profile(&mut self, actor: &str, profile: Vec<u8>) {
+        self.profiles.insert(actor.to_owned(), profile);
+    }
+
+    /// Timers still pending, earliest first.
+    pub fn pending(&self) -> Vec<DueTimer> {
+        let mut all: Vec<DueTimer> = self
+            .timers
+            .iter()
+            .map(|((plugin, actor, id), (due, payload))| DueTimer {
+                plugin: plugin.clone(),
+                actor: actor.clone(),
+                id: id.clone(),
+                due: *due,
+                payload: payload.clone(),
+            })
+            .collect();
+        all.sort_by_key(|t| t.due);
+        all
+    }
+
+    /// Take the earliest timer due at `now` or before, if any.
+    pub fn pop_due(&mut self, now: i64) -> Option<DueTimer> {
+        let key = self
+            .timers
+            .iter()
+            .filter(|(_, (due, _))| *due <= now)
+            .min_by_key(|(_, (due, _))| *due)
+            .map(|(k, _)| k.clone())?;
+        let (due, payload) = self.timers.remove(&key)?;
+        let (plugin, actor, id) = key;
+        Some(DueTimer {
+            plugin,
+            actor,
+            id,
+            due,
+            payload,
+        })
+    }
+}
+
+impl Stores for MemoryStores {
+    fn state(&mut self, slot: PluginSlot, actor: &str, key: &str) -> Result<Option<&[u8]>, StoreError> {
+        Ok(self
+            .state
+            .get(&(slot, actor.to_owned(), key.to_owned()))
+            .map(Vec::as_slice))
+    }
+
+    fn set_state(&mut self, slot: PluginSlot, actor: &str, key: &str, value: Option<Vec<u8>>) {
+        let k = (slot, actor.to_owned(), key.to_owned());
+        match value {
+            Some(v) => self.state.insert(k, v),
+            None => self.state.remove(&k),
+        };
+    }
+
+    fn set_timer(&mut self, plugin: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>) {
+        self.timers
+            .insert((plugin.to_owned(), actor.to_owned(), id.to_owned()), (due, payload));
+    }
+
+    fn cancel_timer(&mut self, plugin: &str, actor: &str, id: &str) {
+        self.timers
+            .remove(&(plugin.to_owned(), actor.to_owned(), id.to_owned()));
+    }
+
+    fn profile(&mut self, actor: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.profiles.get(actor).cloned())
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PluginLimits;
+    use crate::event::Event;
+    use crate::runtime::{Output, PluginInstance, PluginModule, Runtime};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    const MINUTE: i64 = 60_000;
+
+    #[test]
+    fn a_plugin_runs_in_memory_on_a_virtual_clock() {
+        let runtime = Runtime::new(PluginLimits::default()).expect("runtime");
+        let wasm = std::fs::read(format!("{}/cart_abandonment.wasm", crate::EXAMPLE_PLUGINS)).expect("plugin built");
+        let module = PluginModule::load(&runtime, &wasm, &json!({"window": "30m"})).expect("valid plugin");
+        let mut instance =
+            PluginInstance::new(Arc::new(module), "cart-abandonment".into(), PluginSlot(0)).expect("instance");
+        let mut stores = Some(Box::new(MemoryStores::default()));
+
+        // The clock is the events' time: a 30-minute window passes in no time at all.
+        let t0 = 1_796_000_000_000;
+        let cart = json!({"items": [{"sku": "A1", "name": "Shoes", "price": 59.9, "qty": 1}], "total": 59.9});
+        let event = Event {
+            id: "e1".into(),
+            kind: "cart.updated".into(),
+            actor: "u1".into(),
+            time: t0,
+            source: "test".into(),
+            payload: rmp_serde::to_vec_named(&cart).expect("payload"),
+        };
+        let out = instance.on_event(&mut stores, &event, t0).expect("call");
+        assert!(out.is_empty(), "{out:?}");
+        let memory = stores.as_mut().expect("the stores come back");
+        let pending = memory.pending();
+        assert_eq!((pending.len(), pending[0].due), (1, t0 + 30 * MINUTE));
+        assert!(memory.pop_due(t0 + 30 * MINUTE - 1).is_none());
+        let due = memory.pop_due(t0 + 30 * MINUTE).expect("due at the end of the window");
+
+        let out = instance.on_timer(&mut stores, &due, due.due).expect("timer call");
+        assert!(
+            matches!(&out[..], [Output::Action { name, category, .. }] if name == "offer.cart_reminder" && category == "offer"),
+            "{out:?}"
+        );
+        assert!(stores.as_ref().expect("stores").pending().is_empty());
+    }
+}
