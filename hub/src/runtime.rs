@@ -59,6 +59,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     limits: PluginLimits,
+    budget: deadline::Budget,
     ticker: EpochTicker,
 }
 
@@ -82,6 +83,11 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             engine,
             linker,
+            budget: deadline::Budget::new(
+                Duration::from_millis(limits.call_timeout_ms),
+                Duration::from_millis(limits.call_wall_timeout_ms),
+                Duration::from_millis(limits.epoch_tick_ms.max(1)),
+            ),
             limits,
             ticker,
         }))
@@ -89,6 +95,11 @@ impl Runtime {
 
     pub fn limits(&self) -> &PluginLimits {
         &self.limits
+    }
+
+    /// What every plugin call may use.
+    fn budget(&self) -> deadline::Budget {
+        self.budget
     }
 
     /// Epoch ticks since the runtime started: a clock a call reads for the price of an atomic load.

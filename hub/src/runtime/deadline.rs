@@ -36,27 +36,65 @@ pub enum Exceeded {
     Wall,
 }
 
-/// The budget of the current call, in epoch ticks of wall time and in CPU time.
-#[derive(Debug, Clone, Default)]
-pub struct Deadline {
-    /// Thread CPU time at the baseline.
-    cpu_base: Duration,
-    /// CPU time allowed since the baseline: the call's budget plus one tick, what the thread may
-    /// have used between the baseline and the call's start.
-    cpu_budget: Duration,
-    /// The tick the call started in, and its wall-clock cap in ticks.
-    started: u64,
+/// What every call may use, computed once per runtime from the limits (so a call's start does
+/// no division).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// CPU time, plus one tick: what the thread may have used between its baseline and the call.
+    cpu: Duration,
+    /// Ticks until the first check: the CPU budget, since a call cannot use more CPU than wall time.
+    first_ticks: u64,
+    /// The wall-clock cap, in ticks.
     wall_ticks: u64,
     tick: Duration,
+}
+
+impl Budget {
+    /// `cpu` of CPU time and `wall` of wall time at most, with the epoch ticking every `tick`.
+    pub fn new(cpu: Duration, wall: Duration, tick: Duration) -> Budget {
+        let tick = tick.max(Duration::from_nanos(1));
+        let cpu = cpu + tick;
+        Budget {
+            cpu,
+            first_ticks: ticks(cpu, tick),
+            wall_ticks: ticks(wall.max(cpu), tick),
+            tick,
+        }
+    }
+
+    /// Epoch ticks until the first check.
+    pub fn first_ticks(&self) -> u64 {
+        self.first_ticks
+    }
+}
+
+/// The budget of the current call, and where it started.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    budget: Budget,
+    /// Thread CPU time at the baseline.
+    cpu_base: Duration,
+    /// The tick the call started in.
+    started: u64,
     /// Set when the call was stopped.
     pub exceeded: Option<Exceeded>,
 }
 
+impl Default for Deadline {
+    fn default() -> Self {
+        Deadline {
+            budget: Budget::new(Duration::ZERO, Duration::ZERO, Duration::from_millis(1)),
+            cpu_base: Duration::ZERO,
+            started: 0,
+            exceeded: None,
+        }
+    }
+}
+
 impl Deadline {
-    /// Start a call's budget at tick `now`: `cpu` of CPU time, `wall` of wall time at most, with
-    /// the epoch ticking every `tick`.
-    pub fn begin(&mut self, now: u64, cpu: Duration, wall: Duration, tick: Duration) {
-        let base = BASELINE.with(|b| match b.get() {
+    /// Start a call's budget at tick `now`.
+    pub fn begin(&mut self, now: u64, budget: Budget) {
+        self.cpu_base = BASELINE.with(|b| match b.get() {
             Some((at, base)) if at == now => base,
             _ => {
                 let base = thread_cpu_time();
@@ -64,34 +102,25 @@ impl Deadline {
                 base
             }
         });
-        self.tick = tick.max(Duration::from_nanos(1));
-        self.cpu_base = base;
-        self.cpu_budget = cpu + self.tick;
+        self.budget = budget;
         self.started = now;
-        self.wall_ticks = ticks(wall.max(cpu), self.tick);
         self.exceeded = None;
-    }
-
-    /// Epoch ticks until the first check: the CPU budget, since a call cannot use more CPU
-    /// than wall time.
-    pub fn first_ticks(&self) -> u64 {
-        ticks(self.cpu_budget, self.tick)
     }
 
     /// The wall-clock budget has passed at least once (the ticker is at tick `now`): stop the
     /// call, or let it go on.
     pub fn next(&mut self, now: u64) -> wasmtime::Result<UpdateDeadline> {
         let elapsed = now.saturating_sub(self.started);
-        if elapsed >= self.wall_ticks {
+        if elapsed >= self.budget.wall_ticks {
             self.exceeded = Some(Exceeded::Wall);
             return Err(Trap::Interrupt.into());
         }
         let used = thread_cpu_time().saturating_sub(self.cpu_base);
-        if used >= self.cpu_budget {
+        if used >= self.budget.cpu {
             self.exceeded = Some(Exceeded::Cpu);
             return Err(Trap::Interrupt.into());
         }
-        let left = ticks(self.cpu_budget - used, self.tick).min(self.wall_ticks - elapsed);
+        let left = ticks(self.budget.cpu - used, self.budget.tick).min(self.budget.wall_ticks - elapsed);
         Ok(UpdateDeadline::Continue(left.max(1)))
     }
 }
@@ -109,7 +138,7 @@ mod tests {
     #[test]
     fn a_descheduled_call_is_not_stopped_but_a_computing_one_is() {
         let mut d = Deadline::default();
-        d.begin(0, Duration::from_millis(20), Duration::from_secs(5), TICK);
+        d.begin(0, Budget::new(Duration::from_millis(20), Duration::from_secs(5), TICK));
         // Blocked, not computing: 30 ticks of wall time, hardly any CPU.
         std::thread::sleep(Duration::from_millis(30));
         assert!(
@@ -129,7 +158,10 @@ mod tests {
     #[test]
     fn the_wall_clock_cap_stops_a_call_that_blocks() {
         let mut d = Deadline::default();
-        d.begin(100, Duration::from_millis(5), Duration::from_millis(10), TICK);
+        d.begin(
+            100,
+            Budget::new(Duration::from_millis(5), Duration::from_millis(10), TICK),
+        );
         assert!(d.next(109).is_ok());
         assert!(d.next(110).is_err());
         assert_eq!(d.exceeded, Some(Exceeded::Wall));

@@ -250,17 +250,11 @@ fn new_store(module: &PluginModule, name: Arc<str>, slot: PluginSlot) -> Store<H
 
 /// Give the next call (or instantiation) its full budget and a clean memory-cap flag.
 fn arm(store: &mut Store<HostState>, module: &PluginModule) {
-    let limits = module.runtime.limits();
+    let budget = module.runtime.budget();
     let data = store.data_mut();
     data.limiter.hit = false;
-    data.deadline.begin(
-        module.runtime.ticks(),
-        std::time::Duration::from_millis(limits.call_timeout_ms),
-        std::time::Duration::from_millis(limits.call_wall_timeout_ms),
-        std::time::Duration::from_millis(limits.epoch_tick_ms.max(1)),
-    );
-    let ticks = data.deadline.first_ticks();
-    store.set_epoch_deadline(ticks);
+    data.deadline.begin(module.runtime.ticks(), budget);
+    store.set_epoch_deadline(budget.first_ticks());
 }
 
 /// Turn a wasmtime error into the reason an admin can act on.
