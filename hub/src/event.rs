@@ -137,6 +137,22 @@ impl Action {
     }
 }
 
+/// Event kinds that start with this are actions handed to delivery plugins, whose
+/// subscriptions to actions start with it too (`action.offer.*`).
+pub const ACTION_KIND_PREFIX: &str = "action.";
+
+/// An event kind the hub accepts: at most [`limits::MAX_KIND_BYTES`] of dot-separated tokens
+/// (kinds become subjects).
+pub fn check_kind(kind: &str) -> Result<(), String> {
+    if kind.len() > limits::MAX_KIND_BYTES || !is_subject_safe(kind) {
+        return Err(format!(
+            "kind {kind:?} must be at most {} bytes of dot-separated tokens without spaces or wildcards",
+            limits::MAX_KIND_BYTES
+        ));
+    }
+    Ok(())
+}
+
 /// An actor id the hub accepts: not empty, at most [`limits::MAX_ACTOR_BYTES`].
 pub fn check_actor(actor: &str) -> Result<(), String> {
     if actor.is_empty() {
@@ -163,13 +179,7 @@ impl Event {
                 self.id.len()
             ));
         }
-        if self.kind.len() > limits::MAX_KIND_BYTES || !is_subject_safe(&self.kind) {
-            return Err(format!(
-                "kind {:?} must be at most {} bytes of dot-separated tokens without spaces or wildcards",
-                self.kind,
-                limits::MAX_KIND_BYTES
-            ));
-        }
+        check_kind(&self.kind)?;
         check_time(self.time)
     }
 }

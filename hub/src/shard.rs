@@ -17,7 +17,7 @@ use crate::arbiter::PolicyStore;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::delivery::Sinks;
 use crate::egress::{Batcher, Egress, Outbound, subjects};
-use crate::event::{Action, Event, Routed, derived_id, now_ms};
+use crate::event::{ACTION_KIND_PREFIX, Action, Event, Routed, derived_id, now_ms};
 use crate::limits::{KIND_CACHE_LIMIT, LATENCY_SAMPLE_EVERY, MAX_QUARANTINE, TRAPS_BEFORE_QUARANTINE};
 use crate::metrics as m;
 use crate::registry::{Live, LivePlugin, LiveSet};
@@ -55,9 +55,6 @@ pub struct ShardSetup {
 
 /// The key of an actor's action ledger in the `actions` tree.
 const LEDGER_KEY: &str = "ledger";
-/// Event kinds that start with this are actions handed to delivery plugins, whose
-/// subscriptions to actions start with it too (`action.offer.*`).
-pub const ACTION_KIND_PREFIX: &str = "action.";
 /// The owner of the durable timers of held actions (not a plugin name: those have no dots).
 const ARBITER_TIMERS: &str = "hub.arbiter";
 

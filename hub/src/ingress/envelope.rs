@@ -7,10 +7,12 @@ use crate::event::{Event, now_ms};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Fields that are absent are filled in; fields that are present must have their type (`null`
-/// included: `"time": null` is refused, not taken as "now").
+/// An envelope, JSON or MessagePack; `P` is how each format holds the payload until it is
+/// checked (the raw JSON text, or a MessagePack value). Fields that are absent are filled in;
+/// fields that are present must have their type (`null` included: `"time": null` is refused,
+/// not taken as "now").
 #[derive(Deserialize)]
-struct JsonEnvelope<'a> {
+struct Envelope<P> {
     #[serde(default, deserialize_with = "present")]
     id: Option<Ident>,
     #[serde(default, deserialize_with = "present")]
@@ -21,24 +23,13 @@ struct JsonEnvelope<'a> {
     time: Option<i64>,
     #[serde(default, deserialize_with = "present")]
     source: Option<String>,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
+    #[serde(default = "none")]
+    payload: Option<P>,
 }
 
-#[derive(Deserialize)]
-struct MsgpackEnvelope {
-    #[serde(default, deserialize_with = "present")]
-    id: Option<Ident>,
-    #[serde(default, deserialize_with = "present")]
-    kind: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    actor: Option<Ident>,
-    #[serde(default, deserialize_with = "present")]
-    time: Option<i64>,
-    #[serde(default, deserialize_with = "present")]
-    source: Option<String>,
-    #[serde(default)]
-    payload: Option<rmpv::Value>,
+/// An absent payload (serde's `default` would ask `P: Default`).
+fn none<P>() -> Option<P> {
+    None
 }
 
 /// A field that is there: its value must decode as `T` (`Option<T>` would take `null` as absent).
@@ -116,7 +107,7 @@ pub fn decode_envelope(
 }
 
 fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdGen) -> Result<Event, IngressError> {
-    let env: JsonEnvelope = serde_json::from_slice(body).map_err(|e| {
+    let env: Envelope<&RawValue> = serde_json::from_slice(body).map_err(|e| {
         let detail = format!("invalid JSON envelope: {e}");
         // JSON that parsed but holds a field of the wrong type is invalid, not undecodable.
         if e.is_data() {
@@ -150,7 +141,7 @@ fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdG
 }
 
 fn decode_msgpack(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdGen) -> Result<Event, IngressError> {
-    let env: MsgpackEnvelope = rmp_serde::from_slice(body)
+    let env: Envelope<rmpv::Value> = rmp_serde::from_slice(body)
         .map_err(|e| IngressError::undecodable(format!("invalid MessagePack envelope: {e}")))?;
     let payload = match env.payload {
         None => empty_map(),

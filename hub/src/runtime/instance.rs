@@ -111,13 +111,13 @@ impl PluginInstance {
     }
 
     fn start(&mut self) -> Result<(), CallError> {
-        self.arm();
+        arm(&mut self.store, &self.module);
         let plugin = self
             .module
             .pre
             .instantiate(&mut self.store)
             .map_err(|e| classify(e, &self.store, &self.module))?;
-        self.arm();
+        arm(&mut self.store, &self.module);
         match plugin.call_init(&mut self.store, &self.module.config) {
             Ok(Ok(())) => {
                 self.plugin = Some(plugin);
@@ -148,10 +148,6 @@ impl PluginInstance {
         })
     }
 
-    fn arm(&mut self) {
-        arm(&mut self.store, &self.module);
-    }
-
     /// Handle one event of one actor; `stores` is lent to the instance for the call, and `now`
     /// is what the plugin's clock reads (the hub's, or a virtual one).
     pub fn on_event<S: Stores>(
@@ -168,7 +164,7 @@ impl PluginInstance {
             source: &event.source,
             payload: &event.payload,
         };
-        let delivering = event.kind.starts_with(crate::shard::ACTION_KIND_PREFIX);
+        let delivering = event.kind.starts_with(crate::event::ACTION_KIND_PREFIX);
         self.call(stores, &event.actor, now, delivering, |plugin, store| {
             plugin.call_on_event(store, arg)
         })

@@ -6,9 +6,7 @@
 
 use super::{CallError, Output};
 use crate::config::PluginLimits;
-use crate::event::{MsgpackAsJson, check_actor, is_subject_safe};
-use crate::limits;
-use crate::shard::ACTION_KIND_PREFIX;
+use crate::event::{ACTION_KIND_PREFIX, MsgpackAsJson, check_actor, check_kind, is_subject_safe};
 
 /// JSON of a MessagePack value is at most this many times longer (a control character in a
 /// string: one byte, six characters `\u0000`); below that bound no exact count is needed.
@@ -28,11 +26,10 @@ pub fn check(outputs: &[Output], delivering: bool, limits: &PluginLimits) -> Res
 fn check_one(output: &Output, delivering: bool, max: usize) -> Result<(), String> {
     match output {
         Output::Emit { kind, actor, payload } => {
-            if kind.len() > limits::MAX_KIND_BYTES || !is_subject_safe(kind) || kind.starts_with(ACTION_KIND_PREFIX) {
+            check_kind(kind).map_err(|e| format!("emitted {e}"))?;
+            if kind.starts_with(ACTION_KIND_PREFIX) {
                 return Err(format!(
-                    "emitted kind {kind:?} must be at most {} bytes of dot-separated tokens without spaces or \
-                     wildcards, and may not start with {ACTION_KIND_PREFIX:?}",
-                    limits::MAX_KIND_BYTES
+                    "emitted kind {kind:?} may not start with {ACTION_KIND_PREFIX:?}, which is reserved for actions"
                 ));
             }
             if let Some(actor) = actor {
@@ -146,7 +143,7 @@ mod tests {
         let event = crate::event::Event {
             id: "0".repeat(32),
             kind: "big.event".into(),
-            actor: "a".repeat(limits::MAX_ACTOR_BYTES),
+            actor: "a".repeat(crate::limits::MAX_ACTOR_BYTES),
             time: 0,
             source: "plugin:p".into(),
             payload: fine,
