@@ -2,12 +2,12 @@
 
 mod plugin;
 
-use crate::config::Config;
-use crate::hub::Hub;
-use crate::nats_server::{LocalNats, reachable, socket_addr};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
+use hub::config::Config;
+use hub::hub::Hub;
+use hub::nats_server::{LocalNats, reachable, socket_addr};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -41,7 +41,7 @@ enum Command {
     /// Manage the plugins of a running hub (a client of its admin API).
     Plugin(plugin::PluginArgs),
     /// Load generator and latency report: the example pipeline, or every reference scenario at once.
-    Bench(crate::bench::BenchArgs),
+    Bench(hub_bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -153,7 +153,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Send(a) => send(a).await,
             Command::Tail(a) => tail(a).await,
             Command::Plugin(a) => plugin::run(a).await,
-            Command::Bench(a) => crate::bench::run(a).await,
+            Command::Bench(a) => hub_bench::run(a).await,
         }
     })
 }
@@ -162,7 +162,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut config = Config::load_over(Config::local_default(), args.config.as_deref())?;
     args.overrides.apply(&mut config);
     if config.plugins.dir.is_none() {
-        let examples = PathBuf::from(crate::EXAMPLE_PLUGINS);
+        let examples = PathBuf::from(hub::EXAMPLE_PLUGINS);
         if examples.is_dir() {
             config.plugins.dir = Some(examples);
         } else {

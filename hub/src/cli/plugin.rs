@@ -1,10 +1,10 @@
 //! `hub plugin …`: a client of the admin REST API (`/api/plugins`).
 
-use crate::api::plugins::{PluginDetail, PluginSummary};
-use crate::registry::Change;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use hub::api::plugins::{PluginDetail, PluginSummary};
+use hub::registry::Change;
 use std::path::PathBuf;
 
 #[derive(Args)]

@@ -4,11 +4,11 @@
 
 use super::swap::SwapTarget;
 use super::{BenchArgs, Mix, examples, scenarios};
-use crate::config::Config;
-use crate::hub::Hub;
 use anyhow::Context;
 use async_nats::Client;
 use bytes::{Bytes, BytesMut};
+use hub::config::Config;
+use hub::hub::Hub;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -194,7 +194,7 @@ impl Workload {
     /// A plugin that subscribes to no kind of input of this workload, for `--idle-plugins`.
     pub(super) fn idle_plugin(&self) -> PathBuf {
         match self {
-            Workload::Examples(_) => Path::new(crate::REFERENCE_PLUGINS).join("customer_creation.wasm"),
+            Workload::Examples(_) => Path::new(hub::REFERENCE_PLUGINS).join("customer_creation.wasm"),
             Workload::Scenarios(_) => scenarios::idle_plugin(),
         }
     }

@@ -13,13 +13,14 @@
 //!
 //! Around them: [`config`], [`registry`] (which plugin versions run, and hot swap), [`api`] (the
 //! admin REST API), [`stats`] (per-plugin call statistics), [`http`] (health and metrics),
-//! [`hub`] (wiring), [`nats_server`] (a local server for `hub up`), [`bench`] and [`cli`].
+//! [`hub`] (wiring), and [`nats_server`] (a local server for `hub up`).
+//!
+//! The command line (`hub/src/cli.rs`) and the load generator (`hub-bench`) are crates of their
+//! own on top of this library.
 
 pub mod actor;
 pub mod api;
 pub mod arbiter;
-pub mod bench;
-pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod delivery;

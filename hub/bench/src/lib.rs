@@ -18,18 +18,18 @@
 //!    the ceiling for any NATS-in/NATS-out service on this machine.
 //!
 //! `--mix clickstream` (default) and `--mix write-heavy` drive the example plugins
-//! (`bench/examples.rs`): raw clickstream messages on `web.page_view` (each yields one
+//! (`examples.rs`): raw clickstream messages on `web.page_view` (each yields one
 //! `hub.events.product.viewed`; no state) and `web.add_to_cart` (one `hub.events.cart.updated`;
 //! the cart and a durable timer are written), and `payment.failed` envelopes (state is written;
 //! every third failure of an actor yields one `hub.actions.support.callback`). `clickstream` is
 //! shaped like a web shop's stream, 60 % page views, 20 % add-to-cart, 20 % payment failures;
 //! `write-heavy` is the worst case for state, half add-to-cart and half payment failures, so every
-//! input writes. `--mix scenarios` (`bench/scenarios.rs`) loads every reference scenario at once and
+//! input writes. `--mix scenarios` (`scenarios.rs`) loads every reference scenario at once and
 //! blends database rows, meter readings, channel switches, the shop's web events and payment
 //! trouble over the actors.
 //!
 //! Every input is of a kind that says exactly which outputs (events on `hub.events.*`, actions on
-//! `hub.actions.*`) it must produce (`bench/workload.rs`): the generators simulate what the plugins
+//! `hub.actions.*`) it must produce (`workload.rs`): the generators simulate what the plugins
 //! remember, outputs are counted subject by subject, any shortfall is loss and any surplus is
 //! unexpected, and either fails the command. Event→action latency is measured from the publish
 //! of the input whose id an action carries as its `Hub-Cause`.
@@ -43,11 +43,11 @@ mod scenarios;
 mod swap;
 mod workload;
 
-use crate::config::Config;
-use crate::hub::Hub;
-use crate::nats_server::{LocalNats, free_port};
 use anyhow::{Context, bail};
 use async_nats::Client;
+use hub::config::Config;
+use hub::hub::Hub;
+use hub::nats_server::{LocalNats, free_port};
 use phase::{Outputs, Pace, relay_phase, run_phase};
 use report::{Report, RunReport, print_text};
 use serde::Serialize;
@@ -258,7 +258,7 @@ async fn bench(args: &BenchArgs, url: &str, server_pid: Option<u32>) -> anyhow::
                 .with_context(|| format!("bench run {run}"))?,
         );
     }
-    let shards = crate::config::EngineConfig {
+    let shards = hub::config::EngineConfig {
         shards: args.shards,
         ..Default::default()
     }

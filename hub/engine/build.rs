@@ -19,7 +19,12 @@ const FIXTURES: &[&str] = &["chaos", "counter", "counter-v2", "wrong-world", "ba
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest.parent().expect("hub/ is inside the workspace").to_path_buf();
+    // hub/engine/ → the workspace root, which holds plugins/ and wit/.
+    let root = manifest
+        .ancestors()
+        .nth(2)
+        .expect("hub/engine/ is inside the workspace")
+        .to_path_buf();
     for dir in ["plugins", "plugin-sdk", "wit", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

@@ -4,8 +4,8 @@
 use super::Mix;
 use super::swap::SwapTarget;
 use super::workload::{Batch, BatchWriter, InputKind};
-use crate::config::Config;
 use anyhow::Context;
+use hub::config::Config;
 use std::path::PathBuf;
 
 /// Failures of one actor that make payment-trouble act (its configured `threshold`).
@@ -39,7 +39,7 @@ static TRIGGER: InputKind = InputKind {
 /// The hub under test: the local defaults (which map `web.*`), the example plugins, and windows
 /// of an hour so that no cart-abandonment timer fires and no failure expires during the bench.
 pub(super) fn configure(config: &mut Config) {
-    config.plugins.dir = Some(PathBuf::from(crate::EXAMPLE_PLUGINS));
+    config.plugins.dir = Some(PathBuf::from(hub::EXAMPLE_PLUGINS));
     config.plugins.config.insert(
         "payment-trouble".into(),
         serde_json::json!({"threshold": THRESHOLD, "window": "1h"}),
@@ -55,7 +55,7 @@ pub(super) fn configure(config: &mut Config) {
 pub(super) fn swap_target() -> SwapTarget {
     SwapTarget {
         name: "payment-trouble",
-        wasm: PathBuf::from(crate::EXAMPLE_PLUGINS).join("payment_trouble.wasm"),
+        wasm: PathBuf::from(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm"),
         config: |i| serde_json::json!({"threshold": THRESHOLD, "window": "1h", "priority": 100 + (i + 1) % 2}),
     }
 }

@@ -24,11 +24,11 @@ mod web;
 
 use super::swap::SwapTarget;
 use super::workload::{Batch, BatchWriter};
-use crate::config::{Config, IngestRule};
-use crate::hub::Hub;
 use anyhow::{Context, bail};
 use async_nats::Client;
 use bytes::Bytes;
+use hub::config::{Config, IngestRule};
+use hub::hub::Hub;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -180,11 +180,11 @@ impl Workload {
 
 /// The plugins of the blend: name, file and config.
 fn deployments() -> [(&'static str, PathBuf, serde_json::Value); 7] {
-    let reference = |file: &str| Path::new(crate::REFERENCE_PLUGINS).join(file);
+    let reference = |file: &str| Path::new(hub::REFERENCE_PLUGINS).join(file);
     [
         (
             "clickstream",
-            Path::new(crate::EXAMPLE_PLUGINS).join("clickstream.wasm"),
+            Path::new(hub::EXAMPLE_PLUGINS).join("clickstream.wasm"),
             serde_json::json!({}),
         ),
         (
@@ -240,14 +240,14 @@ pub(super) fn configure(config: &mut Config) {
 pub(super) fn swap_target() -> SwapTarget {
     SwapTarget {
         name: "support-first",
-        wasm: Path::new(crate::REFERENCE_PLUGINS).join("support_first.wasm"),
+        wasm: Path::new(hub::REFERENCE_PLUGINS).join("support_first.wasm"),
         config: |i| support_config(Some(100 + (i + 1) % 2)),
     }
 }
 
 /// A plugin subscribed to nothing in the blend (`count.tick`), for `--idle-plugins`.
 pub(super) fn idle_plugin() -> PathBuf {
-    Path::new(crate::FIXTURE_PLUGINS).join("counter.wasm")
+    Path::new(hub::FIXTURE_PLUGINS).join("counter.wasm")
 }
 
 async fn publish_profile(publisher: &Client, actor: &str, profile: String) -> anyhow::Result<()> {
@@ -284,7 +284,7 @@ async fn wait_for_profile(hub: &Hub, actor: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::workload::InputKind;
+    use crate::workload::InputKind;
 
     fn count(batch: &Batch, kind: &InputKind) -> usize {
         (0..batch.len()).filter(|i| std::ptr::eq(batch.kind(*i), kind)).count()

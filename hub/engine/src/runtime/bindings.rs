@@ -2,7 +2,7 @@
 
 wasmtime::component::bindgen!({
     world: "plugin",
-    path: "../wit",
+    path: "../../wit",
     // Events and timers are handed to the guest as borrowed views of the hub's own values:
     // no string or payload is copied on the host side to make a call.
     ownership: Borrowing { duplicate_if_necessary: true },

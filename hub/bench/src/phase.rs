@@ -5,12 +5,12 @@
 use super::cpu::{CpuMark, CpuPerInput};
 use super::workload::Batch;
 use super::{Clients, MAX_LATENCY_US};
-use crate::egress::headers;
 use anyhow::Context;
 use async_nats::header::HeaderName;
 use async_nats::{Client, Subject, Subscriber};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use hub::egress::headers;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -447,7 +447,7 @@ async fn relay(client: Client, mut sub: Subscriber) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::workload::{BatchWriter, InputKind};
+    use crate::workload::{BatchWriter, InputKind};
 
     static INPUT: InputKind = InputKind {
         subject: "in",

@@ -7,11 +7,11 @@
 use super::MAX_LATENCY_US;
 use super::phase::due_by_now;
 use super::workload::Batch;
-use crate::hub::Hub;
 use anyhow::Context;
 use async_nats::Client;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use hub::hub::Hub;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,7 +48,7 @@ pub(super) async fn push_phase(hub: &Hub, publisher: &Client, batch: &Batch, rat
     }
     let expected = triggers.values().map(|v| v.len() as u64).sum();
 
-    let file = Path::new(crate::REFERENCE_PLUGINS).join("notify.wasm");
+    let file = Path::new(hub::REFERENCE_PLUGINS).join("notify.wasm");
     let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let routes =
         serde_json::json!({"routes": [{"actions": "support.*", "channel": "push", "title": "We will call you"}]});
