@@ -111,7 +111,9 @@ impl StateCache {
     }
 
     /// Every state key of `actor` in plugin tree `slot` with its value as the plugin sees it
-    /// (newer cached values over sled's). For inspection and erasure, not the hot path.
+    /// (newer cached values over sled's). The cache is scanned whole, not just its dirty keys: a
+    /// value committed but not yet applied is in neither sled nor the dirty list. For inspection
+    /// and erasure, not the hot path.
     pub fn actor_entries(&mut self, slot: PluginSlot, actor: &str) -> Result<Vec<(String, Vec<u8>)>, sled::Error> {
         let mut prefix = slot.0.to_be_bytes().to_vec();
         keys::push_actor(&mut prefix, actor);
@@ -121,7 +123,7 @@ impl StateCache {
                 user_keys.insert(String::from_utf8_lossy(&key?[prefix.len() - 2..]).into_owned());
             }
         }
-        for key in self.dirty.iter().filter(|k| k.starts_with(&prefix)) {
+        for key in self.entries.keys().filter(|k| k.starts_with(&prefix)) {
             user_keys.insert(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
         }
         let mut entries = Vec::with_capacity(user_keys.len());
@@ -212,6 +214,20 @@ mod tests {
         apply(cache.take_commit(2));
         assert!(tree.get(&key).expect("get").is_none());
         assert!(cache.take_commit(3).is_empty());
+    }
+
+    #[test]
+    fn actor_entries_include_values_committed_but_not_yet_applied() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let mut cache = StateCache::new(10);
+        let slot = cache.add_plugin(db.open_tree("state/p").expect("tree"));
+        cache.set(slot, "bob", "k", Some(b"v".to_vec()));
+        let _pending = cache.take_commit(1);
+        assert_eq!(
+            cache.actor_entries(slot, "bob").expect("entries"),
+            [("k".to_owned(), b"v".to_vec())],
+            "an erase must see it too"
+        );
     }
 
     #[test]
