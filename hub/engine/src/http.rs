@@ -35,7 +35,7 @@ impl FromRef<HttpState> for PushHub {
     }
 }
 
-/// Every route, with every error answer as JSON `{"error": ...}` (see [`crate::api::json_errors`]),
+/// Every route, with every error answer as JSON `{"error": ...}` (see [`crate::http_error::json_errors`]),
 /// including unknown paths (404) and axum's own rejections.
 pub fn router(state: HttpState) -> Router {
     Router::new()

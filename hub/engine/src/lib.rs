@@ -27,6 +27,7 @@ pub mod delivery;
 pub mod egress;
 pub mod event;
 pub mod http;
+pub mod http_error;
 pub mod hub;
 pub mod ingress;
 pub mod limits;

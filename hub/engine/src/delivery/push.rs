@@ -229,11 +229,11 @@ pub async fn connect(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Err((status, why)) = push.authorize(&actor, q.token.as_deref()) {
-        return crate::api::Failure::new(status, why).into_response();
+        return crate::http_error::Failure::new(status, why).into_response();
     }
     // Registered before answering: a device that got its answer receives everything after it.
     let Some(connection) = push.connect(actor).await else {
-        return crate::api::Failure::new(StatusCode::SERVICE_UNAVAILABLE, "the hub is stopping").into_response();
+        return crate::http_error::Failure::new(StatusCode::SERVICE_UNAVAILABLE, "the hub is stopping").into_response();
     };
     match upgrade {
         Ok(ws) => ws.on_upgrade(move |socket| serve_websocket(socket, connection)),
