@@ -1,8 +1,13 @@
 //! What the hub holds about one actor, and erasing it: the answers of a shard to the admin API's
 //! `GET /api/actors/{id}` and `DELETE /api/actors/{id}`.
 //!
-//! The actor's shard answers between events (see `ShardMsg::Actor`), so a view includes every
-//! event routed before the request, and an erase cannot interleave with the actor's events.
+//! The actor's shard answers between events (see `ShardMsg::Actor`, and [`inspect`] and
+//! [`erase`]), so a view includes every event routed before the request, and an erase cannot
+//! interleave with the actor's events.
+
+mod answers;
+
+pub(crate) use answers::{erase, inspect};
 
 use crate::arbiter::{Entry, Outcome};
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! Where rendered deliveries go: each channel has a sink (DESIGN §6).
+//! Where rendered deliveries go: each channel has a sink.
 //!
 //! - `nats` (any channel not configured otherwise): published on `hub.deliveries.<channel>`,
 //!   which the action stream keeps, with `Nats-Msg-Id` = the delivery's deterministic id;
@@ -8,10 +8,17 @@
 //!
 //! Shards hand deliveries over with a non-blocking `try_send` into bounded queues: a slow or
 //! failing sink never stalls a shard. A full queue is counted and dead-lettered
-//! (`hub.dlq.sink_overflow`) with the delivery, so nothing vanishes.
+//! (`hub.dlq.sink_overflow`) with the delivery, so nothing vanishes. What goes out over NATS (the
+//! `nats` sink, those dead letters) goes back to the shard's egress batch, in turn order.
+//!
+//! [`Dispatch`] is the shard's side: how a delivered action reaches the delivery plugins
+//! subscribed to it, or `hub.actions.<name>` when none renders it.
 
+mod dispatch;
 pub mod push;
 pub mod webhook;
+
+pub(crate) use dispatch::Dispatch;
 
 use crate::config::ChannelConfig;
 use crate::dead_letter::{DeadLetter, Reason};
@@ -68,7 +75,6 @@ enum Sink {
 pub struct Sinks {
     channels: Arc<HashMap<String, Sink>>,
     push: push::PushHub,
-    egress: Egress,
 }
 
 impl Sinks {
@@ -96,27 +102,22 @@ impl Sinks {
         Sinks {
             channels: Arc::new(sinks),
             push,
-            egress,
         }
     }
 
-    /// Hand a delivery to its channel's sink. Blocks only on NATS backpressure (the `nats` sink,
-    /// and dead letters), like every other publish of a shard.
-    pub fn deliver(&self, delivery: Delivery) {
+    /// Hand a delivery to its channel's sink, without waiting. What is to be published instead
+    /// (the `nats` sink's message, or the dead letter of a full queue) is returned, for the
+    /// caller's egress batch.
+    pub fn deliver(&self, delivery: Delivery) -> Option<Outbound> {
         let refused = match self.channels.get(&delivery.channel).unwrap_or(&Sink::Nats) {
-            Sink::Nats => {
-                self.egress.send_blocking(delivery.outbound());
-                return;
-            }
+            Sink::Nats => return Some(delivery.outbound()),
             Sink::Webhook(w) => w.offer(delivery),
             Sink::Push => self.push.offer(delivery),
         };
-        if let Err(delivery) = refused {
-            metrics::counter!(m::SINK_OVERFLOW, "channel" => delivery.channel.clone()).increment(1);
-            let detail = format!("the {} sink's queue is full", delivery.channel);
-            self.egress
-                .send_blocking(delivery.dead_letter(Reason::SinkOverflow, &detail));
-        }
+        let delivery = refused.err()?;
+        metrics::counter!(m::SINK_OVERFLOW, "channel" => delivery.channel.clone()).increment(1);
+        let detail = format!("the {} sink's queue is full", delivery.channel);
+        Some(delivery.dead_letter(Reason::SinkOverflow, &detail))
     }
 }
 

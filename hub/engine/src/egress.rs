@@ -8,10 +8,14 @@
 //! collects what one turn of its loop publishes ([`Batcher`]) and hands it over at the end of the
 //! turn: published one by one between plugin calls, nearly every message woke the connection's
 //! task anew (a cross-thread wake-up each) and left the connection as a small write of its own.
+//! That batch is a shard's one way out, so outputs leave in the order the turn produced them.
+//!
+//! An [`Egress`] can also keep what it is handed in memory ([`Egress::captured`]): shards then run
+//! without NATS, for the shard's own tests and for runs whose outputs are compared, not sent.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A message to publish.
 #[derive(Debug)]
@@ -24,7 +28,28 @@ pub struct Outbound {
 /// Publishes for the hub; cheap to clone.
 #[derive(Clone)]
 pub struct Egress {
-    client: async_nats::Client,
+    outlet: Outlet,
+}
+
+#[derive(Clone)]
+enum Outlet {
+    Nats(async_nats::Client),
+    Captured(Captured),
+}
+
+/// What a captured [`Egress`] was handed, in order.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<Outbound>>>);
+
+impl Captured {
+    /// Everything handed over since the last call.
+    pub fn take(&self) -> Vec<Outbound> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn keep(&self, msgs: impl Iterator<Item = Outbound>) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend(msgs);
+    }
 }
 
 /// Subject prefixes of what the hub publishes.
@@ -58,22 +83,43 @@ pub mod headers {
 
 impl Egress {
     pub fn new(client: async_nats::Client) -> Egress {
-        Egress { client }
+        Egress {
+            outlet: Outlet::Nats(client),
+        }
     }
 
-    /// Publish from a shard thread (never from async code: it blocks while the queue is full).
-    pub fn send_blocking(&self, msg: Outbound) {
-        futures::executor::block_on(publish(&self.client, msg));
+    /// An egress that keeps what it is handed instead of publishing it.
+    pub fn captured() -> (Egress, Captured) {
+        let captured = Captured::default();
+        let egress = Egress {
+            outlet: Outlet::Captured(captured.clone()),
+        };
+        (egress, captured)
     }
 
     /// Publish from async code.
     pub async fn send(&self, msg: Outbound) {
-        publish(&self.client, msg).await;
+        self.send_all(std::iter::once(msg)).await;
+    }
+
+    /// Publish in order; waits while the client's queue is full.
+    async fn send_all(&self, msgs: impl Iterator<Item = Outbound>) {
+        match &self.outlet {
+            Outlet::Nats(client) => {
+                for msg in msgs {
+                    publish(client, msg).await;
+                }
+            }
+            Outlet::Captured(captured) => captured.keep(msgs),
+        }
     }
 
     /// Wait until everything published so far is written to the connection.
     pub async fn flush(&self) {
-        if tokio::time::timeout(Duration::from_secs(5), self.client.flush())
+        let Outlet::Nats(client) = &self.outlet else {
+            return;
+        };
+        if tokio::time::timeout(crate::limits::NATS_FLUSH_TIMEOUT, client.flush())
             .await
             .is_err()
         {
@@ -111,12 +157,7 @@ impl Batcher {
         if self.pending.is_empty() {
             return;
         }
-        let (client, pending) = (&self.egress.client, &mut self.pending);
-        futures::executor::block_on(async {
-            for msg in pending.drain(..) {
-                publish(client, msg).await;
-            }
-        });
+        futures::executor::block_on(self.egress.send_all(self.pending.drain(..)));
     }
 }
 

@@ -245,7 +245,7 @@ impl Hub {
         self.ingress.stop().await;
         // Let queued and cross-shard events settle before asking shards to stop.
         let settle = Instant::now();
-        while self.router.depths().iter().any(|d| *d > 0) && settle.elapsed() < Duration::from_secs(5) {
+        while self.router.depths().iter().any(|d| *d > 0) && settle.elapsed() < crate::limits::SHARD_SETTLE_TIMEOUT {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.router.stop_all().await;
@@ -265,8 +265,11 @@ impl Hub {
         // Open device connections would hold the graceful HTTP shutdown forever.
         self.push.close_all().await;
         let _ = self.http_stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(5), self.http).await.is_err() {
-            tracing::warn!("HTTP connections still open after 5 s; stopping without them");
+        if tokio::time::timeout(crate::limits::HTTP_SHUTDOWN_TIMEOUT, self.http)
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?crate::limits::HTTP_SHUTDOWN_TIMEOUT, "HTTP connections still open; stopping without them");
         }
         tracing::info!("hub stopped");
     }

@@ -183,7 +183,7 @@ async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::Subsc
         client.publish(subject, bytes::Bytes::new()).await.ok()?;
         probe.next().await
     };
-    if tokio::time::timeout(std::time::Duration::from_secs(5), confirmed)
+    if tokio::time::timeout(crate::limits::SUBSCRIBE_CONFIRM_TIMEOUT, confirmed)
         .await
         .ok()
         .flatten()
@@ -221,7 +221,7 @@ impl Task {
         if sub.unsubscribe().await.is_err() {
             return;
         }
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + crate::limits::INGRESS_DRAIN_TIMEOUT;
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
             if !self.handle(msg).await {
                 return;

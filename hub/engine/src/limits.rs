@@ -78,3 +78,18 @@ pub const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// How long an admin call waits for every shard to run a change before it answers anyway.
 pub const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+// Start and stop.
+
+/// How long a new subscription waits for the server to confirm it (a round trip on the same
+/// connection) before the hub reports the subscription failed.
+pub const SUBSCRIBE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping ingress keeps routing what its subscriptions still hold; it only runs
+/// out when the connection is down.
+pub const INGRESS_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping hub lets queued and cross-shard events settle before it stops the shards.
+pub const SHARD_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a NATS flush may take before the hub goes on without it (and says so).
+pub const NATS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping hub waits for open HTTP connections to finish.
+pub const HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);

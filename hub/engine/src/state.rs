@@ -1,7 +1,7 @@
 //! Where state lives: one sled database in the data folder, fronted per shard by a write-behind
 //! cache ([`StateCache`]) and a timer wheel ([`TimerWheel`]).
 //!
-//! sled takes ~110–170 k single writes/s on this hardware (PLATFORM.md), fewer than the events
+//! sled takes ~110–170 k single writes/s on a 2-core machine, fewer than the events
 //! we aim for, so plugins never write to sled directly: writes mark cache entries dirty and each
 //! shard commits its dirty entries in one batch per commit interval, coalescing repeated writes
 //! to the same key. sled's own flusher makes each commit durable within the same interval.
@@ -23,7 +23,7 @@ mod timers;
 pub mod unreadable;
 
 pub use cache::{PluginSlot, StateCache};
-pub use committer::{Applied, Commit, CommitQueue, Committer};
+pub use committer::{Applied, Commit, CommitQueue, Committer, ShardCommits};
 pub use profiles::{ProfileError, Profiles};
 pub use timers::{DueTimer, TimerWheel};
 

@@ -1,19 +1,6 @@
-//! The arbiter: between the actions scenarios propose and their delivery, it decides per actor
-//! whether each one reaches the customer, so that support outranks marketing and nobody is
-//! flooded (DESIGN §6).
-//!
-//! It runs on the actor's shard, right after the event that caused the actions, with the actor's
-//! [`Ledger`] from the shard's state cache: a pure function of the policies, the ledger and the
-//! proposal, so it needs no lock and no I/O. Every decision, delivered or suppressed with its
-//! reason, is appended to the ledger, which `GET /api/actors/{id}` shows.
+//! An actor's ledger: the arbiter's decisions about its actions, and the rules that make them.
 
-mod policy;
-mod store;
-
-pub use crate::limits::MAX_LIMIT;
-pub use policy::{CategoryPolicy, Limit, Policies, Suppression};
-pub use store::{PolicyError, PolicyStore};
-
+use super::{Policies, policy};
 use crate::event::Action;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -287,6 +274,8 @@ fn legacy_ledger(bytes: &[u8]) -> Option<Ledger> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arbiter::Limit;
+    use crate::limits::MAX_LIMIT;
 
     const MIN: i64 = 60_000;
 

@@ -80,8 +80,8 @@ impl MemoryStores {
         let mut all: Vec<DueTimer> = self
             .timers
             .iter()
-            .map(|((plugin, actor, id), (due, payload))| DueTimer {
-                plugin: plugin.clone(),
+            .map(|((owner, actor, id), (due, payload))| DueTimer {
+                owner: owner.clone(),
                 actor: actor.clone(),
                 id: id.clone(),
                 due: *due,
@@ -101,9 +101,9 @@ impl MemoryStores {
             .min_by_key(|(_, (due, _))| *due)
             .map(|(k, _)| k.clone())?;
         let (due, payload) = self.timers.remove(&key)?;
-        let (plugin, actor, id) = key;
+        let (owner, actor, id) = key;
         Some(DueTimer {
-            plugin,
+            owner,
             actor,
             id,
             due,

@@ -14,7 +14,9 @@ use std::sync::Arc;
 /// A timer that came due, taken off the wheel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueTimer {
-    pub plugin: String,
+    /// Whose timer it is: a plugin's name, or the arbiter's name for the timers that release
+    /// held actions (`arbiter::HELD_ACTIONS`, which names no plugin: plugin names have no dots).
+    pub owner: String,
     pub actor: String,
     pub id: String,
     pub due: i64,
@@ -52,9 +54,9 @@ impl TimerWheel {
         self.timers.insert(key, (due, payload));
     }
 
-    pub fn set(&mut self, plugin: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>) {
+    pub fn set(&mut self, owner: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>) {
         self.key.clear();
-        keys::timer_key(&mut self.key, plugin, actor, id);
+        keys::timer_key(&mut self.key, owner, actor, id);
         let key = match self.timers.get_key_value(self.key.as_slice()) {
             Some((key, (old_due, _))) => {
                 let key = key.clone();
@@ -68,9 +70,9 @@ impl TimerWheel {
         self.timers.insert(key, (due, payload));
     }
 
-    pub fn cancel(&mut self, plugin: &str, actor: &str, id: &str) {
+    pub fn cancel(&mut self, owner: &str, actor: &str, id: &str) {
         self.key.clear();
-        keys::timer_key(&mut self.key, plugin, actor, id);
+        keys::timer_key(&mut self.key, owner, actor, id);
         if let Some((key, (due, _))) = self.timers.remove_entry(self.key.as_slice()) {
             self.queue.remove(&(due, key.clone()));
             self.dirty.insert(key);
@@ -82,7 +84,7 @@ impl TimerWheel {
     pub fn erase_actor(&mut self, actor: &str) -> usize {
         let timers = self.of_actor(actor);
         for t in &timers {
-            self.cancel(&t.plugin, actor, &t.id);
+            self.cancel(&t.owner, actor, &t.id);
         }
         if !timers.is_empty() {
             self.log.request_snapshot();
@@ -97,9 +99,9 @@ impl TimerWheel {
             .timers
             .iter()
             .filter_map(|(key, (due, payload))| {
-                let (plugin, a, id) = keys::split_timer_key(key)?;
+                let (owner, a, id) = keys::split_timer_key(key)?;
                 (a == actor).then(|| DueTimer {
-                    plugin: plugin.to_owned(),
+                    owner: owner.to_owned(),
                     actor: a.to_owned(),
                     id: id.to_owned(),
                     due: *due,
@@ -131,8 +133,8 @@ impl TimerWheel {
         }
         let (due, key) = self.queue.pop_first()?;
         let payload = self.timers.remove(&key).map(|(_, payload)| payload).unwrap_or_default();
-        let timer = keys::split_timer_key(&key).map(|(plugin, actor, id)| DueTimer {
-            plugin: plugin.to_owned(),
+        let timer = keys::split_timer_key(&key).map(|(owner, actor, id)| DueTimer {
+            owner: owner.to_owned(),
             actor: actor.to_owned(),
             id: id.to_owned(),
             due,
