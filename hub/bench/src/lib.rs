@@ -106,9 +106,21 @@ pub struct BenchArgs {
     /// Pipeline and proportions of the inputs (see the module docs)
     #[arg(long, value_enum, default_value_t = Mix::Clickstream)]
     pub mix: Mix,
+    /// How the hub reads its inputs: from the input stream with exactly-once effects
+    /// (`durable`, the default of `hub up`), or by plain subscriptions (`core`)
+    #[arg(long, value_enum, default_value_t = Input::Durable)]
+    pub input: Input,
     /// Print the whole report as one JSON object
     #[arg(long)]
     pub json: bool,
+}
+
+/// The hub's input mode under test (`[input] mode`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Input {
+    Durable,
+    Core,
 }
 
 /// The proportions of input kinds.
@@ -276,6 +288,10 @@ fn hub_config(args: &BenchArgs, workload: &Workload, url: &str, data_dir: &Path)
     config.data_dir = data_dir.to_path_buf();
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.engine.shards = args.shards;
+    config.input.mode = match args.input {
+        Input::Durable => hub::config::InputMode::Durable,
+        Input::Core => hub::config::InputMode::Core,
+    };
     // The example policies judge every action (priorities, conflict window, suppressions); the
     // dedup window and the contact limit are off, because a short bench over few actors repeats
     // callbacks by design and they would be suppressed as they should be in production.

@@ -2,11 +2,11 @@
 //! runs, and the text report.
 
 use super::BenchArgs;
-use super::Mix;
 use super::cpu::CpuPerInput;
 use super::phase::{OutputCount, Outputs, PhaseOutcome};
 use super::push::PushOutcome;
 use super::swap::SwapTiming;
+use super::{Input, Mix};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -306,6 +306,7 @@ pub(super) struct Report {
     plugins: usize,
     actors: u64,
     mix: Mix,
+    input: Input,
     runs: u64,
     /// Requested pace of the paced phase.
     rate: u64,
@@ -338,6 +339,7 @@ impl Report {
             plugins: runs.first().map_or(0, |r| r.plugins),
             actors: args.actors,
             mix: args.mix,
+            input: args.input,
             runs: args.runs,
             rate: args.rate,
             seconds: args.seconds,
@@ -382,8 +384,8 @@ impl Report {
 /// The readable report.
 pub(super) fn print_text(r: &Report) {
     println!(
-        "hub bench: {} shards, {} plugins, {} actors, {:?} mix, {} run(s) (medians)",
-        r.shards, r.plugins, r.actors, r.mix, r.runs
+        "hub bench: {} shards, {} plugins, {} actors, {:?} mix, {:?} input, {} run(s) (medians)",
+        r.shards, r.plugins, r.actors, r.mix, r.input, r.runs
     );
     // The blend of many subjects says what it was made of; the example mixes' lines stay as they were.
     let breakdown = r.mix == Mix::Scenarios;

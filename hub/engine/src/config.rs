@@ -32,6 +32,47 @@ pub struct Config {
     pub channels: BTreeMap<String, ChannelConfig>,
     pub push: PushConfig,
     pub actions: ActionsConfig,
+    pub input: InputConfig,
+}
+
+/// How inputs are read from NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InputMode {
+    /// From a JetStream stream that captures every input subject, through a durable consumer:
+    /// what is published while the hub is down waits for it, and each input's effects happen
+    /// once, across crashes (acknowledged only once the state it produced is on disk).
+    #[default]
+    Durable,
+    /// Plain subscriptions: the lowest latency, but what arrives while the hub is down, or
+    /// between a crash and its last commit, is lost.
+    Core,
+}
+
+/// The input stream and its consumer (`[input]`; durable mode).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    pub mode: InputMode,
+    /// The stream that captures `events.>`, `profiles.>` and the ingest rules' subjects.
+    pub stream: String,
+    /// The hub's durable consumer of that stream.
+    pub consumer: String,
+    /// How long inputs are kept (for replays and backtests), whether consumed or not.
+    #[serde(with = "duration_text")]
+    pub max_age: Duration,
+    /// The stream's size limit in bytes (the oldest inputs go first); -1: none.
+    pub max_bytes: i64,
+    /// How long the server waits for an acknowledgement before it delivers an input again.
+    /// Inputs are acknowledged once their state is on disk (a commit interval or so), so this
+    /// only matters when the hub is stalled.
+    #[serde(with = "duration_text")]
+    pub ack_wait: Duration,
+    /// Inputs delivered but not yet acknowledged, at most: what bounds the hub's memory when
+    /// shards are saturated (the server stops delivering until acknowledgements catch up).
+    pub max_ack_pending: i64,
+    /// Inputs asked for per pull request.
+    pub batch: usize,
 }
 
 /// The sink of one delivery channel.
@@ -201,6 +242,22 @@ impl Default for Config {
             channels: BTreeMap::new(),
             push: PushConfig::default(),
             actions: ActionsConfig::default(),
+            input: InputConfig::default(),
+        }
+    }
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            mode: InputMode::Durable,
+            stream: "HUB_INPUT".into(),
+            consumer: "hub".into(),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 10 << 30,
+            ack_wait: Duration::from_secs(60),
+            max_ack_pending: 50_000,
+            batch: 1000,
         }
     }
 }
@@ -350,7 +407,7 @@ pub mod duration_text {
 /// `HUB_*` variables that address this config (sections joined by `__`). Other `HUB_` variables
 /// (set by tools, or for other programs) are not ours to refuse.
 fn env_overrides() -> Env {
-    const SECTIONS: [&str; 9] = [
+    const SECTIONS: [&str; 10] = [
         "nats__",
         "http__",
         "plugins__",
@@ -360,6 +417,7 @@ fn env_overrides() -> Env {
         "channels__",
         "push__",
         "actions__",
+        "input__",
     ];
     Env::prefixed("HUB_")
         .filter(|key| {

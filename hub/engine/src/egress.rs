@@ -171,3 +171,25 @@ async fn publish(client: &async_nats::Client, msg: Outbound) {
         tracing::error!(error = %e, "publish failed");
     }
 }
+
+/// A round trip to the server and back on `client`'s connection. The server handles a
+/// connection's messages in order and writes to it in order, so once the probe is back,
+/// everything published on the connection before has reached the server, and every
+/// subscription made before is in place. False when no answer comes within `timeout`.
+pub async fn round_trip(client: &async_nats::Client, timeout: std::time::Duration) -> bool {
+    use futures::StreamExt;
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The server's id for this connection keeps probes of other clients apart.
+    let subject = format!("_hub.probe.{}.{n}", client.server_info().client_id);
+    let Ok(mut probe) = client.subscribe(subject.clone()).await else {
+        return false;
+    };
+    let answered = async {
+        client.publish(subject, Bytes::new()).await.ok()?;
+        probe.next().await
+    };
+    let ok = tokio::time::timeout(timeout, answered).await.ok().flatten().is_some();
+    let _ = probe.unsubscribe().await;
+    ok
+}

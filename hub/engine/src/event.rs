@@ -26,6 +26,8 @@ pub struct Routed {
     pub hops: u8,
     /// When the hub received the input this event stems from (for event→action latency).
     pub received: std::time::Instant,
+    /// Set on inputs from the input stream (durable mode): where the input stands there.
+    pub input: Option<crate::durable::Ticket>,
 }
 
 /// An action a plugin proposed, as the hub publishes it. (Serde: how a held action waits in

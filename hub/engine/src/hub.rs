@@ -2,15 +2,18 @@
 //! egress and HTTP together.
 
 use crate::arbiter::PolicyStore;
-use crate::config::Config;
+use crate::config::{Config, InputMode};
 use crate::delivery::Sinks;
 use crate::delivery::push::PushHub;
+use crate::durable::FlushClock;
 use crate::egress::Egress;
+use crate::ingress::stream::{InputStream, Wiring};
 use crate::ingress::{CompiledRule, Ingress};
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::shard::{Shard, ShardSetup};
+use crate::state::Durability;
 use crate::state::{Committer, Db, StateError};
 use crate::stats::PluginStats;
 use std::net::SocketAddr;
@@ -46,6 +49,10 @@ pub enum StartError {
     Http { addr: SocketAddr, source: std::io::Error },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Input(#[from] crate::ingress::stream::StreamError),
+    #[error(transparent)]
+    Checkpoints(#[from] crate::durable::CheckpointError),
 }
 
 /// A running hub.
@@ -129,7 +136,35 @@ impl Hub {
 
         let (wheels, timers_restored) = db.load_timers(shard_count, |actor| router.shard_of(actor))?;
 
-        let (committer, commits) = Committer::start(shard_count * 4)?;
+        // Durable mode: the input stream first, since the checkpoints count in its sequences.
+        let durable = match config.input.mode {
+            InputMode::Core => None,
+            InputMode::Durable => {
+                let subjects = crate::ingress::stream_subjects(&config.nats, &rules);
+                let input = InputStream::ensure(&client, &config.input, subjects).await?;
+                crate::durable::adopt_stream(db.sled(), input.name(), &input.created)?;
+                let (flushed_tx, flushed) = flume::unbounded();
+                let clock = Arc::new(FlushClock::default());
+                let (confirm_client, runtime) = (client.clone(), tokio::runtime::Handle::current());
+                let durability = Durability {
+                    db: db.sled().clone(),
+                    confirm: Box::new(move || {
+                        runtime.block_on(crate::egress::round_trip(
+                            &confirm_client,
+                            crate::limits::ROUND_TRIP_TIMEOUT,
+                        ))
+                    }),
+                    flushed: flushed_tx,
+                    clock: clock.clone(),
+                };
+                Some((input, durability, flushed, clock))
+            }
+        };
+        let (durability, durable) = match durable {
+            Some((input, durability, flushed, clock)) => (Some(durability), Some((input, flushed, clock))),
+            None => (None, None),
+        };
+        let (committer, commits) = Committer::start(shard_count * 4, durability)?;
         let mut shards = Vec::with_capacity(shard_count);
         for (id, (rx, timers)) in receivers.into_iter().zip(wheels).enumerate() {
             let setup = ShardSetup {
@@ -145,6 +180,7 @@ impl Hub {
                 engine: config.engine.clone(),
                 policies: policies.clone(),
                 sinks: sinks.clone(),
+                checkpoints: crate::durable::Checkpoints::open(db.sled())?,
             };
             // The shard instantiates its plugins on its own thread; wait for that, so the hub
             // serves every plugin once `start` returns.
@@ -167,15 +203,28 @@ impl Hub {
 
         drop(commits);
         let profiles = crate::state::Profiles::new(db.profiles.clone());
-        let ingress = Ingress::start(
-            &client,
-            &config.nats,
-            rules,
-            router.clone(),
-            egress.clone(),
-            profiles.clone(),
-        )
-        .await?;
+        let ingress = match durable {
+            None => {
+                Ingress::start(
+                    &client,
+                    &config.nats,
+                    rules,
+                    router.clone(),
+                    egress.clone(),
+                    profiles.clone(),
+                )
+                .await?
+            }
+            Some((input, flushed, clock)) => {
+                let wiring = Wiring {
+                    router: router.clone(),
+                    egress: egress.clone(),
+                    clock,
+                    flushed,
+                };
+                Ingress::start_durable(&client, &config.nats, rules, input, wiring, profiles.clone()).await?
+            }
+        };
 
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
@@ -242,7 +291,7 @@ impl Hub {
     /// Stop taking input, finish and commit everything in flight, publish what it produced,
     /// and make state durable.
     pub async fn shutdown(self) {
-        self.ingress.stop().await;
+        let consumer = self.ingress.stop().await;
         // Let queued and cross-shard events settle before asking shards to stop.
         let settle = Instant::now();
         while self.router.depths().iter().any(|d| *d > 0) && settle.elapsed() < crate::limits::SHARD_SETTLE_TIMEOUT {
@@ -258,6 +307,10 @@ impl Hub {
         .await;
         let committer = self.committer;
         let _ = tokio::task::spawn_blocking(move || committer.finish()).await;
+        // Acknowledge what the last commits made durable.
+        if let Some(consumer) = consumer {
+            consumer.finish().await;
+        }
         if let Err(e) = self.db.flush() {
             tracing::error!(error = %e, "final state flush failed");
         }

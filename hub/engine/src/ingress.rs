@@ -6,6 +6,7 @@
 
 mod envelope;
 mod rules;
+pub mod stream;
 mod transcode;
 
 pub use envelope::decode_envelope;
@@ -14,7 +15,7 @@ pub use rules::{CompiledRule, RuleSet, decode_raw};
 use crate::config::NatsConfig;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::egress::Egress;
-use crate::event::Routed;
+use crate::event::{Event, Routed};
 use crate::router::Router;
 use crate::state::{ProfileError, Profiles};
 use futures::StreamExt;
@@ -48,10 +49,14 @@ impl IngressError {
     }
 }
 
-/// Ids for events that arrive without one: unique per process start and message.
+/// What an input that lacks them gets as its id and time: in core mode, ids unique per process
+/// start and message and the time of arrival; for an input from the input stream, both come
+/// from its place there ([`IdGen::for_stream_input`]), so an input delivered again gets the same
+/// ones, and its outputs the same ids.
 pub struct IdGen {
     prefix: String,
     seq: AtomicU64,
+    time: Option<i64>,
 }
 
 impl IdGen {
@@ -59,10 +64,26 @@ impl IdGen {
         IdGen {
             prefix: format!("{:x}", crate::event::now_ms()),
             seq: AtomicU64::new(0),
+            time: None,
         }
     }
+
+    /// For the input at stream sequence `seq`, stored by the server at `stored` (ms).
+    pub fn for_stream_input(seq: u64, stored: i64) -> IdGen {
+        IdGen {
+            prefix: format!("in{seq}"),
+            seq: AtomicU64::new(0),
+            time: Some(stored),
+        }
+    }
+
     pub fn next(&self) -> String {
         format!("{}-{}", self.prefix, self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The time for an input that has none.
+    pub fn time(&self) -> i64 {
+        self.time.unwrap_or_else(crate::event::now_ms)
     }
 }
 
@@ -87,15 +108,109 @@ enum Decoder {
     },
 }
 
-/// The running subscriptions.
+impl Decoder {
+    /// Decode one message: an event to route, `None` when it was handled here (a profile
+    /// update), or why it cannot be used.
+    fn decode(
+        &self,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+        ids: &IdGen,
+    ) -> Result<Option<Event>, IngressError> {
+        match self {
+            Decoder::Profile { prefix, profiles } => update_profile(profiles, prefix, subject, payload).map(|()| None),
+            Decoder::Envelope { prefix } => decode_envelope(subject, headers, payload, prefix, ids).map(Some),
+            Decoder::Raw { rules } => decode_raw(rules, subject, headers, payload, ids).map(Some),
+        }
+    }
+}
+
+/// Every subject the hub takes input on, with what decodes it: `<events>.>`, `<profiles>.>`,
+/// and each ingest rule's subject (rules on one subject are tried in order).
+fn decoders(nats: &NatsConfig, rules: Vec<CompiledRule>, profiles: Profiles) -> Vec<(String, Decoder)> {
+    let (events, people) = (&nats.events_subject, &nats.profiles_subject);
+    let mut decoders = vec![
+        (
+            format!("{events}.>"),
+            Decoder::Envelope {
+                prefix: format!("{events}."),
+            },
+        ),
+        (
+            format!("{people}.>"),
+            Decoder::Profile {
+                prefix: format!("{people}."),
+                profiles,
+            },
+        ),
+    ];
+    let mut by_subject: Vec<(String, Vec<CompiledRule>)> = Vec::new();
+    for rule in rules {
+        match by_subject.iter_mut().find(|(s, _)| *s == rule.subject()) {
+            Some((_, list)) => list.push(rule),
+            None => by_subject.push((rule.subject().to_owned(), vec![rule])),
+        }
+    }
+    decoders.extend(by_subject.into_iter().map(|(s, rules)| {
+        (
+            s,
+            Decoder::Raw {
+                rules: RuleSet::new(rules),
+            },
+        )
+    }));
+    decoders
+}
+
+/// The subjects of the input stream: every input subject, minus those another one covers (a
+/// stream refuses overlapping subjects).
+pub fn stream_subjects(nats: &NatsConfig, rules: &[CompiledRule]) -> Vec<String> {
+    let mut all = vec![
+        format!("{}.>", nats.events_subject),
+        format!("{}.>", nats.profiles_subject),
+    ];
+    all.extend(rules.iter().map(|r| r.subject().to_owned()));
+    let mut kept: Vec<String> = Vec::new();
+    for (i, subject) in all.iter().enumerate() {
+        let covered = all
+            .iter()
+            .enumerate()
+            .any(|(j, other)| j != i && covers(other, subject) && (!covers(subject, other) || j < i));
+        if !covered && !kept.contains(subject) {
+            kept.push(subject.clone());
+        }
+    }
+    kept
+}
+
+/// Whether every subject `b` matches is matched by `a` (NATS wildcards: `*` one token, a final
+/// `>` one or more).
+fn covers(a: &str, b: &str) -> bool {
+    let mut bs = b.split('.');
+    for token in a.split('.') {
+        match (token, bs.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(t)) if t != ">" => {}
+            (t, Some(u)) if t == u => {}
+            _ => return false,
+        }
+    }
+    bs.next().is_none()
+}
+
+/// The running subscriptions, or the durable consumer.
 pub struct Ingress {
     client: async_nats::Client,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Durable mode: the consumer's task, which acknowledges inputs until the committer stops.
+    durable: Option<stream::Consumer>,
 }
 
 impl Ingress {
-    /// Subscribe to `<events_subject>.>`, `<profiles_subject>.>` and every ingest rule's subject.
+    /// Core mode: subscribe to `<events_subject>.>`, `<profiles_subject>.>` and every ingest
+    /// rule's subject.
     pub async fn start(
         client: &async_nats::Client,
         nats: &NatsConfig,
@@ -106,38 +221,7 @@ impl Ingress {
     ) -> Result<Ingress, async_nats::SubscribeError> {
         let (stop, stopped) = watch::channel(false);
         let ids = Arc::new(IdGen::new());
-        let (events, people) = (&nats.events_subject, &nats.profiles_subject);
-        let mut subscriptions = vec![
-            (
-                format!("{events}.>"),
-                Decoder::Envelope {
-                    prefix: format!("{events}."),
-                },
-            ),
-            (
-                format!("{people}.>"),
-                Decoder::Profile {
-                    prefix: format!("{people}."),
-                    profiles,
-                },
-            ),
-        ];
-        let mut by_subject: Vec<(String, Vec<CompiledRule>)> = Vec::new();
-        for rule in rules {
-            match by_subject.iter_mut().find(|(s, _)| *s == rule.subject()) {
-                Some((_, list)) => list.push(rule),
-                None => by_subject.push((rule.subject().to_owned(), vec![rule])),
-            }
-        }
-        subscriptions.extend(by_subject.into_iter().map(|(s, rules)| {
-            (
-                s,
-                Decoder::Raw {
-                    rules: RuleSet::new(rules),
-                },
-            )
-        }));
-
+        let subscriptions = decoders(nats, rules, profiles);
         let mut tasks = Vec::new();
         for (subject, decoder) in subscriptions {
             let sub = client.subscribe(subject.clone()).await?;
@@ -156,42 +240,58 @@ impl Ingress {
             client: client.clone(),
             stop,
             tasks,
+            durable: None,
         })
     }
 
-    /// Stop taking input: everything the server routed to the hub before this call is still
-    /// routed to the shards before it returns.
-    pub async fn stop(self) {
-        if let Err(e) = round_trip(&self.client).await {
+    /// Durable mode: read the input stream through the hub's durable consumer (see
+    /// `ingress::stream`), acknowledging inputs as the committer reports them on disk.
+    pub async fn start_durable(
+        client: &async_nats::Client,
+        nats: &NatsConfig,
+        rules: Vec<CompiledRule>,
+        input: stream::InputStream,
+        wiring: stream::Wiring,
+        profiles: Profiles,
+    ) -> Result<Ingress, stream::StreamError> {
+        let (stop, stopped) = watch::channel(false);
+        let decoders = decoders(nats, rules, profiles);
+        let consumer = stream::Consumer::start(client, input, decoders, wiring, stopped).await?;
+        Ok(Ingress {
+            client: client.clone(),
+            stop,
+            tasks: Vec::new(),
+            durable: Some(consumer),
+        })
+    }
+
+    /// Stop taking input: in core mode, everything the server routed to the hub before this
+    /// call is still routed to the shards before it returns; in durable mode, what was not
+    /// routed stays in the stream. Returns what acknowledges the last inputs (durable mode):
+    /// finish it once the committer has stopped.
+    pub async fn stop(self) -> Option<stream::Consumer> {
+        if self.durable.is_none()
+            && let Err(e) = round_trip(&self.client).await
+        {
             tracing::warn!(error = %e, "no round trip with NATS at shutdown; in-flight input may be lost");
         }
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        let mut durable = self.durable?;
+        durable.stopped().await;
+        Some(durable)
     }
 }
 
-/// A round trip to the server and back on the hub's connection. The server handles a
-/// connection's messages in order and writes to it in order, so once the probe is back, every
+/// A round trip to the server (see [`crate::egress::round_trip`]): once it is back, every
 /// subscription made before is in place at the server (start), and every message routed to us
 /// before is in our subscriptions' buffers (stop).
 async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
-    let subject = format!("_hub.ready.{}", IdGen::new().next());
-    let mut probe = client.subscribe(subject.clone()).await?;
-    let confirmed = async {
-        client.publish(subject, bytes::Bytes::new()).await.ok()?;
-        probe.next().await
-    };
-    if tokio::time::timeout(crate::limits::SUBSCRIBE_CONFIRM_TIMEOUT, confirmed)
-        .await
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        tracing::warn!("no answer from NATS to a round trip within 5 s");
+    if !crate::egress::round_trip(client, crate::limits::SUBSCRIBE_CONFIRM_TIMEOUT).await {
+        tracing::warn!(timeout = ?crate::limits::SUBSCRIBE_CONFIRM_TIMEOUT, "no answer from NATS to a round trip");
     }
-    let _ = probe.unsubscribe().await;
     Ok(())
 }
 
@@ -232,28 +332,21 @@ impl Task {
     /// Decode and route one message; false once the shards are gone.
     async fn handle(&self, msg: async_nats::Message) -> bool {
         let received = Instant::now();
-        let decoded = match &self.decoder {
-            Decoder::Profile { prefix, profiles } => {
-                if let Err(e) = update_profile(profiles, prefix, &msg) {
-                    self.dead_letter(&msg, e).await;
-                }
-                return true;
-            }
-            Decoder::Envelope { prefix } => {
-                decode_envelope(&msg.subject, msg.headers.as_ref(), &msg.payload, prefix, &self.ids)
-            }
-            Decoder::Raw { rules } => decode_raw(rules, &msg.subject, msg.headers.as_ref(), &msg.payload, &self.ids),
-        };
-        match decoded {
-            Ok(event) => {
+        match self
+            .decoder
+            .decode(&msg.subject, msg.headers.as_ref(), &msg.payload, &self.ids)
+        {
+            Ok(Some(event)) => {
                 self.events_in.increment(1);
                 let routed = Routed {
                     event,
                     hops: 0,
                     received,
+                    input: None,
                 };
                 self.router.route(routed).await.is_ok()
             }
+            Ok(None) => true,
             Err(e) => {
                 self.dead_letter(&msg, e).await;
                 true
@@ -268,13 +361,12 @@ impl Task {
 }
 
 /// Merge a `profiles.<actor>` message (a JSON object) into the actor's profile.
-fn update_profile(profiles: &Profiles, prefix: &str, msg: &async_nats::Message) -> Result<(), IngressError> {
-    let actor = msg
-        .subject
+fn update_profile(profiles: &Profiles, prefix: &str, subject: &str, payload: &[u8]) -> Result<(), IngressError> {
+    let actor = subject
         .strip_prefix(prefix)
         .filter(|a| !a.is_empty())
         .ok_or_else(|| IngressError::invalid("a profile update needs the actor as the subject's tail"))?;
-    let patch: serde_json::Value = serde_json::from_slice(&msg.payload)
+    let patch: serde_json::Value = serde_json::from_slice(payload)
         .map_err(|e| IngressError::undecodable(format!("profile update is not JSON: {e}")))?;
     match profiles.merge(actor, &patch) {
         Ok(_) => Ok(()),

@@ -24,6 +24,7 @@ pub mod arbiter;
 pub mod config;
 pub mod dead_letter;
 pub mod delivery;
+pub mod durable;
 pub mod egress;
 pub mod event;
 pub mod http;

@@ -74,6 +74,20 @@ pub const MIN_TIMER_CHANGES_BEFORE_SNAPSHOT: usize = 50_000;
 /// sled's flusher thread a moment after it is dropped.
 pub const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// How often the committer flushes for inputs handled without a shard (dead letters, profile
+/// updates) when no shard commits, so they are acknowledged too.
+pub const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the committer waits for NATS to confirm the shards' outputs before a commit (in
+/// durable mode) before it commits anyway, logged and counted: state never waits forever on a
+/// server that is gone, but a crash in that moment could lose those outputs.
+pub const OUTPUT_CONFIRM_PATIENCE: Duration = Duration::from_secs(30);
+/// How long one confirmation round trip may take.
+pub const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Actors are hashed into this many partitions. A partition is the unit of input checkpoints
+/// (and of ownership when several hubs share the work); shard = partition mod shards, so any
+/// shard count divides the partitions evenly enough.
+pub const PARTITIONS: u16 = 4096;
+
 // Admin.
 
 /// How long an admin call waits for every shard to run a change before it answers anyway.

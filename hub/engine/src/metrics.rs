@@ -27,6 +27,16 @@ pub const WEBHOOK_RETRIES: &str = "hub_webhook_retries_total";
 pub const PUSH_CONNECTIONS: &str = "hub_push_connections";
 pub const PUSH_OUTCOMES: &str = "hub_push_total";
 pub const UNREADABLE_RECORDS: &str = "hub_unreadable_records_total";
+/// Stream inputs delivered again that were applied already (skipped by their checkpoint).
+pub const INPUTS_REPLAYED: &str = "hub_inputs_replayed_total";
+/// Acknowledgements sent to the input stream (each covers every earlier input).
+pub const INPUTS_ACKED: &str = "hub_inputs_acked_total";
+/// Inputs received from the stream and not yet acknowledged.
+pub const INPUTS_UNACKED: &str = "hub_inputs_unacknowledged";
+/// Inputs in the stream the hub's consumer has not received yet (its lag).
+pub const CONSUMER_PENDING: &str = "hub_input_consumer_pending";
+/// Commits made without NATS confirming the outputs before them (see `OUTPUT_CONFIRM_PATIENCE`).
+pub const OUTPUTS_UNCONFIRMED: &str = "hub_outputs_unconfirmed_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static UPKEEP: std::sync::Once = std::sync::Once::new();

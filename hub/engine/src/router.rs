@@ -3,6 +3,7 @@
 //! per customer). Queues in front of shards are bounded, so a busy shard pushes back on ingress.
 
 use crate::event::Routed;
+use crate::limits::PARTITIONS;
 use std::sync::Arc;
 
 pub enum ShardMsg {
@@ -37,14 +38,26 @@ impl Router {
         self.shards.len()
     }
 
-    /// The shard that owns `actor`: a stable hash, so it survives restarts with the same count.
+    /// The partition of `actor`: a stable hash, so it survives restarts and any shard count.
+    pub fn partition_of(actor: &str) -> u16 {
+        (xxhash_rust::xxh3::xxh3_64(actor.as_bytes()) % u64::from(PARTITIONS)) as u16
+    }
+
+    /// The shard that owns `actor`: the one its partition belongs to.
     pub fn shard_of(&self, actor: &str) -> usize {
-        (xxhash_rust::xxh3::xxh3_64(actor.as_bytes()) % self.shards.len() as u64) as usize
+        usize::from(Self::partition_of(actor)) % self.shards.len()
     }
 
     /// Send an event to its actor's shard, waiting while that shard's queue is full.
     pub async fn route(&self, routed: Routed) -> Result<(), Stopped> {
-        let shard = &self.shards[self.shard_of(&routed.event.actor)];
+        let shard = self.shard_of(&routed.event.actor);
+        self.route_to(shard, routed).await
+    }
+
+    /// Send an event to `shard` (its actor's, see [`Router::shard_of`]), waiting while the
+    /// shard's queue is full.
+    pub async fn route_to(&self, shard: usize, routed: Routed) -> Result<(), Stopped> {
+        let shard = &self.shards[shard];
         // Most of the time there is room: then the message moves into the queue once, without
         // the send future that would carry it (and be moved and polled) otherwise.
         match shard.try_send(ShardMsg::Event(routed)) {

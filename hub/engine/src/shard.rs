@@ -23,6 +23,7 @@ use crate::actor::ActorRequest;
 use crate::arbiter::{Delivered, HELD_ACTIONS, Judge, PolicyStore};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::delivery::{Delivery, Dispatch, Sinks};
+use crate::durable::Checkpoints;
 use crate::egress::{Batcher, Egress, Outbound, subjects};
 use crate::event::{ACTION_KIND_PREFIX, Action, Event, Routed, derived_id, now_ms};
 use crate::metrics as m;
@@ -52,6 +53,8 @@ pub struct ShardSetup {
     pub engine: crate::config::EngineConfig,
     pub policies: PolicyStore,
     pub sinks: Sinks,
+    /// The inputs applied so far, per partition (durable mode).
+    pub checkpoints: Checkpoints,
 }
 
 /// A shard's gauges and counters, registered once.
@@ -60,6 +63,7 @@ struct ShardMetrics {
     timers_pending: metrics::Gauge,
     timers_fired: metrics::Counter,
     events_emitted: metrics::Counter,
+    inputs_replayed: metrics::Counter,
 }
 
 pub struct Shard {
@@ -80,6 +84,11 @@ pub struct Shard {
     /// What this turn publishes, in order (handed to NATS at the end of the turn).
     egress: Batcher,
     commits: ShardCommits,
+    /// The inputs applied so far, per partition: a stream input at or below its partition's
+    /// checkpoint was applied already (see `durable`).
+    checkpoints: Checkpoints,
+    /// The ordinal of the last stream input handled (reported with each commit).
+    handled: u64,
     metrics: ShardMetrics,
 }
 
@@ -107,12 +116,15 @@ impl Shard {
             delivered: Vec::new(),
             dispatch: Dispatch::new(setup.sinks),
             egress: Batcher::new(setup.egress),
-            commits: ShardCommits::new(setup.commits, commit_every),
+            commits: ShardCommits::new(setup.id, setup.commits, commit_every),
+            checkpoints: setup.checkpoints,
+            handled: 0,
             metrics: ShardMetrics {
                 queue_depth: metrics::gauge!(m::SHARD_QUEUE_DEPTH, "shard" => label.clone()),
                 timers_pending: metrics::gauge!(m::TIMERS_PENDING, "shard" => label.clone()),
                 timers_fired: metrics::counter!(m::TIMERS_FIRED, "shard" => label.clone()),
-                events_emitted: metrics::counter!(m::EVENTS_EMITTED, "shard" => label),
+                events_emitted: metrics::counter!(m::EVENTS_EMITTED, "shard" => label.clone()),
+                inputs_replayed: metrics::counter!(m::INPUTS_REPLAYED, "shard" => label),
             },
         };
         shard.plugins.adopt(&mut home(&mut shard.stores).state);
@@ -171,8 +183,16 @@ impl Shard {
         wake
     }
 
-    /// Run the plugin chain for one input event.
+    /// Run the plugin chain for one input event (unless it was applied before: see `durable`).
     fn process(&mut self, routed: Routed) {
+        if let Some(ticket) = routed.input {
+            self.handled = ticket.ordinal;
+            let partition = Router::partition_of(&routed.event.actor);
+            if !self.checkpoints.admit(partition, ticket.seq) {
+                self.metrics.inputs_replayed.increment(1);
+                return;
+            }
+        }
         if routed.event.kind.starts_with(ACTION_KIND_PREFIX) {
             let detail = format!(
                 "event kinds starting with {ACTION_KIND_PREFIX:?} are reserved for actions on their way to delivery"
@@ -336,7 +356,12 @@ impl Shard {
             }),
             Err(e) => tracing::warn!(error = %e, kind = event.kind, "emitted event not representable as JSON"),
         }
-        self.chain.route(Routed { event, hops, received });
+        self.chain.route(Routed {
+            event,
+            hops,
+            received,
+            input: None,
+        });
     }
 
     /// A delivered action goes to the delivery plugins subscribed to it; when none of them
@@ -384,7 +409,9 @@ impl Shard {
     fn commit(&mut self) {
         self.plugins.fold_stats();
         let stores = home(&mut self.stores);
-        self.commits.commit(&mut stores.state, &mut stores.timers);
+        let checkpoints = self.checkpoints.take_commit();
+        self.commits
+            .commit(&mut stores.state, &mut stores.timers, checkpoints, self.handled);
     }
 }
 

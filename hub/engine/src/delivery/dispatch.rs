@@ -50,6 +50,7 @@ impl Dispatch {
             },
             hops: 0,
             received,
+            input: None,
         }
     }
 

@@ -3,7 +3,7 @@
 //! from the subject after `events.`; a missing `id` or `time` is filled in.
 
 use super::{IdGen, IngressError};
-use crate::event::{Event, now_ms};
+use crate::event::Event;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -199,7 +199,7 @@ fn finish(
         id: id.filter(|i| !i.is_empty()).unwrap_or_else(|| ids.next()),
         kind,
         actor,
-        time: time.unwrap_or_else(now_ms),
+        time: time.unwrap_or_else(|| ids.time()),
         source: source.unwrap_or_else(|| subject.to_owned()),
         payload,
     };

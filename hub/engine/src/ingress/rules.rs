@@ -8,7 +8,7 @@
 use super::transcode::{Container, Encode};
 use super::{IdGen, IngressError};
 use crate::config::IngestRule;
-use crate::event::{Event, is_subject_safe, now_ms};
+use crate::event::{Event, is_subject_safe};
 use std::borrow::Cow;
 
 #[derive(Debug, Clone)]
@@ -117,9 +117,9 @@ impl CompiledRule {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_err(|_| format!("time at {p} is before the Unix epoch"))
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))?,
-                None => now_ms(),
+                None => ids.time(),
             },
-            None => now_ms(),
+            None => ids.time(),
         };
         Ok(Event {
             id,

@@ -56,7 +56,7 @@ fn harness(plugins: &[(&str, serde_json::Value)], policies: Policies) -> Harness
         egress.clone(),
     );
     let (mut wheels, _) = db.load_timers(1, |_| 0).expect("timers");
-    let (committer, commits) = Committer::start(4).expect("committer");
+    let (committer, commits) = Committer::start(4, None).expect("committer");
     let shard = Shard::new(ShardSetup {
         id: 0,
         rx: receivers.remove(0),
@@ -65,6 +65,7 @@ fn harness(plugins: &[(&str, serde_json::Value)], policies: Policies) -> Harness
         live,
         stats: Arc::new(PluginStats::new(1)),
         policies: crate::arbiter::PolicyStore::open(db.sled(), &policies).expect("policies"),
+        checkpoints: crate::durable::Checkpoints::open(db.sled()).expect("checkpoints"),
         db,
         timers: wheels.remove(0),
         commits,
@@ -92,6 +93,7 @@ fn input(kind: &str, actor: &str, id: &str) -> Routed {
         },
         hops: 0,
         received: Instant::now(),
+        input: None,
     }
 }
 

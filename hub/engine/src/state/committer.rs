@@ -31,9 +31,13 @@ impl Applied {
 
 /// One shard's writes of one commit interval.
 pub struct Commit {
+    pub shard: usize,
     pub seq: u64,
+    /// Applied together (one sled transaction): a crash keeps all of them or none.
     pub batches: Vec<(sled::Tree, sled::Batch)>,
     pub applied: Applied,
+    /// The ordinal of the last stream input the shard handled before this commit (durable mode).
+    pub inputs: u64,
 }
 
 /// The sending side, cloned into every shard.
@@ -55,21 +59,26 @@ impl CommitQueue {
 /// A shard's side of committing: when its next commit is due, and handing what changed since
 /// the last one (state, timers) to the committer.
 pub struct ShardCommits {
+    shard: usize,
     queue: CommitQueue,
     every: Duration,
     next: Instant,
     seq: u64,
     applied: Applied,
+    /// The input ordinal the last commit reported.
+    reported: u64,
 }
 
 impl ShardCommits {
-    pub fn new(queue: CommitQueue, every: Duration) -> ShardCommits {
+    pub fn new(shard: usize, queue: CommitQueue, every: Duration) -> ShardCommits {
         ShardCommits {
+            shard,
             queue,
             every,
             next: Instant::now() + every,
             seq: 0,
             applied: Applied::default(),
+            reported: 0,
         }
     }
 
@@ -78,19 +87,32 @@ impl ShardCommits {
         self.next
     }
 
-    /// Hand dirty state and timers to the committer, and trim the cache to what sled holds.
-    pub fn commit(&mut self, state: &mut StateCache, timers: &mut TimerWheel) {
+    /// Hand dirty state and timers (and `checkpoints`, the inputs applied, see `durable`) to the
+    /// committer, and trim the cache to what sled holds. `inputs` is the ordinal of the last
+    /// stream input handled: a commit goes out when it moved even if nothing else changed, so
+    /// the input can be acknowledged.
+    pub fn commit(
+        &mut self,
+        state: &mut StateCache,
+        timers: &mut TimerWheel,
+        checkpoints: Option<(sled::Tree, sled::Batch)>,
+        inputs: u64,
+    ) {
         let seq = self.seq + 1;
         let applied = self.applied.get();
         let mut batches = state.take_commit(seq);
         batches.extend(timers.take_commit());
+        batches.extend(checkpoints);
         state.evict(applied);
-        if !batches.is_empty() {
+        if !batches.is_empty() || inputs > self.reported {
             self.seq = seq;
+            self.reported = inputs;
             self.queue.send(Commit {
+                shard: self.shard,
                 seq,
                 batches,
                 applied: self.applied.clone(),
+                inputs,
             });
         }
         self.next = Instant::now() + self.every;
@@ -101,16 +123,30 @@ pub struct Committer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// What the committer does in durable mode besides applying commits: confirm the shards'
+/// outputs before, flush and report after (see `durable`).
+pub struct Durability {
+    pub db: sled::Db,
+    /// Confirms that what the shards published so far has reached the NATS server; false when
+    /// it cannot now (the connection is down).
+    pub confirm: Box<dyn FnMut() -> bool + Send>,
+    pub flushed: flume::Sender<crate::durable::Flushed>,
+    pub clock: Arc<crate::durable::FlushClock>,
+}
+
 impl Committer {
     /// Start the committer thread with a queue of `capacity` commits.
-    pub fn start(capacity: usize) -> std::io::Result<(Committer, CommitQueue)> {
+    pub fn start(capacity: usize, durability: Option<Durability>) -> std::io::Result<(Committer, CommitQueue)> {
         let (tx, rx) = flume::bounded::<Commit>(capacity.max(1));
         let thread = std::thread::Builder::new()
             .name("hub-committer".into())
-            .spawn(move || {
-                for commit in rx.iter() {
-                    apply(commit);
+            .spawn(move || match durability {
+                None => {
+                    for commit in rx.iter() {
+                        apply(commit);
+                    }
                 }
+                Some(durability) => run_durable(&rx, durability),
             })?;
         Ok((Committer { thread: Some(thread) }, CommitQueue { tx }))
     }
@@ -123,22 +159,90 @@ impl Committer {
     }
 }
 
+/// Apply commits as they come; before a group of them, confirm the outputs published before
+/// they were taken; after it, flush sled and report what the group covers.
+fn run_durable(rx: &flume::Receiver<Commit>, mut d: Durability) {
+    loop {
+        let group: Vec<Commit> = match rx.recv_timeout(crate::limits::IDLE_FLUSH_INTERVAL) {
+            Ok(first) => std::iter::once(first).chain(rx.try_iter()).collect(),
+            Err(flume::RecvTimeoutError::Timeout) if d.clock.take_wanted() => Vec::new(),
+            Err(flume::RecvTimeoutError::Timeout) => continue,
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        };
+        if !group.is_empty() {
+            confirm_outputs(&mut d.confirm);
+        }
+        let shards = group.iter().map(|c| (c.shard, c.inputs)).collect();
+        for commit in group {
+            apply(commit);
+        }
+        let flush = d.clock.start();
+        if let Err(e) = d.db.flush() {
+            // Nothing is reported: the inputs stay unacknowledged and come again after a crash.
+            metrics::counter!(crate::metrics::STATE_COMMIT_ERRORS).increment(1);
+            tracing::error!(error = %e, "sled flush failed; inputs stay unacknowledged");
+            continue;
+        }
+        let _ = d.flushed.send(crate::durable::Flushed { shards, flush });
+    }
+}
+
+/// Wait until the outputs published so far are confirmed by the server, or give up after
+/// `limits::OUTPUT_CONFIRM_PATIENCE` (logged and counted: a crash then could lose them).
+fn confirm_outputs(confirm: &mut (dyn FnMut() -> bool + Send)) {
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(50);
+    while !confirm() {
+        if started.elapsed() >= crate::limits::OUTPUT_CONFIRM_PATIENCE {
+            metrics::counter!(crate::metrics::OUTPUTS_UNCONFIRMED).increment(1);
+            tracing::error!("NATS did not confirm the shards' outputs; committing without it");
+            return;
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(1));
+    }
+}
+
 fn apply(commit: Commit) {
     let started = std::time::Instant::now();
-    for (tree, batch) in commit.batches {
-        // A failed batch is retried a few times: sled errors are I/O errors, often passing.
-        let mut attempt = 0;
-        while let Err(e) = tree.apply_batch(batch.clone()) {
-            attempt += 1;
-            metrics::counter!(crate::metrics::STATE_COMMIT_ERRORS).increment(1);
-            if attempt >= 5 {
-                tracing::error!(error = %e, "state batch could not be written to sled; giving up on it");
-                break;
-            }
-            tracing::warn!(error = %e, attempt, "state batch failed; retrying");
-            std::thread::sleep(Duration::from_millis(10 << attempt));
+    // A failed commit is retried a few times: sled errors are I/O errors, often passing.
+    let mut attempt = 0;
+    while let Err(e) = apply_atomically(&commit.batches) {
+        attempt += 1;
+        metrics::counter!(crate::metrics::STATE_COMMIT_ERRORS).increment(1);
+        if attempt >= 5 {
+            tracing::error!(error = %e, "state commit could not be written to sled; giving up on it");
+            break;
         }
+        tracing::warn!(error = %e, attempt, "state commit failed; retrying");
+        std::thread::sleep(Duration::from_millis(10 << attempt));
     }
     commit.applied.set(commit.seq);
     metrics::histogram!(crate::metrics::STATE_COMMITS).record(started.elapsed().as_secs_f64());
+}
+
+/// Apply batches of several trees as one: sled recovers a transaction whole or not at all.
+fn apply_atomically(batches: &[(sled::Tree, sled::Batch)]) -> Result<(), sled::Error> {
+    use sled::Transactional;
+    match batches {
+        [] => Ok(()),
+        [(tree, batch)] => tree.apply_batch(batch.clone()),
+        _ => {
+            let trees: Vec<sled::Tree> = batches.iter().map(|(t, _)| t.clone()).collect();
+            trees
+                .as_slice()
+                .transaction(|tx| {
+                    for (tree, (_, batch)) in tx.iter().zip(batches) {
+                        tree.apply_batch(batch)?;
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Storage(e) => e,
+                    sled::transaction::TransactionError::Abort(()) => {
+                        sled::Error::Unsupported("state commit aborted".into())
+                    }
+                })
+        }
+    }
 }

@@ -1,0 +1,163 @@
+//! Which inputs may be acknowledged: the highest stream sequence below which every input the
+//! hub received is on disk (the watermark), across shards that run at their own pace.
+//!
+//! Inputs routed to a shard become durable when a flushed commit of that shard covers their
+//! ordinal (their place in the shard's queue: a shard handles its queue in order). Inputs handled
+//! without a shard (dead letters, profile updates, written to sled at once) become durable with
+//! the next flush that starts after them. The watermark is one below the lowest sequence still
+//! waiting; the acknowledgement goes to the highest durable input at or below it, and with
+//! `AckPolicy::All` covers everything before it.
+
+use super::{Flushed, Ticket};
+use std::collections::{BTreeMap, VecDeque};
+
+pub struct Acks<R> {
+    /// Per shard, inputs routed to it and not yet durable, in queue order: (ordinal, seq).
+    routed: Vec<VecDeque<(u64, u64)>>,
+    /// Per shard, the ordinal of the next input routed to it.
+    next: Vec<u64>,
+    /// Inputs handled without a shard: (the flush after which they are durable, seq).
+    immediate: VecDeque<(u64, u64)>,
+    /// Sequences not yet durable, with how often each is waiting (an input delivered again
+    /// while its first delivery is still queued waits twice).
+    waiting: BTreeMap<u64, u32>,
+    /// Durable inputs not yet acknowledged, with the handle to acknowledge them by.
+    durable: BTreeMap<u64, R>,
+    /// Handles of inputs still waiting.
+    replies: BTreeMap<u64, R>,
+    /// The highest sequence received.
+    highest: u64,
+}
+
+impl<R> Acks<R> {
+    pub fn new(shards: usize) -> Acks<R> {
+        Acks {
+            routed: (0..shards).map(|_| VecDeque::new()).collect(),
+            next: vec![1; shards],
+            immediate: VecDeque::new(),
+            waiting: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            replies: BTreeMap::new(),
+            highest: 0,
+        }
+    }
+
+    fn received(&mut self, seq: u64, reply: R) {
+        *self.waiting.entry(seq).or_default() += 1;
+        self.replies.insert(seq, reply);
+        self.highest = self.highest.max(seq);
+    }
+
+    fn done(&mut self, seq: u64) {
+        if let Some(n) = self.waiting.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting.remove(&seq);
+                if let Some(reply) = self.replies.remove(&seq) {
+                    self.durable.insert(seq, reply);
+                }
+            }
+        }
+    }
+
+    /// An input goes to `shard`: its ticket.
+    pub fn route(&mut self, shard: usize, seq: u64, reply: R) -> Ticket {
+        let ordinal = self.next[shard];
+        self.next[shard] += 1;
+        self.routed[shard].push_back((ordinal, seq));
+        self.received(seq, reply);
+        Ticket { seq, ordinal }
+    }
+
+    /// An input was handled without a shard, before flush number `flush` started.
+    pub fn handled(&mut self, seq: u64, reply: R, flush: u64) {
+        self.immediate.push_back((flush, seq));
+        self.received(seq, reply);
+    }
+
+    /// Commits were flushed: mark what they cover durable.
+    pub fn flushed(&mut self, report: &Flushed) {
+        for &(shard, upto) in &report.shards {
+            while let Some(&(ordinal, seq)) = self.routed.get(shard).and_then(VecDeque::front) {
+                if ordinal > upto {
+                    break;
+                }
+                self.routed[shard].pop_front();
+                self.done(seq);
+            }
+        }
+        while let Some(&(flush, seq)) = self.immediate.front() {
+            if flush > report.flush {
+                break;
+            }
+            self.immediate.pop_front();
+            self.done(seq);
+        }
+    }
+
+    /// The input to acknowledge now, if the watermark moved: every input up to it is durable.
+    pub fn to_ack(&mut self) -> Option<(u64, R)> {
+        let watermark = match self.waiting.keys().next() {
+            Some(&lowest) => lowest - 1,
+            None => self.highest,
+        };
+        let &seq = self.durable.range(..=watermark).next_back()?.0;
+        let rest = self.durable.split_off(&(seq + 1));
+        let reply = std::mem::replace(&mut self.durable, rest).remove(&seq)?;
+        Some((seq, reply))
+    }
+
+    /// Inputs received and not yet acknowledged.
+    pub fn unacknowledged(&self) -> usize {
+        self.replies.len() + self.durable.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flushed(shards: &[(usize, u64)], flush: u64) -> Flushed {
+        Flushed {
+            shards: shards.to_vec(),
+            flush,
+        }
+    }
+
+    #[test]
+    fn the_watermark_waits_for_the_slowest_shard() {
+        let mut acks = Acks::new(2);
+        let a = acks.route(0, 1, "r1");
+        acks.route(1, 2, "r2");
+        acks.route(0, 3, "r3");
+        assert_eq!(a, Ticket { seq: 1, ordinal: 1 });
+        acks.flushed(&flushed(&[(0, 2)], 0));
+        assert_eq!(acks.to_ack(), Some((1, "r1")), "2 is not durable yet, so 3 waits");
+        acks.flushed(&flushed(&[(1, 1)], 0));
+        assert_eq!(acks.to_ack(), Some((3, "r3")), "one ack covers 2 and 3");
+        assert_eq!(acks.to_ack(), None);
+        assert_eq!(acks.unacknowledged(), 0);
+    }
+
+    #[test]
+    fn inputs_without_a_shard_wait_for_the_next_flush() {
+        let mut acks = Acks::new(1);
+        acks.handled(1, "dead letter", 5);
+        acks.flushed(&flushed(&[], 4));
+        assert_eq!(acks.to_ack(), None, "flush 4 started before the input was handled");
+        acks.flushed(&flushed(&[], 5));
+        assert_eq!(acks.to_ack(), Some((1, "dead letter")));
+    }
+
+    #[test]
+    fn an_input_delivered_twice_is_durable_once_both_are_handled() {
+        let mut acks = Acks::new(1);
+        acks.route(0, 7, "first");
+        acks.route(0, 8, "r8");
+        acks.route(0, 7, "again");
+        acks.flushed(&flushed(&[(0, 2)], 0));
+        assert_eq!(acks.to_ack(), None, "the second delivery of 7 is still queued");
+        acks.flushed(&flushed(&[(0, 3)], 0));
+        assert_eq!(acks.to_ack(), Some((8, "r8")));
+    }
+}
