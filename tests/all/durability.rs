@@ -81,10 +81,15 @@ struct HubProcess {
 
 impl HubProcess {
     async fn start(env: &Env, plugins: &std::path::Path) -> HubProcess {
+        HubProcess::start_on(env, &env.nats.url, plugins).await
+    }
+
+    /// With `nats`: where nothing answers, `hub up` starts a nats-server of its own there.
+    async fn start_on(env: &Env, nats: &str, plugins: &std::path::Path) -> HubProcess {
         let port = hub::nats_server::free_port().expect("free port");
         let http: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_hub"))
-            .args(["up", "--nats", &env.nats.url, "--http", &http.to_string()])
+            .args(["up", "--nats", nats, "--http", &http.to_string()])
             .arg("--data")
             .arg(env.dir.path().join("data"))
             .arg("--plugins")
@@ -208,4 +213,22 @@ async fn metric(hub: &HubProcess, name: &str) -> f64 {
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_started_by_hub_up_dies_with_a_killed_hub() {
+    let env = Env::new().await;
+    let port = hub::nats_server::free_port().expect("free port");
+    let url = format!("nats://127.0.0.1:{port}");
+    let hub = HubProcess::start_on(&env, &url, std::path::Path::new(hub::EXAMPLE_PLUGINS)).await;
+    assert!(hub::nats_server::reachable(&url).await, "hub up started its server");
+    hub.kill();
+    let killed = std::time::Instant::now();
+    while hub::nats_server::reachable(&url).await {
+        assert!(
+            killed.elapsed().as_secs() < 10,
+            "the server hub up started outlived the killed hub"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

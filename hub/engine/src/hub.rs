@@ -87,6 +87,9 @@ impl Hub {
         let client = async_nats::ConnectOptions::new()
             .name("hub")
             .subscription_capacity(config.nats.subscription_capacity)
+            // Back within a few hundred ms of the server (the client's default backs off to
+            // seconds, and what core subscriptions miss meanwhile is lost).
+            .reconnect_delay_callback(|attempts| crate::limits::RECONNECT_DELAY_STEP * attempts.min(5) as u32)
             .client_capacity(config.nats.outbound_capacity)
             .event_callback(|event| async move {
                 match event {

@@ -65,7 +65,18 @@ impl LocalNats {
         let url = format!("nats://127.0.0.1:{port}");
         std::fs::create_dir_all(store_dir).map_err(NatsServerError::Spawn)?;
         let log = store_dir.join("nats-server.log");
-        let mut child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        // A server this hub started dies with it, even when the hub is killed (SIGKILL): the
+        // kernel sends it SIGTERM when the thread that started it exits (the hub starts it from
+        // its main thread), so it never lingers for the next start to find.
+        // SAFETY: the closure runs in the forked child before exec and makes one system call,
+        // prctl, which is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store_dir)
             .arg("-l")

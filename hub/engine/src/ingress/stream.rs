@@ -148,15 +148,11 @@ impl Consumer {
         stopped: watch::Receiver<bool>,
     ) -> Result<Consumer, StreamError> {
         let consumer = input.consumer().await?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(input.config.batch.max(1))
-            .messages()
-            .await
-            .map_err(|e| StreamError::Consumer {
-                consumer: input.config.consumer.clone(),
-                detail: e.to_string(),
-            })?;
+        let batch = input.config.batch.max(1);
+        let messages = pull(&consumer, batch).await.map_err(|e| StreamError::Consumer {
+            consumer: input.config.consumer.clone(),
+            detail: e.to_string(),
+        })?;
         let (drained_tx, drained) = oneshot::channel();
         // Counted by input subject, as in core mode.
         let decoders = decoders
@@ -168,6 +164,8 @@ impl Consumer {
             .collect();
         let reader = Reader {
             client: client.clone(),
+            consumer,
+            batch,
             decoders,
             acks: Acks::new(wiring.router.shard_count()),
             wiring,
@@ -197,8 +195,18 @@ impl Consumer {
     }
 }
 
+/// The consumer's messages, pulled `batch` at a time.
+async fn pull(
+    consumer: &consumer::PullConsumer,
+    batch: usize,
+) -> Result<consumer::pull::Stream, consumer::StreamError> {
+    consumer.stream().max_messages_per_batch(batch).messages().await
+}
+
 struct Reader {
     client: async_nats::Client,
+    consumer: consumer::PullConsumer,
+    batch: usize,
     decoders: Vec<(String, Decoder, metrics::Counter)>,
     acks: Acks<Subject>,
     wiring: Wiring,
@@ -243,7 +251,11 @@ impl Reader {
                         }
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "input consumer"),
-                    None => pulling = false,
+                    // The pull ended (the connection was gone for long): pull again.
+                    None => match self.pull_again().await {
+                        Some(again) => messages = again,
+                        None => pulling = false,
+                    },
                 },
             }
         }
@@ -311,6 +323,23 @@ impl Reader {
                 self.wiring.egress.send(letter.into_outbound()).await;
                 self.acks.handled(seq, reply, self.wiring.clock.next());
                 true
+            }
+        }
+    }
+
+    /// A new pull after the last one ended, retried with back-off while NATS is away; `None`
+    /// once the hub is stopping.
+    async fn pull_again(&mut self) -> Option<consumer::pull::Stream> {
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            match pull(&self.consumer, self.batch).await {
+                Ok(messages) => return Some(messages),
+                Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "input consumer: cannot pull"),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            if self.wiring.flushed.is_disconnected() {
+                return None;
             }
         }
     }
