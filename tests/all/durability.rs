@@ -232,3 +232,79 @@ async fn a_nats_server_started_by_hub_up_dies_with_a_killed_hub() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_under_load_is_ridden_out_and_every_stored_input_counts_once() {
+    const ACTORS: usize = 300;
+    const TICKS: usize = 4;
+    let mut env = Env::new().await;
+    let mut config = env.config();
+    config.plugins.dir = Some(crate::support::plugin_folder(
+        &env,
+        "counter-only",
+        &[crate::support::fixture("counter.wasm")],
+    ));
+    let hub = env.start(config).await;
+    let health = format!("http://{}/healthz", hub.http_addr());
+
+    // Ticks with JetStream acknowledgements, each retried until the stream has it, while the
+    // server is stopped (SIGTERM) for 3 s and started again on the same port and store.
+    let publisher = tokio::spawn({
+        let js = async_nats::jetstream::new(env.client.clone());
+        async move {
+            for round in 0..TICKS {
+                for a in 0..ACTORS {
+                    let id = format!("t{round}-{a}");
+                    let body = json!({"kind": "count.tick", "actor": format!("n{a}"), "id": id});
+                    loop {
+                        // With its id as Nats-Msg-Id: a retry after a lost acknowledgement is
+                        // dropped by the input stream instead of stored twice.
+                        let publish = async_nats::jetstream::context::Publish::build()
+                            .message_id(id.as_str())
+                            .payload(body.to_string().into());
+                        let stored = match js.send_publish("events.count.tick", publish).await {
+                            Ok(ack) => ack.await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if stored {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+                }
+            }
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    env.nats.halt().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let down = reqwest::get(&health).await.expect("GET /healthz");
+    assert_eq!(down.status(), 503, "degraded while NATS is away");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    env.nats.start_again().await.expect("nats-server again");
+    let back = std::time::Instant::now();
+    while !reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(back.elapsed().as_secs() < 5, "the hub did not reconnect");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let reconnected = back.elapsed();
+    publisher.await.expect("publisher");
+
+    let api = crate::support::Api::new(&hub, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for a in 0..ACTORS {
+        loop {
+            let (_, view) = api.get(&format!("/api/actors/n{a}")).await;
+            let n = view["state"]["counter"]["n"].as_u64().unwrap_or(0);
+            assert!(n <= TICKS as u64, "n{a} counted {n} ticks of {TICKS}: {view}");
+            if n == TICKS as u64 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "n{a} stuck at {n}: {view}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!("healthy again {reconnected:?} after the server was back");
+    hub.shutdown().await;
+}

@@ -161,7 +161,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// The NATS server the bench talks to: one given with `--nats`, or a private one in a temp dir.
 enum Server {
     External(String),
-    Private { nats: LocalNats, dir: tempfile::TempDir },
+    Private {
+        nats: Box<LocalNats>,
+        dir: tempfile::TempDir,
+    },
 }
 
 impl Server {
@@ -174,7 +177,10 @@ impl Server {
         let dir = tempfile::tempdir().context("cannot create a temp dir for nats-server")?;
         let port = free_port().context("cannot find a free port for nats-server")?;
         let nats = LocalNats::start(port, dir.path()).await?;
-        Ok(Server::Private { nats, dir })
+        Ok(Server::Private {
+            nats: Box::new(nats),
+            dir,
+        })
     }
 
     fn pid(&self) -> Option<u32> {

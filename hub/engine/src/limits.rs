@@ -83,7 +83,7 @@ pub const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 pub const OUTPUT_CONFIRM_PATIENCE: Duration = Duration::from_secs(30);
 /// Reconnection attempts to NATS wait this much longer each (up to 5×): the server is usually
 /// back within seconds, and every second away is input a core-mode hub misses.
-pub const RECONNECT_DELAY_STEP: Duration = Duration::from_millis(100);
+pub const RECONNECT_DELAY_STEP: Duration = Duration::from_millis(50);
 /// How long one confirmation round trip may take.
 pub const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Actors are hashed into this many partitions. A partition is the unit of input checkpoints

@@ -2,7 +2,7 @@
 //! when nothing answers at the configured URL, and stopped (SIGTERM) with the hub.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
@@ -27,6 +27,7 @@ pub struct LocalNats {
     child: Child,
     pub url: String,
     pub port: u16,
+    store: PathBuf,
 }
 
 /// The socket address behind a `nats://host:port` URL.
@@ -108,7 +109,35 @@ impl LocalNats {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        Ok(LocalNats { child, url, port })
+        Ok(LocalNats {
+            child,
+            url,
+            port,
+            store: store_dir.to_path_buf(),
+        })
+    }
+
+    /// Stop the server gracefully and leave it stopped (an outage, for tests and the crash
+    /// test); [`LocalNats::start_again`] brings it back on the same port and store.
+    pub async fn halt(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// Start the server again after [`LocalNats::halt`].
+    pub async fn start_again(&mut self) -> Result<(), NatsServerError> {
+        *self = LocalNats::start(self.port, &self.store.clone()).await?;
+        Ok(())
     }
 
     /// The server's process id, while it runs.
