@@ -259,7 +259,7 @@ async fn a_nats_restart_under_load_is_ridden_out_and_every_stored_input_counts_o
                     loop {
                         // With its id as Nats-Msg-Id: a retry after a lost acknowledgement is
                         // dropped by the input stream instead of stored twice.
-                        let publish = async_nats::jetstream::context::Publish::build()
+                        let publish = async_nats::jetstream::message::PublishMessage::build()
                             .message_id(id.as_str())
                             .payload(body.to_string().into());
                         let stored = match js.send_publish("events.count.tick", publish).await {
