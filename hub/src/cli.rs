@@ -1,4 +1,4 @@
-//! The `hub` command line: `up`, `run`, `send`, `tail`, `plugin`, `bench`.
+//! The `hub` command line: `up`, `run`, `send`, `tail`, `plugin`, `bench`, `crash-test`.
 
 mod plugin;
 
@@ -42,6 +42,9 @@ enum Command {
     Plugin(plugin::PluginArgs),
     /// Load generator and latency report: the example pipeline, or every reference scenario at once.
     Bench(hub_bench::BenchArgs),
+    /// Prove exactly-once effects: kill a `hub up` with SIGKILL at random moments while a
+    /// seeded workload flows, then compare everything that came out with what must.
+    CrashTest(hub_bench::crash::CrashArgs),
 }
 
 #[derive(Args)]
@@ -154,6 +157,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Tail(a) => tail(a).await,
             Command::Plugin(a) => plugin::run(a).await,
             Command::Bench(a) => hub_bench::run(a).await,
+            Command::CrashTest(a) => hub_bench::crash::run(a).await,
         }
     })
 }

@@ -308,3 +308,43 @@ async fn a_nats_restart_under_load_is_ridden_out_and_every_stored_input_counts_o
     eprintln!("healthy again {reconnected:?} after the server was back");
     hub.shutdown().await;
 }
+
+/// The short version of `hub crash-test` (the long runs are in the README).
+#[test]
+fn the_crash_test_finds_nothing_lost_or_doubled_over_a_few_kills() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args([
+            "crash-test",
+            "--kills",
+            "4",
+            "--actors",
+            "400",
+            "--rate",
+            "2000",
+            "--seed",
+            "7",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("hub crash-test runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "inputs lost",
+        "inputs doubled",
+        "actions missing",
+        "actions doubled",
+        "state differences",
+    ] {
+        let value = report
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or_else(|| panic!("no {line:?} in {report}"));
+        assert_eq!(value, "0", "{line}: {report}");
+    }
+}

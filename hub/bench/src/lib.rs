@@ -35,6 +35,7 @@
 //! of the input whose id an action carries as its `Hub-Cause`.
 
 mod cpu;
+pub mod crash;
 mod examples;
 mod phase;
 mod push;

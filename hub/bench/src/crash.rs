@@ -1,0 +1,307 @@
+//! `hub crash-test`: proves exactly-once effects across crashes, the way Kafka Streams and
+//! Flink do: a seeded workload goes into the input stream while a `hub up` process is killed
+//! with SIGKILL at random moments (mid-batch, mid-commit, right after a hot swap) and started
+//! again; at the end everything that came out is compared with what the workload must produce.
+//!
+//! The workload: per actor, `--rounds` ticks for the `counter` fixture (its count must end at
+//! exactly the number of ticks) and three payment failures for the `payment-trouble` example
+//! (exactly one `support.callback` each, after which its failure count starts again from
+//! nothing). Inputs are published with JetStream acknowledgements and their id as
+//! `Nats-Msg-Id`, retried until stored, so every one of them is in the stream exactly once.
+
+use super::workload::mix64;
+use anyhow::{Context, bail};
+use async_nats::jetstream;
+use futures::StreamExt;
+use hub::nats_server::{LocalNats, free_port};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CrashArgs {
+    /// Times the hub is killed with SIGKILL and started again
+    #[arg(long, default_value_t = 20)]
+    pub kills: u32,
+    /// Distinct actors
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub actors: u64,
+    /// Ticks per actor for the counter
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
+    /// Inputs per second published while the hub is killed and restarted
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: u64,
+    /// Seed of the kill moments and the input order
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// A `hub up` child process.
+struct HubProcess {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl HubProcess {
+    async fn start(nats: &str, data: &Path, plugins: &Path) -> anyhow::Result<HubProcess> {
+        let port = free_port().context("no free port for the hub's HTTP")?;
+        let http = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))
+            .context("cannot open the hub's log")?;
+        let child = Command::new(std::env::current_exe().context("cannot find the hub binary")?)
+            .args(["up", "--nats", nats, "--http", &http.to_string()])
+            .arg("--data")
+            .arg(data)
+            .arg("--plugins")
+            .arg(plugins)
+            .env("HUB_ENGINE__COMMIT_INTERVAL_MS", "20")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start hub up")?;
+        let process = HubProcess { child, http };
+        let started = Instant::now();
+        while !reqwest::get(format!("http://{http}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "the hub did not become healthy within 60 s (see {})",
+                    data.with_extension("log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(process)
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What came out, compared with what must.
+#[derive(Debug, Default)]
+struct Verdict {
+    inputs_lost: u64,
+    inputs_doubled: u64,
+    actions_missing: u64,
+    actions_doubled: u64,
+    state_differences: u64,
+}
+
+impl Verdict {
+    fn clean(&self) -> bool {
+        self.inputs_lost == 0
+            && self.inputs_doubled == 0
+            && self.actions_missing == 0
+            && self.actions_doubled == 0
+            && self.state_differences == 0
+    }
+}
+
+pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("cannot create a temp dir")?;
+    let nats = LocalNats::start(free_port()?, &dir.path().join("nats")).await?;
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    for (folder, file) in [
+        (hub::FIXTURE_PLUGINS, "counter.wasm"),
+        (hub::EXAMPLE_PLUGINS, "payment_trouble.wasm"),
+    ] {
+        std::fs::copy(Path::new(folder).join(file), plugins.join(file))
+            .with_context(|| format!("{file} is built with the workspace (cargo build --release)"))?;
+    }
+    let swaps = [
+        PathBuf::from(hub::FIXTURE_PLUGINS).join("counter_v2.wasm"),
+        PathBuf::from(hub::FIXTURE_PLUGINS).join("counter.wasm"),
+    ];
+    let data = dir.path().join("data");
+    let client = async_nats::connect(&nats.url).await?;
+    let js = jetstream::new(client.clone());
+
+    let mut hub = HubProcess::start(&nats.url, &data, &plugins).await?;
+    let inputs = args.actors * (args.rounds + 3);
+    println!(
+        "crash test: {} actors, {inputs} inputs at {}/s, {} kills, seed {}",
+        args.actors, args.rate, args.kills, args.seed
+    );
+    let publisher = tokio::spawn(publish(js.clone(), args.clone()));
+
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    for kill in 0..args.kills {
+        let r = mix64(args.seed ^ (u64::from(kill) << 32));
+        let moment = if kill % 4 == 3 {
+            // Mid-swap: a new version goes live, and the hub dies right after.
+            let wasm = std::fs::read(&swaps[(kill as usize / 4) % 2])?;
+            let url = format!("http://{}/api/plugins/counter", hub.http);
+            let answer = http
+                .put(url)
+                .header("content-type", "application/wasm")
+                .body(wasm)
+                .send()
+                .await?;
+            if !answer.status().is_success() {
+                bail!("the swap was refused: {}", answer.text().await?);
+            }
+            Duration::from_millis(r % 30)
+        } else {
+            Duration::from_millis(50 + r % 400)
+        };
+        tokio::time::sleep(moment).await;
+        hub.kill();
+        hub = HubProcess::start(&nats.url, &data, &plugins).await?;
+    }
+    println!("{} kills in {:.1} s", args.kills, started.elapsed().as_secs_f64());
+    publisher.await.context("publisher")??;
+
+    let verdict = settle_and_compare(&hub, &js, &args).await?;
+    hub.kill();
+    nats.stop().await;
+    println!("inputs lost        {}", verdict.inputs_lost);
+    println!("inputs doubled     {}", verdict.inputs_doubled);
+    println!("actions missing    {}", verdict.actions_missing);
+    println!("actions doubled    {}", verdict.actions_doubled);
+    println!("state differences  {}", verdict.state_differences);
+    if !verdict.clean() {
+        bail!("effects were lost or doubled across the kills");
+    }
+    Ok(())
+}
+
+/// The actors in a seeded order of their own for each round: every actor once.
+fn order(args: &CrashArgs, round: u64) -> Vec<u64> {
+    let mut actors: Vec<u64> = (0..args.actors).collect();
+    actors.sort_by_key(|a| mix64(args.seed ^ (round << 40) ^ a));
+    actors
+}
+
+/// Every input once, in a seeded order over the actors, paced at `--rate`.
+async fn publish(js: jetstream::Context, args: CrashArgs) -> anyhow::Result<()> {
+    let pause = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let mut next = Instant::now();
+    for round in 0..args.rounds.max(3) {
+        for actor in order(&args, round) {
+            let mut kinds = vec![];
+            if round < args.rounds {
+                kinds.push("count.tick");
+            }
+            if round < 3 {
+                kinds.push("payment.failed");
+            }
+            for kind in kinds {
+                let id = format!("{kind}-{round}-{actor}");
+                let body = serde_json::json!({"kind": kind, "actor": format!("c{actor}"), "id": id});
+                store(&js, kind, &id, body.to_string()).await;
+                next += pause;
+                tokio::time::sleep_until(next.into()).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publish until the stream has it (retried with the same `Nats-Msg-Id` while NATS is away).
+async fn store(js: &jetstream::Context, kind: &str, id: &str, body: String) {
+    loop {
+        let publish = jetstream::message::PublishMessage::build()
+            .message_id(id)
+            .payload(body.clone().into());
+        let stored = match js.send_publish(format!("events.{kind}"), publish).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if stored {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until the hub has caught up (no change for a while), then compare.
+async fn settle_and_compare(hub: &HubProcess, js: &jetstream::Context, args: &CrashArgs) -> anyhow::Result<Verdict> {
+    let http = reqwest::Client::new();
+    let mut verdict = Verdict::default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_pending = u64::MAX;
+    loop {
+        let info = js
+            .get_stream("HUB_INPUT")
+            .await?
+            .consumer_info("hub")
+            .await
+            .context("the hub's consumer")?;
+        let pending = info.num_pending + info.num_ack_pending as u64;
+        if pending == 0 || Instant::now() > deadline {
+            break;
+        }
+        if pending == last_pending {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        last_pending = pending;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What was acknowledged is applied; give the last commit a moment to be readable.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut callbacks: HashMap<String, u64> = HashMap::new();
+    let actions = js.get_stream("HUB_ACTIONS").await?;
+    let consumer = actions
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "hub.actions.support.callback".into(),
+            ..Default::default()
+        })
+        .await?;
+    let stored = actions.cached_info().state.messages;
+    let mut messages = consumer.messages().await?;
+    let mut read = 0;
+    while read < stored {
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await else {
+            break;
+        };
+        read += 1;
+        let actor = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(hub::egress::headers::ACTOR))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        *callbacks.entry(actor).or_default() += 1;
+    }
+
+    for actor in 0..args.actors {
+        let name = format!("c{actor}");
+        let url = format!("http://{}/api/actors/{name}", hub.http);
+        let view: serde_json::Value = http.get(url).send().await?.json().await?;
+        let sent = args.rounds;
+        let counted = view["state"]["counter"]["n"].as_u64().unwrap_or(0);
+        verdict.inputs_lost += sent.saturating_sub(counted);
+        verdict.inputs_doubled += counted.saturating_sub(sent);
+        // Three failures: one callback, and the failure count starts again from nothing.
+        let got = callbacks.get(&name).copied().unwrap_or(0);
+        verdict.actions_missing += 1u64.saturating_sub(got);
+        verdict.actions_doubled += got.saturating_sub(1);
+        let failures_left = view["state"].get("payment-trouble").is_some();
+        if counted != sent || failures_left {
+            verdict.state_differences += 1;
+        }
+    }
+    Ok(verdict)
+}
