@@ -13,8 +13,8 @@
 //! `[0: cancel][key_len: u32 LE][key]`, where key is the timer key of [`super::keys`].
 //!
 //! Replaying every record in key order gives the live timers: the records of one shard are in
-//! seq order, and a timer key belongs to one shard only (every start rewrites the whole log for
-//! the current shard count, see [`restore`]).
+//! seq order, and a timer key belongs to one shard only (a start with another shard count
+//! rewrites the whole log for the new one, see [`restore`]).
 //!
 //! The op byte is each entry's format tag: an entry laid out differently must take a new op
 //! value, never reuse 0 or 1, so that a version that does not know it refuses the record instead
@@ -194,11 +194,17 @@ const LOG_TREE: &str = "timer-log";
 const LEGACY_TREE: &str = "timers";
 
 /// Read every pending timer (from the log, and from `legacy`, the one-key-per-timer tree of
-/// earlier versions), then rewrite the log as one snapshot per shard of `shards` and empty
-/// `legacy`. Returns one log per shard and the timers, each with the shard that owns it.
+/// earlier versions). Returns one log per shard of `shards` and the timers, each with the shard
+/// that owns it.
 ///
-/// The rewrite drops every old record, so one that cannot be read is first kept aside in `db`
-/// (the database of both trees) with its sled key, rather than lost with only a log line.
+/// When every record is readable and already belongs to the shard that owns its timers, the log
+/// is kept as it is: each shard's next snapshot replaces its records. Otherwise (another shard
+/// count, legacy timers, an unreadable record) the log is rewritten as one snapshot per shard and
+/// `legacy` emptied. Rewriting at every start grew sled's files by the whole log each time
+/// (1.2 GB after five restarts with 600k timers): sled reclaims the space of removed records
+/// only slowly. The rewrite drops every old record, so one that cannot be read is first kept
+/// aside in `db` (the database of both trees) with its sled key, rather than lost with only a
+/// log line.
 pub fn restore(
     db: &sled::Db,
     log: &sled::Tree,
@@ -225,13 +231,21 @@ pub fn restore(
     }
     let mut batch = sled::Batch::default();
     let mut next_seq = 0;
+    // Per shard: its oldest record and the entries in its records, while the log can be kept.
+    let mut kept: Option<Vec<(Option<u64>, usize)>> = legacy.is_empty().then(|| vec![(None, 0); shards]);
     for record in log.iter() {
         let (key, value) = record?;
         batch.remove(key.clone());
-        if let Some(seq) = key.get(2..).and_then(|s| <[u8; 8]>::try_from(s).ok()) {
-            next_seq = next_seq.max(u64::from_be_bytes(seq) + 1);
-        }
+        let (record_shard, seq) = match (key.get(..2), key.get(2..)) {
+            (Some(shard), Some(seq)) if seq.len() == 8 => (
+                usize::from(u16::from_be_bytes([shard[0], shard[1]])),
+                u64::from_be_bytes(<[u8; 8]>::try_from(seq).unwrap_or_default()),
+            ),
+            _ => (usize::MAX, 0),
+        };
+        next_seq = next_seq.max(seq + 1);
         let Some(entries) = decode_record(&value) else {
+            kept = None;
             unreadable::keep_aside(
                 db,
                 LOG_TREE,
@@ -244,6 +258,20 @@ pub fn restore(
         if entries.iter().any(|(key, _)| keys::timer_actor(key).is_none()) {
             // Its other entries still count: only the one without an actor cannot be placed.
             unreadable::keep_aside(db, LOG_TREE, &key, &value, &"a timer key that names no actor");
+            kept = None;
+        }
+        if let Some(shards_seen) = kept.as_mut() {
+            let owned_here = entries
+                .iter()
+                .filter_map(|(key, _)| keys::timer_actor(key))
+                .all(|actor| shard_of(actor) == record_shard);
+            match shards_seen.get_mut(record_shard) {
+                Some((first, count)) if owned_here => {
+                    *first = Some(first.map_or(seq, |f: u64| f.min(seq)));
+                    *count += entries.len();
+                }
+                _ => kept = None,
+            }
         }
         for (key, timer) in entries.into_iter().filter(|(key, _)| keys::timer_actor(key).is_some()) {
             match timer {
@@ -265,6 +293,21 @@ pub fn restore(
         if let Some(timers) = owned.get_mut(shard_of(actor)) {
             timers.push((key, due, payload));
         }
+    }
+    if let Some(shards_seen) = kept {
+        let logs = shards_seen
+            .into_iter()
+            .enumerate()
+            .map(|(shard, (first, entries))| TimerLog {
+                tree: log.clone(),
+                shard: u16::try_from(shard).unwrap_or(u16::MAX),
+                first_seq: first.unwrap_or(next_seq),
+                next_seq,
+                since_snapshot: entries,
+                snapshot_requested: false,
+            })
+            .collect();
+        return Ok((logs, owned));
     }
     // Fresh seqs above every old one, so no new record shares a key with one being removed.
     let mut logs = Vec::with_capacity(shards);
@@ -352,6 +395,43 @@ mod tests {
         // And the rewritten log alone holds the same.
         let (_, again) = restore(&db, &log, &legacy, 2, |actor| usize::from(actor == "a")).expect("restore");
         assert_eq!(again, owned);
+    }
+
+    fn record_keys(log: &sled::Tree) -> Vec<Vec<u8>> {
+        log.iter().keys().map(|k| k.expect("key").to_vec()).collect()
+    }
+
+    #[test]
+    fn a_restart_with_the_same_shard_count_keeps_the_log_instead_of_rewriting_it() {
+        let (db, log, legacy) = trees();
+        let shard_of = |actor: &str| usize::from(actor == "a");
+        let (mut logs, _) = restore(&db, &log, &legacy, 2, shard_of).expect("restore");
+        let mut batch = sled::Batch::default();
+        let mut w = logs[1].writer(&mut batch);
+        w.set(&key("a", "t"), 10, b"a");
+        w.finish();
+        let mut w = logs[0].writer(&mut batch);
+        w.set(&key("b", "t"), 20, b"b");
+        w.finish();
+        log.apply_batch(batch).expect("apply");
+        let before = record_keys(&log);
+
+        let (mut logs, owned) = restore(&db, &log, &legacy, 2, shard_of).expect("restore");
+        assert_eq!(record_keys(&log), before, "nothing rewritten");
+        assert_eq!(owned[1], vec![(key("a", "t").into(), 10, b"a".to_vec())]);
+        assert_eq!(owned[0], vec![(key("b", "t").into(), 20, b"b".to_vec())]);
+
+        // New records go after the kept ones, and a snapshot still replaces them all.
+        let mut batch = sled::Batch::default();
+        logs[1].snapshot(&mut batch, std::iter::once((&key("a", "t")[..], 40, &b"a2"[..])));
+        log.apply_batch(batch).expect("apply");
+        let (_, owned) = restore(&db, &log, &legacy, 2, shard_of).expect("restore");
+        assert_eq!(owned[1], vec![(key("a", "t").into(), 40, b"a2".to_vec())]);
+        assert_eq!(owned[0].len(), 1);
+
+        // Another shard count rewrites it.
+        restore(&db, &log, &legacy, 3, |_| 2).expect("restore");
+        assert_ne!(record_keys(&log), before);
     }
 
     #[test]
