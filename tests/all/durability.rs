@@ -1,6 +1,7 @@
 //! What survives a restart: plugin state and pending durable timers.
 
 use crate::support::{Env, json, next, nothing};
+use hub_bench::crash::HubProcess;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,53 +74,13 @@ async fn inputs_published_while_the_hub_is_down_are_processed_when_it_is_back() 
     hub.shutdown().await;
 }
 
-/// A `hub up` process of its own, so a test can kill it with SIGKILL.
-struct HubProcess {
-    child: std::process::Child,
-    http: std::net::SocketAddr,
-}
-
-impl HubProcess {
-    async fn start(env: &Env, plugins: &std::path::Path) -> HubProcess {
-        HubProcess::start_on(env, &env.nats.url, plugins).await
-    }
-
-    /// With `nats`: where nothing answers, `hub up` starts a nats-server of its own there.
-    async fn start_on(env: &Env, nats: &str, plugins: &std::path::Path) -> HubProcess {
-        let port = hub::nats_server::free_port().expect("free port");
-        let http: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hub"))
-            .args(["up", "--nats", nats, "--http", &http.to_string()])
-            .arg("--data")
-            .arg(env.dir.path().join("data"))
-            .arg("--plugins")
-            .arg(plugins)
-            .env("HUB_ENGINE__SHARDS", "2")
-            .env("HUB_ENGINE__COMMIT_INTERVAL_MS", "20")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("hub starts");
-        let process = HubProcess { child, http };
-        let started = std::time::Instant::now();
-        let health = format!("http://{http}/healthz");
-        while !reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) {
-            assert!(started.elapsed().as_secs() < 30, "hub up did not answer /healthz");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        process
-    }
-
-    fn kill(self) {
-        // Drop sends the SIGKILL.
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `hub up` as a process of its own (so a test can kill it with SIGKILL) on `nats`, with this
+/// test's data folder and `plugins`.
+async fn hub_process(env: &Env, nats: &str, plugins: &std::path::Path) -> HubProcess {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_hub"));
+    HubProcess::start(exe, nats, &env.dir.path().join("data"), plugins)
+        .await
+        .expect("hub up answers /healthz")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +97,7 @@ async fn a_hub_killed_twice_mid_stream_loses_no_input_and_doubles_no_action() {
             crate::support::fixture("counter.wasm"),
         ],
     );
-    let mut hub = HubProcess::start(&env, &plugins).await;
+    let mut hub = hub_process(&env, &env.nats.url, &plugins).await;
 
     // Per actor and round, a tick and a payment failure, interleaved over the actors, at about
     // 10k inputs/s, with JetStream acknowledgements (every one of them is in the input
@@ -169,7 +130,7 @@ async fn a_hub_killed_twice_mid_stream_loses_no_input_and_doubles_no_action() {
     for pause in [250, 350] {
         tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
         hub.kill();
-        hub = HubProcess::start(&env, &plugins).await;
+        hub = hub_process(&env, &env.nats.url, &plugins).await;
         replayed += metric(&hub, "hub_inputs_replayed_total").await;
     }
     publisher.await.expect("publisher");
@@ -192,7 +153,7 @@ async fn a_hub_killed_twice_mid_stream_loses_no_input_and_doubles_no_action() {
     // And no input applied twice or lost: three ticks counted, and the failure count started
     // again from nothing after the callback.
     for a in 0..ACTORS {
-        let api = format!("http://{}/api/actors/k{a}", hub.http);
+        let api = format!("http://{}/api/actors/k{a}", hub.http());
         let view: serde_json::Value = reqwest::get(&api).await.expect("GET").json().await.expect("JSON");
         assert_eq!(view["state"]["counter"]["n"], 3, "k{a}: {view}");
         assert!(view["state"].get("payment-trouble").is_none(), "k{a}: {view}");
@@ -203,7 +164,7 @@ async fn a_hub_killed_twice_mid_stream_loses_no_input_and_doubles_no_action() {
 
 /// The sum of a counter's series on the hub's `/metrics`.
 async fn metric(hub: &HubProcess, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", hub.http))
+    let text = reqwest::get(format!("http://{}/metrics", hub.http()))
         .await
         .expect("GET /metrics")
         .text()
@@ -220,7 +181,7 @@ async fn a_nats_server_started_by_hub_up_dies_with_a_killed_hub() {
     let env = Env::new().await;
     let port = hub::nats_server::free_port().expect("free port");
     let url = format!("nats://127.0.0.1:{port}");
-    let hub = HubProcess::start_on(&env, &url, std::path::Path::new(hub::EXAMPLE_PLUGINS)).await;
+    let hub = hub_process(&env, &url, std::path::Path::new(hub::EXAMPLE_PLUGINS)).await;
     assert!(hub::nats_server::reachable(&url).await, "hub up started its server");
     hub.kill();
     let killed = std::time::Instant::now();

@@ -39,14 +39,16 @@ pub struct CrashArgs {
     pub seed: u64,
 }
 
-/// A `hub up` child process.
-struct HubProcess {
+/// A `hub up` child process, killed with SIGKILL when dropped (also used by the test suite).
+pub struct HubProcess {
     child: Child,
     http: SocketAddr,
 }
 
 impl HubProcess {
-    async fn start(nats: &str, data: &Path, plugins: &Path) -> anyhow::Result<HubProcess> {
+    /// Run `exe up` on `nats` (where nothing answers, it starts a nats-server of its own) with
+    /// `data` and `plugins`, and wait until it answers `/healthz`. Its log goes to `data.log`.
+    pub async fn start(exe: &Path, nats: &str, data: &Path, plugins: &Path) -> anyhow::Result<HubProcess> {
         let port = free_port().context("no free port for the hub's HTTP")?;
         let http = SocketAddr::from(([127, 0, 0, 1], port));
         let log = std::fs::OpenOptions::new()
@@ -54,7 +56,7 @@ impl HubProcess {
             .append(true)
             .open(data.with_extension("log"))
             .context("cannot open the hub's log")?;
-        let child = Command::new(std::env::current_exe().context("cannot find the hub binary")?)
+        let child = Command::new(exe)
             .args(["up", "--nats", nats, "--http", &http.to_string()])
             .arg("--data")
             .arg(data)
@@ -83,10 +85,13 @@ impl HubProcess {
         Ok(process)
     }
 
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Where its HTTP (API, `/healthz`, `/metrics`) listens.
+    pub fn http(&self) -> SocketAddr {
+        self.http
     }
+
+    /// SIGKILL it (what dropping it does).
+    pub fn kill(self) {}
 }
 
 impl Drop for HubProcess {
@@ -133,10 +138,11 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
         PathBuf::from(hub::FIXTURE_PLUGINS).join("counter.wasm"),
     ];
     let data = dir.path().join("data");
+    let exe = std::env::current_exe().context("cannot find the hub binary")?;
     let client = async_nats::connect(&nats.url).await?;
     let js = jetstream::new(client.clone());
 
-    let mut hub = HubProcess::start(&nats.url, &data, &plugins).await?;
+    let mut hub = HubProcess::start(&exe, &nats.url, &data, &plugins).await?;
     let inputs = args.actors * (args.rounds + 3);
     println!(
         "crash test: {} actors, {inputs} inputs at {}/s, {} kills, seed {}",
@@ -167,7 +173,7 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
         };
         tokio::time::sleep(moment).await;
         hub.kill();
-        hub = HubProcess::start(&nats.url, &data, &plugins).await?;
+        hub = HubProcess::start(&exe, &nats.url, &data, &plugins).await?;
     }
     println!("{} kills in {:.1} s", args.kills, started.elapsed().as_secs_f64());
     publisher.await.context("publisher")??;

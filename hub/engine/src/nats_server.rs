@@ -117,8 +117,8 @@ impl LocalNats {
         })
     }
 
-    /// Stop the server gracefully and leave it stopped (an outage, for tests and the crash
-    /// test); [`LocalNats::start_again`] brings it back on the same port and store.
+    /// Stop the server gracefully (SIGTERM, a kill after 5 s) and keep the handle: for an
+    /// outage in tests, [`LocalNats::start_again`] brings it back on the same port and store.
     pub async fn halt(&mut self) {
         if let Some(pid) = self.child.id() {
             let _ = nix::sys::signal::kill(
@@ -147,18 +147,6 @@ impl LocalNats {
 
     /// Stop the server gracefully (SIGTERM), killing it if it does not exit in 5 s.
     pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-        let _ = self.child.kill().await;
+        self.halt().await;
     }
 }
