@@ -194,8 +194,28 @@ async fn a_nats_server_started_by_hub_up_dies_with_a_killed_hub() {
     }
 }
 
+/// How the NATS server goes away in [`ride_out_a_nats_outage`].
+enum Outage {
+    /// SIGTERM: the server flushes and says goodbye.
+    Stop,
+    /// SIGKILL: nothing of the kind.
+    Crash,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_under_load_is_ridden_out_and_every_stored_input_counts_once() {
+    ride_out_a_nats_outage(Outage::Stop, std::time::Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_killed_under_load_is_ridden_out_and_every_stored_input_counts_once() {
+    ride_out_a_nats_outage(Outage::Crash, std::time::Duration::from_secs(5)).await;
+}
+
+/// Ticks (and relays, whose ticks cross to other shards) with JetStream acknowledgements while
+/// the server goes away for `down` and comes back on the same port and store: the hub is
+/// degraded meanwhile, healthy again soon after, and every stored input counts exactly once.
+async fn ride_out_a_nats_outage(outage: Outage, down: std::time::Duration) {
     const ACTORS: usize = 300;
     const TICKS: usize = 4;
     let mut env = Env::new().await;
@@ -208,29 +228,29 @@ async fn a_nats_restart_under_load_is_ridden_out_and_every_stored_input_counts_o
     let hub = env.start(config).await;
     let health = format!("http://{}/healthz", hub.http_addr());
 
-    // Ticks with JetStream acknowledgements, each retried until the stream has it, while the
-    // server is stopped (SIGTERM) for 3 s and started again on the same port and store.
     let publisher = tokio::spawn({
         let js = async_nats::jetstream::new(env.client.clone());
         async move {
             for round in 0..TICKS {
                 for a in 0..ACTORS {
-                    let id = format!("t{round}-{a}");
-                    let body = json!({"kind": "count.tick", "actor": format!("n{a}"), "id": id});
-                    loop {
-                        // With its id as Nats-Msg-Id: a retry after a lost acknowledgement is
-                        // dropped by the input stream instead of stored twice.
-                        let publish = async_nats::jetstream::message::PublishMessage::build()
-                            .message_id(id.as_str())
-                            .payload(body.to_string().into());
-                        let stored = match js.send_publish("events.count.tick", publish).await {
-                            Ok(ack) => ack.await.is_ok(),
-                            Err(_) => false,
-                        };
-                        if stored {
-                            break;
+                    for kind in ["count.tick", "count.relay"] {
+                        let id = format!("{kind}-{round}-{a}");
+                        let body = json!({"kind": kind, "actor": format!("n{a}"), "id": id});
+                        loop {
+                            // With its id as Nats-Msg-Id: a retry after a lost acknowledgement
+                            // is dropped by the input stream instead of stored twice.
+                            let publish = async_nats::jetstream::message::PublishMessage::build()
+                                .message_id(id.as_str())
+                                .payload(body.to_string().into());
+                            let stored = match js.send_publish(format!("events.{kind}"), publish).await {
+                                Ok(ack) => ack.await.is_ok(),
+                                Err(_) => false,
+                            };
+                            if stored {
+                                break;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         }
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                     tokio::time::sleep(std::time::Duration::from_micros(500)).await;
                 }
@@ -238,11 +258,14 @@ async fn a_nats_restart_under_load_is_ridden_out_and_every_stored_input_counts_o
         }
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    env.nats.halt().await;
+    match outage {
+        Outage::Stop => env.nats.halt().await,
+        Outage::Crash => env.nats.crash().await,
+    }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let down = reqwest::get(&health).await.expect("GET /healthz");
-    assert_eq!(down.status(), 503, "degraded while NATS is away");
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let degraded = reqwest::get(&health).await.expect("GET /healthz");
+    assert_eq!(degraded.status(), 503, "degraded while NATS is away");
+    tokio::time::sleep(down.saturating_sub(std::time::Duration::from_millis(500))).await;
     env.nats.start_again().await.expect("nats-server again");
     let back = std::time::Instant::now();
     while !reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) {
@@ -253,21 +276,62 @@ async fn a_nats_restart_under_load_is_ridden_out_and_every_stored_input_counts_o
     publisher.await.expect("publisher");
 
     let api = crate::support::Api::new(&hub, None);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    for a in 0..ACTORS {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for actor in (0..ACTORS).flat_map(|a| [format!("n{a}"), format!("relayed:n{a}")]) {
         loop {
-            let (_, view) = api.get(&format!("/api/actors/n{a}")).await;
+            let (_, view) = api.get(&format!("/api/actors/{actor}")).await;
             let n = view["state"]["counter"]["n"].as_u64().unwrap_or(0);
-            assert!(n <= TICKS as u64, "n{a} counted {n} ticks of {TICKS}: {view}");
+            assert!(n <= TICKS as u64, "{actor} counted {n} ticks of {TICKS}: {view}");
             if n == TICKS as u64 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "n{a} stuck at {n}: {view}");
+            assert!(std::time::Instant::now() < deadline, "{actor} stuck at {n}: {view}");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+    let text = reqwest::get(format!("http://{}/metrics", hub.http_addr()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("hub_nats_disconnects_total") && !l.ends_with(" 0")),
+        "the outage is counted:\n{text}"
+    );
     eprintln!("healthy again {reconnected:?} after the server was back");
     hub.shutdown().await;
+}
+
+/// A process of its own: the metrics are the process's, not shared with other tests' hubs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_core_mode_an_outage_is_counted_and_timed() {
+    let mut env = Env::new().await;
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_hub"));
+    let plugins = crate::support::plugin_folder(&env, "counter-only", &[crate::support::fixture("counter.wasm")]);
+    let data = env.dir.path().join("data");
+    let hub = HubProcess::start_with(exe, &env.nats.url, &data, &plugins, &[("HUB_INPUT__MODE", "core")])
+        .await
+        .expect("hub up answers /healthz");
+    let down = std::time::Duration::from_secs(2);
+    env.nats.halt().await;
+    tokio::time::sleep(down).await;
+    env.nats.start_again().await.expect("nats-server again");
+    let health = format!("http://{}/healthz", hub.http());
+    let back = std::time::Instant::now();
+    while !reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(back.elapsed().as_secs() < 5, "the hub did not reconnect");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&hub, "hub_nats_disconnects_total").await, 1.0);
+    let outage_ms = metric(&hub, "hub_nats_disconnected_milliseconds_total").await;
+    let expected = down.as_millis() as f64;
+    assert!(
+        (expected..expected + 3000.0).contains(&outage_ms),
+        "the outage lasted about {down:?}: {outage_ms} ms counted"
+    );
+    hub.kill();
 }
 
 /// The short version of `hub crash-test` (the long runs are in the README).
@@ -297,6 +361,8 @@ fn the_crash_test_finds_nothing_lost_or_doubled_over_a_few_kills() {
     for line in [
         "inputs lost",
         "inputs doubled",
+        "handoffs lost",
+        "handoffs doubled",
         "actions missing",
         "actions doubled",
         "state differences",

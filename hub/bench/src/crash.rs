@@ -6,7 +6,9 @@
 //! The workload: per actor, `--rounds` ticks for the `counter` fixture (its count must end at
 //! exactly the number of ticks) and three payment failures for the `payment-trouble` example
 //! (exactly one `support.callback` each, after which its failure count starts again from
-//! nothing). Inputs are published with JetStream acknowledgements and their id as
+//! nothing). A `count.relay` per round makes the counter emit a tick for `relayed:<actor>`,
+//! most often an actor of another shard: its count must end at the number of rounds too, which
+//! proves that events crossing between shards are handled once. Inputs are published with JetStream acknowledgements and their id as
 //! `Nats-Msg-Id`, retried until stored, so every one of them is in the stream exactly once.
 
 use super::workload::mix64;
@@ -49,6 +51,18 @@ impl HubProcess {
     /// Run `exe up` on `nats` (where nothing answers, it starts a nats-server of its own) with
     /// `data` and `plugins`, and wait until it answers `/healthz`. Its log goes to `data.log`.
     pub async fn start(exe: &Path, nats: &str, data: &Path, plugins: &Path) -> anyhow::Result<HubProcess> {
+        HubProcess::start_with(exe, nats, data, plugins, &[]).await
+    }
+
+    /// [`HubProcess::start`] with more environment (config overrides such as
+    /// `HUB_INPUT__MODE=core`).
+    pub async fn start_with(
+        exe: &Path,
+        nats: &str,
+        data: &Path,
+        plugins: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<HubProcess> {
         let port = free_port().context("no free port for the hub's HTTP")?;
         let http = SocketAddr::from(([127, 0, 0, 1], port));
         let log = std::fs::OpenOptions::new()
@@ -64,6 +78,7 @@ impl HubProcess {
             .arg(plugins)
             .env("HUB_ENGINE__COMMIT_INTERVAL_MS", "20")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -106,6 +121,8 @@ impl Drop for HubProcess {
 struct Verdict {
     inputs_lost: u64,
     inputs_doubled: u64,
+    handoffs_lost: u64,
+    handoffs_doubled: u64,
     actions_missing: u64,
     actions_doubled: u64,
     state_differences: u64,
@@ -115,6 +132,8 @@ impl Verdict {
     fn clean(&self) -> bool {
         self.inputs_lost == 0
             && self.inputs_doubled == 0
+            && self.handoffs_lost == 0
+            && self.handoffs_doubled == 0
             && self.actions_missing == 0
             && self.actions_doubled == 0
             && self.state_differences == 0
@@ -143,7 +162,7 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
 
     let mut hub = HubProcess::start(&exe, &nats.url, &data, &plugins).await?;
-    let inputs = args.actors * (args.rounds + 3);
+    let inputs = args.actors * (2 * args.rounds + 3);
     println!(
         "crash test: {} actors, {inputs} inputs at {}/s, {} kills, seed {}",
         args.actors, args.rate, args.kills, args.seed
@@ -183,6 +202,8 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
     nats.stop().await;
     println!("inputs lost        {}", verdict.inputs_lost);
     println!("inputs doubled     {}", verdict.inputs_doubled);
+    println!("handoffs lost      {}", verdict.handoffs_lost);
+    println!("handoffs doubled   {}", verdict.handoffs_doubled);
     println!("actions missing    {}", verdict.actions_missing);
     println!("actions doubled    {}", verdict.actions_doubled);
     println!("state differences  {}", verdict.state_differences);
@@ -207,7 +228,7 @@ async fn publish(js: jetstream::Context, args: CrashArgs) -> anyhow::Result<()> 
         for actor in order(&args, round) {
             let mut kinds = vec![];
             if round < args.rounds {
-                kinds.push("count.tick");
+                kinds.extend(["count.tick", "count.relay"]);
             }
             if round < 3 {
                 kinds.push("payment.failed");
@@ -305,7 +326,12 @@ async fn settle_and_compare(hub: &HubProcess, js: &jetstream::Context, args: &Cr
         verdict.actions_missing += 1u64.saturating_sub(got);
         verdict.actions_doubled += got.saturating_sub(1);
         let failures_left = view["state"].get("payment-trouble").is_some();
-        if counted != sent || failures_left {
+        let url = format!("http://{}/api/actors/relayed:{name}", hub.http);
+        let relayed: serde_json::Value = http.get(url).send().await?.json().await?;
+        let relayed = relayed["state"]["counter"]["n"].as_u64().unwrap_or(0);
+        verdict.handoffs_lost += sent.saturating_sub(relayed);
+        verdict.handoffs_doubled += relayed.saturating_sub(sent);
+        if counted != sent || relayed != sent || failures_left {
             verdict.state_differences += 1;
         }
     }

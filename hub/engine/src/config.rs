@@ -123,7 +123,8 @@ pub struct PushConfig {
     pub secret: Option<String>,
 }
 
-/// The JetStream stream that keeps actions and deliveries (`hub.actions.>`, `hub.deliveries.>`).
+/// The JetStream stream that keeps actions and deliveries (`hub.actions.>`, `hub.deliveries.>`),
+/// and emitted events if asked.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ActionsConfig {
@@ -134,6 +135,11 @@ pub struct ActionsConfig {
     /// How long actions are kept.
     #[serde(with = "duration_text")]
     pub max_age: Duration,
+    /// Keep the events plugins emit (`hub.events.>`) in this stream too, each with its id as
+    /// `Nats-Msg-Id`: a reader of the stream then sees each emitted event once across crashes
+    /// (a plain subscriber may see one again after a crash, with the same id). Off by default:
+    /// storing every emitted event costs the server and the hub throughput.
+    pub keep_events: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -339,6 +345,7 @@ impl Default for ActionsConfig {
             stream: "HUB_ACTIONS".into(),
             dedup_window: Duration::from_secs(600),
             max_age: Duration::from_secs(7 * 24 * 3600),
+            keep_events: false,
         }
     }
 }

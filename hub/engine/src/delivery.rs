@@ -138,10 +138,11 @@ pub async fn ensure_action_stream(
     let js = async_nats::jetstream::new(client.clone());
     let stream = stream::Config {
         name: config.stream.clone(),
-        subjects: vec![
-            format!("{}.>", subjects::ACTIONS),
-            format!("{}.>", subjects::DELIVERIES),
-        ],
+        subjects: [subjects::ACTIONS, subjects::DELIVERIES]
+            .into_iter()
+            .chain(config.keep_events.then_some(subjects::EVENTS))
+            .map(|prefix| format!("{prefix}.>"))
+            .collect(),
         duplicate_window: config.dedup_window,
         max_age: config.max_age,
         storage: stream::StorageType::File,

@@ -15,14 +15,18 @@
 //!   one acknowledgement covers every earlier input (`AckPolicy::All`). At start the consumer
 //!   resumes right after the last acknowledged input, so nothing between it and the
 //!   checkpoints is skipped by waiting for the server's redelivery timer.
+//! - An event a plugin emits for an actor of another shard crosses through the `handoffs` tree,
+//!   written with its cause's commit and removed with its own effects' ([`Handoffs`]).
 
 mod acks;
 mod checkpoints;
+mod handoffs;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use acks::Acks;
 pub use checkpoints::{CheckpointError, Checkpoints, adopt_stream};
+pub use handoffs::{Handoff, HandoffError, HandoffKey, Handoffs};
 
 /// Where a stream input stands in the hub: its stream sequence, and its place in its shard's
 /// queue (what the shard reports as handled; see [`Acks`]).

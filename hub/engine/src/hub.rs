@@ -5,7 +5,7 @@ use crate::arbiter::PolicyStore;
 use crate::config::{Config, InputMode};
 use crate::delivery::Sinks;
 use crate::delivery::push::PushHub;
-use crate::durable::FlushClock;
+use crate::durable::{FlushClock, Handoffs};
 use crate::egress::Egress;
 use crate::ingress::stream::{InputStream, Wiring};
 use crate::ingress::{CompiledRule, Ingress};
@@ -53,6 +53,8 @@ pub enum StartError {
     Input(#[from] crate::ingress::stream::StreamError),
     #[error(transparent)]
     Checkpoints(#[from] crate::durable::CheckpointError),
+    #[error(transparent)]
+    Handoffs(#[from] crate::durable::HandoffError),
 }
 
 /// A running hub.
@@ -91,13 +93,11 @@ impl Hub {
             // seconds, and what core subscriptions miss meanwhile is lost).
             .reconnect_delay_callback(|attempts| crate::limits::RECONNECT_DELAY_STEP * attempts.min(5) as u32)
             .client_capacity(config.nats.outbound_capacity)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::SlowConsumer(sid) => {
-                        metrics::counter!(crate::metrics::SLOW_CONSUMER).increment(1);
-                        tracing::error!(sid, "NATS slow consumer: the client dropped messages");
-                    }
-                    other => tracing::info!(event = %other, "NATS connection event"),
+            .event_callback({
+                let watch = crate::connection::ConnectionWatch::new(config.input.mode);
+                move |event| {
+                    let watch = watch.clone();
+                    async move { watch.on_event(event) }
                 }
             })
             .connect(config.nats.url.as_str())
@@ -168,8 +168,12 @@ impl Hub {
             None => (None, None),
         };
         let (committer, commits) = Committer::start(shard_count * 4, durability)?;
+        // Read before any shard runs, so each record left over is handed on once.
+        let handoffs = Handoffs::load(db.sled(), durable.is_some(), shard_count, |actor| {
+            router.shard_of(actor)
+        })?;
         let mut shards = Vec::with_capacity(shard_count);
-        for (id, (rx, timers)) in receivers.into_iter().zip(wheels).enumerate() {
+        for (id, ((rx, timers), handoffs)) in receivers.into_iter().zip(wheels).zip(handoffs).enumerate() {
             let setup = ShardSetup {
                 id,
                 rx,
@@ -184,6 +188,8 @@ impl Hub {
                 policies: policies.clone(),
                 sinks: sinks.clone(),
                 checkpoints: crate::durable::Checkpoints::open(db.sled())?,
+                handoffs,
+                keep_events: config.actions.keep_events,
             };
             // The shard instantiates its plugins on its own thread; wait for that, so the hub
             // serves every plugin once `start` returns.

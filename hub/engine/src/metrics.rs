@@ -35,6 +35,10 @@ pub const INPUTS_ACKED: &str = "hub_inputs_acked_total";
 pub const INPUTS_UNACKED: &str = "hub_inputs_unacknowledged";
 /// Inputs in the stream the hub's consumer has not received yet (its lag).
 pub const CONSUMER_PENDING: &str = "hub_input_consumer_pending";
+/// Times the NATS connection was lost.
+pub const NATS_DISCONNECTS: &str = "hub_nats_disconnects_total";
+/// Time spent without a NATS connection (in core mode, inputs published then are lost).
+pub const NATS_DISCONNECTED_MS: &str = "hub_nats_disconnected_milliseconds_total";
 /// Commits made without NATS confirming the outputs before them (see `OUTPUT_CONFIRM_PATIENCE`).
 pub const OUTPUTS_UNCONFIRMED: &str = "hub_outputs_unconfirmed_total";
 
@@ -90,6 +94,11 @@ fn recorder() -> PrometheusHandle {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(EVENTS_IN, "Events accepted from NATS");
+    describe_counter!(NATS_DISCONNECTS, "Times the NATS connection was lost");
+    describe_counter!(
+        NATS_DISCONNECTED_MS,
+        "Milliseconds without a NATS connection (core mode: inputs published then are lost)"
+    );
     describe_counter!(EVENTS_EMITTED, "Events emitted by plugins");
     describe_counter!(ACTIONS_OUT, "Actions that passed the arbiter");
     describe_counter!(

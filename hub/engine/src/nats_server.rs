@@ -134,7 +134,12 @@ impl LocalNats {
         }
     }
 
-    /// Start the server again after [`LocalNats::halt`].
+    /// Kill the server with SIGKILL, as a crash would (no flush, no goodbye to clients).
+    pub async fn crash(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Start the server again after [`LocalNats::halt`] or [`LocalNats::crash`].
     pub async fn start_again(&mut self) -> Result<(), NatsServerError> {
         *self = LocalNats::start(self.port, &self.store.clone()).await?;
         Ok(())

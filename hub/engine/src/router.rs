@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 pub enum ShardMsg {
     Event(Routed),
+    /// An event emitted on another shard, kept in the `handoffs` tree until its effects here
+    /// are committed (durable mode).
+    Handoff(crate::durable::Handoff),
     /// Wake up and look at the live plugin set (it changed).
     Reload,
     /// Inspect or erase what the shard holds about an actor, in order with its events.

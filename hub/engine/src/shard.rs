@@ -23,7 +23,7 @@ use crate::actor::ActorRequest;
 use crate::arbiter::{Delivered, HELD_ACTIONS, Judge, PolicyStore};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::delivery::{Delivery, Dispatch, Sinks};
-use crate::durable::Checkpoints;
+use crate::durable::{Checkpoints, Handoff, Handoffs};
 use crate::egress::{Batcher, Egress, Outbound, subjects};
 use crate::event::{ACTION_KIND_PREFIX, Action, Event, Routed, derived_id, now_ms};
 use crate::metrics as m;
@@ -55,6 +55,11 @@ pub struct ShardSetup {
     pub sinks: Sinks,
     /// The inputs applied so far, per partition (durable mode).
     pub checkpoints: Checkpoints,
+    /// Events emitted for other shards that cross through the `handoffs` tree (durable mode).
+    pub handoffs: Handoffs,
+    /// Whether emitted events carry their id as `Nats-Msg-Id`, for the output stream that
+    /// keeps them (`[actions] keep_events`).
+    pub keep_events: bool,
 }
 
 /// A shard's gauges and counters, registered once.
@@ -84,6 +89,8 @@ pub struct Shard {
     /// What this turn publishes, in order (handed to NATS at the end of the turn).
     egress: Batcher,
     commits: ShardCommits,
+    /// Whether emitted events carry `Nats-Msg-Id` (see [`ShardSetup::keep_events`]).
+    keep_events: bool,
     /// The inputs applied so far, per partition: a stream input at or below its partition's
     /// checkpoint was applied already (see `durable`).
     checkpoints: Checkpoints,
@@ -111,13 +118,14 @@ impl Shard {
             })),
             plugins: Plugins::new(setup.id, setup.live, setup.stats, setup.db.clone()),
             db: setup.db,
-            chain: Chain::new(setup.id, setup.router),
+            chain: Chain::new(setup.id, setup.router, setup.handoffs),
             judge,
             delivered: Vec::new(),
             dispatch: Dispatch::new(setup.sinks),
             egress: Batcher::new(setup.egress),
             commits: ShardCommits::new(setup.id, setup.commits, commit_every),
             checkpoints: setup.checkpoints,
+            keep_events: setup.keep_events,
             handled: 0,
             metrics: ShardMetrics {
                 queue_depth: metrics::gauge!(m::SHARD_QUEUE_DEPTH, "shard" => label.clone()),
@@ -135,6 +143,9 @@ impl Shard {
     pub fn run(mut self) {
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut stopping = false;
+        for handoff in self.chain.take_restored() {
+            self.take_handoff(handoff);
+        }
         loop {
             if self.plugins.outdated() {
                 let stores = home(&mut self.stores);
@@ -149,13 +160,14 @@ impl Shard {
             for msg in batch.drain(..) {
                 match msg {
                     ShardMsg::Event(routed) => self.process(routed),
+                    ShardMsg::Handoff(handoff) => self.take_handoff(handoff),
                     ShardMsg::Reload => {}
                     ShardMsg::Actor { actor, request } => self.answer(&actor, request),
                     ShardMsg::Stop => stopping = true,
                 }
             }
             self.fire_due_timers();
-            self.chain.flush_outbox();
+            self.chain.flush_outbox(self.commits.applied());
             self.egress.flush();
             self.metrics.queue_depth.set(self.rx.len() as f64);
             if Instant::now() >= self.commits.next() {
@@ -177,7 +189,7 @@ impl Shard {
             let in_ms = (due - now_ms()).max(0) as u64;
             wake = wake.min(now + Duration::from_millis(in_ms));
         }
-        if self.chain.waiting() {
+        if self.chain.waiting() || self.chain.handoffs_waiting() {
             wake = wake.min(now + Duration::from_millis(1));
         }
         wake
@@ -203,6 +215,15 @@ impl Shard {
         }
         self.chain.push_local(routed);
         self.run_chain();
+    }
+
+    /// Run an event another shard emitted for one of this shard's actors; its record in the
+    /// `handoffs` tree goes with the commit that keeps its effects.
+    fn take_handoff(&mut self, handoff: Handoff) {
+        let Handoff { key, routed, .. } = handoff;
+        self.chain.push_local(routed);
+        self.run_chain();
+        self.chain.handoff_done(key);
     }
 
     /// Run the subscribers of every event queued for this shard's own actors, then judge the
@@ -348,10 +369,15 @@ impl Shard {
         }
         self.metrics.events_emitted.increment(1);
         match event.to_json() {
-            // No headers: the id is in the body, and headers cost a hash map per message.
+            // Headers only for the stream's dedup: the id is in the body, and headers cost a
+            // hash map per message.
             Ok(body) => self.egress.push(Outbound {
                 subject: subjects::join(subjects::EVENTS, &event.kind),
-                headers: None,
+                headers: self.keep_events.then(|| {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert(crate::egress::headers::MSG_ID, event.id.as_str());
+                    h
+                }),
                 payload: Bytes::from(body),
             }),
             Err(e) => tracing::warn!(error = %e, kind = event.kind, "emitted event not representable as JSON"),
@@ -409,9 +435,14 @@ impl Shard {
     fn commit(&mut self) {
         self.plugins.fold_stats();
         let stores = home(&mut self.stores);
-        let checkpoints = self.checkpoints.take_commit();
+        let seq = self.commits.upcoming();
+        let durable = self
+            .checkpoints
+            .take_commit()
+            .into_iter()
+            .chain(self.chain.take_commit(seq));
         self.commits
-            .commit(&mut stores.state, &mut stores.timers, checkpoints, self.handled);
+            .commit(&mut stores.state, &mut stores.timers, durable, self.handled);
     }
 }
 

@@ -27,14 +27,22 @@ impl Plugin for Counter {
     fn describe() -> Description {
         Description::new("counter", format!("{GENERATION}.0.0"))
             .subscribe("count.tick")
+            .subscribe("count.relay")
             .emits("counted")
+            .emits("count.tick")
     }
 
     fn new(config: Config) -> Result<Self, Error> {
         Ok(Counter { label: config.label })
     }
 
-    fn on_event(&self, cx: &mut Context, _event: &Event) -> Result<(), Error> {
+    fn on_event(&self, cx: &mut Context, event: &Event) -> Result<(), Error> {
+        if event.kind == "count.relay" {
+            // A tick for another actor (`relayed:<actor>`), most likely of another shard: its
+            // count proves that events crossing between shards are handled once.
+            let empty = std::collections::BTreeMap::<String, u64>::new();
+            return cx.emit_for(&format!("relayed:{}", event.actor), "count.tick", &empty);
+        }
         let n = cx.state().get::<u64>("n")?.unwrap_or(0) + 1;
         cx.state().set("n", &n)?;
         cx.emit(
@@ -71,5 +79,13 @@ mod tests {
                 label: "x".into()
             }
         );
+    }
+
+    #[test]
+    fn a_relay_ticks_the_relayed_actor() {
+        let mut hub = TestHub::<Counter>::new(json!({})).expect("config");
+        let out = hub.send(hub.event("count.relay", "a", &json!({}))).expect("call");
+        let emitted = out[0].as_emit().expect("emit");
+        assert_eq!((emitted.kind.as_str(), emitted.actor.as_deref()), ("count.tick", Some("relayed:a")));
     }
 }

@@ -66,6 +66,10 @@ fn harness(plugins: &[(&str, serde_json::Value)], policies: Policies) -> Harness
         stats: Arc::new(PluginStats::new(1)),
         policies: crate::arbiter::PolicyStore::open(db.sled(), &policies).expect("policies"),
         checkpoints: crate::durable::Checkpoints::open(db.sled()).expect("checkpoints"),
+        handoffs: crate::durable::Handoffs::load(db.sled(), false, 1, |_| 0)
+            .expect("handoffs")
+            .remove(0),
+        keep_events: false,
         db,
         timers: wheels.remove(0),
         commits,

@@ -87,22 +87,32 @@ impl ShardCommits {
         self.next
     }
 
-    /// Hand dirty state and timers (and `checkpoints`, the inputs applied, see `durable`) to the
-    /// committer, and trim the cache to what sled holds. `inputs` is the ordinal of the last
-    /// stream input handled: a commit goes out when it moved even if nothing else changed, so
-    /// the input can be acknowledged.
+    /// The sequence number the next commit will have.
+    pub fn upcoming(&self) -> u64 {
+        self.seq + 1
+    }
+
+    /// The highest of this shard's commits that is applied to sled.
+    pub fn applied(&self) -> u64 {
+        self.applied.get()
+    }
+
+    /// Hand dirty state and timers (and `durable`: the inputs applied and the handoffs, see
+    /// `durable`) to the committer as commit [`Self::upcoming`], and trim the cache to what sled
+    /// holds. `inputs` is the ordinal of the last stream input handled: a commit goes out when
+    /// it moved even if nothing else changed, so the input can be acknowledged.
     pub fn commit(
         &mut self,
         state: &mut StateCache,
         timers: &mut TimerWheel,
-        checkpoints: Option<(sled::Tree, sled::Batch)>,
+        durable: impl IntoIterator<Item = (sled::Tree, sled::Batch)>,
         inputs: u64,
     ) {
         let seq = self.seq + 1;
         let applied = self.applied.get();
         let mut batches = state.take_commit(seq);
         batches.extend(timers.take_commit());
-        batches.extend(checkpoints);
+        batches.extend(durable);
         state.evict(applied);
         if !batches.is_empty() || inputs > self.reported {
             self.seq = seq;
