@@ -1,21 +1,30 @@
 //! `hub bench`: a load generator and latency report for the example pipeline, or for every
 //! reference scenario at once.
 //!
-//! Each run starts a fresh in-process hub with the plugins of the mix and drives it from separate
-//! NATS clients, as real producers and consumers would, in four phases:
+//! Each run starts a fresh in-process hub with the plugins of the mix for each input mode it
+//! measures (`--input both`, the default: durable and core mode, alternating which goes first;
+//! `mode.rs`) and drives it from separate NATS clients, as real producers and consumers would, in
+//! these phases:
 //!
 //! 1. **unpaced**: `--events` inputs as fast as the pipeline absorbs them (throughput);
 //! 2. **paced**: `--rate` inputs per second for `--seconds` (latency under a steady load);
-//! 3. **swapping** (with `--swaps N`, default 5): the paced load again while `N` new versions
-//!    of the plugin that acts most (payment-trouble, or support-first with `--mix scenarios`) go
-//!    live through the admin API, evenly spread; reports the p99 next to the paced phase's, how
-//!    long each upload took, and how long after the switch every shard served the new version;
-//! 4. **push** (example mixes; skipped with `--no-push`): the paced load again, with the `notify`
-//!    delivery plugin loaded to render every support callback for the customer's devices, and a
-//!    WebSocket device connected on `/push/{actor}` for every customer that will get one; reports
-//!    event→action latency from the input's publish to the message on the device;
-//! 5. **relay**: the same bodies through a plain async-nats subscribe+republish loop, which is
-//!    the ceiling for any NATS-in/NATS-out service on this machine.
+//! 3. **swapping** (with `--swaps N`, default 5; with `both`, in durable mode only): the paced
+//!    load again while `N` new versions of the plugin that acts most (payment-trouble, or
+//!    support-first with `--mix scenarios`) go live through the admin API, evenly spread; reports
+//!    the p99 next to the paced phase's, how long each upload took, and how long after the switch
+//!    every shard served the new version;
+//! 4. **push** (example mixes; skipped with `--no-push`; with `both`, in durable mode only): the
+//!    paced load again, with the `notify` delivery plugin loaded to render every support callback
+//!    for the customer's devices, and a WebSocket device connected on `/push/{actor}` for every
+//!    customer that will get one; reports event→action latency from the input's publish to the
+//!    message on the device;
+//! 5. **relay** (once per run, whatever the modes): the same bodies through a plain async-nats
+//!    subscribe+republish loop, which is the ceiling for any NATS-in/NATS-out service on this
+//!    machine.
+//!
+//! Every hub of a run gets the same inputs, so with `both` the report sets each mode's medians
+//! side by side with durable ÷ core from each run's pair (`report/compare.rs`), and says whether
+//! durable mode meets its targets.
 //!
 //! `--mix clickstream` (default) and `--mix write-heavy` drive the example plugins
 //! (`examples.rs`): raw clickstream messages on `web.page_view` (each yields one
@@ -37,6 +46,7 @@
 mod cpu;
 pub mod crash;
 mod examples;
+mod mode;
 mod phase;
 mod push;
 mod report;
@@ -49,8 +59,9 @@ use async_nats::Client;
 use hub::config::Config;
 use hub::hub::Hub;
 use hub::nats_server::{LocalNats, free_port};
+use mode::Mode;
 use phase::{Outputs, Pace, relay_phase, run_phase};
-use report::{Report, RunReport, print_text};
+use report::{HubRun, Report, RunReport, print_text};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -58,7 +69,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use swap::swap_versions;
-use workload::Workload;
+use workload::{Batch, Workload};
 
 /// Pause between the unpaced burst and the paced phase, so that the burst's write-behind
 /// commits and sled flushes do not show up in the paced latencies.
@@ -90,7 +101,8 @@ pub struct BenchArgs {
     /// Shard threads of the hub (0: one per core)
     #[arg(long, default_value_t = 0)]
     pub shards: usize,
-    /// Repeat the unpaced, paced and relay phases this many times and report medians
+    /// Repeat every phase this many times and report medians (with `--input both`, each run
+    /// measures both modes)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub runs: u64,
     /// Extra plugin instances that subscribe to kinds not in the stream (copies of the
@@ -108,19 +120,25 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Mix::Clickstream)]
     pub mix: Mix,
     /// How the hub reads its inputs: from the input stream with exactly-once effects
-    /// (`durable`, the default of `hub up`), or by plain subscriptions (`core`)
-    #[arg(long, value_enum, default_value_t = Input::Durable)]
+    /// (`durable`, the default of `hub up`), by plain subscriptions (`core`), or `both`, side by
+    /// side: each run measures both on fresh hubs with the same inputs, alternating which goes
+    /// first
+    #[arg(long, value_enum, default_value_t = Input::Both)]
     pub input: Input,
     /// Print the whole report as one JSON object
     #[arg(long)]
     pub json: bool,
 }
 
-/// The hub's input mode under test (`[input] mode`).
+/// The hubs' input modes under test (`[input] mode`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Input {
+    /// Durable and core mode in every run, alternating which goes first.
+    Both,
+    /// From the input stream with exactly-once effects (the default of `hub up`).
     Durable,
+    /// By plain subscriptions.
     Core,
 }
 
@@ -272,7 +290,7 @@ async fn bench(args: &BenchArgs, url: &str, server_pid: Option<u32>) -> anyhow::
     for run in 1..=args.runs {
         tracing::info!(run, of = args.runs, "bench run starting");
         runs.push(
-            run_once(args, url, &clients)
+            run_once(args, run, url, &clients)
                 .await
                 .with_context(|| format!("bench run {run}"))?,
         );
@@ -287,18 +305,15 @@ async fn bench(args: &BenchArgs, url: &str, server_pid: Option<u32>) -> anyhow::
     Ok(report)
 }
 
-/// The hub under test: the local defaults (which map `web.*`) with the workload's plugins, on
-/// a private data dir and a free HTTP port.
-fn hub_config(args: &BenchArgs, workload: &Workload, url: &str, data_dir: &Path) -> Config {
+/// A hub under test: the local defaults (which map `web.*`) with the workload's plugins, in
+/// `mode`, on a private data dir and a free HTTP port.
+fn hub_config(args: &BenchArgs, mode: Mode, workload: &Workload, url: &str, data_dir: &Path) -> Config {
     let mut config = Config::local_default();
     config.nats.url = url.to_owned();
     config.data_dir = data_dir.to_path_buf();
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.engine.shards = args.shards;
-    config.input.mode = match args.input {
-        Input::Durable => hub::config::InputMode::Durable,
-        Input::Core => hub::config::InputMode::Core,
-    };
+    mode.configure(&mut config);
     // The example policies judge every action (priorities, conflict window, suppressions); the
     // dedup window and the contact limit are off, because a short bench over few actors repeats
     // callbacks by design and they would be suppressed as they should be in production.
@@ -308,69 +323,113 @@ fn hub_config(args: &BenchArgs, workload: &Workload, url: &str, data_dir: &Path)
     config
 }
 
-/// One run: a fresh hub through the unpaced and paced phases, then the relay on the same bodies.
-async fn run_once(args: &BenchArgs, url: &str, clients: &Clients) -> anyhow::Result<RunReport> {
-    let dir = tempfile::tempdir().context("cannot create a temp dir for the hub")?;
-    let mut workload = Workload::new(args)?;
-    let unpaced_inputs = workload.batch(args.events)?;
-    let paced_count = args
-        .rate
-        .checked_mul(args.seconds)
-        .context("--rate × --seconds is too large")?;
-    let paced_inputs = workload.batch(paced_count)?;
-    let swapping_inputs = match args.swaps {
-        0 => None,
-        _ => Some(workload.batch(paced_count)?),
-    };
-    let push_inputs = match args.no_push || args.mix == Mix::Scenarios {
-        true => None,
-        false => Some(workload.batch(paced_count)?),
-    };
+/// One run's inputs, rendered before any hub starts: every hub of the run gets the same ones.
+struct RunInputs {
+    /// The generator, which also knows the plugins and the swap target of the mix.
+    workload: Workload,
+    unpaced: Batch,
+    paced: Batch,
+    swapping: Option<Batch>,
+    push: Option<Batch>,
+}
 
-    let hub = Hub::start(hub_config(args, &workload, url, &dir.path().join("hub")))
+impl RunInputs {
+    fn new(args: &BenchArgs) -> anyhow::Result<RunInputs> {
+        let mut workload = Workload::new(args)?;
+        let unpaced = workload.batch(args.events)?;
+        let paced_count = args
+            .rate
+            .checked_mul(args.seconds)
+            .context("--rate × --seconds is too large")?;
+        let paced = workload.batch(paced_count)?;
+        let swapping = match args.swaps {
+            0 => None,
+            _ => Some(workload.batch(paced_count)?),
+        };
+        let push = match args.no_push || args.mix == Mix::Scenarios {
+            true => None,
+            false => Some(workload.batch(paced_count)?),
+        };
+        Ok(RunInputs {
+            workload,
+            unpaced,
+            paced,
+            swapping,
+            push,
+        })
+    }
+}
+
+/// One run: a fresh hub per mode, in this run's order, then the relay on the same bodies.
+async fn run_once(args: &BenchArgs, run: u64, url: &str, clients: &Clients) -> anyhow::Result<RunReport> {
+    let inputs = RunInputs::new(args)?;
+    let mut hubs = Vec::new();
+    for mode in args.input.order(run) {
+        tracing::info!(run, %mode, "bench hub starting");
+        let extras = mode == args.input.extras_mode();
+        let hub = hub_run(args, mode, extras, &inputs, url, clients)
+            .await
+            .with_context(|| format!("{mode} mode"))?;
+        hubs.push((mode, hub));
+    }
+    let relay = relay_phase(clients, &inputs.unpaced).await.context("relay phase")?;
+    Ok(RunReport::new(hubs, &relay))
+}
+
+/// One fresh hub in `mode`, on a data dir and server streams of its own, through the unpaced
+/// and paced phases, and the swapping and push phases if it runs the `extras`.
+async fn hub_run(
+    args: &BenchArgs,
+    mode: Mode,
+    extras: bool,
+    inputs: &RunInputs,
+    url: &str,
+    clients: &Clients,
+) -> anyhow::Result<HubRun> {
+    let dir = tempfile::tempdir().context("cannot create a temp dir for the hub")?;
+    let workload = &inputs.workload;
+    mode::clear_streams(&clients.publisher).await;
+    let hub = Hub::start(hub_config(args, mode, workload, url, &dir.path().join("hub")))
         .await
         .context("cannot start the hub")?;
     let phases = async {
         workload.prepare(&hub, &clients.publisher).await?;
         load_idle_plugins(&hub, &workload.idle_plugin(), args.idle_plugins).await?;
         let plugins = hub.registry().live().load().plugins.len();
-        let unpaced = run_phase(clients, &unpaced_inputs, Outputs::Hub, Pace::Unpaced)
+        let unpaced = run_phase(clients, &inputs.unpaced, Outputs::Hub, Pace::Unpaced)
             .await
             .context("unpaced phase")?;
         tokio::time::sleep(SETTLE).await;
-        let paced = run_phase(clients, &paced_inputs, Outputs::Hub, Pace::Paced(args.rate))
+        let paced = run_phase(clients, &inputs.paced, Outputs::Hub, Pace::Paced(args.rate))
             .await
             .context("paced phase")?;
-        let swapping = match &swapping_inputs {
-            Some(inputs) => {
+        let swapping = match inputs.swapping.as_ref().filter(|_| extras) {
+            Some(batch) => {
                 tokio::time::sleep(SETTLE).await;
                 let target = workload.swap_target();
                 let during = Duration::from_secs(args.seconds);
                 let swaps = swap_versions(hub.http_addr(), &target, args.swaps, during);
-                let phase = run_phase(clients, inputs, Outputs::Hub, Pace::Paced(args.rate));
+                let phase = run_phase(clients, batch, Outputs::Hub, Pace::Paced(args.rate));
                 let (phase, swaps) = tokio::join!(phase, swaps);
                 Some((phase.context("swapping phase")?, swaps.context("swapping")?))
             }
             None => None,
         };
-        let push = match &push_inputs {
-            Some(inputs) => {
+        let push = match inputs.push.as_ref().filter(|_| extras) {
+            Some(batch) => {
                 tokio::time::sleep(SETTLE).await;
-                let phase = push::push_phase(&hub, &clients.publisher, inputs, args.rate).await;
+                let phase = push::push_phase(&hub, &clients.publisher, batch, args.rate).await;
                 Some(phase.context("push phase")?)
             }
             None => None,
         };
-        anyhow::Ok((plugins, unpaced, paced, swapping, push))
+        anyhow::Ok(HubRun::new(plugins, &unpaced, &paced, swapping, push.as_ref()))
     }
     .await;
     hub.shutdown().await;
-    let (plugins, unpaced, paced, swapping, push) = phases?;
-    let relay = relay_phase(clients, &unpaced_inputs).await.context("relay phase")?;
-    let mut report = RunReport::new(unpaced, paced, swapping, relay);
-    report.plugins = plugins;
-    report.push = push.as_ref().map(report::PushReport::new);
-    Ok(report)
+    // Leave nothing of this hub on the server for the relay phase or the next hub.
+    mode::clear_streams(&clients.publisher).await;
+    phases
 }
 
 /// Load `count` copies of a plugin that subscribes to no kind in the stream, as `idle-<i>`.

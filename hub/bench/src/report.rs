@@ -1,16 +1,22 @@
-//! The figures: each phase reduced to counts, rates and latency percentiles, medians over the
-//! runs, and the text report.
+//! The figures: each phase reduced to counts, rates and latency percentiles, each mode's medians
+//! over the runs, durable ÷ core (`compare.rs`), and the text report (`text.rs`).
 
-use super::BenchArgs;
+mod compare;
+mod text;
+
 use super::cpu::CpuPerInput;
+use super::mode::Mode;
 use super::phase::{OutputCount, Outputs, PhaseOutcome};
 use super::push::PushOutcome;
 use super::swap::SwapTiming;
-use super::{Input, Mix};
+use super::{BenchArgs, Input, Mix};
+use compare::{Comparison, Ratios, Target};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+pub(super) use text::print_text;
 
 /// Latency percentiles in ms; absent when nothing was measured.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -143,6 +149,18 @@ impl PhaseReport {
             }),
         }
     }
+
+    /// Event→action p99 in ms, if any action was timed.
+    fn p99(&self) -> Option<f64> {
+        self.latency_ms.and_then(|l| l.p99)
+    }
+
+    /// CPU µs per input of the bench process and a private nats-server together: what an input
+    /// costs the machine.
+    fn cpu_us(&self) -> Option<f64> {
+        self.cpu_per_input
+            .map(|c| c.process_us + c.nats_server_us.unwrap_or(0.0))
+    }
 }
 
 /// The subjects of a map of any of the runs.
@@ -171,26 +189,88 @@ fn median_u64(mut values: Vec<u64>) -> u64 {
     values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(0)
 }
 
-/// One run's figures.
+/// One hub's figures in one run.
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct RunReport {
+pub(super) struct HubRun {
     /// Plugins live in the hub (examples and idle ones).
-    pub(super) plugins: usize,
+    plugins: usize,
     unpaced: PhaseReport,
     paced: PhaseReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     swapping: Option<PhaseReport>,
     swaps: Vec<SwapTiming>,
-    relay: PhaseReport,
-    /// Hub unpaced events/s ÷ relay msgs/s.
-    hub_relay_ratio: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) push: Option<PushReport>,
+    push: Option<PushReport>,
+    /// This hub's unpaced events/s ÷ the relay's msgs/s of the same run.
+    hub_relay_ratio: f64,
+}
+
+impl HubRun {
+    /// A hub's phases as measured; its hub/relay ratio comes with the run's relay phase.
+    pub(super) fn new(
+        plugins: usize,
+        unpaced: &PhaseOutcome,
+        paced: &PhaseOutcome,
+        swapping: Option<(PhaseOutcome, Vec<SwapTiming>)>,
+        push: Option<&PushOutcome>,
+    ) -> HubRun {
+        let (swapping, swaps) = match swapping {
+            Some((phase, swaps)) => (Some(PhaseReport::new(&phase, Outputs::Hub)), swaps),
+            None => (None, Vec::new()),
+        };
+        HubRun {
+            plugins,
+            unpaced: PhaseReport::new(unpaced, Outputs::Hub),
+            paced: PhaseReport::new(paced, Outputs::Hub),
+            swapping,
+            swaps,
+            push: push.map(PushReport::new),
+            hub_relay_ratio: 0.0,
+        }
+    }
+}
+
+/// One run's figures: each mode's hub, and the relay on the same bodies.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct RunReport {
+    /// The modes in the order this run measured them.
+    order: Vec<Mode>,
+    /// Each mode's hub, by mode.
+    modes: BTreeMap<Mode, HubRun>,
+    relay: PhaseReport,
+    /// Durable ÷ core within this run (when it measured both).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    durable_vs_core: Option<Ratios>,
+}
+
+impl RunReport {
+    /// `hubs` in the order they ran.
+    pub(super) fn new(hubs: Vec<(Mode, HubRun)>, relay: &PhaseOutcome) -> RunReport {
+        let relay = PhaseReport::new(relay, Outputs::Relay);
+        let order = hubs.iter().map(|(mode, _)| *mode).collect();
+        let modes: BTreeMap<Mode, HubRun> = hubs
+            .into_iter()
+            .map(|(mode, mut hub)| {
+                hub.hub_relay_ratio = ratio(hub.unpaced.per_sec, relay.per_sec);
+                (mode, hub)
+            })
+            .collect();
+        let durable_vs_core = modes
+            .get(&Mode::Durable)
+            .zip(modes.get(&Mode::Core))
+            .map(|(durable, core)| Ratios::of(durable, core));
+        RunReport {
+            order,
+            modes,
+            relay,
+            durable_vs_core,
+        }
+    }
 }
 
 /// The push phase: support callbacks rendered by `notify` and received on the devices.
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct PushReport {
+struct PushReport {
     devices: u64,
     expected: u64,
     received: u64,
@@ -202,7 +282,7 @@ pub(super) struct PushReport {
 }
 
 impl PushReport {
-    pub(super) fn new(o: &PushOutcome) -> PushReport {
+    fn new(o: &PushOutcome) -> PushReport {
         PushReport {
             devices: o.devices,
             expected: o.expected,
@@ -232,34 +312,7 @@ impl PushReport {
     }
 }
 
-impl RunReport {
-    pub(super) fn new(
-        unpaced: PhaseOutcome,
-        paced: PhaseOutcome,
-        swapping: Option<(PhaseOutcome, Vec<SwapTiming>)>,
-        relay: PhaseOutcome,
-    ) -> RunReport {
-        let unpaced = PhaseReport::new(&unpaced, Outputs::Hub);
-        let paced = PhaseReport::new(&paced, Outputs::Hub);
-        let relay = PhaseReport::new(&relay, Outputs::Relay);
-        let (swapping, swaps) = match swapping {
-            Some((phase, swaps)) => (Some(PhaseReport::new(&phase, Outputs::Hub)), swaps),
-            None => (None, Vec::new()),
-        };
-        RunReport {
-            plugins: 0,
-            hub_relay_ratio: ratio(unpaced.per_sec, relay.per_sec),
-            unpaced,
-            paced,
-            swapping,
-            swaps,
-            relay,
-            push: None,
-        }
-    }
-}
-
-/// The swapping phase next to the steady paced phase of the same runs.
+/// The swapping phase next to the steady paced phase of the same hubs.
 #[derive(Debug, Clone, Serialize)]
 struct SwapReport {
     swaps: usize,
@@ -273,18 +326,17 @@ struct SwapReport {
 }
 
 impl SwapReport {
-    fn from_runs(runs: &[RunReport], paced: &PhaseReport) -> Option<SwapReport> {
-        let phases: Vec<&PhaseReport> = runs.iter().filter_map(|r| r.swapping.as_ref()).collect();
+    fn from_runs(hubs: &[&HubRun], paced: &PhaseReport) -> Option<SwapReport> {
+        let phases: Vec<&PhaseReport> = hubs.iter().filter_map(|h| h.swapping.as_ref()).collect();
         if phases.is_empty() {
             return None;
         }
         let phase = PhaseReport::combine(&phases);
-        let timings: Vec<SwapTiming> = runs.iter().flat_map(|r| r.swaps.iter().copied()).collect();
+        let timings: Vec<SwapTiming> = hubs.iter().flat_map(|h| h.swaps.iter().copied()).collect();
         let max = |v: Vec<f64>| v.into_iter().reduce(f64::max);
-        let p99 = |p: &PhaseReport| p.latency_ms.and_then(|l| l.p99);
         Some(SwapReport {
             swaps: timings.len(),
-            p99_ratio: p99(&phase).zip(p99(paced)).map(|(s, p)| ratio(s, p)),
+            p99_ratio: phase.p99().zip(paced.p99()).map(|(s, p)| ratio(s, p)),
             put_ms_median: median(timings.iter().map(|t| t.put_ms).collect()),
             put_ms_max: max(timings.iter().map(|t| t.put_ms).collect()),
             live_ms_median: median(timings.iter().map(|t| t.live_ms).collect()),
@@ -298,7 +350,56 @@ fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
-/// The whole report: settings, medians over the runs, and every run.
+/// One mode's medians over the runs.
+#[derive(Debug, Serialize)]
+pub(super) struct ModeReport {
+    /// Plugins live in the hub (examples and `--idle-plugins`).
+    plugins: usize,
+    unpaced: PhaseReport,
+    paced: PhaseReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    swapping: Option<SwapReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<PushReport>,
+    /// Median of the runs' hub/relay ratios (each from the same run).
+    hub_relay_ratio: f64,
+}
+
+impl ModeReport {
+    fn from_runs(hubs: &[&HubRun]) -> ModeReport {
+        let phase =
+            |f: fn(&HubRun) -> &PhaseReport| PhaseReport::combine(&hubs.iter().map(|h| f(h)).collect::<Vec<_>>());
+        let paced = phase(|h| &h.paced);
+        ModeReport {
+            plugins: hubs.first().map_or(0, |h| h.plugins),
+            unpaced: phase(|h| &h.unpaced),
+            swapping: SwapReport::from_runs(hubs, &paced),
+            push: PushReport::combine(&hubs.iter().filter_map(|h| h.push.as_ref()).collect::<Vec<_>>()),
+            hub_relay_ratio: median(hubs.iter().map(|h| h.hub_relay_ratio).collect()).unwrap_or(0.0),
+            paced,
+        }
+    }
+
+    /// Outputs lost in any of this mode's phases.
+    fn lost(&self) -> u64 {
+        self.unpaced.lost
+            + self.paced.lost
+            + self.swapping.as_ref().map_or(0, |s| s.phase.lost)
+            + self.push.as_ref().map_or(0, |p| p.lost)
+    }
+
+    /// Outputs beyond the expected ones in any of this mode's phases.
+    fn unexpected(&self) -> u64 {
+        self.unpaced.unexpected + self.paced.unexpected + self.swapping.as_ref().map_or(0, |s| s.phase.unexpected)
+    }
+
+    fn dead_letters(&self) -> u64 {
+        self.unpaced.dead_letters + self.paced.dead_letters + self.swapping.as_ref().map_or(0, |s| s.phase.dead_letters)
+    }
+}
+
+/// The whole report: settings, each mode's medians side by side, durable ÷ core, the targets,
+/// and every run.
 #[derive(Debug, Serialize)]
 pub(super) struct Report {
     shards: usize,
@@ -311,14 +412,18 @@ pub(super) struct Report {
     /// Requested pace of the paced phase.
     rate: u64,
     seconds: u64,
-    unpaced: PhaseReport,
-    paced: PhaseReport,
+    /// The mode the swapping and push phases ran in (absent when neither ran).
     #[serde(skip_serializing_if = "Option::is_none")]
-    swapping: Option<SwapReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    push: Option<PushReport>,
+    swapping_and_push_mode: Option<Mode>,
+    /// Each mode's medians over the runs, by mode.
+    modes: BTreeMap<Mode, ModeReport>,
+    /// The plain relay, once per run.
     relay: PhaseReport,
-    hub_relay_ratio: f64,
+    /// Durable ÷ core: the median of the per-run ratios (when both modes ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    durable_vs_core: Option<Comparison>,
+    /// The issue's targets for durable mode (informative: only loss fails the bench).
+    targets: Vec<Target>,
     /// Slow-consumer events of the bench's clients (each means messages dropped).
     pub(super) client_slow_consumers: u64,
     /// Slow-consumer reports in a private nats-server's log (null with --nats).
@@ -328,210 +433,82 @@ pub(super) struct Report {
 
 impl Report {
     pub(super) fn from_runs(args: &BenchArgs, shards: usize, runs: Vec<RunReport>) -> Report {
-        let phase = |f: fn(&RunReport) -> &PhaseReport| PhaseReport::combine(&runs.iter().map(f).collect::<Vec<_>>());
-        let unpaced = phase(|r| &r.unpaced);
-        let paced = phase(|r| &r.paced);
-        let relay = phase(|r| &r.relay);
-        let swapping = SwapReport::from_runs(&runs, &paced);
-        let push = PushReport::combine(&runs.iter().filter_map(|r| r.push.as_ref()).collect::<Vec<_>>());
+        let mut modes = BTreeMap::new();
+        for mode in [Mode::Durable, Mode::Core] {
+            let hubs: Vec<&HubRun> = runs.iter().filter_map(|r| r.modes.get(&mode)).collect();
+            if !hubs.is_empty() {
+                modes.insert(mode, ModeReport::from_runs(&hubs));
+            }
+        }
+        let relay = PhaseReport::combine(&runs.iter().map(|r| &r.relay).collect::<Vec<_>>());
+        let durable_vs_core = Comparison::of(&runs);
+        let targets = Target::check(modes.get(&Mode::Durable), durable_vs_core.as_ref(), args.rate);
+        let measured_extras = modes.values().any(|m| m.swapping.is_some() || m.push.is_some());
         Report {
             shards,
-            plugins: runs.first().map_or(0, |r| r.plugins),
+            plugins: modes.values().next().map_or(0, |m| m.plugins),
             actors: args.actors,
             mix: args.mix,
             input: args.input,
             runs: args.runs,
             rate: args.rate,
             seconds: args.seconds,
-            hub_relay_ratio: ratio(unpaced.per_sec, relay.per_sec),
-            unpaced,
-            paced,
-            swapping,
-            push,
+            swapping_and_push_mode: measured_extras.then(|| args.input.extras_mode()),
+            modes,
             relay,
+            durable_vs_core,
+            targets,
             client_slow_consumers: 0,
             server_slow_consumers: None,
             per_run: runs,
         }
     }
-}
 
-impl Report {
-    /// What went wrong, if anything: a lost or an unexpected output fails the bench.
+    /// What went wrong, if anything: a lost or an unexpected output fails the bench. Missed
+    /// targets do not: on a shared VM they say as much about the neighbours as about the hub.
     pub(super) fn failure(&self) -> Option<String> {
-        let swapping_lost = self.swapping.as_ref().map_or(0, |s| s.phase.lost);
-        let push_lost = self.push.as_ref().map_or(0, |p| p.lost);
-        let lost = self.unpaced.lost + self.paced.lost + swapping_lost + push_lost + self.relay.lost;
+        let lost: u64 = self.modes.values().map(ModeReport::lost).sum::<u64>() + self.relay.lost;
         if lost > 0 {
+            let mut parts: Vec<String> = self
+                .modes
+                .iter()
+                .map(|(mode, m)| {
+                    format!(
+                        "{mode}: unpaced {}, paced {}, swapping {}, push {}",
+                        m.unpaced.lost,
+                        m.paced.lost,
+                        m.swapping.as_ref().map_or(0, |s| s.phase.lost),
+                        m.push.as_ref().map_or(0, |p| p.lost)
+                    )
+                })
+                .collect();
+            parts.push(format!("relay {}", self.relay.lost));
             return Some(format!(
-                "{lost} output(s) lost over {} run(s): unpaced {}, paced {}, swapping {swapping_lost}, push \
-                 {push_lost}, relay {}",
-                self.runs, self.unpaced.lost, self.paced.lost, self.relay.lost
+                "{lost} output(s) lost over {} run(s): {}",
+                self.runs,
+                parts.join("; ")
             ));
         }
-        let swapping_unexpected = self.swapping.as_ref().map_or(0, |s| s.phase.unexpected);
-        let unexpected = self.unpaced.unexpected + self.paced.unexpected + swapping_unexpected;
+        let unexpected: u64 = self.modes.values().map(ModeReport::unexpected).sum();
         (unexpected > 0).then(|| {
+            let parts: Vec<String> = self
+                .modes
+                .iter()
+                .map(|(mode, m)| {
+                    format!(
+                        "{mode}: unpaced {}, paced {}, swapping {}",
+                        m.unpaced.unexpected,
+                        m.paced.unexpected,
+                        m.swapping.as_ref().map_or(0, |s| s.phase.unexpected)
+                    )
+                })
+                .collect();
             format!(
-                "{unexpected} unexpected output(s) over {} run(s) (unpaced {}, paced {}, swapping \
-                 {swapping_unexpected}): the bench's model of the plugins is wrong",
-                self.runs, self.unpaced.unexpected, self.paced.unexpected
+                "{unexpected} unexpected output(s) over {} run(s) ({}): the bench's model of the plugins is wrong",
+                self.runs,
+                parts.join("; ")
             )
         })
-    }
-}
-
-/// The readable report.
-pub(super) fn print_text(r: &Report) {
-    println!(
-        "hub bench: {} shards, {} plugins, {} actors, {:?} mix, {:?} input, {} run(s) (medians)",
-        r.shards, r.plugins, r.actors, r.mix, r.input, r.runs
-    );
-    // The blend of many subjects says what it was made of; the example mixes' lines stay as they were.
-    let breakdown = r.mix == Mix::Scenarios;
-    if breakdown {
-        println!("inputs    {}", shares(&r.unpaced.inputs_by_subject, r.unpaced.inputs));
-    }
-    println!(
-        "unpaced   {} events   {:.0} events/s   lost {}   {}",
-        r.unpaced.inputs,
-        r.unpaced.per_sec,
-        r.unpaced.lost,
-        latency_text(r.unpaced.latency_ms)
-    );
-    if let Some(cpu) = r.unpaced.cpu_per_input {
-        println!("  cpu     {}", cpu_text(cpu, "event"));
-    }
-    if breakdown {
-        println!("  outputs {}", outputs_text(&r.unpaced));
-    }
-    println!(
-        "paced     {}/s for {} s (achieved {:.0}/s)   lost {}   {}",
-        r.rate,
-        r.seconds,
-        r.paced.published_per_sec,
-        r.paced.lost,
-        latency_text(r.paced.latency_ms)
-    );
-    if breakdown {
-        println!("  outputs {}", outputs_text(&r.paced));
-    }
-    if let Some(s) = &r.swapping {
-        let ms = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1} ms"));
-        println!(
-            "swapping  {}/s for {} s with {} swaps   lost {}   {}   p99 ÷ paced p99 = {}",
-            r.rate,
-            r.seconds,
-            s.swaps,
-            s.phase.lost,
-            latency_text(s.phase.latency_ms),
-            s.p99_ratio.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"))
-        );
-        println!(
-            "swaps     live on every shard after median {} (max {}); upload with validation median {} (max {})",
-            ms(s.live_ms_median),
-            ms(s.live_ms_max),
-            ms(s.put_ms_median),
-            ms(s.put_ms_max)
-        );
-    }
-    if let Some(p) = &r.push {
-        println!(
-            "push      {}/s for {} s to {} devices (WebSocket, connected in {:.0} ms)   lost {}   {}",
-            r.rate,
-            r.seconds,
-            p.devices,
-            p.connect_ms,
-            p.lost,
-            latency_text(Some(p.latency_ms))
-        );
-    }
-    let relay_lost = if r.relay.lost > 0 {
-        format!("   lost {}", r.relay.lost)
-    } else {
-        String::new()
-    };
-    println!(
-        "relay     {:.0} msgs/s (plain async-nats subscribe+republish)   hub/relay = {:.2}{relay_lost}",
-        r.relay.per_sec, r.hub_relay_ratio
-    );
-    if let Some(cpu) = r.relay.cpu_per_input {
-        println!("  cpu     {}", cpu_text(cpu, "message"));
-    }
-    let dead_letters =
-        r.unpaced.dead_letters + r.paced.dead_letters + r.swapping.as_ref().map_or(0, |s| s.phase.dead_letters);
-    if dead_letters > 0 {
-        println!("warning   {dead_letters} dead letter(s) on hub.dlq.>");
-    }
-    let unexpected = r.unpaced.unexpected + r.paced.unexpected + r.swapping.as_ref().map_or(0, |s| s.phase.unexpected);
-    if unexpected > 0 {
-        println!("warning   {unexpected} unexpected output(s) on hub.events.> / hub.actions.>");
-    }
-    if r.client_slow_consumers > 0 || r.server_slow_consumers.is_some_and(|n| n > 0) {
-        println!(
-            "warning   slow consumers: {} in the bench's clients, {} in nats-server's log",
-            r.client_slow_consumers,
-            r.server_slow_consumers.unwrap_or(0)
-        );
-    }
-}
-
-/// CPU time per input: what contention on a shared machine distorts least.
-fn cpu_text(cpu: CpuPerInput, per: &str) -> String {
-    let server = cpu
-        .nats_server_us
-        .map_or_else(String::new, |s| format!(" + nats-server {s:.1} µs"));
-    format!("{:.1} µs per {per} (bench process){server}", cpu.process_us)
-}
-
-/// Each subject's share of the inputs, largest first.
-fn shares(by_subject: &BTreeMap<String, u64>, total: u64) -> String {
-    let mut subjects: Vec<(&String, &u64)> = by_subject.iter().collect();
-    subjects.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let percent = |n: u64| {
-        if total == 0 {
-            0.0
-        } else {
-            n as f64 * 100.0 / total as f64
-        }
-    };
-    let parts: Vec<String> = subjects
-        .iter()
-        .map(|(subject, n)| format!("{subject} {:.1} %", percent(**n)))
-        .collect();
-    parts.join(", ")
-}
-
-/// The outputs received, events then actions (and how many actions were timed).
-fn outputs_text(p: &PhaseReport) -> String {
-    let list = |prefix: &str| {
-        let parts: Vec<String> = p
-            .outputs_by_subject
-            .iter()
-            .filter_map(|(s, c)| s.strip_prefix(prefix).map(|name| format!("{name} {}", c.received)))
-            .collect();
-        parts.join(", ")
-    };
-    format!(
-        "{} events: {}; {} actions ({} timed): {}",
-        p.received_outputs.saturating_sub(p.actions),
-        list("hub.events."),
-        p.actions,
-        p.timed_actions,
-        list("hub.actions.")
-    )
-}
-
-fn latency_text(latency: Option<Latency>) -> String {
-    let ms = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1} ms"));
-    match latency {
-        Some(l) => format!(
-            "event→action p50 {}  p99 {}  p99.9 {}",
-            ms(l.p50),
-            ms(l.p99),
-            ms(l.p999)
-        ),
-        None => String::new(),
     }
 }
 
