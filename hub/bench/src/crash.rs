@@ -245,8 +245,9 @@ async fn publish(js: jetstream::Context, args: CrashArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Publish until the stream has it (retried with the same `Nats-Msg-Id` while NATS is away).
-async fn store(js: &jetstream::Context, kind: &str, id: &str, body: String) {
+/// Publish on `events.<kind>` until the stream has it (retried with the same `Nats-Msg-Id`
+/// while NATS is away, so a retry after a lost acknowledgement is not stored twice).
+pub async fn store(js: &jetstream::Context, kind: &str, id: &str, body: String) {
     loop {
         let publish = jetstream::message::PublishMessage::build()
             .message_id(id)

@@ -125,6 +125,10 @@ pub struct BenchArgs {
     /// first
     #[arg(long, value_enum, default_value_t = Input::Both)]
     pub input: Input,
+    /// Keep emitted events in the output stream too (`[actions] keep_events`): each once
+    /// across crashes for the stream's readers, at a cost this measures
+    #[arg(long)]
+    pub keep_events: bool,
     /// Print the whole report as one JSON object
     #[arg(long)]
     pub json: bool,
@@ -313,6 +317,7 @@ fn hub_config(args: &BenchArgs, mode: Mode, workload: &Workload, url: &str, data
     config.data_dir = data_dir.to_path_buf();
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.engine.shards = args.shards;
+    config.actions.keep_events = args.keep_events;
     mode.configure(&mut config);
     // The example policies judge every action (priorities, conflict window, suppressions); the
     // dedup window and the contact limit are off, because a short bench over few actors repeats
