@@ -129,18 +129,18 @@ impl Decoder {
 /// Every subject the hub takes input on, with what decodes it: `<events>.>`, `<profiles>.>`,
 /// and each ingest rule's subject (rules on one subject are tried in order).
 fn decoders(nats: &NatsConfig, rules: Vec<CompiledRule>, profiles: Profiles) -> Vec<(String, Decoder)> {
-    let (events, people) = (&nats.events_subject, &nats.profiles_subject);
+    let [events, people] = envelope_subjects(nats);
     let mut decoders = vec![
         (
-            format!("{events}.>"),
+            events,
             Decoder::Envelope {
-                prefix: format!("{events}."),
+                prefix: format!("{}.", nats.events_subject),
             },
         ),
         (
-            format!("{people}.>"),
+            people,
             Decoder::Profile {
-                prefix: format!("{people}."),
+                prefix: format!("{}.", nats.profiles_subject),
                 profiles,
             },
         ),
@@ -163,13 +163,19 @@ fn decoders(nats: &NatsConfig, rules: Vec<CompiledRule>, profiles: Profiles) -> 
     decoders
 }
 
+/// The subjects of envelopes and profile updates (`<events>.>`, `<profiles>.>`); the ingest
+/// rules' subjects come on top.
+fn envelope_subjects(nats: &NatsConfig) -> [String; 2] {
+    [
+        format!("{}.>", nats.events_subject),
+        format!("{}.>", nats.profiles_subject),
+    ]
+}
+
 /// The subjects of the input stream: every input subject, minus those another one covers (a
 /// stream refuses overlapping subjects).
 pub fn stream_subjects(nats: &NatsConfig, rules: &[CompiledRule]) -> Vec<String> {
-    let mut all = vec![
-        format!("{}.>", nats.events_subject),
-        format!("{}.>", nats.profiles_subject),
-    ];
+    let mut all = Vec::from(envelope_subjects(nats));
     all.extend(rules.iter().map(|r| r.subject().to_owned()));
     let mut kept: Vec<String> = Vec::new();
     for (i, subject) in all.iter().enumerate() {
@@ -361,7 +367,12 @@ impl Task {
 }
 
 /// Merge a `profiles.<actor>` message (a JSON object) into the actor's profile.
-fn update_profile(profiles: &Profiles, prefix: &str, subject: &str, payload: &[u8]) -> Result<(), IngressError> {
+pub(crate) fn update_profile(
+    profiles: &Profiles,
+    prefix: &str,
+    subject: &str,
+    payload: &[u8],
+) -> Result<(), IngressError> {
     let actor = subject
         .strip_prefix(prefix)
         .filter(|a| !a.is_empty())

@@ -13,7 +13,8 @@
 //!
 //! Around them: [`config`], [`registry`] (which plugin versions run, and hot swap), [`api`] (the
 //! admin REST API), [`stats`] (per-plugin call statistics), [`http`] (health and metrics),
-//! [`hub`] (wiring), and [`nats_server`] (a local server for `hub up`).
+//! [`hub`] (wiring), [`nats_server`] (a local server for `hub up`), and [`fuzzing`] (the fuzz
+//! targets' entry points, which the tests also replay over the fuzz corpus).
 //!
 //! The command line (`hub/src/cli.rs`) and the load generator (`hub-bench`) are crates of their
 //! own on top of this library.
@@ -28,6 +29,7 @@ pub mod delivery;
 pub mod durable;
 pub mod egress;
 pub mod event;
+pub mod fuzzing;
 pub mod http;
 pub mod http_error;
 pub mod hub;

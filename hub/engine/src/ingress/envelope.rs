@@ -140,16 +140,27 @@ fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdG
     )
 }
 
+/// How deep a MessagePack payload may nest (its map is the first level). Its JSON form (on
+/// `hub.events` and in dead letters, made to be replayed onto `events.<kind>`) is at most one
+/// level deeper, and must stay within the 127 levels the JSON decoder reads: deeper payloads were
+/// accepted, but their JSON envelope was refused.
+const MAX_MSGPACK_PAYLOAD_DEPTH: usize = 100;
+
 fn decode_msgpack(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdGen) -> Result<Event, IngressError> {
-    let env: Envelope<rmpv::Value> = rmp_serde::from_slice(body)
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
+    // `rmp_serde` allows one container fewer than its depth; the envelope's map is one more.
+    de.set_max_depth(MAX_MSGPACK_PAYLOAD_DEPTH + 2);
+    let env = Envelope::<rmpv::Value>::deserialize(&mut de)
         .map_err(|e| IngressError::undecodable(format!("invalid MessagePack envelope: {e}")))?;
     let payload = match env.payload {
         None => empty_map(),
         // Already-encoded payload bytes are taken as they are, after checking they are a map.
-        Some(rmpv::Value::Binary(bytes)) => match bytes.first() {
-            Some(0x80..=0x8f | 0xde | 0xdf) => bytes,
-            _ => return Err(IngressError::invalid("binary payload must be a MessagePack map")),
-        },
+        Some(rmpv::Value::Binary(bytes)) if is_one_map(&bytes) => bytes,
+        Some(rmpv::Value::Binary(_)) => {
+            return Err(IngressError::invalid(format!(
+                "binary payload must be one whole MessagePack map, nested at most {MAX_MSGPACK_PAYLOAD_DEPTH} levels deep"
+            )));
+        }
         Some(v @ rmpv::Value::Map(_)) => {
             let mut buf = Vec::new();
             rmpv::encode::write_value(&mut buf, &v).map_err(|e| IngressError::undecodable(format!("payload: {e}")))?;
@@ -168,6 +179,20 @@ fn decode_msgpack(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &
         subject_kind,
         ids,
     )
+}
+
+/// Whether `bytes` are one MessagePack map and nothing else, as `rmp_serde` (the plugin SDK's and
+/// `MsgpackAsJson`'s decoder) reads it. Checking the first byte was not enough: a truncated map,
+/// or one followed by more bytes, reached plugins, which decode the payload whole, and could not
+/// be shown as JSON on `hub.events` or in a dead letter.
+fn is_one_map(bytes: &[u8]) -> bool {
+    if !matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)) {
+        return false;
+    }
+    let mut rest = bytes;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    de.set_max_depth(MAX_MSGPACK_PAYLOAD_DEPTH + 1);
+    serde::de::IgnoredAny::deserialize(&mut de).is_ok() && rest.is_empty()
 }
 
 fn empty_map() -> Vec<u8> {
@@ -293,6 +318,72 @@ mod tests {
                 Reason::Invalid,
                 "{body}"
             );
+        }
+    }
+
+    /// Found by the `envelope` fuzz target: a binary payload was checked by its first byte only.
+    #[test]
+    fn binary_payloads_that_are_not_one_whole_map_are_refused() {
+        let envelope = |payload: &[u8]| {
+            let field = |k: &str, v: rmpv::Value| (rmpv::Value::from(k), v);
+            let value = rmpv::Value::Map(vec![
+                field("actor", "a".into()),
+                field("kind", "k".into()),
+                field("payload", rmpv::Value::Binary(payload.to_vec())),
+            ]);
+            let mut body = Vec::new();
+            rmpv::encode::write_value(&mut body, &value).expect("encode");
+            body
+        };
+        // The fuzzer's input: a map of one entry, then a byte more.
+        for payload in [
+            &b"\x81\xff\x67\x70"[..],
+            b"\x81",
+            b"\x81\xa1k",
+            b"\x80\x80",
+            b"\x81\xc1\x00",
+        ] {
+            let e = decode("events.k", &envelope(payload)).expect_err("refused");
+            assert_eq!(e.reason, Reason::Invalid, "{payload:x?}: {}", e.detail);
+        }
+        let ok = decode("events.k", &envelope(b"\x81\xa1k\x92\x01\xc0")).expect("one whole map");
+        assert_eq!(ok.payload, b"\x81\xa1k\x92\x01\xc0");
+    }
+
+    /// Found by the `envelope` fuzz target: a MessagePack payload nested deeper than the JSON
+    /// decoder reads was accepted, and the event's JSON envelope could not be replayed.
+    #[test]
+    fn msgpack_payloads_too_deep_for_their_json_envelope_are_refused() {
+        // A map holding arrays in arrays: `levels` containers deep.
+        let payload = |levels: usize| {
+            let mut value = rmpv::Value::Array(Vec::new());
+            for _ in 2..levels {
+                value = rmpv::Value::Array(vec![value]);
+            }
+            rmpv::Value::Map(vec![("a".into(), value)])
+        };
+        let envelope = |payload: rmpv::Value, binary: bool| {
+            let payload = if binary {
+                let mut bytes = Vec::new();
+                rmpv::encode::write_value(&mut bytes, &payload).expect("encode");
+                rmpv::Value::Binary(bytes)
+            } else {
+                payload
+            };
+            let value = rmpv::Value::Map(vec![("actor".into(), "a".into()), ("payload".into(), payload)]);
+            let mut body = Vec::new();
+            rmpv::encode::write_value(&mut body, &value).expect("encode");
+            body
+        };
+        for binary in [false, true] {
+            let deepest = decode("events.k", &envelope(payload(MAX_MSGPACK_PAYLOAD_DEPTH), binary)).expect("deep");
+            let json = deepest.to_json().expect("JSON");
+            let replayed = decode("events.k", &json).expect("its JSON envelope replays");
+            assert_eq!(replayed.payload, deepest.payload);
+            let e =
+                decode("events.k", &envelope(payload(MAX_MSGPACK_PAYLOAD_DEPTH + 1), binary)).expect_err("too deep");
+            let reason = if binary { Reason::Invalid } else { Reason::Undecodable };
+            assert_eq!(e.reason, reason, "{}", e.detail);
         }
     }
 

@@ -42,12 +42,12 @@ impl CompiledRule {
             return Err(format!("{at}: invalid subject pattern"));
         }
         let actor = match (&rule.actor_header, &rule.actor_pointer) {
-            (Some(h), None) => Locator::Header(h.clone()),
+            (Some(h), None) => Locator::Header(header(h, &at)?),
             (None, Some(p)) => Locator::Pointer(pointer(p, &at)?),
             _ => return Err(format!("{at}: set exactly one of actor_header or actor_pointer")),
         };
         let id = match (&rule.id_header, &rule.id_pointer) {
-            (Some(h), None) => Some(Locator::Header(h.clone())),
+            (Some(h), None) => Some(Locator::Header(header(h, &at)?)),
             (None, Some(p)) => Some(Locator::Pointer(pointer(p, &at)?)),
             (None, None) => None,
             _ => return Err(format!("{at}: set at most one of id_header or id_pointer")),
@@ -130,6 +130,17 @@ impl CompiledRule {
             // Filled in by `decode_raw` once a rule fits: the body's payload is moved, not copied.
             payload: Vec::new(),
         })
+    }
+}
+
+/// A header name as NATS carries it: the lookup of any other panics in `async_nats`, on every
+/// message that has headers.
+fn header(h: &str, at: &str) -> Result<String, String> {
+    match h.parse::<async_nats::HeaderName>() {
+        Ok(_) if !h.is_empty() => Ok(h.to_owned()),
+        _ => Err(format!(
+            "{at}: header name {h:?} must be printable ASCII without spaces or ':'"
+        )),
     }
 }
 
@@ -244,7 +255,9 @@ impl Body<'_> {
         match self {
             Body::Flat { fields, .. } => {
                 let key = pointer.strip_prefix('/')?;
-                fields.iter().find(|(k, _)| *k == key).map(|(_, v)| match v {
+                // A key given twice counts with its last value, as in the tree (serde_json) and
+                // for plugins that read the payload's map.
+                fields.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| match v {
                     Scalar::Str(s) => Scalar::Str(Cow::Borrowed(s)),
                     Scalar::Int(n) => Scalar::Int(*n),
                     Scalar::Float(n) => Scalar::Float(*n),
@@ -531,6 +544,26 @@ mod tests {
         assert_eq!(pa["skip"]["deep"][1]["visitor"], "no");
     }
 
+    /// Found by the `ingest` fuzz target: with a key given twice, the one-pass reader took the
+    /// first value and the tree reader the last, so the event depended on the other rules.
+    #[test]
+    fn a_key_given_twice_counts_with_its_last_value_in_both_readers() {
+        let body = br#"{"visitor":"u1","ts":2,"visitor":"u2","ts":"2026-01-01T00:00:00Z"}"#;
+        let flat = RuleSet::new(vec![web_rule()]);
+        assert!(flat.flat_keys.is_some());
+        let mut nested = crate::config::Config::local_default().ingest[0].clone();
+        nested.subject = "other.*".into();
+        nested.actor_pointer = Some("/a/b".into());
+        let tree = RuleSet::new(vec![web_rule(), CompiledRule::compile(&nested).expect("valid")]);
+        assert!(tree.flat_keys.is_none());
+        for rules in [&flat, &tree] {
+            let e = decode_raw(rules, "web.click", None, body, &IdGen::new()).expect("event");
+            assert_eq!((e.actor.as_str(), e.time), ("u2", 1_767_225_600_000));
+            let p: serde_json::Value = rmp_serde::from_slice(&e.payload).expect("payload");
+            assert_eq!(p["visitor"], "u2");
+        }
+    }
+
     #[test]
     fn wanted_fields_that_are_not_scalars_are_read_whole_and_refused() {
         let body = br#"{"visitor":"u1","event_id":[1,{"a":null}],"ts":{"at":false},"n":-3}"#;
@@ -575,6 +608,45 @@ mod tests {
                 .expect_err("refused")
                 .contains("exactly one")
         );
+    }
+
+    /// Found by the `ingest` fuzz target: a header name NATS cannot carry was accepted, and
+    /// looking it up panicked on every message with headers.
+    #[test]
+    fn header_names_nats_cannot_carry_are_refused_when_compiling() {
+        for name in ["\0", "", "X Customer", "X-Customer:", "Kunde-\u{e9}"] {
+            for id in [false, true] {
+                let mut rule = IngestRule {
+                    subject: ">".into(),
+                    kind: "1".into(),
+                    actor_header: Some(name.into()),
+                    actor_pointer: None,
+                    id_header: None,
+                    id_pointer: None,
+                    time_pointer: None,
+                };
+                if id {
+                    rule.actor_header = Some("X-Customer".into());
+                    rule.id_header = Some(name.into());
+                }
+                let e = CompiledRule::compile(&rule).expect_err(name);
+                assert!(e.contains("header name"), "{e}");
+            }
+        }
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("X-Customer", "c1");
+        let rule = IngestRule {
+            subject: ">".into(),
+            kind: "1".into(),
+            actor_header: Some("X-Customer".into()),
+            actor_pointer: None,
+            id_header: Some("Msg-Id".into()),
+            id_pointer: None,
+            time_pointer: None,
+        };
+        let rules = RuleSet::new(vec![CompiledRule::compile(&rule).expect("valid")]);
+        let e = decode_raw(&rules, "d", Some(&h), b"{}", &IdGen::new()).expect("event");
+        assert_eq!(e.actor, "c1");
     }
 
     fn decode_web(body: &str) -> Result<Event, IngressError> {
