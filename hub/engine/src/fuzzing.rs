@@ -686,7 +686,9 @@ impl RestApi {
             engine: EngineConfig::default(),
             policies: policies.clone(),
             sinks: Sinks::start(&Default::default(), push.clone(), egress),
-            checkpoints: crate::durable::Checkpoints::open(db.sled()).expect("checkpoints"),
+            checkpoints: crate::durable::Checkpoints::load(db.sled(), 1, |_| 0)
+                .expect("checkpoints")
+                .remove(0),
             handoffs: crate::durable::Handoffs::load(db.sled(), false, 1, |_| 0)
                 .expect("handoffs")
                 .remove(0),

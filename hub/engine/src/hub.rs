@@ -5,7 +5,7 @@ use crate::arbiter::PolicyStore;
 use crate::config::{Config, InputMode};
 use crate::delivery::Sinks;
 use crate::delivery::push::PushHub;
-use crate::durable::{FlushClock, Handoffs};
+use crate::durable::{Checkpoints, FlushClock, Handoffs};
 use crate::egress::Egress;
 use crate::ingress::stream::{InputStream, Wiring};
 use crate::ingress::{CompiledRule, Ingress};
@@ -172,8 +172,10 @@ impl Hub {
         let handoffs = Handoffs::load(db.sled(), durable.is_some(), shard_count, |actor| {
             router.shard_of(actor)
         })?;
+        let checkpoints = Checkpoints::load(db.sled(), shard_count, |p| router.shard_of_partition(p))?;
         let mut shards = Vec::with_capacity(shard_count);
-        for (id, ((rx, timers), handoffs)) in receivers.into_iter().zip(wheels).zip(handoffs).enumerate() {
+        let stores = wheels.into_iter().zip(handoffs).zip(checkpoints);
+        for (id, (rx, ((timers, handoffs), checkpoints))) in receivers.into_iter().zip(stores).enumerate() {
             let setup = ShardSetup {
                 id,
                 rx,
@@ -187,7 +189,7 @@ impl Hub {
                 engine: config.engine.clone(),
                 policies: policies.clone(),
                 sinks: sinks.clone(),
-                checkpoints: crate::durable::Checkpoints::open(db.sled())?,
+                checkpoints,
                 handoffs,
                 keep_events: config.actions.keep_events,
             };

@@ -48,7 +48,12 @@ impl Router {
 
     /// The shard that owns `actor`: the one its partition belongs to.
     pub fn shard_of(&self, actor: &str) -> usize {
-        usize::from(Self::partition_of(actor)) % self.shards.len()
+        self.shard_of_partition(Self::partition_of(actor))
+    }
+
+    /// The shard that owns `partition`.
+    pub fn shard_of_partition(&self, partition: u16) -> usize {
+        usize::from(partition) % self.shards.len()
     }
 
     /// Send an event to its actor's shard, waiting while that shard's queue is full.
