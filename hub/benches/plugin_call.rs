@@ -40,7 +40,7 @@ fn setup(file: &str, config: serde_json::Value) -> Setup {
     let stores = Some(Box::new(ShardStores {
         state: cache,
         timers: db.load_timers(1, |_| 0).expect("timers").0.remove(0),
-        profiles: db.profiles.clone(),
+        profiles: db.profiles.cache(hub::limits::PROFILE_CACHE_BYTES),
     }));
     Setup {
         instance,

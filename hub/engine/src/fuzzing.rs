@@ -419,7 +419,7 @@ impl ProfilePatch {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let db = Db::open(dir.path(), 1000).expect("sled");
         ProfilePatch {
-            profiles: Profiles::new(db.profiles.clone()),
+            profiles: db.profiles.clone(),
             _db: db,
             _dir: dir,
         }
@@ -714,7 +714,7 @@ impl RestApi {
                 router,
                 registry: registry.clone(),
                 stats,
-                profiles: Profiles::new(db.profiles.clone()),
+                profiles: db.profiles.clone(),
                 policies: policies.clone(),
                 auth: Auth::Token(ADMIN_TOKEN.into()),
                 max_module_bytes,

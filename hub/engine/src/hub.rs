@@ -213,7 +213,7 @@ impl Hub {
         }
 
         drop(commits);
-        let profiles = crate::state::Profiles::new(db.profiles.clone());
+        let profiles = db.profiles.clone();
         let ingress = match durable {
             None => {
                 Ingress::start(

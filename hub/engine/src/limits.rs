@@ -22,6 +22,9 @@ pub const MIN_TIME_MS: i64 = 0;
 pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
 /// Largest stored profile (its MessagePack encoding).
 pub const MAX_PROFILE_BYTES: usize = 64 << 10;
+/// Profiles each shard keeps copies of for its plugins (bytes, about): 64 MiB holds ~300k
+/// profiles of 150 bytes; a shard whose actors' profiles exceed it reads the rest from sled.
+pub const PROFILE_CACHE_BYTES: usize = 64 << 20;
 
 /// Room kept beside the largest output for a message's headers (dead-letter reasons, ids), when
 /// `limits.max_output_bytes` is lowered to the NATS server's `max_payload`.

@@ -114,7 +114,7 @@ impl Shard {
             stores: Some(Box::new(ShardStores {
                 state,
                 timers: setup.timers,
-                profiles: setup.db.profiles.clone(),
+                profiles: setup.db.profiles.cache(crate::limits::PROFILE_CACHE_BYTES),
             })),
             plugins: Plugins::new(setup.id, setup.live, setup.stats, setup.db.clone()),
             db: setup.db,

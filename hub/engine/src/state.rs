@@ -24,7 +24,7 @@ pub mod unreadable;
 
 pub use cache::{PluginSlot, StateCache};
 pub use committer::{Applied, Commit, CommitQueue, Committer, Durability, ShardCommits};
-pub use profiles::{ProfileError, Profiles};
+pub use profiles::{ProfileCache, ProfileError, Profiles};
 pub use timers::{DueTimer, TimerWheel};
 
 use std::path::Path;
@@ -65,7 +65,7 @@ pub struct Db {
     timer_log: sled::Tree,
     /// Timers as earlier versions kept them; emptied at start.
     legacy_timers: sled::Tree,
-    pub profiles: sled::Tree,
+    pub profiles: Profiles,
     /// The recent actions of each actor (written behind like plugin state).
     pub actions: sled::Tree,
 }
@@ -85,7 +85,7 @@ impl Db {
         Ok(Db {
             timer_log: db.open_tree("timer-log")?,
             legacy_timers: db.open_tree("timers")?,
-            profiles: db.open_tree("profiles")?,
+            profiles: Profiles::new(db.open_tree("profiles")?),
             actions: db.open_tree("actions")?,
             db,
         })

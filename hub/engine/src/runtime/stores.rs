@@ -1,10 +1,10 @@
 //! The seam between the plugin host imports and where their data lives. The imports (state,
 //! timers, profile; the clock is the `now` each call is given) run against a [`Stores`]: the
-//! shard's [`ShardStores`] (write-behind cache over sled, the durable timer wheel, the profiles
-//! tree) on a running hub, or [`MemoryStores`] for a plugin run offline on a virtual clock (the
+//! shard's [`ShardStores`] (write-behind cache over sled, the durable timer wheel, a cache of the
+//! profiles) on a running hub, or [`MemoryStores`] for a plugin run offline on a virtual clock (the
 //! plugin test runner, backtests, shadow runs). Either way the plugin runs in the same sandbox.
 
-use crate::state::{DueTimer, PluginSlot, StateCache, TimerWheel};
+use crate::state::{DueTimer, PluginSlot, ProfileCache, StateCache, TimerWheel};
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 
@@ -30,7 +30,7 @@ pub trait Stores: Any + Send {
 pub struct ShardStores {
     pub state: StateCache,
     pub timers: TimerWheel,
-    pub profiles: sled::Tree,
+    pub profiles: ProfileCache,
 }
 
 impl Stores for ShardStores {
@@ -51,7 +51,7 @@ impl Stores for ShardStores {
     }
 
     fn profile(&mut self, actor: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.profiles.get(actor.as_bytes())?.map(|v| v.to_vec()))
+        Ok(self.profiles.get(actor)?)
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {

@@ -8,9 +8,19 @@
 //! A stored profile that cannot be read is never overwritten: an update of it (merge or
 //! replacement) is refused, so what was stored stays for an operator to inspect or repair;
 //! erasing the actor removes it.
+//!
+//! Plugins read profiles through each shard's [`ProfileCache`]: a sled read waits while the
+//! committer applies a commit (sled applies batches under a lock that every read waits for), and
+//! scenarios read the profile of nearly every event they act on. Every write bumps a version of
+//! the actor's stripe *after* it is stored, and a cached profile is used only while its stripe
+//! is at the version read before it was fetched, so a shard never serves a profile older than
+//! the last update that returned.
 
 use crate::limits;
+use rustc_hash::FxHashMap;
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -27,14 +37,52 @@ pub enum ProfileError {
     Sled(#[from] sled::Error),
 }
 
+/// Actors are hashed into this many version stripes: an update invalidates the cached profiles
+/// of its stripe (about 1 in 4096 of the actors), and the stripes take 32 KiB.
+const STRIPES: usize = 4096;
+
+/// The profiles of every actor. Clones share the tree and the versions of its stripes, so every
+/// writer must go through one of them (the hub's is `Db::profiles`).
 #[derive(Clone)]
 pub struct Profiles {
     tree: sled::Tree,
+    versions: Arc<[AtomicU64]>,
 }
 
 impl Profiles {
     pub fn new(tree: sled::Tree) -> Profiles {
-        Profiles { tree }
+        Profiles {
+            tree,
+            versions: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn stripe(&self, actor: &[u8]) -> &AtomicU64 {
+        &self.versions[(xxhash_rust::xxh3::xxh3_64(actor) % STRIPES as u64) as usize]
+    }
+
+    /// A write of `actor`'s profile is stored: cached copies of its stripe are stale.
+    fn changed(&self, actor: &[u8]) {
+        self.stripe(actor).fetch_add(1, Ordering::Release);
+    }
+
+    /// A cache of these profiles for one shard, holding at most about `bytes`.
+    pub fn cache(&self, bytes: usize) -> ProfileCache {
+        ProfileCache {
+            profiles: self.clone(),
+            entries: FxHashMap::default(),
+            bytes: 0,
+            capacity: bytes,
+        }
+    }
+
+    /// Erase every profile.
+    pub fn clear(&self) -> Result<(), ProfileError> {
+        self.tree.clear()?;
+        self.versions.iter().for_each(|v| {
+            v.fetch_add(1, Ordering::Release);
+        });
+        Ok(())
     }
 
     pub fn get(&self, actor: &str) -> Result<Option<Value>, ProfileError> {
@@ -56,7 +104,9 @@ impl Profiles {
 
     /// Erase the profile; true if there was one.
     pub fn remove(&self, actor: &str) -> Result<bool, ProfileError> {
-        Ok(self.tree.remove(actor.as_bytes())?.is_some())
+        let removed = self.tree.remove(actor.as_bytes())?.is_some();
+        self.changed(actor.as_bytes());
+        Ok(removed)
     }
 
     /// Apply `change` to the stored profile. An unreadable one is refused even for a
@@ -89,9 +139,57 @@ impl Profiles {
                 .compare_and_swap(actor.as_bytes(), old, Some(encoded))?
                 .is_ok()
             {
+                self.changed(actor.as_bytes());
                 return Ok(profile);
             }
         }
+    }
+}
+
+/// A profile as a shard fetched it.
+struct Cached {
+    /// Its stripe's version, read before it was fetched.
+    version: u64,
+    stored: Option<Box<[u8]>>,
+}
+
+/// One shard's copies of the profiles its plugins read, as stored (MessagePack bytes), absent
+/// ones included. Dropped whole when over its capacity: the shard reads them again from sled.
+pub struct ProfileCache {
+    profiles: Profiles,
+    entries: FxHashMap<Box<str>, Cached>,
+    bytes: usize,
+    capacity: usize,
+}
+
+impl ProfileCache {
+    /// Bytes an entry is counted for besides its actor and profile.
+    const ENTRY_OVERHEAD: usize = 64;
+
+    /// The actor's profile as stored.
+    pub fn get(&mut self, actor: &str) -> Result<Option<Vec<u8>>, sled::Error> {
+        let version = self.profiles.stripe(actor.as_bytes()).load(Ordering::Acquire);
+        if let Some(cached) = self.entries.get(actor)
+            && cached.version == version
+        {
+            return Ok(cached.stored.as_deref().map(<[u8]>::to_vec));
+        }
+        let stored = self.profiles.tree.get(actor.as_bytes())?;
+        let size = actor.len() + stored.as_ref().map_or(0, |b| b.len()) + Self::ENTRY_OVERHEAD;
+        if self.bytes + size > self.capacity {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        let value = stored.as_deref().map(<[u8]>::to_vec);
+        let entry = Cached {
+            version,
+            stored: value.as_deref().map(Box::from),
+        };
+        if let Some(old) = self.entries.insert(actor.into(), entry) {
+            self.bytes -= actor.len() + old.stored.map_or(0, |b| b.len()) + Self::ENTRY_OVERHEAD;
+        }
+        self.bytes += size;
+        Ok(value)
     }
 }
 
@@ -203,5 +301,76 @@ mod tests {
         let long = "v".repeat(limits::MAX_ACTOR_BYTES + 1);
         let err = p.merge(&long, &json!({"name": "Ann"})).expect_err("long actor id");
         assert!(err.to_string().contains("at most 1024"), "{err}");
+    }
+
+    #[test]
+    fn a_cached_profile_gives_way_to_an_update_through_any_handle() {
+        let p = profiles();
+        let writer = p.clone();
+        let mut cache = p.cache(1 << 20);
+        assert_eq!(cache.get("a").expect("get"), None);
+        writer.merge("a", &json!({"segment": "vip"})).expect("merge");
+        let stored = |p: &Profiles| p.tree.get("a").expect("get").map(|v| v.to_vec());
+        assert_eq!(
+            cache.get("a").expect("get"),
+            stored(&p),
+            "the absence was cached, then updated"
+        );
+        assert_eq!(cache.get("a").expect("get"), stored(&p));
+        writer.replace("a", &json!({"segment": "gold"})).expect("replace");
+        assert_eq!(cache.get("a").expect("get"), stored(&p));
+        writer.remove("a").expect("remove");
+        assert_eq!(cache.get("a").expect("get"), None);
+        writer.merge("a", &json!({"x": 1})).expect("merge");
+        writer.clear().expect("clear");
+        assert_eq!(cache.get("a").expect("get"), None);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Merge(u8, Value),
+        Remove(u8),
+        Read(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..8u8, crate::strategies::json_value(2, 8)).prop_map(|(a, v)| Op::Merge(a, json!({"v": v}))),
+            (0..8u8).prop_map(Op::Remove),
+            (0..8u8).prop_map(Op::Read),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Whatever the updates and however small the cache, a read gives what is stored.
+        #[test]
+        fn the_cache_reads_what_is_stored(ops in proptest::collection::vec(op(), 1..60), capacity in 0..2048usize) {
+            let p = profiles();
+            let mut cache = p.cache(capacity);
+            for op in ops {
+                match op {
+                    Op::Merge(a, patch) => {
+                        p.merge(&a.to_string(), &patch).expect("merge");
+                    }
+                    Op::Remove(a) => {
+                        p.remove(&a.to_string()).expect("remove");
+                    }
+                    Op::Read(a) => {
+                        let actor = a.to_string();
+                        let stored = p.tree.get(&actor).expect("get").map(|v| v.to_vec());
+                        prop_assert_eq!(cache.get(&actor).expect("cached"), stored);
+                    }
+                }
+                let counted: usize = cache
+                    .entries
+                    .iter()
+                    .map(|(a, c)| a.len() + c.stored.as_ref().map_or(0, |b| b.len()) + ProfileCache::ENTRY_OVERHEAD)
+                    .sum();
+                prop_assert_eq!(cache.bytes, counted);
+                prop_assert!(cache.entries.len() <= 1 || cache.bytes <= capacity, "held to its capacity");
+            }
+        }
     }
 }
