@@ -163,8 +163,10 @@ pub struct ProfileCache {
 }
 
 impl ProfileCache {
-    /// Bytes an entry is counted for besides its actor and profile.
-    const ENTRY_OVERHEAD: usize = 64;
+    /// What an entry is counted for: its actor, its profile and 64 bytes of bookkeeping.
+    fn entry_bytes(actor: &str, stored: Option<&[u8]>) -> usize {
+        actor.len() + stored.map_or(0, <[u8]>::len) + 64
+    }
 
     /// The actor's profile as stored.
     pub fn get(&mut self, actor: &str) -> Result<Option<Vec<u8>>, sled::Error> {
@@ -175,7 +177,7 @@ impl ProfileCache {
             return Ok(cached.stored.as_deref().map(<[u8]>::to_vec));
         }
         let stored = self.profiles.tree.get(actor.as_bytes())?;
-        let size = actor.len() + stored.as_ref().map_or(0, |b| b.len()) + Self::ENTRY_OVERHEAD;
+        let size = Self::entry_bytes(actor, stored.as_deref());
         if self.bytes + size > self.capacity {
             self.entries.clear();
             self.bytes = 0;
@@ -186,7 +188,7 @@ impl ProfileCache {
             stored: value.as_deref().map(Box::from),
         };
         if let Some(old) = self.entries.insert(actor.into(), entry) {
-            self.bytes -= actor.len() + old.stored.map_or(0, |b| b.len()) + Self::ENTRY_OVERHEAD;
+            self.bytes -= Self::entry_bytes(actor, old.stored.as_deref());
         }
         self.bytes += size;
         Ok(value)
@@ -366,7 +368,7 @@ mod tests {
                 let counted: usize = cache
                     .entries
                     .iter()
-                    .map(|(a, c)| a.len() + c.stored.as_ref().map_or(0, |b| b.len()) + ProfileCache::ENTRY_OVERHEAD)
+                    .map(|(a, c)| ProfileCache::entry_bytes(a, c.stored.as_deref()))
                     .sum();
                 prop_assert_eq!(cache.bytes, counted);
                 prop_assert!(cache.entries.len() <= 1 || cache.bytes <= capacity, "held to its capacity");
