@@ -143,6 +143,16 @@ impl Action {
 /// subscriptions to actions start with it too (`action.offer.*`).
 pub const ACTION_KIND_PREFIX: &str = "action.";
 
+/// An input may not take a kind reserved for actions on their way to delivery.
+pub fn check_input_kind(kind: &str) -> Result<(), String> {
+    if kind.starts_with(ACTION_KIND_PREFIX) {
+        return Err(format!(
+            "event kinds starting with {ACTION_KIND_PREFIX:?} are reserved for actions on their way to delivery"
+        ));
+    }
+    Ok(())
+}
+
 /// An event kind the hub accepts: at most [`limits::MAX_KIND_BYTES`] of dot-separated tokens
 /// (kinds become subjects).
 pub fn check_kind(kind: &str) -> Result<(), String> {

@@ -77,6 +77,16 @@ impl IdGen {
         }
     }
 
+    /// For line `line` of a recorded file run offline: ids from the line number, and the
+    /// virtual clock `clock` as the time of an event that has none, so a run is reproducible.
+    pub fn for_recorded(line: usize, clock: i64) -> IdGen {
+        IdGen {
+            prefix: format!("line{line}"),
+            seq: AtomicU64::new(0),
+            time: Some(clock),
+        }
+    }
+
     pub fn next(&self) -> String {
         format!("{}-{}", self.prefix, self.seq.fetch_add(1, Ordering::Relaxed))
     }

@@ -37,6 +37,7 @@ pub mod ingress;
 pub mod limits;
 pub mod metrics;
 pub mod nats_server;
+pub mod offline;
 pub mod registry;
 pub mod router;
 pub mod runtime;

@@ -25,7 +25,7 @@ use crate::dead_letter::{DeadLetter, Reason};
 use crate::delivery::{Delivery, Dispatch, Sinks};
 use crate::durable::{Checkpoints, Handoff, Handoffs};
 use crate::egress::{Batcher, Egress, Outbound, subjects};
-use crate::event::{ACTION_KIND_PREFIX, Action, Event, Routed, derived_id, now_ms};
+use crate::event::{Action, Event, Routed, derived_id, now_ms};
 use crate::metrics as m;
 use crate::registry::Live;
 use crate::router::{Router, ShardMsg};
@@ -205,10 +205,7 @@ impl Shard {
                 return;
             }
         }
-        if routed.event.kind.starts_with(ACTION_KIND_PREFIX) {
-            let detail = format!(
-                "event kinds starting with {ACTION_KIND_PREFIX:?} are reserved for actions on their way to delivery"
-            );
+        if let Err(detail) = crate::event::check_input_kind(&routed.event.kind) {
             let letter = DeadLetter::event(Reason::ReservedKind, detail, &routed.event);
             self.egress.push(letter.into_outbound());
             return;
@@ -291,12 +288,7 @@ impl Shard {
                 r.hops,
                 r.received,
             ),
-            Cause::Timer(t) => (
-                Cow::Owned(format!("timer:{}:{}:{}:{}", t.owner, t.actor, t.id, t.due)),
-                t.actor.as_str(),
-                0,
-                Instant::now(),
-            ),
+            Cause::Timer(t) => (Cow::Owned(t.cause_id()), t.actor.as_str(), 0, Instant::now()),
         };
         let now = now_ms();
         for (index, output) in outputs.into_iter().enumerate() {

@@ -3,7 +3,7 @@
 use super::Runtime;
 use super::bindings::PluginPre;
 use super::instance::{CallError, PluginInstance};
-use hub_plugin_sdk::pattern::pattern_error;
+use hub_plugin_sdk::pattern::{kind_matches, pattern_error};
 use std::sync::Arc;
 use wasmtime::component::Component;
 
@@ -14,6 +14,17 @@ pub struct Description {
     pub version: String,
     pub subscribes: Vec<String>,
     pub emits: Vec<String>,
+}
+
+impl Description {
+    /// Whether an event of `kind` reaches this plugin. Subscriptions to actions (`action.…`) and
+    /// to events are kept apart, so a plugin that takes every event (`>`) gets no actions.
+    pub fn takes(&self, kind: &str) -> bool {
+        let action = kind.starts_with(crate::event::ACTION_KIND_PREFIX);
+        self.subscribes
+            .iter()
+            .any(|pat| pat.starts_with(crate::event::ACTION_KIND_PREFIX) == action && kind_matches(pat, kind))
+    }
 }
 
 /// Why a plugin module was refused. Each message tells the admin what to fix.
@@ -92,14 +103,31 @@ impl PluginModule {
         component: &Component,
         config: &serde_json::Value,
     ) -> Result<PluginModule, LoadError> {
+        if !config.is_object() {
+            return Err(LoadError::ConfigRejected("the config must be a JSON object".into()));
+        }
+        let module = Arc::new(Self::described(runtime, component, config.to_string())?);
+        match PluginInstance::new(module.clone(), "probe".into(), crate::state::PluginSlot::PROBE) {
+            Ok(_) => {}
+            Err(CallError::Plugin(msg)) => return Err(LoadError::ConfigRejected(msg)),
+            Err(e) => return Err(LoadError::InitTrapped(e)),
+        }
+        Arc::try_unwrap(module).map_err(|_| LoadError::BadDescription("module still in use".into()))
+    }
+
+    /// What a compiled component says about itself (checked as for loading), without running
+    /// its `init`: for tools that show a plugin before anyone chose its config.
+    pub fn describe(runtime: &Arc<Runtime>, component: &Component) -> Result<Description, LoadError> {
+        Ok(Self::described(runtime, component, String::new())?.description)
+    }
+
+    /// Link `component` against the hub's world and ask it to `describe()` itself.
+    fn described(runtime: &Arc<Runtime>, component: &Component, config: String) -> Result<PluginModule, LoadError> {
         let instance_pre = runtime
             .linker
             .instantiate_pre(component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        if !config.is_object() {
-            return Err(LoadError::ConfigRejected("the config must be a JSON object".into()));
-        }
         let mut module = PluginModule {
             runtime: runtime.clone(),
             pre,
@@ -109,17 +137,11 @@ impl PluginModule {
                 subscribes: Vec::new(),
                 emits: Vec::new(),
             },
-            config: config.to_string(),
+            config,
         };
         module.description = PluginInstance::describe(&module).map_err(LoadError::Describe)?;
         validate(&module.description)?;
-        let module = Arc::new(module);
-        match PluginInstance::new(module.clone(), "probe".into(), crate::state::PluginSlot::PROBE) {
-            Ok(_) => {}
-            Err(CallError::Plugin(msg)) => return Err(LoadError::ConfigRejected(msg)),
-            Err(e) => return Err(LoadError::InitTrapped(e)),
-        }
-        Arc::try_unwrap(module).map_err(|_| LoadError::BadDescription("module still in use".into()))
+        Ok(module)
     }
 
     pub fn name(&self) -> &str {

@@ -6,14 +6,13 @@
 //! to the name), and so each event is handled by exactly one version.
 
 use crate::dead_letter::{DeadLetter, Reason};
-use crate::event::{ACTION_KIND_PREFIX, Routed, now_ms};
+use crate::event::{Routed, now_ms};
 use crate::limits::{KIND_CACHE_LIMIT, LATENCY_SAMPLE_EVERY, MAX_QUARANTINE, TRAPS_BEFORE_QUARANTINE};
 use crate::metrics as m;
 use crate::registry::{Live, LivePlugin, LiveSet};
 use crate::runtime::{CallError, Output, PluginInstance, ShardStores};
 use crate::state::{Db, DueTimer, PluginSlot, StateCache};
 use crate::stats::{Pending, PluginStats};
-use hub_plugin_sdk::pattern::kind_matches;
 use rustc_hash::FxHashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -199,8 +198,8 @@ impl Plugins {
         }
     }
 
-    /// Plugins subscribed to `kind`, cached per kind. Subscriptions to actions (`action.…`) and
-    /// to events are kept apart, so a plugin that takes every event (`>`) gets no actions.
+    /// Plugins subscribed to `kind` ([`Description::takes`](crate::runtime::Description::takes)),
+    /// cached per kind.
     pub fn subscribers_of(&mut self, kind: &str) -> Rc<[usize]> {
         if let Some(list) = self.subscribers.get(kind) {
             return list.clone();
@@ -208,19 +207,11 @@ impl Plugins {
         if self.subscribers.len() >= KIND_CACHE_LIMIT {
             self.subscribers.clear();
         }
-        let action = kind.starts_with(ACTION_KIND_PREFIX);
         let list: Rc<[usize]> = self
             .loaded
             .iter()
             .enumerate()
-            .filter(|(_, p)| {
-                p.instance
-                    .module()
-                    .description
-                    .subscribes
-                    .iter()
-                    .any(|pat| pat.starts_with(ACTION_KIND_PREFIX) == action && kind_matches(pat, kind))
-            })
+            .filter(|(_, p)| p.instance.module().description.takes(kind))
             .map(|(i, _)| i)
             .collect();
         self.subscribers.insert(kind.to_owned(), list.clone());

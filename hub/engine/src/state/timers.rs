@@ -23,6 +23,14 @@ pub struct DueTimer {
     pub payload: Vec<u8>,
 }
 
+impl DueTimer {
+    /// What the outputs of its call derive their ids from, as an event's id for an event's
+    /// outputs: the same timer gives the same ids, whoever runs it (the hub, or an offline run).
+    pub fn cause_id(&self) -> String {
+        format!("timer:{}:{}:{}:{}", self.owner, self.actor, self.id, self.due)
+    }
+}
+
 /// A timer key (see [`keys::timer_key`]), allocated once and shared by the wheel's maps.
 type Key = Arc<[u8]>;
 
