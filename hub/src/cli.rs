@@ -1,5 +1,7 @@
-//! The `hub` command line: `up`, `run`, `send`, `tail`, `plugin`, `bench`, `crash-test`.
+//! The `hub` command line: `up`, `run`, `send`, `tail`, `plugin` (writing plugins, and managing
+//! those of a running hub), `bench`, `crash-test`.
 
+mod author;
 mod plugin;
 
 use anyhow::{Context, bail};

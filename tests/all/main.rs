@@ -7,6 +7,7 @@ mod support;
 mod actors;
 mod admin;
 mod arbitration;
+mod authoring;
 mod delivery;
 mod durability;
 mod ingress;

@@ -1,4 +1,5 @@
-//! `hub plugin …`: a client of the admin REST API (`/api/plugins`).
+//! `hub plugin …`: writing plugins offline (`new`, `build`, `test`: see `author`), and a client of
+//! the admin REST API (`/api/plugins`) for the rest.
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -24,6 +25,19 @@ pub struct PluginArgs {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Start a plugin project (Rust or Python) that builds and whose tests pass as written
+    New(super::author::new::NewArgs),
+    /// Build a plugin project into a component and show what the hub sees of it
+    Build(super::author::build::BuildArgs),
+    /// Run plugins offline on recorded events, on the hub's runtime and a virtual clock
+    Test(super::author::test::TestArgs),
+    #[command(flatten)]
+    Admin(AdminCommand),
+}
+
+/// What goes through the admin API of a running hub.
+#[derive(Subcommand)]
+enum AdminCommand {
     /// List plugins: active version, subscriptions, calls, errors, latency
     Ls,
     /// Upload a .wasm as the next version of NAME and make it live once validated
@@ -53,14 +67,20 @@ enum PluginCommand {
 }
 
 pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
+    let command = match args.command {
+        PluginCommand::New(a) => return super::author::new::run(a),
+        PluginCommand::Build(a) => return super::author::build::run(a),
+        PluginCommand::Test(a) => return super::author::test::run(a, args.json),
+        PluginCommand::Admin(command) => command,
+    };
     let client = Client {
         http: reqwest::Client::new(),
         api: args.api.trim_end_matches('/').to_owned(),
         token: args.token,
     };
     let json = args.json;
-    match args.command {
-        PluginCommand::Ls => {
+    match command {
+        AdminCommand::Ls => {
             let body = client
                 .send(client.request(reqwest::Method::GET, "/api/plugins"))
                 .await?;
@@ -70,7 +90,7 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
             let list: Vec<PluginSummary> = serde_json::from_str(&body).context("unexpected answer")?;
             print_list(&list);
         }
-        PluginCommand::Show { name } => {
+        AdminCommand::Show { name } => {
             let body = client
                 .send(client.request(reqwest::Method::GET, &path(&name, "")))
                 .await?;
@@ -80,7 +100,7 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
             let detail: PluginDetail = serde_json::from_str(&body).context("unexpected answer")?;
             print_detail(&detail);
         }
-        PluginCommand::Push { name, file, config } => {
+        AdminCommand::Push { name, file, config } => {
             let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let mut request = client
                 .request(reqwest::Method::PUT, &path(&name, ""))
@@ -91,24 +111,24 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
             }
             client.change(request, json).await?;
         }
-        PluginCommand::Config { name, config } => {
+        AdminCommand::Config { name, config } => {
             let request = client
                 .request(reqwest::Method::PUT, &path(&name, "/config"))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(config);
             client.change(request, json).await?;
         }
-        PluginCommand::Enable { name } => {
+        AdminCommand::Enable { name } => {
             client
                 .change(client.request(reqwest::Method::POST, &path(&name, "/enable")), json)
                 .await?;
         }
-        PluginCommand::Disable { name } => {
+        AdminCommand::Disable { name } => {
             client
                 .change(client.request(reqwest::Method::POST, &path(&name, "/disable")), json)
                 .await?;
         }
-        PluginCommand::Rollback { name, to } => {
+        AdminCommand::Rollback { name, to } => {
             let body = to
                 .map(|v| serde_json::json!({ "version": v }).to_string())
                 .unwrap_or_default();
@@ -118,7 +138,7 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
                 .body(body);
             client.change(request, json).await?;
         }
-        PluginCommand::Rm { name } => {
+        AdminCommand::Rm { name } => {
             client
                 .change(client.request(reqwest::Method::DELETE, &path(&name, "")), json)
                 .await?;
