@@ -8,6 +8,8 @@ mod actors;
 mod admin;
 mod arbitration;
 mod authoring;
+mod dashboard;
+mod dead_letters;
 mod delivery;
 mod durability;
 mod ingress;

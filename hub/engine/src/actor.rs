@@ -17,6 +17,13 @@ use std::collections::BTreeMap;
 pub enum ActorRequest {
     Inspect(tokio::sync::oneshot::Sender<ActorState>),
     Erase(tokio::sync::oneshot::Sender<Result<Erased, String>>),
+    /// Set a timer again, due now: the replay of a timer's dead letter.
+    Rearm {
+        plugin: String,
+        id: String,
+        payload: Vec<u8>,
+        reply: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// Each plugin's state and the pending timers of one actor.

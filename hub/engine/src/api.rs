@@ -1,5 +1,5 @@
 //! The admin REST API under `/api/` (JSON): plugins and their versions, actors
-//! (profile, state, timers, action ledger, erasure), contact policies.
+//! (profile, state, timers, action ledger, erasure), contact policies, kept dead letters.
 //!
 //! Every call but `GET /api/openapi.json` needs `Authorization: Bearer $HUB_ADMIN_TOKEN`. Without
 //! a configured token the API is open only when the hub listens on loopback (the local default
@@ -10,8 +10,10 @@
 
 pub mod actors;
 mod auth;
+pub mod dead_letters;
 pub mod plugins;
 pub mod policies;
+pub mod status;
 
 pub use crate::http_error::{ApiError, Failure, json_errors};
 pub use auth::Auth;
@@ -35,6 +37,12 @@ pub struct ApiState {
     pub auth: Auth,
     /// Upload bodies up to this size (plus room for the refusal to say why) are read.
     pub max_module_bytes: usize,
+    /// The kept dead letters (`None`: the stream could not be set up).
+    pub dead_letters: Option<crate::dead_letter::KeptLetters>,
+    /// For publishing replays.
+    pub nats: async_nats::Client,
+    /// The headline figures, taken once a second.
+    pub status: std::sync::Arc<crate::status::StatusBoard>,
 }
 
 /// The API's routes, for a server whose state `S` holds an [`ApiState`].
@@ -56,6 +64,13 @@ where
         .route("/api/plugins/{name}/disable", post(plugins::disable))
         .route("/api/actors/{id}", get(actors::show).delete(actors::erase))
         .route("/api/policies", get(policies::show).put(policies::replace))
+        .route("/api/status", get(status::current))
+        .route("/api/status/history", get(status::history))
+        .route("/api/status/stream", get(status::stream))
+        .route("/api/dead-letters", get(dead_letters::list))
+        .route("/api/dead-letters/replay", post(dead_letters::replay_reason))
+        .route("/api/dead-letters/{seq}", get(dead_letters::show))
+        .route("/api/dead-letters/{seq}/replay", post(dead_letters::replay_one))
         .route(
             "/api/actors/{id}/profile",
             put(actors::put_profile).patch(actors::patch_profile),
@@ -87,7 +102,14 @@ where
         actors::patch_profile,
         actors::erase,
         policies::show,
-        policies::replace
+        policies::replace,
+        dead_letters::list,
+        dead_letters::show,
+        dead_letters::replay_one,
+        dead_letters::replay_reason,
+        status::current,
+        status::history,
+        status::stream
     ),
     components(schemas(ApiError)),
     modifiers(&BearerScheme),

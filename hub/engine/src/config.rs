@@ -33,6 +33,29 @@ pub struct Config {
     pub push: PushConfig,
     pub actions: ActionsConfig,
     pub input: InputConfig,
+    pub dead_letters: DeadLettersConfig,
+}
+
+/// The stream that keeps dead letters (`[dead_letters]`), for listing and replaying them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeadLettersConfig {
+    pub stream: String,
+    /// How long a letter is kept.
+    #[serde(with = "duration_text")]
+    pub max_age: Duration,
+    /// The stream's size limit in bytes (the oldest letters go first); -1: none.
+    pub max_bytes: i64,
+}
+
+impl Default for DeadLettersConfig {
+    fn default() -> Self {
+        DeadLettersConfig {
+            stream: "HUB_DLQ".into(),
+            max_age: Duration::from_secs(14 * 24 * 3600),
+            max_bytes: 1 << 30,
+        }
+    }
 }
 
 /// How inputs are read from NATS.
@@ -249,6 +272,7 @@ impl Default for Config {
             push: PushConfig::default(),
             actions: ActionsConfig::default(),
             input: InputConfig::default(),
+            dead_letters: DeadLettersConfig::default(),
         }
     }
 }

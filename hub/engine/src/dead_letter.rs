@@ -3,6 +3,10 @@
 //! can be inspected and replayed. One type, [`DeadLetter`], built by a constructor per kind of
 //! input; the reasons are a closed set, [`Reason`], with their subject tokens in one place.
 
+mod kept;
+
+pub use kept::{KeptError, KeptLetters, Letter, LetterSummary, REPLAY_FOR, Replay};
+
 use crate::egress::{Outbound, headers, subjects};
 use crate::event::Event;
 use async_nats::HeaderMap;
@@ -107,6 +111,8 @@ pub struct DeadLetter {
     subject: String,
     plugin: Option<String>,
     event_id: Option<String>,
+    /// Whose it is, where the body does not say (a timer's payload).
+    actor: Option<String>,
     /// The original bytes, or the event's JSON envelope (replayable on `events.<kind>`).
     body: Bytes,
 }
@@ -120,6 +126,7 @@ impl DeadLetter {
             subject: subject.to_owned(),
             plugin: None,
             event_id: None,
+            actor: None,
             body,
         }
     }
@@ -132,18 +139,20 @@ impl DeadLetter {
             subject: event.source.clone(),
             plugin: None,
             event_id: Some(event.id.clone()),
+            actor: Some(event.actor.clone()),
             body: event.to_json().map(Bytes::from).unwrap_or_default(),
         }
     }
 
-    /// A timer that came due (its payload as the body).
-    pub fn timer(reason: Reason, detail: impl Into<String>, id: &str, payload: &[u8]) -> DeadLetter {
+    /// A timer of `actor` that came due (its payload as the body).
+    pub fn timer(reason: Reason, detail: impl Into<String>, actor: &str, id: &str, payload: &[u8]) -> DeadLetter {
         DeadLetter {
             reason,
             detail: detail.into(),
             subject: "timer".to_owned(),
             plugin: None,
             event_id: Some(id.to_owned()),
+            actor: Some(actor.to_owned()),
             body: Bytes::copy_from_slice(payload),
         }
     }
@@ -156,6 +165,7 @@ impl DeadLetter {
             subject: subjects::join(subjects::DELIVERIES, channel),
             plugin: None,
             event_id: Some(id.to_owned()),
+            actor: None,
             body,
         }
     }
@@ -186,6 +196,9 @@ impl DeadLetter {
         }
         if let Some(id) = &self.event_id {
             h.insert(headers::EVENT_ID, header_safe(id).as_str());
+        }
+        if let Some(actor) = &self.actor {
+            h.insert(headers::ACTOR, header_safe(actor).as_str());
         }
         Outbound {
             subject: subjects::join(subjects::DEAD_LETTERS, self.reason.as_str()),

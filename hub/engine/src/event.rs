@@ -28,6 +28,9 @@ pub struct Routed {
     pub received: std::time::Instant,
     /// Set on inputs from the input stream (durable mode): where the input stands there.
     pub input: Option<crate::durable::Ticket>,
+    /// A replayed dead letter of a plugin's failure: only that plugin runs it, since the
+    /// others handled the event the first time.
+    pub only: Option<String>,
 }
 
 /// An action a plugin proposed, as the hub publishes it. (Serde: how a held action waits in

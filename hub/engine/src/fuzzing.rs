@@ -705,11 +705,21 @@ impl RestApi {
                     .connect("nats://127.0.0.1:1"),
             )
             .expect("a client that connects in the background");
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let (status, _sampling) = {
+            let _in_runtime = tokio.enter();
+            crate::status::StatusBoard::start(crate::status::Sources {
+                metrics: metrics.clone(),
+                registry: registry.clone(),
+                stats: stats.clone(),
+                input: crate::config::InputMode::Core,
+            })
+        };
         let app = crate::http::router(crate::http::HttpState {
-            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
-                .build_recorder()
-                .handle(),
-            nats,
+            metrics,
+            nats: nats.clone(),
             api: ApiState {
                 router,
                 registry: registry.clone(),
@@ -718,6 +728,10 @@ impl RestApi {
                 policies: policies.clone(),
                 auth: Auth::Token(ADMIN_TOKEN.into()),
                 max_module_bytes,
+                // No server behind the client: the dead-letter calls answer 503.
+                dead_letters: None,
+                nats,
+                status,
             },
             push,
         });

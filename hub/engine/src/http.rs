@@ -43,6 +43,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/push/{actor}", get(crate::delivery::push::connect))
         .merge(crate::api::router(&state.api))
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .layer(axum::middleware::map_response(crate::api::json_errors))
         .with_state(state)

@@ -3,6 +3,7 @@
 
 use crate::arbiter::PolicyStore;
 use crate::config::{Config, InputMode};
+use crate::dead_letter::KeptLetters;
 use crate::delivery::Sinks;
 use crate::delivery::push::PushHub;
 use crate::durable::{Checkpoints, FlushClock, Handoffs};
@@ -16,6 +17,7 @@ use crate::shard::{Shard, ShardSetup};
 use crate::state::Durability;
 use crate::state::{Committer, Db, StateError};
 use crate::stats::PluginStats;
+use crate::status::{Sources, StatusBoard};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +73,7 @@ pub struct Hub {
     http_stop: watch::Sender<bool>,
     push: PushHub,
     db: Db,
+    status_task: JoinHandle<()>,
 }
 
 impl Hub {
@@ -134,6 +137,13 @@ impl Hub {
         if let Err(e) = crate::delivery::ensure_action_stream(&client, &config.actions).await {
             tracing::error!(error = %e, "no action stream: actions are published without being kept");
         }
+        let dead_letters = match KeptLetters::ensure(&client, &config.dead_letters, &config.nats.events_subject).await {
+            Ok(kept) => Some(kept),
+            Err(e) => {
+                tracing::error!(error = %e, "dead letters are published without being kept");
+                None
+            }
+        };
         let push = PushHub::start(&config.push, config.http.listen, egress.clone());
         let sinks = Sinks::start(&config.channels, push.clone(), egress.clone());
 
@@ -244,6 +254,12 @@ impl Hub {
                 source,
             })?;
         let http_addr = listener.local_addr()?;
+        let (status, status_task) = StatusBoard::start(Sources {
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            stats: stats.clone(),
+            input: config.input.mode,
+        });
         let app = crate::http::router(crate::http::HttpState {
             metrics,
             nats: client.clone(),
@@ -255,6 +271,9 @@ impl Hub {
                 policies,
                 auth: crate::api::Auth::new(config.admin_token.clone(), config.http.listen),
                 max_module_bytes: config.limits.max_module_bytes,
+                dead_letters,
+                nats: client.clone(),
+                status,
             },
             push: push.clone(),
         });
@@ -282,6 +301,7 @@ impl Hub {
             http_stop,
             push,
             db,
+            status_task,
         })
     }
 
@@ -302,6 +322,7 @@ impl Hub {
     /// Stop taking input, finish and commit everything in flight, publish what it produced,
     /// and make state durable.
     pub async fn shutdown(self) {
+        self.status_task.abort();
         let consumer = self.ingress.stop().await;
         // Let queued and cross-shard events settle before asking shards to stop.
         let settle = Instant::now();

@@ -49,6 +49,13 @@ impl IngressError {
     }
 }
 
+/// The plugin a replayed dead letter is for (`Hub-Replay-For`), if it is one.
+fn replayed_for(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|h| h.get(crate::dead_letter::REPLAY_FOR))
+        .map(|v| v.as_str().to_owned())
+}
+
 /// What an input that lacks them gets as its id and time: in core mode, ids unique per process
 /// start and message and the time of arrival; for an input from the input stream, both come
 /// from its place there ([`IdGen::for_stream_input`]), so an input delivered again gets the same
@@ -359,6 +366,7 @@ impl Task {
                     hops: 0,
                     received,
                     input: None,
+                    only: replayed_for(msg.headers.as_ref()),
                 };
                 self.router.route(routed).await.is_ok()
             }

@@ -24,6 +24,7 @@ pub mod api;
 pub mod arbiter;
 pub mod config;
 pub mod connection;
+pub mod dashboard;
 pub mod dead_letter;
 pub mod delivery;
 pub mod durable;
@@ -44,6 +45,7 @@ pub mod runtime;
 pub mod shard;
 pub mod state;
 pub mod stats;
+pub mod status;
 #[cfg(test)]
 mod strategies;
 

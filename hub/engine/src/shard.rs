@@ -231,6 +231,13 @@ impl Shard {
             while let Some(routed) = self.chain.next_local() {
                 let subscribers = self.plugins.subscribers_of(&routed.event.kind);
                 for &p in subscribers.iter() {
+                    if routed
+                        .only
+                        .as_deref()
+                        .is_some_and(|only| **self.plugins.name(p) != *only)
+                    {
+                        continue;
+                    }
                     self.call(p, Cause::Event(&routed));
                 }
             }
@@ -379,6 +386,7 @@ impl Shard {
             hops,
             received,
             input: None,
+            only: None,
         });
     }
 
@@ -410,6 +418,16 @@ impl Shard {
                 let ledger = self.judge.ledger(&mut stores.state, actor);
                 let view = crate::actor::inspect(&self.db, stores, self.plugins.slots(), &ledger, actor);
                 let _ = reply.send(view);
+            }
+            ActorRequest::Rearm {
+                plugin,
+                id,
+                payload,
+                reply,
+            } => {
+                // Due now: it fires with the next timers, and is durable with the next commit.
+                stores.timers.set(&plugin, actor, &id, now_ms(), payload);
+                let _ = reply.send(());
             }
             ActorRequest::Erase(reply) => {
                 let erased = crate::actor::erase(&self.db, stores, self.plugins.slots(), actor).map(|mut erased| {

@@ -7,6 +7,7 @@
 use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 /// Highest latency the histograms hold, in µs (a minute; calls are cut at their deadline).
 const MAX_US: u64 = 60_000_000;
@@ -43,6 +44,19 @@ struct Tally {
     calls: u64,
     errors: u64,
     latency: Histogram<u64>,
+    /// Until when the shard refuses the plugin's calls after repeated traps.
+    quarantined_until: Option<Instant>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            calls: 0,
+            errors: 0,
+            latency: histogram(),
+            quarantined_until: None,
+        }
+    }
 }
 
 /// What the API shows for one plugin name (all shards, since the hub started).
@@ -52,6 +66,9 @@ pub struct Summary {
     pub errors: u64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    /// Whether a shard refuses its calls now, after repeated traps.
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
 /// One shard's tallies by plugin name.
@@ -77,11 +94,7 @@ impl PluginStats {
             return;
         };
         let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
-        let tally = table.entry(name.clone()).or_insert_with(|| Tally {
-            calls: 0,
-            errors: 0,
-            latency: histogram(),
-        });
+        let tally = table.entry(name.clone()).or_default();
         tally.calls += pending.calls;
         tally.errors += pending.errors;
         let _ = tally.latency.add(&pending.latency);
@@ -90,7 +103,16 @@ impl PluginStats {
         pending.latency.reset();
     }
 
+    /// Shard `shard` refuses `name`'s calls until `until` (a rare event: it may take the lock).
+    pub fn quarantined(&self, shard: usize, name: &Arc<str>, until: Instant) {
+        if let Some(table) = self.shards.get(shard) {
+            let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
+            table.entry(name.clone()).or_default().quarantined_until = Some(until);
+        }
+    }
+
     pub fn summary(&self, name: &str) -> Summary {
+        let now = Instant::now();
         let mut latency = histogram();
         let mut summary = Summary::default();
         for table in self.shards.iter() {
@@ -98,6 +120,7 @@ impl PluginStats {
             if let Some(t) = table.get(name) {
                 summary.calls += t.calls;
                 summary.errors += t.errors;
+                summary.quarantined |= t.quarantined_until.is_some_and(|until| until > now);
                 let _ = latency.add(&t.latency);
             }
         }

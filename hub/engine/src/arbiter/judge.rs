@@ -101,6 +101,7 @@ impl Judge {
                 Err(Box::new(DeadLetter::timer(
                     Reason::Invalid,
                     detail,
+                    &timer.actor,
                     &timer.id,
                     &timer.payload,
                 )))

@@ -51,6 +51,7 @@ impl Dispatch {
             hops: 0,
             received,
             input: None,
+            only: None,
         }
     }
 

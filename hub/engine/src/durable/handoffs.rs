@@ -101,6 +101,7 @@ impl Record {
             hops: self.hops,
             received: Instant::now(),
             input: None,
+            only: None,
         }
     }
 }
@@ -276,6 +277,7 @@ mod tests {
             hops: n,
             received: Instant::now(),
             input: None,
+            only: None,
         }
     }
 

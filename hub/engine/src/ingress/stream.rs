@@ -310,6 +310,7 @@ impl Reader {
                     hops: 0,
                     received,
                     input: Some(ticket),
+                    only: super::replayed_for(msg.headers.as_ref()),
                 };
                 self.unacked.set(self.acks.unacknowledged() as f64);
                 self.wiring.router.route_to(shard, routed).await.is_ok()

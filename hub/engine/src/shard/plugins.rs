@@ -29,7 +29,7 @@ impl Cause<'_> {
     fn dead_letter(&self, reason: Reason, detail: String, plugin: &str) -> DeadLetter {
         match self {
             Cause::Event(r) => DeadLetter::event(reason, detail, &r.event),
-            Cause::Timer(t) => DeadLetter::timer(reason, detail, &t.id, &t.payload),
+            Cause::Timer(t) => DeadLetter::timer(reason, detail, &t.actor, &t.id, &t.payload),
         }
         .plugin(plugin)
     }
@@ -235,7 +235,7 @@ impl Plugins {
             "timer {:?} belongs to plugin {:?}, which is {state}",
             timer.id, timer.owner
         );
-        DeadLetter::timer(reason, detail, &timer.id, &timer.payload).plugin(&timer.owner)
+        DeadLetter::timer(reason, detail, &timer.actor, &timer.id, &timer.payload).plugin(&timer.owner)
     }
 
     pub fn name(&self, p: usize) -> &Arc<str> {
@@ -316,7 +316,11 @@ impl Plugins {
     }
 
     fn quarantine_started(&self, p: usize) {
-        let name = self.loaded[p].name.to_string();
+        let plugin = &self.loaded[p];
+        if let Some(until) = plugin.supervisor.until {
+            self.stats.quarantined(self.shard, &plugin.name, until);
+        }
+        let name = plugin.name.to_string();
         metrics::counter!(m::PLUGIN_QUARANTINES, "plugin" => name.clone()).increment(1);
         tracing::error!(
             plugin = name,

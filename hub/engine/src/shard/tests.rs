@@ -100,6 +100,7 @@ fn input(kind: &str, actor: &str, id: &str) -> Routed {
         hops: 0,
         received: Instant::now(),
         input: None,
+        only: None,
     }
 }
 

@@ -1,0 +1,150 @@
+//! `/api/dead-letters`: the kept dead letters (see `dead_letter::kept`), listed by reason,
+//! inspected whole, and replayed into the hub once their cause is fixed.
+
+use super::{ApiError, ApiState, Failure};
+use crate::actor::ActorRequest;
+use crate::dead_letter::{KeptError, KeptLetters, Letter, LetterSummary, Replay};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Letters listed at most per call, and replayed at most per "replay all of a reason".
+const MAX_LIST: usize = 1000;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Only letters of this reason (e.g. `trap`).
+    reason: Option<String>,
+    /// How many, newest first [default 50, at most 1000].
+    limit: Option<usize>,
+}
+
+/// `GET /api/dead-letters`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LetterList {
+    pub letters: Vec<LetterSummary>,
+    /// Letters kept, by reason.
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+/// `POST …/replay`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Replayed {
+    pub replayed: usize,
+    /// Letters that could not be replayed, with why (they stay kept).
+    pub refused: Vec<String>,
+}
+
+impl From<KeptError> for Failure {
+    fn from(e: KeptError) -> Failure {
+        let status = match e {
+            KeptError::NotFound(_) => StatusCode::NOT_FOUND,
+            KeptError::NotReplayable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Failure::new(status, e.to_string())
+    }
+}
+
+fn kept(s: &ApiState) -> Result<&KeptLetters, Failure> {
+    s.dead_letters.as_ref().ok_or_else(|| {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "dead letters are not kept: the dead-letter stream could not be set up (see the hub's log)",
+        )
+    })
+}
+
+/// The newest dead letters (of one reason, if given), and how many are kept of each reason.
+#[utoipa::path(get, path = "/api/dead-letters", tag = "dead letters", params(ListQuery),
+    responses((status = 200, body = LetterList), (status = 401, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Result<Json<LetterList>, Failure> {
+    let kept = kept(&s)?;
+    let limit = q.limit.unwrap_or(50).min(MAX_LIST);
+    let letters = kept.list(q.reason.as_deref(), limit).await?;
+    Ok(Json(LetterList {
+        letters,
+        by_reason: kept.counts().await?,
+    }))
+}
+
+/// One dead letter: where it came from, why, its headers and its body.
+#[utoipa::path(get, path = "/api/dead-letters/{seq}", tag = "dead letters",
+    params(("seq" = u64, Path, description = "The letter's sequence in the dead-letter stream")),
+    responses((status = 200, body = Object), (status = 404, body = ApiError)))]
+pub async fn show(State(s): State<ApiState>, Path(seq): Path<u64>) -> Result<Json<Letter>, Failure> {
+    Ok(Json(kept(&s)?.get(seq).await?))
+}
+
+/// Replay one dead letter into the hub; it leaves the kept letters once replayed.
+#[utoipa::path(post, path = "/api/dead-letters/{seq}/replay", tag = "dead letters",
+    params(("seq" = u64, Path, description = "The letter's sequence in the dead-letter stream")),
+    responses((status = 200, body = Replayed), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn replay_one(State(s): State<ApiState>, Path(seq): Path<u64>) -> Result<Json<Replayed>, Failure> {
+    replay(&s, kept(&s)?, seq).await?;
+    Ok(Json(Replayed {
+        replayed: 1,
+        refused: Vec::new(),
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ReasonQuery {
+    /// The reason whose letters to replay (e.g. `trap`).
+    reason: String,
+}
+
+/// Replay every kept letter of one reason (up to 1000 per call), oldest first.
+#[utoipa::path(post, path = "/api/dead-letters/replay", tag = "dead letters", params(ReasonQuery),
+    responses((status = 200, body = Replayed), (status = 401, body = ApiError)))]
+pub async fn replay_reason(State(s): State<ApiState>, Query(q): Query<ReasonQuery>) -> Result<Json<Replayed>, Failure> {
+    let kept = kept(&s)?;
+    let mut letters = kept.list(Some(&q.reason), MAX_LIST).await?;
+    letters.reverse();
+    let mut done = Replayed {
+        replayed: 0,
+        refused: Vec::new(),
+    };
+    for letter in letters {
+        match replay(&s, kept, letter.seq).await {
+            Ok(()) => done.replayed += 1,
+            Err(e @ (KeptError::NotReplayable { .. } | KeptError::NotFound(_))) => done.refused.push(e.to_string()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(done))
+}
+
+/// Send letter `seq` where it goes (see `dead_letter::kept`), then forget it.
+async fn replay(s: &ApiState, kept: &KeptLetters, seq: u64) -> Result<(), KeptError> {
+    let failed = |detail: String| KeptError::Publish { seq, detail };
+    match kept.replay_of(seq).await? {
+        Replay::Publish { subject, headers, body } => {
+            s.nats
+                .publish_with_headers(subject, headers, body)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            s.nats.flush().await.map_err(|e| failed(e.to_string()))?;
+        }
+        Replay::Timer {
+            plugin,
+            actor,
+            id,
+            payload,
+        } => {
+            let (reply, done) = tokio::sync::oneshot::channel();
+            let request = ActorRequest::Rearm {
+                plugin,
+                id,
+                payload,
+                reply,
+            };
+            let stopped = || failed("the shards have stopped".into());
+            s.router.ask(&actor, request).await.map_err(|_| stopped())?;
+            done.await.map_err(|_| stopped())?;
+        }
+    }
+    kept.remove(seq).await
+}

@@ -1,0 +1,392 @@
+//! Dead letters are kept, not only published: a JetStream stream (`[dead_letters]`, with limits
+//! of age and size) captures `hub.dlq.>`, so an operator can list them by reason, inspect one,
+//! and replay it once its cause is fixed. A replayed letter leaves the stream; if it fails again,
+//! a new letter says why.
+//!
+//! Where a replay goes depends on what the letter holds:
+//! - an input that did not decode or fit a rule: the same bytes, to the subject it arrived on;
+//! - an event a plugin failed on: its envelope, to `events.<kind>`, for that plugin only
+//!   ([`REPLAY_FOR`]), so the plugins that handled it the first time do not run twice;
+//! - another event (hop limit, reserved kind): its envelope, to `events.<kind>`, for every
+//!   subscriber;
+//! - a timer: set again, due now, for its plugin and actor (through the actor's shard);
+//! - a rendered delivery: refused with the reason (its sink's failure is reported by the sink,
+//!   and the action that caused it is in the action stream).
+
+use super::Reason;
+use crate::config::DeadLettersConfig;
+use crate::egress::{headers, subjects};
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::{self, stream as js_stream};
+use base64::Engine as _;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The header that makes a replayed event reach one plugin only.
+pub const REPLAY_FOR: &str = "Hub-Replay-For";
+
+/// How many stored letters a listing looks at, at most, to find the ones asked for.
+const SCAN_LIMIT: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeptError {
+    #[error("cannot create or update the dead-letter stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("the dead-letter stream cannot be read: {0}")]
+    Read(String),
+    #[error("no dead letter {0} (replayed, expired, or never stored)")]
+    NotFound(u64),
+    #[error("dead letter {seq} cannot be replayed: {why}")]
+    NotReplayable { seq: u64, why: String },
+    #[error("cannot publish the replay of dead letter {seq}: {detail}")]
+    Publish { seq: u64, detail: String },
+}
+
+/// A stored letter as the API lists it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct LetterSummary {
+    pub seq: u64,
+    pub reason: String,
+    pub detail: String,
+    pub plugin: Option<String>,
+    /// The subject the input arrived on (`plugin:<name>` for emitted events, `timer` for timers).
+    pub subject: String,
+    pub event_id: Option<String>,
+    pub actor: Option<String>,
+    /// When it was stored, ms since the epoch.
+    pub at: i64,
+    pub size: usize,
+}
+
+/// One letter with its headers and body.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Letter {
+    #[serde(flatten)]
+    pub summary: LetterSummary,
+    pub headers: BTreeMap<String, String>,
+    /// The body as text when it is UTF-8…
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// …else base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+/// Where a replay goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Replay {
+    /// Publish `body` on `subject` with `headers`.
+    Publish {
+        subject: String,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    },
+    /// Set timer `id` of `plugin` for `actor` again, due now.
+    Timer {
+        plugin: String,
+        actor: String,
+        id: String,
+        payload: Vec<u8>,
+    },
+}
+
+/// The dead-letter stream.
+#[derive(Clone)]
+pub struct KeptLetters {
+    stream: js_stream::Stream,
+    /// Where events are published (`events` → `events.<kind>`).
+    events_subject: String,
+}
+
+impl KeptLetters {
+    /// Create the stream, or bring its limits up to date.
+    pub async fn ensure(
+        client: &async_nats::Client,
+        config: &DeadLettersConfig,
+        events_subject: &str,
+    ) -> Result<KeptLetters, KeptError> {
+        let js = jetstream::new(client.clone());
+        let wanted = js_stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", subjects::DEAD_LETTERS)],
+            max_age: config.max_age,
+            max_bytes: config.max_bytes,
+            storage: js_stream::StorageType::File,
+            discard: js_stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
+        js.create_or_update_stream(wanted)
+            .await
+            .map_err(|source| KeptError::Stream {
+                stream: config.stream.clone(),
+                source,
+            })?;
+        let stream = js
+            .get_stream(&config.stream)
+            .await
+            .map_err(|e| KeptError::Read(e.to_string()))?;
+        Ok(KeptLetters {
+            stream,
+            events_subject: events_subject.to_owned(),
+        })
+    }
+
+    /// Stored letters by reason (what the stream holds now).
+    pub async fn counts(&self) -> Result<BTreeMap<String, u64>, KeptError> {
+        use futures::TryStreamExt;
+        let filter = format!("{}.>", subjects::DEAD_LETTERS);
+        let mut info = self
+            .stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| KeptError::Read(e.to_string()))?;
+        let mut counts = BTreeMap::new();
+        while let Some((subject, n)) = info.try_next().await.map_err(|e| KeptError::Read(e.to_string()))? {
+            if let Some(reason) = reason_of(&subject) {
+                counts.insert(reason.to_owned(), n as u64);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The newest `limit` letters, of `reason` if given.
+    pub async fn list(&self, reason: Option<&str>, limit: usize) -> Result<Vec<LetterSummary>, KeptError> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| KeptError::Read(e.to_string()))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let mut found = Vec::new();
+        let mut seq = last;
+        while seq >= first.max(1) && found.len() < limit && last - seq < SCAN_LIMIT {
+            // Gaps (replayed or deleted letters) answer "not found": skip them.
+            if let Ok(message) = self.stream.get_raw_message(seq).await {
+                let summary = summarize(&message);
+                if reason.is_none_or(|r| summary.reason == r) {
+                    found.push(summary);
+                }
+            }
+            seq -= 1;
+        }
+        Ok(found)
+    }
+
+    /// One letter, whole.
+    pub async fn get(&self, seq: u64) -> Result<Letter, KeptError> {
+        let message = self
+            .stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|_| KeptError::NotFound(seq))?;
+        let headers = message
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+                )
+            })
+            .collect();
+        let (body, body_base64) = match std::str::from_utf8(&message.payload) {
+            Ok(text) => (Some(text.to_owned()), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(&message.payload)),
+            ),
+        };
+        Ok(Letter {
+            summary: summarize(&message),
+            headers,
+            body,
+            body_base64,
+        })
+    }
+
+    /// Where letter `seq` would be replayed to.
+    pub async fn replay_of(&self, seq: u64) -> Result<Replay, KeptError> {
+        let message = self
+            .stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|_| KeptError::NotFound(seq))?;
+        replay_of(seq, &message, &self.events_subject)
+    }
+
+    /// Forget letter `seq`: it was replayed.
+    pub async fn remove(&self, seq: u64) -> Result<(), KeptError> {
+        self.stream
+            .delete_message(seq)
+            .await
+            .map(|_| ())
+            .map_err(|e| KeptError::Read(e.to_string()))
+    }
+}
+
+fn reason_of(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(subjects::DEAD_LETTERS)
+        .and_then(|s| s.strip_prefix('.'))
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).map(|v| v.as_str().to_owned())
+}
+
+fn summarize(message: &StreamMessage) -> LetterSummary {
+    let h = &message.headers;
+    LetterSummary {
+        seq: message.sequence,
+        reason: reason_of(&message.subject).unwrap_or("unknown").to_owned(),
+        detail: header(h, headers::DLQ_REASON).unwrap_or_default(),
+        plugin: header(h, headers::PLUGIN),
+        subject: header(h, headers::DLQ_SUBJECT).unwrap_or_default(),
+        event_id: header(h, headers::EVENT_ID),
+        actor: header(h, headers::ACTOR),
+        at: (message.time.unix_timestamp_nanos() / 1_000_000) as i64,
+        size: message.payload.len(),
+    }
+}
+
+/// Where a stored letter goes when replayed (see the module docs).
+fn replay_of(seq: u64, message: &StreamMessage, events_subject: &str) -> Result<Replay, KeptError> {
+    let summary = summarize(message);
+    let refuse = |why: &str| KeptError::NotReplayable {
+        seq,
+        why: why.to_owned(),
+    };
+    let reason = Reason::ALL
+        .into_iter()
+        .find(|r| r.as_str() == summary.reason)
+        .ok_or_else(|| refuse("its reason is not one this hub knows"))?;
+    let body = bytes::Bytes::from(message.payload.to_vec());
+    match reason {
+        _ if summary.subject == "timer" => {
+            let (Some(plugin), Some(actor), Some(id)) = (summary.plugin, summary.actor, summary.event_id) else {
+                return Err(refuse("it does not name the timer's plugin, actor and id"));
+            };
+            Ok(Replay::Timer {
+                plugin,
+                actor,
+                id,
+                payload: message.payload.to_vec(),
+            })
+        }
+        Reason::Undecodable | Reason::Invalid | Reason::NoRule => {
+            if summary.subject.is_empty() || !crate::event::is_subject_safe(&summary.subject) {
+                return Err(refuse("it does not say which subject it arrived on"));
+            }
+            Ok(Replay::Publish {
+                subject: summary.subject,
+                headers: HeaderMap::new(),
+                body,
+            })
+        }
+        Reason::SinkOverflow | Reason::WebhookFailed | Reason::WebhookRejected => Err(refuse(
+            "it is a rendered delivery: its sink reports the failure, and the action that caused it is kept in the action stream",
+        )),
+        _ => {
+            #[derive(serde::Deserialize)]
+            struct Kind {
+                kind: String,
+            }
+            let kind = serde_json::from_slice::<Kind>(&message.payload)
+                .map_err(|_| refuse("its body is not an event envelope"))?
+                .kind;
+            let mut headers = HeaderMap::new();
+            let one_plugin = !matches!(reason, Reason::HopLimit | Reason::ReservedKind);
+            if let Some(plugin) = summary.plugin.filter(|_| one_plugin) {
+                headers.insert(REPLAY_FOR, plugin.as_str());
+            }
+            Ok(Replay::Publish {
+                subject: format!("{events_subject}.{kind}"),
+                headers,
+                body,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dead_letter::DeadLetter;
+    use crate::event::Event;
+    use proptest::prelude::*;
+
+    /// A letter as the stream hands it back: what `into_outbound` published, stored at `seq`.
+    fn stored(letter: DeadLetter, seq: u64) -> StreamMessage {
+        let out = letter.into_outbound();
+        StreamMessage {
+            subject: out.subject.into(),
+            sequence: seq,
+            headers: out.headers.unwrap_or_default(),
+            payload: out.payload,
+            time: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        // Header values are one line: what `header_safe` keeps of any text.
+        "[a-zA-Z0-9 ._:>*-]{1,40}"
+    }
+
+    proptest! {
+        #[test]
+        fn a_stored_letter_reads_back_as_it_was_written(
+            detail in text(), actor in "[a-z0-9]{1,20}", id in "[a-z0-9-]{1,20}", plugin in "[a-z-]{1,20}",
+            kind in "[a-z]{1,10}\\.[a-z]{1,10}", payload in proptest::collection::vec(any::<u8>(), 0..64),
+            seq in 1u64..u64::MAX,
+        ) {
+            let event = Event { id: id.clone(), kind: kind.clone(), actor: actor.clone(), time: 1, source: "events.x".into(), payload: vec![0x80] };
+            let message = stored(DeadLetter::event(Reason::Trap, detail.clone(), &event).plugin(&plugin), seq);
+            let summary = summarize(&message);
+            prop_assert_eq!(summary.seq, seq);
+            prop_assert_eq!(&summary.reason, "trap");
+            prop_assert_eq!(summary.detail.trim(), detail.trim());
+            prop_assert_eq!(summary.plugin.as_deref(), Some(plugin.as_str()));
+            prop_assert_eq!(summary.actor.as_deref(), Some(actor.as_str()));
+            prop_assert_eq!(summary.event_id.as_deref(), Some(id.as_str()));
+            match replay_of(seq, &message, "events") {
+                Ok(Replay::Publish { subject, headers, .. }) => {
+                    prop_assert_eq!(subject, format!("events.{kind}"));
+                    prop_assert_eq!(headers.get(REPLAY_FOR).map(|v| v.as_str().to_owned()), Some(plugin.clone()));
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+
+            let timer = stored(DeadLetter::timer(Reason::Disabled, detail, &actor, &id, &payload).plugin(&plugin), seq);
+            prop_assert_eq!(
+                replay_of(seq, &timer, "events").ok(),
+                Some(Replay::Timer { plugin, actor, id, payload })
+            );
+        }
+    }
+
+    #[test]
+    fn a_letter_without_the_headers_of_later_versions_still_reads_and_says_why_it_cannot_replay() {
+        let message = StreamMessage {
+            subject: "hub.dlq.disabled".into(),
+            sequence: 7,
+            headers: HeaderMap::new(),
+            payload: bytes::Bytes::from_static(b"\x80"),
+            time: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        assert_eq!(summarize(&message).reason, "disabled");
+        assert!(matches!(
+            replay_of(7, &message, "events"),
+            Err(KeptError::NotReplayable { seq: 7, .. })
+        ));
+        let raw = StreamMessage {
+            subject: "hub.dlq.undecodable".into(),
+            ..message
+        };
+        // An input letter that does not say where it came from cannot go back there.
+        assert!(replay_of(7, &raw, "events").is_err());
+    }
+}
