@@ -10,7 +10,11 @@
 //! most often an actor of another shard: its count must end at the number of rounds too, which
 //! proves that events crossing between shards are handled once. Inputs are published with JetStream acknowledgements and their id as
 //! `Nats-Msg-Id`, retried until stored, so every one of them is in the stream exactly once.
+//!
+//! While it runs, a progress line on stderr counts the inputs and the kills; the hubs' logs go to
+//! `--log-file`, so the verdict stands alone on stdout.
 
+use super::progress::{Step, count};
 use super::workload::mix64;
 use anyhow::{Context, bail};
 use async_nats::jetstream;
@@ -20,6 +24,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -39,6 +44,10 @@ pub struct CrashArgs {
     /// Seed of the kill moments and the input order
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Where the logs of the test and of every hub it starts go (emptied first), so that they do
+    /// not interleave with the progress and the verdict
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("hub-crash-test.log"))]
+    pub log_file: PathBuf,
 }
 
 /// A `hub up` child process, killed with SIGKILL when dropped (also used by the test suite).
@@ -63,12 +72,24 @@ impl HubProcess {
         plugins: &Path,
         env: &[(&str, &str)],
     ) -> anyhow::Result<HubProcess> {
+        HubProcess::start_logging(exe, nats, data, plugins, env, &data.with_extension("log")).await
+    }
+
+    /// [`HubProcess::start_with`], appending its log to `log_file`.
+    async fn start_logging(
+        exe: &Path,
+        nats: &str,
+        data: &Path,
+        plugins: &Path,
+        env: &[(&str, &str)],
+        log_file: &Path,
+    ) -> anyhow::Result<HubProcess> {
         let port = free_port().context("no free port for the hub's HTTP")?;
         let http = SocketAddr::from(([127, 0, 0, 1], port));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data.with_extension("log"))
+            .open(log_file)
             .context("cannot open the hub's log")?;
         let child = Command::new(exe)
             .args(["up", "--nats", nats, "--http", &http.to_string()])
@@ -92,7 +113,7 @@ impl HubProcess {
             if started.elapsed() > Duration::from_secs(60) {
                 bail!(
                     "the hub did not become healthy within 60 s (see {})",
-                    data.with_extension("log").display()
+                    log_file.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -141,6 +162,12 @@ impl Verdict {
 }
 
 pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
+    let inputs = args.actors * (2 * args.rounds + 3);
+    println!(
+        "crash test: {} actors, {inputs} inputs at {}/s, {} kills, seed {}",
+        args.actors, args.rate, args.kills, args.seed
+    );
+    let starting = Step::waiting("crash test · starting nats-server and the hub".to_owned());
     let dir = tempfile::tempdir().context("cannot create a temp dir")?;
     let nats = LocalNats::start(free_port()?, &dir.path().join("nats")).await?;
     let plugins = dir.path().join("plugins");
@@ -161,17 +188,17 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
     let client = async_nats::connect(&nats.url).await?;
     let js = jetstream::new(client.clone());
 
-    let mut hub = HubProcess::start(&exe, &nats.url, &data, &plugins).await?;
-    let inputs = args.actors * (2 * args.rounds + 3);
-    println!(
-        "crash test: {} actors, {inputs} inputs at {}/s, {} kills, seed {}",
-        args.actors, args.rate, args.kills, args.seed
-    );
-    let publisher = tokio::spawn(publish(js.clone(), args.clone()));
+    let start = || HubProcess::start_logging(&exe, &nats.url, &data, &plugins, &[], &args.log_file);
+    let mut hub = start().await?;
+    drop(starting);
+
+    let publishing = Arc::new(Step::counting("crash test · publishing".to_owned(), inputs, "inputs"));
+    let publisher = tokio::spawn(publish(js.clone(), args.clone(), publishing.clone()));
 
     let http = reqwest::Client::new();
     let started = Instant::now();
     for kill in 0..args.kills {
+        publishing.note(&format!("kill {}/{}", kill + 1, args.kills));
         let r = mix64(args.seed ^ (u64::from(kill) << 32));
         let moment = if kill % 4 == 3 {
             // Mid-swap: a new version goes live, and the hub dies right after.
@@ -192,14 +219,17 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
         };
         tokio::time::sleep(moment).await;
         hub.kill();
-        hub = HubProcess::start(&exe, &nats.url, &data, &plugins).await?;
+        hub = start().await?;
     }
-    println!("{} kills in {:.1} s", args.kills, started.elapsed().as_secs_f64());
+    let killing = started.elapsed();
+    publishing.note(&format!("{} kills done", args.kills));
     publisher.await.context("publisher")??;
+    drop(publishing);
 
     let verdict = settle_and_compare(&hub, &js, &args).await?;
     hub.kill();
     nats.stop().await;
+    println!("{} kills in {:.1} s", args.kills, killing.as_secs_f64());
     println!("inputs lost        {}", verdict.inputs_lost);
     println!("inputs doubled     {}", verdict.inputs_doubled);
     println!("handoffs lost      {}", verdict.handoffs_lost);
@@ -220,10 +250,11 @@ fn order(args: &CrashArgs, round: u64) -> Vec<u64> {
     actors
 }
 
-/// Every input once, in a seeded order over the actors, paced at `--rate`.
-async fn publish(js: jetstream::Context, args: CrashArgs) -> anyhow::Result<()> {
+/// Every input once, in a seeded order over the actors, paced at `--rate`, counted on `step`.
+async fn publish(js: jetstream::Context, args: CrashArgs, step: Arc<Step>) -> anyhow::Result<()> {
     let pause = Duration::from_secs_f64(1.0 / args.rate as f64);
     let mut next = Instant::now();
+    let mut stored = 0;
     for round in 0..args.rounds.max(3) {
         for actor in order(&args, round) {
             let mut kinds = vec![];
@@ -237,6 +268,8 @@ async fn publish(js: jetstream::Context, args: CrashArgs) -> anyhow::Result<()> 
                 let id = format!("{kind}-{round}-{actor}");
                 let body = serde_json::json!({"kind": kind, "actor": format!("c{actor}"), "id": id});
                 store(&js, kind, &id, body.to_string()).await;
+                stored += 1;
+                step.set(stored);
                 next += pause;
                 tokio::time::sleep_until(next.into()).await;
             }
@@ -269,6 +302,7 @@ async fn settle_and_compare(hub: &HubProcess, js: &jetstream::Context, args: &Cr
     let mut verdict = Verdict::default();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last_pending = u64::MAX;
+    let catching_up = Step::waiting("crash test · the hub catching up".to_owned());
     loop {
         let info = js
             .get_stream("HUB_INPUT")
@@ -280,6 +314,7 @@ async fn settle_and_compare(hub: &HubProcess, js: &jetstream::Context, args: &Cr
         if pending == 0 || Instant::now() > deadline {
             break;
         }
+        catching_up.note(&format!("{} inputs pending", count(pending)));
         if pending == last_pending {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -288,6 +323,7 @@ async fn settle_and_compare(hub: &HubProcess, js: &jetstream::Context, args: &Cr
     }
     // What was acknowledged is applied; give the last commit a moment to be readable.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(catching_up);
 
     let mut callbacks: HashMap<String, u64> = HashMap::new();
     let actions = js.get_stream("HUB_ACTIONS").await?;
@@ -314,7 +350,9 @@ async fn settle_and_compare(hub: &HubProcess, js: &jetstream::Context, args: &Cr
         *callbacks.entry(actor).or_default() += 1;
     }
 
+    let checking = Step::counting("crash test · checking".to_owned(), args.actors, "actors");
     for actor in 0..args.actors {
+        checking.set(actor);
         let name = format!("c{actor}");
         let url = format!("http://{}/api/actors/{name}", hub.http);
         let view: serde_json::Value = http.get(url).send().await?.json().await?;

@@ -37,6 +37,9 @@
 //! blends database rows, meter readings, channel switches, the shop's web events and payment
 //! trouble over the actors.
 //!
+//! While it runs, a progress line on stderr says which run, mode and phase it is in
+//! (`progress.rs`); the hubs' logs go to `--log-file`, so the report stands alone on stdout.
+//!
 //! Every input is of a kind that says exactly which outputs (events on `hub.events.*`, actions on
 //! `hub.actions.*`) it must produce (`workload.rs`): the generators simulate what the plugins
 //! remember, outputs are counted subject by subject, any shortfall is loss and any surplus is
@@ -48,6 +51,7 @@ pub mod crash;
 mod examples;
 mod mode;
 mod phase;
+mod progress;
 mod push;
 mod report;
 mod scenarios;
@@ -61,10 +65,11 @@ use hub::hub::Hub;
 use hub::nats_server::{LocalNats, free_port};
 use mode::Mode;
 use phase::{Outputs, Pace, relay_phase, run_phase};
+use progress::Step;
 use report::{HubRun, Report, RunReport, print_text};
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -132,6 +137,10 @@ pub struct BenchArgs {
     /// Print the whole report as one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Where the logs of the bench and its hubs go (emptied first), so that they do not
+    /// interleave with the progress and the report
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("hub-bench.log"))]
+    pub log_file: PathBuf,
 }
 
 /// The hubs' input modes under test (`[input] mode`).
@@ -292,7 +301,6 @@ async fn bench(args: &BenchArgs, url: &str, server_pid: Option<u32>) -> anyhow::
     let clients = Clients::connect(url, server_pid).await?;
     let mut runs = Vec::new();
     for run in 1..=args.runs {
-        tracing::info!(run, of = args.runs, "bench run starting");
         runs.push(
             run_once(args, run, url, &clients)
                 .await
@@ -367,22 +375,34 @@ impl RunInputs {
 
 /// One run: a fresh hub per mode, in this run's order, then the relay on the same bodies.
 async fn run_once(args: &BenchArgs, run: u64, url: &str, clients: &Clients) -> anyhow::Result<RunReport> {
-    let inputs = RunInputs::new(args)?;
+    let label = format!("run {run}/{}", args.runs);
+    let inputs = {
+        let _step = Step::waiting(format!("{label} · rendering the inputs"));
+        RunInputs::new(args)?
+    };
     let mut hubs = Vec::new();
     for mode in args.input.order(run) {
-        tracing::info!(run, %mode, "bench hub starting");
         let extras = mode == args.input.extras_mode();
-        let hub = hub_run(args, mode, extras, &inputs, url, clients)
+        let hub = hub_run(args, mode, extras, &inputs, url, clients, &format!("{label} · {mode}"))
             .await
             .with_context(|| format!("{mode} mode"))?;
         hubs.push((mode, hub));
     }
-    let relay = relay_phase(clients, &inputs.unpaced).await.context("relay phase")?;
+    let step = phase_step(&label, "relay", &inputs.unpaced);
+    let relay = relay_phase(clients, &inputs.unpaced, &step)
+        .await
+        .context("relay phase")?;
     Ok(RunReport::new(hubs, &relay))
 }
 
+/// The progress of one phase over `batch`, after the `label` of its run and mode.
+fn phase_step(label: &str, phase: &str, batch: &Batch) -> Step {
+    Step::counting(format!("{label} · {phase}"), batch.len() as u64, "events")
+}
+
 /// One fresh hub in `mode`, on a data dir and server streams of its own, through the unpaced
-/// and paced phases, and the swapping and push phases if it runs the `extras`.
+/// and paced phases, and the swapping and push phases if it runs the `extras`; its progress is
+/// shown after `label`.
 async fn hub_run(
     args: &BenchArgs,
     mode: Mode,
@@ -390,7 +410,9 @@ async fn hub_run(
     inputs: &RunInputs,
     url: &str,
     clients: &Clients,
+    label: &str,
 ) -> anyhow::Result<HubRun> {
+    let starting = Step::waiting(format!("{label} · starting the hub"));
     let dir = tempfile::tempdir().context("cannot create a temp dir for the hub")?;
     let workload = &inputs.workload;
     mode::clear_streams(&clients.publisher).await;
@@ -400,21 +422,29 @@ async fn hub_run(
     let phases = async {
         workload.prepare(&hub, &clients.publisher).await?;
         load_idle_plugins(&hub, &workload.idle_plugin(), args.idle_plugins).await?;
+        drop(starting);
         let plugins = hub.registry().live().load().plugins.len();
-        let unpaced = run_phase(clients, &inputs.unpaced, Outputs::Hub, Pace::Unpaced)
-            .await
-            .context("unpaced phase")?;
-        tokio::time::sleep(SETTLE).await;
-        let paced = run_phase(clients, &inputs.paced, Outputs::Hub, Pace::Paced(args.rate))
-            .await
-            .context("paced phase")?;
+        let unpaced = {
+            let step = phase_step(label, "unpaced", &inputs.unpaced);
+            run_phase(clients, &inputs.unpaced, Outputs::Hub, Pace::Unpaced, &step)
+                .await
+                .context("unpaced phase")?
+        };
+        let paced = {
+            let step = phase_step(label, "paced", &inputs.paced);
+            tokio::time::sleep(SETTLE).await;
+            run_phase(clients, &inputs.paced, Outputs::Hub, Pace::Paced(args.rate), &step)
+                .await
+                .context("paced phase")?
+        };
         let swapping = match inputs.swapping.as_ref().filter(|_| extras) {
             Some(batch) => {
+                let step = phase_step(label, "swapping", batch);
                 tokio::time::sleep(SETTLE).await;
                 let target = workload.swap_target();
                 let during = Duration::from_secs(args.seconds);
-                let swaps = swap_versions(hub.http_addr(), &target, args.swaps, during);
-                let phase = run_phase(clients, batch, Outputs::Hub, Pace::Paced(args.rate));
+                let swaps = swap_versions(hub.http_addr(), &target, args.swaps, during, &step);
+                let phase = run_phase(clients, batch, Outputs::Hub, Pace::Paced(args.rate), &step);
                 let (phase, swaps) = tokio::join!(phase, swaps);
                 Some((phase.context("swapping phase")?, swaps.context("swapping")?))
             }
@@ -422,8 +452,9 @@ async fn hub_run(
         };
         let push = match inputs.push.as_ref().filter(|_| extras) {
             Some(batch) => {
+                let step = phase_step(label, "push", batch);
                 tokio::time::sleep(SETTLE).await;
-                let phase = push::push_phase(&hub, &clients.publisher, batch, args.rate).await;
+                let phase = push::push_phase(&hub, &clients.publisher, batch, args.rate, &step).await;
                 Some(phase.context("push phase")?)
             }
             None => None,
@@ -431,6 +462,7 @@ async fn hub_run(
         anyhow::Ok(HubRun::new(plugins, &unpaced, &paced, swapping, push.as_ref()))
     }
     .await;
+    let _stopping = Step::waiting(format!("{label} · stopping the hub"));
     hub.shutdown().await;
     // Leave nothing of this hub on the server for the relay phase or the next hub.
     mode::clear_streams(&clients.publisher).await;

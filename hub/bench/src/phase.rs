@@ -3,6 +3,7 @@
 //! against a plain relay.
 
 use super::cpu::{CpuMark, CpuPerInput};
+use super::progress::Step;
 use super::workload::Batch;
 use super::{Clients, MAX_LATENCY_US};
 use anyhow::Context;
@@ -169,12 +170,14 @@ pub(super) struct PhaseOutcome {
     pub(super) cpu: Option<CpuPerInput>,
 }
 
-/// Publish a batch with flow control, collect its outputs, and measure.
+/// Publish a batch with flow control, collect its outputs, and measure, showing how far
+/// publishing got on `step`.
 pub(super) async fn run_phase(
     clients: &Clients,
     batch: &Batch,
     outputs: Outputs,
     pace: Pace,
+    step: &Step,
 ) -> anyhow::Result<PhaseOutcome> {
     let subject = match outputs {
         Outputs::Hub => HUB_OUTPUTS,
@@ -194,11 +197,13 @@ pub(super) async fn run_phase(
     let receiver = tokio::spawn(receive(sub, tally.clone(), outputs, stopped, latency));
 
     let cpu = CpuMark::now(clients.server_pid);
-    let published = publish(&clients.publisher, batch, outputs, &tally, pace).await;
+    let published = publish(&clients.publisher, batch, outputs, &tally, pace, step).await;
     let flushed = clients.publisher.flush().await;
     let sent = published.as_ref().map_or(0, |p| p.sent);
     let expected = outputs.due(batch, sent);
     if published.is_ok() && flushed.is_ok() {
+        step.set(sent as u64);
+        step.note("waiting for outputs");
         wait_for_outputs(&tally, expected).await;
     }
     let cpu = cpu.and_then(|mark| mark.per_input(sent as u64));
@@ -268,6 +273,7 @@ async fn publish(
     outputs: Outputs,
     tally: &Tally,
     pace: Pace,
+    step: &Step,
 ) -> anyhow::Result<Published> {
     let subjects = outputs.subjects(batch);
     let total = batch.len();
@@ -304,6 +310,7 @@ async fn publish(
                 .await
                 .context("cannot publish an input")?;
             sent += 1;
+            step.advance(sent);
         }
     }
     Ok(Published {
@@ -419,7 +426,7 @@ fn sent_at(tally: &Tally, id: &str) -> Option<Instant> {
 }
 
 /// Run the relay and push the unpaced phase's bodies through it.
-pub(super) async fn relay_phase(clients: &Clients, inputs: &Batch) -> anyhow::Result<PhaseOutcome> {
+pub(super) async fn relay_phase(clients: &Clients, inputs: &Batch, step: &Step) -> anyhow::Result<PhaseOutcome> {
     let sub = clients
         .relay
         .subscribe(RELAY_IN)
@@ -427,7 +434,7 @@ pub(super) async fn relay_phase(clients: &Clients, inputs: &Batch) -> anyhow::Re
         .context("relay cannot subscribe")?;
     clients.relay.flush().await.context("relay cannot flush")?;
     let relay = tokio::spawn(relay(clients.relay.clone(), sub));
-    let outcome = run_phase(clients, inputs, Outputs::Relay, Pace::Unpaced).await;
+    let outcome = run_phase(clients, inputs, Outputs::Relay, Pace::Unpaced, step).await;
     relay.abort();
     outcome
 }

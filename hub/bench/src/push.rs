@@ -6,6 +6,7 @@
 
 use super::MAX_LATENCY_US;
 use super::phase::due_by_now;
+use super::progress::{Step, count};
 use super::workload::Batch;
 use anyhow::Context;
 use async_nats::Client;
@@ -35,8 +36,15 @@ pub(super) struct PushOutcome {
 }
 
 /// Load `notify` (support actions → push), connect the devices, publish `batch` at `rate` per
-/// second, and time every push from the publish of the input that caused it.
-pub(super) async fn push_phase(hub: &Hub, publisher: &Client, batch: &Batch, rate: u64) -> anyhow::Result<PushOutcome> {
+/// second, and time every push from the publish of the input that caused it, saying which of
+/// these it does on `step`.
+pub(super) async fn push_phase(
+    hub: &Hub,
+    publisher: &Client,
+    batch: &Batch,
+    rate: u64,
+    step: &Step,
+) -> anyhow::Result<PushOutcome> {
     // The triggering inputs of each customer, in order: each brings one push.
     let mut triggers: HashMap<String, Vec<usize>> = HashMap::new();
     for input in 0..batch.len() {
@@ -57,6 +65,7 @@ pub(super) async fn push_phase(hub: &Hub, publisher: &Client, batch: &Batch, rat
         .await
         .context("cannot load the notify plugin")?;
 
+    step.note(&format!("connecting {} devices", count(triggers.len() as u64)));
     let connecting = Instant::now();
     let (pushed, mut arrivals) = mpsc::unbounded_channel::<(usize, Instant)>();
     let addr = hub.http_addr();
@@ -89,7 +98,10 @@ pub(super) async fn push_phase(hub: &Hub, publisher: &Client, batch: &Batch, rat
     devices.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     let connecting = connecting.elapsed();
 
-    let sent_at = publish_paced(publisher, batch, rate).await?;
+    step.note("");
+    let sent_at = publish_paced(publisher, batch, rate, step).await?;
+    step.set(sent_at.len() as u64);
+    step.note("waiting for pushes");
     let mut latency = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).context("cannot create a histogram")?;
     let mut received = 0;
     while received < expected {
@@ -111,7 +123,7 @@ pub(super) async fn push_phase(hub: &Hub, publisher: &Client, batch: &Batch, rat
 }
 
 /// Publish every input of `batch` at `rate` per second; when each went out.
-async fn publish_paced(client: &Client, batch: &Batch, rate: u64) -> anyhow::Result<Vec<Instant>> {
+async fn publish_paced(client: &Client, batch: &Batch, rate: u64, step: &Step) -> anyhow::Result<Vec<Instant>> {
     let subjects: Vec<async_nats::Subject> = batch.kinds.iter().map(|k| k.subject.into()).collect();
     let mut sent_at = Vec::with_capacity(batch.len());
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
@@ -130,6 +142,7 @@ async fn publish_paced(client: &Client, batch: &Batch, rate: u64) -> anyhow::Res
                 )
                 .await
                 .context("cannot publish an input")?;
+            step.advance(sent_at.len());
         }
     }
     client.flush().await.context("cannot flush the publisher")?;

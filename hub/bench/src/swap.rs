@@ -1,6 +1,7 @@
 //! The swapping phase's uploads: new versions of the acting plugin go live through the admin API
 //! while the paced load runs.
 
+use super::progress::Step;
 use anyhow::{Context, bail};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -25,18 +26,21 @@ pub(super) struct SwapTiming {
     pub(super) live_ms: f64,
 }
 
-/// Upload `count` new versions of `target` evenly over `during`, through the admin API.
+/// Upload `count` new versions of `target` evenly over `during`, through the admin API, and
+/// count them on `step`.
 pub(super) async fn swap_versions(
     api: SocketAddr,
     target: &SwapTarget,
     count: u64,
     during: Duration,
+    step: &Step,
 ) -> anyhow::Result<Vec<SwapTiming>> {
     let file = &target.wasm;
     let wasm = bytes::Bytes::from(std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?);
     let http = reqwest::Client::new();
     let gap = during / u32::try_from(count + 1).unwrap_or(u32::MAX);
     let mut timings = Vec::new();
+    step.note(&format!("swap 0/{count}"));
     for i in 0..count {
         tokio::time::sleep(gap).await;
         let config = (target.config)(i);
@@ -59,6 +63,7 @@ pub(super) async fn swap_versions(
             put_ms,
             live_ms: body["live_after_ms"].as_f64().unwrap_or(f64::NAN),
         });
+        step.note(&format!("swap {}/{count}", i + 1));
     }
     Ok(timings)
 }

@@ -1,24 +1,17 @@
 //! `hub plugin …`: writing plugins offline (`new`, `build`, `test`: see `author`), and a client of
 //! the admin REST API (`/api/plugins`) for the rest.
 
-use anyhow::{Context, bail};
+use super::api_client::{ApiArgs, print_json};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use hub::api::plugins::{PluginDetail, PluginSummary};
-use hub::registry::Change;
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct PluginArgs {
-    /// Base URL of the hub's HTTP API
-    #[arg(long, env = "HUB_API", default_value = "http://127.0.0.1:8080", global = true)]
-    api: String,
-    /// Admin bearer token
-    #[arg(long, env = "HUB_ADMIN_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// Print the API's JSON answer instead of a table
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     command: PluginCommand,
 }
@@ -70,15 +63,11 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
     let command = match args.command {
         PluginCommand::New(a) => return super::author::new::run(a),
         PluginCommand::Build(a) => return super::author::build::run(a),
-        PluginCommand::Test(a) => return super::author::test::run(a, args.json),
+        PluginCommand::Test(a) => return super::author::test::run(a, args.api.json),
         PluginCommand::Admin(command) => command,
     };
-    let client = Client {
-        http: reqwest::Client::new(),
-        api: args.api.trim_end_matches('/').to_owned(),
-        token: args.token,
-    };
-    let json = args.json;
+    let client = args.api.client();
+    let json = args.api.json;
     match command {
         AdminCommand::Ls => {
             let body = client
@@ -149,65 +138,6 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
 
 fn path(name: &str, rest: &str) -> String {
     format!("/api/plugins/{name}{rest}")
-}
-
-struct Client {
-    http: reqwest::Client,
-    api: String,
-    token: Option<String>,
-}
-
-impl Client {
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.api));
-        match &self.token {
-            Some(t) => request.bearer_auth(t),
-            None => request,
-        }
-    }
-
-    /// Send, and turn an error answer into the API's own message.
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<String> {
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("no answer from the hub at {}", self.api))?;
-        let status = response.status();
-        let body = response.text().await.context("cannot read the answer")?;
-        if !status.is_success() {
-            let message = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or(body);
-            bail!("{status}: {message}");
-        }
-        Ok(body)
-    }
-
-    async fn change(&self, request: reqwest::RequestBuilder, json: bool) -> anyhow::Result<()> {
-        let body = self.send(request).await?;
-        if json {
-            return print_json(&body);
-        }
-        let c: Change = serde_json::from_str(&body).context("unexpected answer")?;
-        let what = if c.changed { "now" } else { "already" };
-        let state = if c.enabled { "enabled" } else { "disabled" };
-        println!("{}: {what} at version {} ({state})", c.name, c.version);
-        if c.changed {
-            if c.live {
-                println!("live on every shard after {:.1} ms", c.live_after_ms);
-            } else {
-                println!("saved, but not every shard picked it up yet");
-            }
-        }
-        Ok(())
-    }
-}
-
-fn print_json(body: &str) -> anyhow::Result<()> {
-    let value: serde_json::Value = serde_json::from_str(body).context("unexpected answer")?;
-    println!("{}", serde_json::to_string_pretty(&value)?);
-    Ok(())
 }
 
 fn ms(v: Option<f64>) -> String {

@@ -1,0 +1,85 @@
+//! `hub status`: the dashboard's headline figures as tables (`GET /api/status`).
+
+use super::api_client::{ApiArgs, print_json};
+use clap::Args;
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use hub::status::Status;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let (body, s): (String, Status) = args.api.client().get("/api/status").await?;
+    if args.api.json {
+        return print_json(&body);
+    }
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
+    let mut head = Table::new();
+    head.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "events in/s",
+        "events out/s",
+        "actions/s",
+        "dead letters/s",
+        "event→action p50 ms",
+        "p99 ms",
+        "consumer lag",
+        "timers",
+        "input",
+        "up",
+    ]);
+    head.add_row([
+        format!("{:.0}", s.rates.events_in),
+        format!("{:.0}", s.rates.events_out),
+        format!("{:.0}", s.rates.actions),
+        format!("{:.0}", s.rates.dead_letters),
+        ms(s.event_to_action_ms.p50),
+        ms(s.event_to_action_ms.p99),
+        s.consumer_lag.map_or_else(|| "-".into(), |l| l.to_string()),
+        s.timers_pending.to_string(),
+        s.input.clone(),
+        humantime::format_duration(std::time::Duration::from_secs(s.uptime_s)).to_string(),
+    ]);
+    println!("{head}");
+    println!(
+        "since start: {} events in, {} emitted, {} actions, {} dead letters",
+        s.totals.events_in, s.totals.events_emitted, s.totals.actions, s.totals.dead_letters
+    );
+
+    let mut plugins = Table::new();
+    plugins
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["plugin", "version", "state", "calls", "errors", "p50 ms", "p99 ms"]);
+    for p in &s.plugins {
+        let state = match (p.enabled, p.quarantined) {
+            (false, _) => "disabled",
+            (true, true) => "QUARANTINED",
+            (true, false) => "running",
+        };
+        plugins.add_row([
+            p.name.clone(),
+            p.version.to_string(),
+            state.into(),
+            p.calls.to_string(),
+            p.errors.to_string(),
+            ms(p.p50_ms),
+            ms(p.p99_ms),
+        ]);
+    }
+    println!("{plugins}");
+
+    if !s.dead_letters.by_reason.is_empty() {
+        let reasons: Vec<String> = s
+            .dead_letters
+            .by_reason
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        println!("dead letters since start: {} (`hub dlq ls`)", reasons.join(", "));
+    }
+    let depths: Vec<String> = s.shards.iter().map(|d| d.queue_depth.to_string()).collect();
+    println!("shard queues: {}", depths.join(" "));
+    Ok(())
+}
