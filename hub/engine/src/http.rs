@@ -1,8 +1,9 @@
-//! The hub's HTTP surface: `/healthz`, Prometheus `/metrics`, devices on `/push/{actor}`, and the
-//! admin API under `/api/`.
+//! The hub's HTTP surface: `/healthz`, Prometheus `/metrics`, devices on `/push/{actor}`, the
+//! admin API under `/api/`, and the dashboard at `/`.
 //!
-//! This is the top of the HTTP rooms: it composes the API (`api`) and the device connections
-//! (`delivery::push`), which know nothing of each other or of this module; each handler sees
+//! This is the top of the HTTP rooms: it composes the API (`api`), the dashboard's static page
+//! (`dashboard`, which reads the API) and the device connections (`delivery::push`), which know
+//! nothing of each other or of this module; each handler sees
 //! only its own part of [`HttpState`] (axum's `FromRef`).
 
 use crate::api::ApiState;
