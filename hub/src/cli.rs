@@ -71,7 +71,7 @@ struct Overrides {
     /// Folder of plugin .wasm files to load at start
     #[arg(long)]
     plugins: Option<PathBuf>,
-    /// HTTP listen address for /healthz and /metrics [default: 127.0.0.1:8080]
+    /// HTTP listen address for the dashboard, the admin API, /healthz and /metrics [default: 127.0.0.1:8080]
     #[arg(long)]
     http: Option<SocketAddr>,
 }
@@ -250,6 +250,7 @@ fn print_banner(config: &Config, hub: &Hub, local: bool) {
     println!(
         "  actions out  hub.actions.<name>; emitted events on hub.events.<kind>; dead letters on hub.dlq.<reason>"
     );
+    println!("  dashboard    http://{}/", hub.http_addr());
     println!(
         "  HTTP         http://{0}/healthz  http://{0}/metrics  admin API http://{0}/api/",
         hub.http_addr()
