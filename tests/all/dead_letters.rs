@@ -1,8 +1,11 @@
 //! Dead letters are kept in a stream: listed by reason, inspected, and replayed once their
 //! cause is fixed — an event to the plugin that failed on it only, a timer to its plugin.
 
-use crate::support::{Api, Env, fixture, json, next, plugin_folder, shoes_cart};
+use crate::support::{Api, Env, crm, fixture, json, next, plugin_folder, reference, shoes_cart};
+use hub::config::{ChannelConfig, WebhookConfig};
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The kept letters of `reason`, once there are `n` of them (waits up to 10 s).
@@ -102,6 +105,73 @@ async fn a_timer_that_came_due_while_its_plugin_was_disabled_is_replayed_once_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_delivery_that_failed_is_sent_again_with_its_key_once_the_receiver_is_back() {
+    let env = Env::new().await;
+    let back = Arc::new(AtomicBool::new(false));
+    let (address, received) = {
+        let back = back.clone();
+        crm(move |_| if back.load(Ordering::SeqCst) { 200 } else { 503 }).await
+    };
+    let mut config = env.config();
+    let examples = std::fs::read_dir(hub::EXAMPLE_PLUGINS)
+        .expect("examples built")
+        .map(|e| e.expect("entry").path());
+    let files: Vec<_> = examples.chain([reference("notify.wasm")]).collect();
+    config.plugins.dir = Some(plugin_folder(&env, "delivery", &files));
+    config.plugins.config.insert(
+        "notify".into(),
+        json!({"routes": [{"actions": "support.*", "channel": "crm", "target": "queue-1"}]}),
+    );
+    config.channels.insert(
+        "crm".into(),
+        ChannelConfig::Webhook(WebhookConfig {
+            url: format!("http://{address}/hook/{{target}}"),
+            retries: 1,
+            backoff: Duration::from_millis(20),
+            ..WebhookConfig::default()
+        }),
+    );
+    let hub = env.start(config).await;
+    let api = Api::new(&hub, None);
+    for _ in 0..3 {
+        env.send("payment.failed", "c4", json!({"amount": 20})).await;
+    }
+    let kept = letters(&api, "webhook_failed", 1).await;
+    assert_eq!(
+        (kept[0]["actor"].as_str(), kept[0]["plugin"].as_str()),
+        (Some("c4"), Some("notify")),
+        "{kept:#?}"
+    );
+    let failed = received.lock().expect("lock").clone();
+    assert_eq!(failed.iter().map(|r| r.3).collect::<Vec<_>>(), [503, 503]);
+
+    // The CRM is back: the letter goes to the webhook again, with the same key, target and body.
+    back.store(true, Ordering::SeqCst);
+    let (status, done) = api.post("/api/dead-letters/replay?reason=webhook_failed", "").await;
+    assert_eq!((status, done["replayed"].as_u64()), (200, Some(1)), "{done}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while received.lock().expect("lock").len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replay never reached the CRM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = received.lock().expect("lock").clone();
+    let delivered = &all[2];
+    assert_eq!(delivered.3, 200);
+    assert_eq!(
+        (&delivered.0, &delivered.1, &delivered.2),
+        (&failed[0].0, &failed[0].1, &failed[0].2),
+        "the same delivery"
+    );
+    assert_eq!(delivered.2["action"], "support.callback");
+    let (_, body) = api.get("/api/dead-letters?reason=webhook_failed").await;
+    assert_eq!(body["letters"], json!([]), "{body}");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_shows_rates_plugins_and_dead_letters() {
     let env = Env::new().await;
     let hub = env.start(env.config()).await;
@@ -138,6 +208,23 @@ async fn the_status_shows_rates_plugins_and_dead_letters() {
         "the status never showed the inputs: {last:#}"
     );
     assert_eq!(last["input"], "durable");
+    // What the stream keeps (this hub's own letters), beside the process's count since start.
+    let mut kept = last["dead_letters"]["kept"]["undecodable"].as_u64();
+    for _ in 0..20 {
+        if kept == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        kept = api.get("/api/status").await.1["dead_letters"]["kept"]["undecodable"].as_u64();
+    }
+    assert_eq!(kept, Some(1), "{last:#}");
+    assert!(
+        last["shards"]
+            .as_array()
+            .is_some_and(|s| s.len() == 2 && s.iter().all(|s| s["capacity"].as_u64() > Some(0))),
+        "{last:#}"
+    );
+    assert!(last["event_to_action_ms_1m"].is_object(), "{last:#}");
     assert!(
         last["plugins"]
             .as_array()

@@ -2,44 +2,15 @@
 //! devices connected on `/push/{actor}` (WebSocket and server-sent events) and for a CRM
 //! webhook that fails twice before it answers.
 
-use crate::support::{Env, next, nothing, plugin_folder, reference, shoes_cart};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use crate::support::{Env, Received, crm, next, nothing, plugin_folder, reference, shoes_cart};
 use futures::StreamExt;
 use hub::config::{ChannelConfig, WebhookConfig};
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// One request the CRM received: idempotency key, target, body, and what it answered.
-type Received = Arc<Mutex<Vec<(String, String, Value, u16)>>>;
 
 /// A CRM that answers 500 to the first two requests and 200 after.
 async fn flaky_crm() -> (std::net::SocketAddr, Received) {
-    let received: Received = Arc::default();
-    async fn hook(
-        State(r): State<Received>,
-        Path(target): Path<String>,
-        headers: HeaderMap,
-        body: axum::body::Bytes,
-    ) -> StatusCode {
-        let mut r = r.lock().expect("lock");
-        let status = if r.len() < 2 { 500 } else { 200 };
-        let key = headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        r.push((key.to_owned(), target, body, status));
-        StatusCode::from_u16(status).expect("status")
-    }
-    let app = axum::Router::new()
-        .route("/hook/{target}", axum::routing::post(hook))
-        .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, received)
+    crm(|n| if n < 2 { 500 } else { 200 }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,6 +176,42 @@ pub fn shoes_cart() -> Value {
 }
 
 /// The path of a built fixture plugin.
+/// One request a test receiver took: idempotency key, target, body, and what it answered.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value, u16)>>>;
+
+/// An HTTP receiver (a CRM, say) on `/hook/{target}` that answers its `n`-th request (from 0)
+/// with the status `answer(n)`.
+pub async fn crm(answer: impl Fn(usize) -> u16 + Send + Sync + 'static) -> (std::net::SocketAddr, Received) {
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    type Answer = std::sync::Arc<dyn Fn(usize) -> u16 + Send + Sync>;
+    async fn hook(
+        State((received, answer)): State<(Received, Answer)>,
+        Path(target): Path<String>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> StatusCode {
+        let mut r = received.lock().expect("lock");
+        let status = answer(r.len());
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        r.push((key.to_owned(), target, body, status));
+        StatusCode::from_u16(status).expect("status")
+    }
+    let received: Received = Default::default();
+    let answer: Answer = std::sync::Arc::new(answer);
+    let app = axum::Router::new()
+        .route("/hook/{target}", axum::routing::post(hook))
+        .with_state((received.clone(), answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
+
 pub fn fixture(file: &str) -> PathBuf {
     PathBuf::from(hub::FIXTURE_PLUGINS).join(file)
 }

@@ -43,6 +43,8 @@ pub struct ApiState {
     pub nats: async_nats::Client,
     /// The headline figures, taken once a second.
     pub status: std::sync::Arc<crate::status::StatusBoard>,
+    /// Where replayed deliveries go.
+    pub sinks: crate::delivery::Sinks,
 }
 
 /// The API's routes, for a server whose state `S` holds an [`ApiState`].

@@ -5,8 +5,9 @@
 
 mod kept;
 
-pub use kept::{KeptError, KeptLetters, Letter, LetterSummary, REPLAY_FOR, Replay};
+pub use kept::{KeptError, KeptLetters, Letter, LetterSummary, REPLAY_FOR, Replay, Stored};
 
+use crate::delivery::Delivery;
 use crate::egress::{Outbound, headers, subjects};
 use crate::event::Event;
 use async_nats::HeaderMap;
@@ -111,8 +112,10 @@ pub struct DeadLetter {
     subject: String,
     plugin: Option<String>,
     event_id: Option<String>,
-    /// Whose it is, where the body does not say (a timer's payload).
+    /// Whose it is, where the body does not say (a timer's payload, a rendered delivery).
     actor: Option<String>,
+    /// Where a rendered delivery was going.
+    target: Option<String>,
     /// The original bytes, or the event's JSON envelope (replayable on `events.<kind>`).
     body: Bytes,
 }
@@ -127,6 +130,7 @@ impl DeadLetter {
             plugin: None,
             event_id: None,
             actor: None,
+            target: None,
             body,
         }
     }
@@ -140,6 +144,7 @@ impl DeadLetter {
             plugin: None,
             event_id: Some(event.id.clone()),
             actor: Some(event.actor.clone()),
+            target: None,
             body: event.to_json().map(Bytes::from).unwrap_or_default(),
         }
     }
@@ -153,20 +158,22 @@ impl DeadLetter {
             plugin: None,
             event_id: Some(id.to_owned()),
             actor: Some(actor.to_owned()),
+            target: None,
             body: Bytes::copy_from_slice(payload),
         }
     }
 
-    /// A rendered delivery of `channel` (replaying it means re-sending the body).
-    pub fn delivery(reason: Reason, detail: impl Into<String>, channel: &str, id: &str, body: Bytes) -> DeadLetter {
+    /// A rendered delivery (replaying it hands it to its channel's sink again).
+    pub fn delivery(reason: Reason, detail: impl Into<String>, delivery: &Delivery) -> DeadLetter {
         DeadLetter {
             reason,
             detail: detail.into(),
-            subject: subjects::join(subjects::DELIVERIES, channel),
-            plugin: None,
-            event_id: Some(id.to_owned()),
-            actor: None,
-            body,
+            subject: subjects::join(subjects::DELIVERIES, &delivery.channel),
+            plugin: Some(delivery.plugin.clone()),
+            event_id: Some(delivery.id.clone()),
+            actor: Some(delivery.actor.clone()),
+            target: Some(delivery.target.clone()),
+            body: delivery.body.clone(),
         }
     }
 
@@ -199,6 +206,9 @@ impl DeadLetter {
         }
         if let Some(actor) = &self.actor {
             h.insert(headers::ACTOR, header_safe(actor).as_str());
+        }
+        if let Some(target) = &self.target {
+            h.insert(headers::TARGET, header_safe(target).as_str());
         }
         Outbound {
             subject: subjects::join(subjects::DEAD_LETTERS, self.reason.as_str()),

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// One rendered message for one channel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     /// Deterministic (derived from the action's id): receivers can deduplicate on it.
     pub id: String,
@@ -42,11 +42,9 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The delivery as a dead letter; replaying it means re-sending `body` to its channel.
+    /// The delivery as a dead letter; replaying it hands it to its channel's sink again.
     pub fn dead_letter(&self, reason: Reason, detail: &str) -> Outbound {
-        DeadLetter::delivery(reason, detail, &self.channel, &self.id, self.body.clone())
-            .plugin(&self.plugin)
-            .into_outbound()
+        DeadLetter::delivery(reason, detail, self).into_outbound()
     }
 
     /// The delivery as published on `hub.deliveries.<channel>`.

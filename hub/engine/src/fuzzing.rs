@@ -673,6 +673,7 @@ impl RestApi {
         let stats = Arc::new(PluginStats::new(1));
         let (mut wheels, _) = db.load_timers(1, |_| 0).expect("timers");
         let (committer, commits) = Committer::start(4, None).expect("committer");
+        let sinks = Sinks::start(&Default::default(), push.clone(), egress.clone());
         let setup = ShardSetup {
             id: 0,
             rx: receivers.remove(0),
@@ -685,7 +686,7 @@ impl RestApi {
             commits,
             engine: EngineConfig::default(),
             policies: policies.clone(),
-            sinks: Sinks::start(&Default::default(), push.clone(), egress),
+            sinks: sinks.clone(),
             checkpoints: crate::durable::Checkpoints::load(db.sled(), 1, |_| 0)
                 .expect("checkpoints")
                 .remove(0),
@@ -715,6 +716,8 @@ impl RestApi {
                 registry: registry.clone(),
                 stats: stats.clone(),
                 input: crate::config::InputMode::Core,
+                queue_capacity: 1024,
+                kept: None,
             })
         };
         let app = crate::http::router(crate::http::HttpState {
@@ -732,6 +735,7 @@ impl RestApi {
                 dead_letters: None,
                 nats,
                 status,
+                sinks,
             },
             push,
         });

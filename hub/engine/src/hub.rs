@@ -259,6 +259,8 @@ impl Hub {
             registry: registry.clone(),
             stats: stats.clone(),
             input: config.input.mode,
+            queue_capacity: config.engine.queue_capacity,
+            kept: dead_letters.clone(),
         });
         let app = crate::http::router(crate::http::HttpState {
             metrics,
@@ -274,6 +276,7 @@ impl Hub {
                 dead_letters,
                 nats: client.clone(),
                 status,
+                sinks: sinks.clone(),
             },
             push: push.clone(),
         });

@@ -1,9 +1,11 @@
 //! The hub's headline figures for people: what the dashboard, `GET /api/status` and `hub status`
 //! show. Once a second a task renders the Prometheus metrics the hot path already keeps, and
-//! turns them into rates, latency quantiles of the last second and per-plugin figures; the
-//! shards do nothing more for it. The last ten minutes are kept for the dashboard's charts.
+//! turns them into rates, latency quantiles of the last second and minute, and per-plugin
+//! figures; the shards do nothing more for it. The last ten minutes are kept for the dashboard's
+//! charts.
 
 use crate::config::InputMode;
+use crate::dead_letter::KeptLetters;
 use crate::metrics as m;
 use crate::registry::Registry;
 use crate::stats::PluginStats;
@@ -20,6 +22,10 @@ use tokio::task::JoinHandle;
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How much history the charts get: ten minutes of one-second points.
 const HISTORY: usize = 600;
+/// The window of the slower latency quantiles.
+const MINUTE: Duration = Duration::from_secs(60);
+/// How long a sample waits for the dead-letter stream's counts before keeping the last ones.
+const KEPT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One snapshot (`GET /api/status`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -31,7 +37,10 @@ pub struct Status {
     pub input: String,
     /// Per second, over the last sample interval.
     pub rates: Rates,
+    /// Over the last sample interval: empty when no action was taken in it.
     pub event_to_action_ms: Quantiles,
+    /// Over the last minute, so a quiet hub still shows its recent latency.
+    pub event_to_action_ms_1m: Quantiles,
     /// Since the hub started.
     pub totals: Totals,
     pub plugins: Vec<PluginStatus>,
@@ -56,6 +65,16 @@ pub struct Rates {
 pub struct Quantiles {
     pub p50: Option<f64>,
     pub p99: Option<f64>,
+}
+
+impl Quantiles {
+    /// p50 and p99 in ms of a histogram in seconds.
+    fn of(buckets: &Buckets) -> Quantiles {
+        Quantiles {
+            p50: buckets.quantile(0.5).map(|s| s * 1000.0),
+            p99: buckets.quantile(0.99).map(|s| s * 1000.0),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -84,8 +103,11 @@ pub struct PluginStatus {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetterCounts {
-    /// Since the hub started.
+    /// Dead-lettered since the hub started.
     pub by_reason: BTreeMap<String, u64>,
+    /// Kept in the dead-letter stream now, to inspect and replay (what `GET /api/dead-letters`
+    /// lists); `None` when the stream cannot be read.
+    pub kept: Option<BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -100,6 +122,8 @@ pub struct Decisions {
 pub struct ShardStatus {
     pub shard: usize,
     pub queue_depth: u64,
+    /// The queue's bound (`engine.queue_capacity`): a full queue holds ingestion back.
+    pub capacity: u64,
 }
 
 /// One point of the charts (`GET /api/status/history`).
@@ -112,6 +136,8 @@ pub struct Point {
     pub dead_letters: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// p99 over the minute up to this point.
+    pub p99_1m_ms: Option<f64>,
 }
 
 /// What the figures are taken from.
@@ -120,6 +146,9 @@ pub struct Sources {
     pub registry: Arc<Registry>,
     pub stats: Arc<PluginStats>,
     pub input: InputMode,
+    pub queue_capacity: usize,
+    /// The kept dead letters, counted by reason at each sample.
+    pub kept: Option<KeptLetters>,
 }
 
 /// The latest snapshot and the recent history, shared with the API.
@@ -165,11 +194,32 @@ async fn sample(sources: Sources, publish: watch::Sender<Arc<Status>>, board: Ar
     let mut ticker = tokio::time::interval(SAMPLE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut previous: Option<(Instant, Figures)> = None;
+    // Cumulative latency buckets of the last minute's samples, oldest first.
+    let mut minute: VecDeque<(Instant, Buckets)> = VecDeque::new();
+    let mut kept = None;
     loop {
         ticker.tick().await;
         let now = Instant::now();
         let figures = Figures::read(&sources.metrics.render());
-        let status = snapshot(&sources, &figures, previous.as_ref(), now, started);
+        if let Some(letters) = &sources.kept {
+            // A slow or unreachable stream leaves the last counts in place.
+            match tokio::time::timeout(KEPT_TIMEOUT, letters.counts()).await {
+                Ok(Ok(counts)) => kept = Some(counts),
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot count the kept dead letters"),
+                Err(_) => tracing::debug!("counting the kept dead letters took too long"),
+            }
+        }
+        while minute.front().is_some_and(|(at, _)| now.duration_since(*at) > MINUTE) {
+            minute.pop_front();
+        }
+        let last_minute = match minute.front() {
+            Some((_, before)) => figures.latency.since(before),
+            None => figures.latency.clone(),
+        };
+        minute.push_back((now, figures.latency.clone()));
+        let mut status = snapshot(&sources, &figures, previous.as_ref(), now, started);
+        status.event_to_action_ms_1m = Quantiles::of(&last_minute);
+        status.dead_letters.kept = kept.clone();
         let point = Point {
             at: status.at,
             events_in: status.rates.events_in,
@@ -178,6 +228,7 @@ async fn sample(sources: Sources, publish: watch::Sender<Arc<Status>>, board: Ar
             dead_letters: status.rates.dead_letters,
             p50_ms: status.event_to_action_ms.p50,
             p99_ms: status.event_to_action_ms.p99,
+            p99_1m_ms: status.event_to_action_ms_1m.p99,
         };
         {
             let mut history = board.history.lock().unwrap_or_else(PoisonError::into_inner);
@@ -250,10 +301,8 @@ fn snapshot(
             actions: rate(|f| f.actions),
             dead_letters: rate(|f| f.dead_letters()),
         },
-        event_to_action_ms: Quantiles {
-            p50: recent.quantile(0.5).map(|s| s * 1000.0),
-            p99: recent.quantile(0.99).map(|s| s * 1000.0),
-        },
+        event_to_action_ms: Quantiles::of(&recent),
+        event_to_action_ms_1m: Quantiles::default(),
         totals: Totals {
             events_in: figures.events_in as u64,
             events_emitted: figures.events_emitted as u64,
@@ -267,6 +316,7 @@ fn snapshot(
                 .iter()
                 .map(|(k, v)| (k.clone(), *v as u64))
                 .collect(),
+            kept: None,
         },
         decisions: figures
             .decisions
@@ -283,6 +333,7 @@ fn snapshot(
             .map(|(shard, depth)| ShardStatus {
                 shard: *shard,
                 queue_depth: *depth as u64,
+                capacity: sources.queue_capacity as u64,
             })
             .collect(),
         consumer_lag: figures.consumer_pending.map(|v| v as u64),

@@ -25,6 +25,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         "dead letters/s",
         "event→action p50 ms",
         "p99 ms",
+        "p99 ms, 1 min",
         "consumer lag",
         "timers",
         "input",
@@ -37,6 +38,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         format!("{:.0}", s.rates.dead_letters),
         ms(s.event_to_action_ms.p50),
         ms(s.event_to_action_ms.p99),
+        ms(s.event_to_action_ms_1m.p99),
         s.consumer_lag.map_or_else(|| "-".into(), |l| l.to_string()),
         s.timers_pending.to_string(),
         s.input.clone(),
@@ -70,16 +72,26 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     println!("{plugins}");
 
-    if !s.dead_letters.by_reason.is_empty() {
-        let reasons: Vec<String> = s
-            .dead_letters
-            .by_reason
+    let reasons = |counts: &std::collections::BTreeMap<String, u64>| {
+        counts
             .iter()
             .map(|(reason, n)| format!("{reason} {n}"))
-            .collect();
-        println!("dead letters since start: {} (`hub dlq ls`)", reasons.join(", "));
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match &s.dead_letters.kept {
+        Some(kept) if !kept.is_empty() => println!("dead letters kept: {} (`hub dlq ls`)", reasons(kept)),
+        Some(_) => println!("dead letters kept: none"),
+        None => println!("dead letters kept: the dead-letter stream cannot be read"),
     }
-    let depths: Vec<String> = s.shards.iter().map(|d| d.queue_depth.to_string()).collect();
-    println!("shard queues: {}", depths.join(" "));
+    if !s.dead_letters.by_reason.is_empty() {
+        println!("dead letters since start: {}", reasons(&s.dead_letters.by_reason));
+    }
+    let depths: Vec<String> = s
+        .shards
+        .iter()
+        .map(|d| format!("{}/{}", d.queue_depth, d.capacity))
+        .collect();
+    println!("shard queues (waiting/capacity): {}", depths.join(" "));
     Ok(())
 }

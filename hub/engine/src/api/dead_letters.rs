@@ -3,7 +3,7 @@
 
 use super::{ApiError, ApiState, Failure};
 use crate::actor::ActorRequest;
-use crate::dead_letter::{KeptError, KeptLetters, Letter, LetterSummary, Replay};
+use crate::dead_letter::{KeptError, KeptLetters, Letter, LetterSummary, Replay, Stored};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -83,7 +83,8 @@ pub async fn show(State(s): State<ApiState>, Path(seq): Path<u64>) -> Result<Jso
     params(("seq" = u64, Path, description = "The letter's sequence in the dead-letter stream")),
     responses((status = 200, body = Replayed), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
 pub async fn replay_one(State(s): State<ApiState>, Path(seq): Path<u64>) -> Result<Json<Replayed>, Failure> {
-    replay(&s, kept(&s)?, seq).await?;
+    let kept = kept(&s)?;
+    replay(&s, kept, &kept.stored(seq).await?).await?;
     Ok(Json(Replayed {
         replayed: 1,
         refused: Vec::new(),
@@ -101,14 +102,14 @@ pub struct ReasonQuery {
     responses((status = 200, body = Replayed), (status = 401, body = ApiError)))]
 pub async fn replay_reason(State(s): State<ApiState>, Query(q): Query<ReasonQuery>) -> Result<Json<Replayed>, Failure> {
     let kept = kept(&s)?;
-    let mut letters = kept.list(Some(&q.reason), MAX_LIST).await?;
+    let mut letters = kept.newest(Some(&q.reason), MAX_LIST).await?;
     letters.reverse();
     let mut done = Replayed {
         replayed: 0,
         refused: Vec::new(),
     };
-    for letter in letters {
-        match replay(&s, kept, letter.seq).await {
+    for letter in &letters {
+        match replay(&s, kept, letter).await {
             Ok(()) => done.replayed += 1,
             Err(e @ (KeptError::NotReplayable { .. } | KeptError::NotFound(_))) => done.refused.push(e.to_string()),
             Err(e) => return Err(e.into()),
@@ -117,16 +118,25 @@ pub async fn replay_reason(State(s): State<ApiState>, Query(q): Query<ReasonQuer
     Ok(Json(done))
 }
 
-/// Send letter `seq` where it goes (see `dead_letter::kept`), then forget it.
-async fn replay(s: &ApiState, kept: &KeptLetters, seq: u64) -> Result<(), KeptError> {
+/// Send a letter where it goes (see `dead_letter::kept`), then forget it.
+async fn replay(s: &ApiState, kept: &KeptLetters, letter: &Stored) -> Result<(), KeptError> {
+    let seq = letter.seq();
     let failed = |detail: String| KeptError::Publish { seq, detail };
-    match kept.replay_of(seq).await? {
-        Replay::Publish { subject, headers, body } => {
-            s.nats
-                .publish_with_headers(subject, headers, body)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            s.nats.flush().await.map_err(|e| failed(e.to_string()))?;
+    let publish = |subject: String, headers: async_nats::HeaderMap, body: bytes::Bytes| async move {
+        s.nats
+            .publish_with_headers(subject, headers, body)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        s.nats.flush().await.map_err(|e| failed(e.to_string()))
+    };
+    match kept.replay_of(letter)? {
+        Replay::Publish { subject, headers, body } => publish(subject, headers, body).await?,
+        // The sink takes it without waiting; what it hands back (the `nats` sink's message,
+        // or a new letter when its queue is full) is published here.
+        Replay::Deliver(delivery) => {
+            if let Some(out) = s.sinks.deliver(delivery) {
+                publish(out.subject, out.headers.unwrap_or_default(), out.payload).await?;
+            }
         }
         Replay::Timer {
             plugin,

@@ -364,9 +364,15 @@
     setTotal('total-events-out', totals.events_emitted);
     setTotal('total-actions', totals.actions);
     setTotal('total-dead-letters', totals.dead_letters);
-    setText('fig-p50', fmtMs(latency.p50));
-    const noActions = !isNumber(latency.p50) && !isNumber(latency.p99);
-    setText('fig-p99', noActions ? 'no action this second' : `p99 ${fmtMs(latency.p99)} ms`);
+    // The last second when it had actions, else the last minute, so a quiet hub still shows
+    // its recent latency.
+    const minute = s.event_to_action_ms_1m || {};
+    const thisSecond = isNumber(latency.p50) || isNumber(latency.p99);
+    const shown = thisSecond ? latency : minute;
+    setText('fig-p50', fmtMs(shown.p50));
+    if (thisSecond) setText('fig-p99', `p99 ${fmtMs(latency.p99)} ms · 1 min ${fmtMs(minute.p99)} ms`);
+    else if (isNumber(minute.p99)) setText('fig-p99', `last minute, p99 ${fmtMs(minute.p99)} ms`);
+    else setText('fig-p99', 'no action in the last minute');
     const durable = s.input === 'durable';
     setText('fig-lag', durable ? fmtCount(s.consumer_lag) : '—');
     setText('fig-lag-note', durable ? 'inputs not yet taken' : 'core input: no stream');
@@ -384,9 +390,10 @@
       events_out: rates.events_out,
       p50_ms: latency.p50,
       p99_ms: latency.p99,
+      p99_1m_ms: minute.p99,
     }]);
     renderPlugins(s.plugins || []);
-    renderReasons((s.dead_letters && s.dead_letters.by_reason) || {});
+    renderReasons(s.dead_letters || {});
     renderDecisions(s.decisions || []);
     renderShards(s.shards || []);
     lettersMayHaveChanged(s);
@@ -410,7 +417,7 @@
 
   // ---------------------------------------------------------------- charts
 
-  let points = []; // oldest first, one per sample: {at, events_in, events_out, p50_ms, p99_ms}
+  let points = []; // oldest first, one per sample: {at, events_in, events_out, p50_ms, p99_ms, p99_1m_ms}
   let charts = null;
 
   async function loadHistory() {
@@ -441,7 +448,12 @@
     const xs = points.map((p) => p.at / 1000);
     const val = (x) => (isNumber(x) ? x : null);
     draw(charts.rates, [xs, points.map((p) => val(p.events_in)), points.map((p) => val(p.events_out))]);
-    draw(charts.latency, [xs, points.map((p) => val(p.p50_ms)), points.map((p) => val(p.p99_ms))]);
+    draw(charts.latency, [
+      xs,
+      points.map((p) => val(p.p50_ms)),
+      points.map((p) => val(p.p99_ms)),
+      points.map((p) => val(p.p99_1m_ms)),
+    ]);
   }
 
   /** New data; the legend shows the latest values unless the pointer is on the chart. */
@@ -499,7 +511,7 @@
         scales: { y: { range: (u, min, max) => [0, isNumber(max) && max > 0 ? max * 1.1 : 1] } },
         axes: [{ ...axis, values: clockTicks }, { ...axis, size: 56, values: (u, ticks) => ticks.map(format) }],
         series: [{ value: (u, v) => (v == null ? '—' : fmtTime(v * 1000)) }, ...series],
-      }, [[], [], []], el);
+      }, [[], ...series.map(() => [])], el);
       // Resize on the next frame, outside the observer's callback: resizing inside it would
       // report "ResizeObserver loop" errors when the chart changes its container's size.
       new ResizeObserver(() => requestAnimationFrame(() => {
@@ -516,6 +528,7 @@
       latency: make('chart-latency', [
         line2('p50', '#34d399', fmtMs),
         line2('p99', '#fbbf24', fmtMs),
+        { ...line2('p99, 1 min', '#f87171', fmtMs), width: 1, dash: [6, 4] },
       ], fmtMs),
     };
     drawCharts();
@@ -682,9 +695,16 @@
   let lettersStale = false;
   let reasonCounts = {};
 
-  function renderReasons(byReason) {
-    reasonCounts = byReason;
-    const reasons = Object.entries(byReason).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+  let reasonsSince = {};
+
+  /** One row per reason: letters kept now (what can be replayed) and dead-lettered since start. */
+  function renderReasons(counts) {
+    reasonCounts = counts.kept || {};
+    reasonsSince = counts.by_reason || {};
+    const names = [...new Set([...Object.keys(reasonCounts), ...Object.keys(reasonsSince)])];
+    const reasons = names
+      .map((reason) => [reason, reasonCounts[reason] || 0, reasonsSince[reason] || 0])
+      .sort((a, b) => b[1] - a[1] || b[2] - a[2] || a[0].localeCompare(b[0]));
     syncRows($('letter-reasons').tBodies[0], reasons, ([reason]) => reason, makeReasonRow, updateReasonRow);
     $('letter-reasons-empty').hidden = reasons.length > 0;
   }
@@ -695,19 +715,20 @@
     const actions = cell(undefined, 'actions');
     const show = button('Show', () => {
       letterReason = letterReason === reason ? null : reason;
-      renderReasons(reasonCounts);
+      renderReasons({ kept: reasonCounts, by_reason: reasonsSince });
       run(loadLetters);
     });
     show.dataset.action = 'show';
     const replay = button('Replay all', () => run(() => replayReason(reason)), 'danger');
     replay.dataset.action = 'replay-all';
     actions.append(show, replay);
-    tr.append(cell(reason), cell('', 'num'), actions);
+    tr.append(cell(reason), cell('', 'num'), cell('', 'num'), actions);
     return tr;
   }
 
-  function updateReasonRow(tr, [reason, count]) {
+  function updateReasonRow(tr, [reason, count, since]) {
     tr.cells[1].textContent = fmtCount(count);
+    tr.cells[2].textContent = fmtCount(since);
     tr.classList.toggle('selected', reason === letterReason);
     tr.querySelector('[data-action="show"]').textContent = reason === letterReason ? 'Show all' : 'Show';
     tr.querySelector('[data-action="replay-all"]').disabled = !(count > 0);
@@ -715,7 +736,7 @@
 
   /** Reload the recent list when the counts moved (new letters, or replays). */
   function lettersMayHaveChanged(s) {
-    const seen = JSON.stringify([(s.totals || {}).dead_letters, (s.dead_letters || {}).by_reason]);
+    const seen = JSON.stringify([(s.totals || {}).dead_letters, (s.dead_letters || {}).kept]);
     if (seen === lettersSeen) return;
     lettersSeen = seen;
     run(loadLetters);
@@ -873,20 +894,24 @@
 
   function renderShards(shards) {
     const box = $('shards');
+    // Against the queue's bound when the hub says it: a full queue holds ingestion back.
     const deepest = Math.max(100, ...shards.map((s) => s.queue_depth));
     const rows = shards.map((s) => {
+      const scale = isNumber(s.capacity) && s.capacity > 0 ? s.capacity : deepest;
+      const share = Math.min(1, s.queue_depth / scale);
       const row = document.createElement('div');
       row.className = 'shard';
       const track = document.createElement('div');
       track.className = 'track';
       const fill = document.createElement('div');
-      fill.className = s.queue_depth >= 1000 ? 'fill busy' : 'fill';
-      fill.style.width = `${(100 * s.queue_depth) / deepest}%`;
+      fill.className = share >= 0.5 ? 'fill busy' : 'fill';
+      fill.style.width = `${100 * share}%`;
       track.append(fill);
       const label = document.createElement('span');
       label.textContent = `shard ${s.shard}`;
       const depth = document.createElement('span');
-      depth.textContent = fmtCount(s.queue_depth);
+      depth.textContent = isNumber(s.capacity) ? `${fmtCount(s.queue_depth)} / ${fmtCount(s.capacity)}` : fmtCount(s.queue_depth);
+      row.title = 'events waiting / queue capacity';
       row.append(label, track, depth);
       return row;
     });

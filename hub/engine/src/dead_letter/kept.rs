@@ -10,11 +10,12 @@
 //! - another event (hop limit, reserved kind): its envelope, to `events.<kind>`, for every
 //!   subscriber;
 //! - a timer: set again, due now, for its plugin and actor (through the actor's shard);
-//! - a rendered delivery: refused with the reason (its sink's failure is reported by the sink,
-//!   and the action that caused it is in the action stream).
+//! - a rendered delivery (a webhook that failed, a sink's full queue): handed to its channel's
+//!   sink again, with the same id, so a receiver that deduplicates sees it once.
 
 use super::Reason;
 use crate::config::DeadLettersConfig;
+use crate::delivery::Delivery;
 use crate::egress::{headers, subjects};
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
@@ -92,6 +93,21 @@ pub enum Replay {
         id: String,
         payload: Vec<u8>,
     },
+    /// Hand a rendered delivery to its channel's sink again.
+    Deliver(Delivery),
+}
+
+/// A stored letter, as read from the stream.
+pub struct Stored(StreamMessage);
+
+impl Stored {
+    pub fn seq(&self) -> u64 {
+        self.0.sequence
+    }
+
+    pub fn summary(&self) -> LetterSummary {
+        summarize(&self.0)
+    }
 }
 
 /// The dead-letter stream.
@@ -153,8 +169,13 @@ impl KeptLetters {
         Ok(counts)
     }
 
-    /// The newest `limit` letters, of `reason` if given.
+    /// The newest `limit` letters, of `reason` if given, newest first.
     pub async fn list(&self, reason: Option<&str>, limit: usize) -> Result<Vec<LetterSummary>, KeptError> {
+        Ok(self.newest(reason, limit).await?.iter().map(Stored::summary).collect())
+    }
+
+    /// The newest `limit` letters, of `reason` if given, whole, newest first.
+    pub async fn newest(&self, reason: Option<&str>, limit: usize) -> Result<Vec<Stored>, KeptError> {
         let info = self
             .stream
             .get_info()
@@ -165,11 +186,10 @@ impl KeptLetters {
         let mut seq = last;
         while seq >= first.max(1) && found.len() < limit && last - seq < SCAN_LIMIT {
             // Gaps (replayed or deleted letters) answer "not found": skip them.
-            if let Ok(message) = self.stream.get_raw_message(seq).await {
-                let summary = summarize(&message);
-                if reason.is_none_or(|r| summary.reason == r) {
-                    found.push(summary);
-                }
+            if let Ok(message) = self.stream.get_raw_message(seq).await
+                && reason.is_none_or(|r| reason_of(&message.subject) == Some(r))
+            {
+                found.push(Stored(message));
             }
             seq -= 1;
         }
@@ -208,14 +228,18 @@ impl KeptLetters {
         })
     }
 
-    /// Where letter `seq` would be replayed to.
-    pub async fn replay_of(&self, seq: u64) -> Result<Replay, KeptError> {
-        let message = self
-            .stream
+    /// Letter `seq`, whole.
+    pub async fn stored(&self, seq: u64) -> Result<Stored, KeptError> {
+        self.stream
             .get_raw_message(seq)
             .await
-            .map_err(|_| KeptError::NotFound(seq))?;
-        replay_of(seq, &message, &self.events_subject)
+            .map(Stored)
+            .map_err(|_| KeptError::NotFound(seq))
+    }
+
+    /// Where a stored letter would be replayed to.
+    pub fn replay_of(&self, letter: &Stored) -> Result<Replay, KeptError> {
+        replay_of(letter.seq(), &letter.0, &self.events_subject)
     }
 
     /// Forget letter `seq`: it was replayed.
@@ -287,9 +311,29 @@ fn replay_of(seq: u64, message: &StreamMessage, events_subject: &str) -> Result<
                 body,
             })
         }
-        Reason::SinkOverflow | Reason::WebhookFailed | Reason::WebhookRejected => Err(refuse(
-            "it is a rendered delivery: its sink reports the failure, and the action that caused it is kept in the action stream",
-        )),
+        Reason::SinkOverflow | Reason::WebhookFailed | Reason::WebhookRejected => {
+            let channel = summary
+                .subject
+                .strip_prefix(subjects::DELIVERIES)
+                .and_then(|s| s.strip_prefix('.'))
+                .filter(|c| !c.is_empty());
+            let target = header(&message.headers, headers::TARGET);
+            let (Some(channel), Some(id), Some(actor), Some(target)) =
+                (channel, summary.event_id, summary.actor, target)
+            else {
+                return Err(refuse(
+                    "it does not name the delivery's channel, id, actor and target (a letter of an older hub)",
+                ));
+            };
+            Ok(Replay::Deliver(Delivery {
+                id,
+                actor,
+                channel: channel.to_owned(),
+                target,
+                plugin: summary.plugin.unwrap_or_default(),
+                body,
+            }))
+        }
         _ => {
             #[derive(serde::Deserialize)]
             struct Kind {
@@ -363,8 +407,12 @@ mod tests {
             let timer = stored(DeadLetter::timer(Reason::Disabled, detail, &actor, &id, &payload).plugin(&plugin), seq);
             prop_assert_eq!(
                 replay_of(seq, &timer, "events").ok(),
-                Some(Replay::Timer { plugin, actor, id, payload })
+                Some(Replay::Timer { plugin: plugin.clone(), actor: actor.clone(), id: id.clone(), payload: payload.clone() })
             );
+
+            let delivery = Delivery { id, actor, channel: "crm".into(), target: kind, plugin, body: payload.into() };
+            let letter = stored(DeadLetter::delivery(Reason::WebhookFailed, "503", &delivery), seq);
+            prop_assert_eq!(replay_of(seq, &letter, "events").ok(), Some(Replay::Deliver(delivery)));
         }
     }
 
