@@ -3,6 +3,7 @@
 
 mod api_client;
 mod author;
+mod backtest;
 mod dlq;
 mod logging;
 mod plugin;

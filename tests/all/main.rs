@@ -8,6 +8,7 @@ mod actors;
 mod admin;
 mod arbitration;
 mod authoring;
+mod backtest;
 mod dashboard;
 mod dead_letters;
 mod delivery;

@@ -289,6 +289,17 @@ impl Api {
         .await
     }
 
+    /// POST a module to `path` with `query`.
+    pub async fn post_wasm(&self, path: &str, wasm: Vec<u8>, query: &[(&str, &str)]) -> (u16, Value) {
+        Self::send(
+            self.request(reqwest::Method::POST, path)
+                .header("content-type", "application/wasm")
+                .query(query)
+                .body(wasm),
+        )
+        .await
+    }
+
     /// Upload a module as plugin `name`, optionally with a config.
     pub async fn push(&self, name: &str, wasm: Vec<u8>, config: Option<&str>) -> (u16, Value) {
         let mut r = self

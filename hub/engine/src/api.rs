@@ -10,6 +10,7 @@
 
 pub mod actors;
 mod auth;
+pub mod backtest;
 pub mod dead_letters;
 pub mod plugins;
 pub mod policies;
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub status: std::sync::Arc<crate::status::StatusBoard>,
     /// Where replayed deliveries go.
     pub sinks: crate::delivery::Sinks,
+    /// Backtests of candidate versions (`None` with core input: no inputs are kept).
+    pub backtests: Option<std::sync::Arc<crate::backtest::Backtester>>,
 }
 
 /// The API's routes, for a server whose state `S` holds an [`ApiState`].
@@ -61,6 +64,7 @@ where
             put(plugins::push).get(plugins::show).delete(plugins::remove),
         )
         .route("/api/plugins/{name}/config", put(plugins::config))
+        .route("/api/plugins/{name}/backtest", post(backtest::run))
         .route("/api/plugins/{name}/rollback", post(plugins::rollback))
         .route("/api/plugins/{name}/enable", post(plugins::enable))
         .route("/api/plugins/{name}/disable", post(plugins::disable))
@@ -99,6 +103,7 @@ where
         plugins::enable,
         plugins::disable,
         plugins::remove,
+        backtest::run,
         actors::show,
         actors::put_profile,
         actors::patch_profile,

@@ -736,6 +736,7 @@ impl RestApi {
                 nats,
                 status,
                 sinks,
+                backtests: None,
             },
             push,
         });

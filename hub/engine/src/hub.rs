@@ -224,6 +224,17 @@ impl Hub {
 
         drop(commits);
         let profiles = db.profiles.clone();
+        let backtests = durable.as_ref().map(|(input, _, _)| {
+            Arc::new(crate::backtest::Backtester::new(
+                client.clone(),
+                input.name(),
+                &config.nats,
+                rules.clone(),
+                profiles.clone(),
+                registry.clone(),
+                config.engine.hop_limit,
+            ))
+        });
         let ingress = match durable {
             None => {
                 Ingress::start(
@@ -277,6 +288,7 @@ impl Hub {
                 nats: client.clone(),
                 status,
                 sinks: sinks.clone(),
+                backtests,
             },
             push: push.clone(),
         });

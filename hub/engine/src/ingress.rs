@@ -19,6 +19,7 @@ use crate::event::{Event, Routed};
 use crate::router::Router;
 use crate::state::{ProfileError, Profiles};
 use futures::StreamExt;
+use hub_plugin_sdk::pattern::kind_matches;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -41,6 +42,15 @@ impl IngressError {
             detail: detail.into(),
         }
     }
+
+    /// A stored input of a subject no ingest rule takes since the configuration changed.
+    pub fn no_rule_now(subject: &str) -> Self {
+        IngressError {
+            reason: Reason::NoRule,
+            detail: format!("no ingest rule takes subject {subject} any more"),
+        }
+    }
+
     pub fn invalid(detail: impl Into<String>) -> Self {
         IngressError {
             reason: Reason::Invalid,
@@ -118,10 +128,11 @@ enum Decoder {
     Raw {
         rules: RuleSet,
     },
-    /// Not events: merge patches for the profile of the actor named by the subject's tail.
+    /// Not events: merge patches for the profile of the actor named by the subject's tail
+    /// (left alone when there are no profiles to merge into: inputs read back for a backtest).
     Profile {
         prefix: String,
-        profiles: Profiles,
+        profiles: Option<Profiles>,
     },
 }
 
@@ -136,7 +147,11 @@ impl Decoder {
         ids: &IdGen,
     ) -> Result<Option<Event>, IngressError> {
         match self {
-            Decoder::Profile { prefix, profiles } => update_profile(profiles, prefix, subject, payload).map(|()| None),
+            Decoder::Profile {
+                prefix,
+                profiles: Some(profiles),
+            } => update_profile(profiles, prefix, subject, payload).map(|()| None),
+            Decoder::Profile { profiles: None, .. } => Ok(None),
             Decoder::Envelope { prefix } => decode_envelope(subject, headers, payload, prefix, ids).map(Some),
             Decoder::Raw { rules } => decode_raw(rules, subject, headers, payload, ids).map(Some),
         }
@@ -145,7 +160,7 @@ impl Decoder {
 
 /// Every subject the hub takes input on, with what decodes it: `<events>.>`, `<profiles>.>`,
 /// and each ingest rule's subject (rules on one subject are tried in order).
-fn decoders(nats: &NatsConfig, rules: Vec<CompiledRule>, profiles: Profiles) -> Vec<(String, Decoder)> {
+fn decoders(nats: &NatsConfig, rules: Vec<CompiledRule>, profiles: Option<Profiles>) -> Vec<(String, Decoder)> {
     let [events, people] = envelope_subjects(nats);
     let mut decoders = vec![
         (
@@ -178,6 +193,37 @@ fn decoders(nats: &NatsConfig, rules: Vec<CompiledRule>, profiles: Profiles) -> 
         )
     }));
     decoders
+}
+
+/// Inputs read back from the input stream, decoded as the hub decoded them when they arrived
+/// (same rules, same ids and times from their place in the stream), without acting on any:
+/// profile updates are recognised and left alone. For backtests.
+pub struct RecordedInputs {
+    decoders: Vec<(String, Decoder)>,
+}
+
+impl RecordedInputs {
+    pub fn new(nats: &NatsConfig, rules: Vec<CompiledRule>) -> RecordedInputs {
+        RecordedInputs {
+            decoders: decoders(nats, rules, None),
+        }
+    }
+
+    /// The event of the input at stream sequence `seq`, stored at `stored` (ms): `None` for
+    /// what is not an event (a profile update).
+    pub fn decode(
+        &self,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+        seq: u64,
+        stored: i64,
+    ) -> Result<Option<Event>, IngressError> {
+        let Some((_, decoder)) = self.decoders.iter().find(|(p, _)| kind_matches(p, subject)) else {
+            return Err(IngressError::no_rule_now(subject));
+        };
+        decoder.decode(subject, headers, payload, &IdGen::for_stream_input(seq, stored))
+    }
 }
 
 /// The subjects of envelopes and profile updates (`<events>.>`, `<profiles>.>`); the ingest
@@ -244,7 +290,7 @@ impl Ingress {
     ) -> Result<Ingress, async_nats::SubscribeError> {
         let (stop, stopped) = watch::channel(false);
         let ids = Arc::new(IdGen::new());
-        let subscriptions = decoders(nats, rules, profiles);
+        let subscriptions = decoders(nats, rules, Some(profiles));
         let mut tasks = Vec::new();
         for (subject, decoder) in subscriptions {
             let sub = client.subscribe(subject.clone()).await?;
@@ -278,7 +324,7 @@ impl Ingress {
         profiles: Profiles,
     ) -> Result<Ingress, stream::StreamError> {
         let (stop, stopped) = watch::channel(false);
-        let decoders = decoders(nats, rules, profiles);
+        let decoders = decoders(nats, rules, Some(profiles));
         let consumer = stream::Consumer::start(client, input, decoders, wiring, stopped).await?;
         Ok(Ingress {
             client: client.clone(),

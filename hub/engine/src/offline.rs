@@ -11,8 +11,8 @@
 //! policies (it shows what the plugins propose, all of it delivered), quarantine (a trapping
 //! plugin is restarted for every call), and NATS.
 //!
-//! Used by `hub plugin test`; built to serve backtests too (a recorded range through two
-//! versions, each on its own [`Offline`]).
+//! Used by `hub plugin test`, and by backtests (a recorded range through two versions, each on
+//! its own [`Offline`]).
 
 use crate::dead_letter::Reason;
 use crate::delivery::Dispatch;
@@ -144,6 +144,11 @@ impl Offline {
     /// Plugins in the order they are called for an event they share (the order given). Each
     /// runs under its own name from `describe()`.
     pub fn new(modules: Vec<Arc<PluginModule>>, hop_limit: u8) -> Offline {
+        Offline::with_stores(modules, hop_limit, MemoryStores::default())
+    }
+
+    /// As [`Offline::new`], on `stores` (e.g. reading a running hub's profiles).
+    pub fn with_stores(modules: Vec<Arc<PluginModule>>, hop_limit: u8, stores: MemoryStores) -> Offline {
         let plugins = modules
             .into_iter()
             .map(|module| {
@@ -162,7 +167,7 @@ impl Offline {
             .collect();
         Offline {
             plugins,
-            stores: Some(Box::default()),
+            stores: Some(Box::new(stores)),
             clock: i64::MIN,
             hop_limit,
             chain: VecDeque::new(),

@@ -59,6 +59,15 @@ pub struct Change {
     pub live_after_ms: f64,
 }
 
+/// A version to compare with the active one (see [`Registry::candidate`]).
+pub struct Candidate {
+    pub active: Arc<LivePlugin>,
+    pub module: Arc<PluginModule>,
+    pub sha256: String,
+    pub size: usize,
+    pub config: serde_json::Value,
+}
+
 #[derive(Default)]
 struct Running {
     live: BTreeMap<String, Arc<LivePlugin>>,
@@ -178,6 +187,49 @@ impl Registry {
             })
             .await?;
         self.add_version(name, existing, module, sha256, size, "api").await
+    }
+
+    /// The active version of `name` and a candidate of `wasm` with `config` (default: the
+    /// active version's config), validated as an upload is (it must load and its `init` accept
+    /// the config) but stored nowhere and run nowhere: what a backtest compares.
+    pub async fn candidate(
+        self: &Arc<Self>,
+        name: &str,
+        wasm: bytes::Bytes,
+        config: Option<serde_json::Value>,
+    ) -> Result<Candidate, AdminError> {
+        let record = self.plugin(name)?;
+        let config = match (config, record.active()) {
+            (Some(c), _) => c,
+            (None, Some(active)) => active.config.clone(),
+            (None, None) => serde_json::json!({}),
+        };
+        let this = self.clone();
+        self.blocking(move || {
+            let active = this.live_plugin(&record)?;
+            let sha256 = sha256_hex(&wasm);
+            // A known component is reused; a new one is compiled but not cached, so a
+            // candidate leaves nothing behind.
+            let known = this
+                .compiled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&sha256)
+                .cloned();
+            let component = match known {
+                Some(c) => c,
+                None => PluginModule::compile(&this.runtime, &wasm)?,
+            };
+            let module = PluginModule::from_component(&this.runtime, &component, &config)?;
+            Ok(Candidate {
+                active,
+                module: Arc::new(module),
+                sha256,
+                size: wasm.len(),
+                config,
+            })
+        })
+        .await
     }
 
     /// New template parameters for the running code: a new version with the same wasm.

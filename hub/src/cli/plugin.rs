@@ -57,6 +57,8 @@ enum AdminCommand {
     },
     /// Stop a plugin and forget its versions
     Rm { name: String },
+    /// Replay recorded inputs through the active version and a candidate; show what differs
+    Backtest(super::backtest::BacktestArgs),
 }
 
 pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
@@ -127,6 +129,7 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
                 .body(body);
             client.change(request, json).await?;
         }
+        AdminCommand::Backtest(a) => super::backtest::run(client, a, json).await?,
         AdminCommand::Rm { name } => {
             client
                 .change(client.request(reqwest::Method::DELETE, &path(&name, "")), json)

@@ -107,6 +107,13 @@ pub async fn push(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Change>, Failure> {
+    wasm_body(&headers)?;
+    let config = params.config.map(|c| parse_config(c.as_bytes())).transpose()?;
+    Ok(Json(s.registry.upload(&name, body, config).await?))
+}
+
+/// A module upload must say it is one.
+pub(super) fn wasm_body(headers: &HeaderMap) -> Result<(), Failure> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -117,11 +124,7 @@ pub async fn push(
             format!("send the .wasm with Content-Type: application/wasm (got {content_type:?})"),
         ));
     }
-    let config = match params.config {
-        Some(text) => Some(parse_config(text.as_bytes())?),
-        None => None,
-    };
-    Ok(Json(s.registry.upload(&name, body, config).await?))
+    Ok(())
 }
 
 /// A plugin's versions (hashes, upload times, configs), which one is active, and its statistics.
@@ -213,7 +216,7 @@ pub async fn remove(State(s): State<ApiState>, Path(name): Path<String>) -> Resu
     Ok(Json(s.registry.delete(&name).await?))
 }
 
-fn parse_config(bytes: &[u8]) -> Result<serde_json::Value, Failure> {
+pub(super) fn parse_config(bytes: &[u8]) -> Result<serde_json::Value, Failure> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, format!("the config is not JSON: {e}")))?;
     if !value.is_object() {

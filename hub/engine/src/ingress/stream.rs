@@ -296,10 +296,7 @@ impl Reader {
                 }
                 decoded
             }
-            None => Err(IngressError {
-                reason: crate::dead_letter::Reason::NoRule,
-                detail: format!("no ingest rule takes subject {} any more", msg.subject),
-            }),
+            None => Err(IngressError::no_rule_now(&msg.subject)),
         };
         match decoded {
             Ok(Some(event)) => {

@@ -6,7 +6,7 @@
 
 use crate::state::{DueTimer, PluginSlot, ProfileCache, StateCache, TimerWheel};
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Why a store could not answer an import; the call traps with it.
 #[derive(Debug, thiserror::Error)]
@@ -59,17 +59,43 @@ impl Stores for ShardStores {
     }
 }
 
-/// Stores that live in memory only, for running plugins offline: nothing touches disk, and
+/// Stores that live in memory only, for running plugins offline: nothing is written to disk, and
 /// timers wait in a map until the caller's virtual clock reaches them ([`MemoryStores::pop_due`]).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MemoryStores {
     state: HashMap<(PluginSlot, String, String), Vec<u8>>,
     /// (plugin, actor, id) → (due, payload).
-    timers: BTreeMap<(String, String, String), (i64, Vec<u8>)>,
+    timers: BTreeMap<TimerKey, (i64, Vec<u8>)>,
+    /// The same timers by due time, so the next one due is found without a scan (a backtest
+    /// holds a timer for many actors at once).
+    by_due: BTreeSet<(i64, TimerKey)>,
     profiles: HashMap<String, Vec<u8>>,
+    /// Where profiles not seeded come from: a running hub's, read only (backtests).
+    stored_profiles: Option<ProfileCache>,
+}
+
+/// (plugin, actor, id).
+type TimerKey = (String, String, String);
+
+impl std::fmt::Debug for MemoryStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStores")
+            .field("state", &self.state.len())
+            .field("timers", &self.timers.len())
+            .field("profiles", &self.profiles.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemoryStores {
+    /// Profiles read from `stored` (a running hub's, never written to) unless seeded.
+    pub fn reading_profiles(stored: ProfileCache) -> MemoryStores {
+        MemoryStores {
+            stored_profiles: Some(stored),
+            ..MemoryStores::default()
+        }
+    }
+
     /// Seed an actor's profile (a MessagePack map).
     pub fn put_profile(&mut self, actor: &str, profile: Vec<u8>) {
         self.profiles.insert(actor.to_owned(), profile);
@@ -77,29 +103,27 @@ impl MemoryStores {
 
     /// Timers still pending, earliest first.
     pub fn pending(&self) -> Vec<DueTimer> {
-        let mut all: Vec<DueTimer> = self
-            .timers
+        self.by_due
             .iter()
-            .map(|((owner, actor, id), (due, payload))| DueTimer {
-                owner: owner.clone(),
-                actor: actor.clone(),
-                id: id.clone(),
-                due: *due,
-                payload: payload.clone(),
+            .filter_map(|(due, key)| {
+                let (owner, actor, id) = key.clone();
+                let payload = self.timers.get(key)?.1.clone();
+                Some(DueTimer {
+                    owner,
+                    actor,
+                    id,
+                    due: *due,
+                    payload,
+                })
             })
-            .collect();
-        all.sort_by_key(|t| t.due);
-        all
+            .collect()
     }
 
     /// Take the earliest timer due at `now` or before, if any.
     pub fn pop_due(&mut self, now: i64) -> Option<DueTimer> {
-        let key = self
-            .timers
-            .iter()
-            .filter(|(_, (due, _))| *due <= now)
-            .min_by_key(|(_, (due, _))| *due)
-            .map(|(k, _)| k.clone())?;
+        let first = self.by_due.first().filter(|(due, _)| *due <= now)?.clone();
+        self.by_due.remove(&first);
+        let (_, key) = first;
         let (due, payload) = self.timers.remove(&key)?;
         let (owner, actor, id) = key;
         Some(DueTimer {
@@ -129,17 +153,26 @@ impl Stores for MemoryStores {
     }
 
     fn set_timer(&mut self, plugin: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>) {
-        self.timers
-            .insert((plugin.to_owned(), actor.to_owned(), id.to_owned()), (due, payload));
+        let key = (plugin.to_owned(), actor.to_owned(), id.to_owned());
+        if let Some((old, _)) = self.timers.insert(key.clone(), (due, payload)) {
+            self.by_due.remove(&(old, key.clone()));
+        }
+        self.by_due.insert((due, key));
     }
 
     fn cancel_timer(&mut self, plugin: &str, actor: &str, id: &str) {
-        self.timers
-            .remove(&(plugin.to_owned(), actor.to_owned(), id.to_owned()));
+        let key = (plugin.to_owned(), actor.to_owned(), id.to_owned());
+        if let Some((due, _)) = self.timers.remove(&key) {
+            self.by_due.remove(&(due, key));
+        }
     }
 
     fn profile(&mut self, actor: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.profiles.get(actor).cloned())
+        match (self.profiles.get(actor), &mut self.stored_profiles) {
+            (Some(seeded), _) => Ok(Some(seeded.clone())),
+            (None, Some(stored)) => Ok(stored.get(actor)?),
+            (None, None) => Ok(None),
+        }
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
@@ -157,6 +190,35 @@ mod tests {
     use std::sync::Arc;
 
     const MINUTE: i64 = 60_000;
+
+    proptest::proptest! {
+        #[test]
+        fn timers_come_due_in_due_order_as_last_set(
+            ops in proptest::collection::vec((0u8..4, 0u8..3, 0i64..100, proptest::bool::ANY), 0..60),
+        ) {
+            let mut stores = MemoryStores::default();
+            let mut model: BTreeMap<(String, String), i64> = BTreeMap::new();
+            for (actor, id, due, set) in ops {
+                let (actor, id) = (format!("a{actor}"), format!("t{id}"));
+                if set {
+                    stores.set_timer("p", &actor, &id, due, vec![]);
+                    model.insert((actor, id), due);
+                } else {
+                    stores.cancel_timer("p", &actor, &id);
+                    model.remove(&(actor, id));
+                }
+            }
+            proptest::prop_assert_eq!(stores.pending().len(), model.len());
+            let mut fired = Vec::new();
+            while let Some(t) = stores.pop_due(50) {
+                fired.push((t.due, (t.actor, t.id)));
+            }
+            let mut expected: Vec<_> = model.iter().filter(|(_, d)| **d <= 50).map(|(k, d)| (*d, k.clone())).collect();
+            expected.sort();
+            proptest::prop_assert_eq!(fired, expected);
+            proptest::prop_assert!(stores.pending().iter().all(|t| t.due > 50));
+        }
+    }
 
     #[test]
     fn a_plugin_runs_in_memory_on_a_virtual_clock() {
