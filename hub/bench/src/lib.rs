@@ -18,7 +18,11 @@
 //!    for the customer's devices, and a WebSocket device connected on `/push/{actor}` for every
 //!    customer that will get one; reports event→action latency from the input's publish to the
 //!    message on the device;
-//! 5. **relay** (once per run, whatever the modes): the same bodies through a plain async-nats
+//! 5. **backtest** (durable mode; skipped with `--no-backtest`): the plugin of the swapping
+//!    phase backtested over every input the run recorded in the input stream, its active version
+//!    beside a candidate with its next config; reports inputs replayed per second, and that rate
+//!    over the paced rate (how much faster than real time such traffic replays);
+//! 6. **relay** (once per run, whatever the modes): the same bodies through a plain async-nats
 //!    subscribe+republish loop, which is the ceiling for any NATS-in/NATS-out service on this
 //!    machine.
 //!
@@ -46,6 +50,7 @@
 //! unexpected, and either fails the command. Event→action latency is measured from the publish
 //! of the input whose id an action carries as its `Hub-Cause`.
 
+mod backtest;
 mod cpu;
 pub mod crash;
 mod examples;
@@ -121,6 +126,9 @@ pub struct BenchArgs {
     /// Skip the device push phase
     #[arg(long)]
     pub no_push: bool,
+    /// Skip the backtest phase
+    #[arg(long)]
+    pub no_backtest: bool,
     /// Pipeline and proportions of the inputs (see the module docs)
     #[arg(long, value_enum, default_value_t = Mix::Clickstream)]
     pub mix: Mix,
@@ -459,7 +467,23 @@ async fn hub_run(
             }
             None => None,
         };
-        anyhow::Ok(HubRun::new(plugins, &unpaced, &paced, swapping, push.as_ref()))
+        // Core input keeps no stream to replay.
+        let backtest = match mode == Mode::Durable && !args.no_backtest {
+            true => {
+                let step = Step::waiting(format!("{label} · backtest"));
+                let run = backtest::backtest_phase(hub.http_addr(), &workload.swap_target(), &step).await;
+                Some(run.context("backtest phase")?)
+            }
+            false => None,
+        };
+        anyhow::Ok(HubRun::new(
+            plugins,
+            &unpaced,
+            &paced,
+            swapping,
+            push.as_ref(),
+            backtest,
+        ))
     }
     .await;
     let _stopping = Step::waiting(format!("{label} · stopping the hub"));

@@ -4,6 +4,7 @@
 mod compare;
 mod text;
 
+use super::backtest::BacktestRun;
 use super::cpu::CpuPerInput;
 use super::mode::Mode;
 use super::phase::{OutputCount, Outputs, PhaseOutcome};
@@ -201,6 +202,8 @@ pub(super) struct HubRun {
     swaps: Vec<SwapTiming>,
     #[serde(skip_serializing_if = "Option::is_none")]
     push: Option<PushReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backtest: Option<BacktestRun>,
     /// This hub's unpaced events/s ÷ the relay's msgs/s of the same run.
     hub_relay_ratio: f64,
 }
@@ -213,6 +216,7 @@ impl HubRun {
         paced: &PhaseOutcome,
         swapping: Option<(PhaseOutcome, Vec<SwapTiming>)>,
         push: Option<&PushOutcome>,
+        backtest: Option<BacktestRun>,
     ) -> HubRun {
         let (swapping, swaps) = match swapping {
             Some((phase, swaps)) => (Some(PhaseReport::new(&phase, Outputs::Hub)), swaps),
@@ -225,6 +229,7 @@ impl HubRun {
             swapping,
             swaps,
             push: push.map(PushReport::new),
+            backtest,
             hub_relay_ratio: 0.0,
         }
     }
@@ -265,6 +270,25 @@ impl RunReport {
             relay,
             durable_vs_core,
         }
+    }
+}
+
+/// The backtest phase's medians over the runs.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct BacktestReport {
+    pub(super) inputs: u64,
+    pub(super) inputs_per_s: f64,
+    pub(super) wall_ms: f64,
+}
+
+impl BacktestReport {
+    fn from_runs(runs: &[BacktestRun]) -> Option<BacktestReport> {
+        let first = runs.first()?;
+        Some(BacktestReport {
+            inputs: first.inputs,
+            inputs_per_s: median(runs.iter().map(BacktestRun::inputs_per_s).collect()).unwrap_or(0.0),
+            wall_ms: median(runs.iter().map(|r| r.wall_ms).collect()).unwrap_or(0.0),
+        })
     }
 }
 
@@ -361,6 +385,8 @@ pub(super) struct ModeReport {
     swapping: Option<SwapReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     push: Option<PushReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) backtest: Option<BacktestReport>,
     /// Median of the runs' hub/relay ratios (each from the same run).
     hub_relay_ratio: f64,
 }
@@ -375,6 +401,7 @@ impl ModeReport {
             unpaced: phase(|h| &h.unpaced),
             swapping: SwapReport::from_runs(hubs, &paced),
             push: PushReport::combine(&hubs.iter().filter_map(|h| h.push.as_ref()).collect::<Vec<_>>()),
+            backtest: BacktestReport::from_runs(&hubs.iter().filter_map(|h| h.backtest).collect::<Vec<_>>()),
             hub_relay_ratio: median(hubs.iter().map(|h| h.hub_relay_ratio).collect()).unwrap_or(0.0),
             paced,
         }

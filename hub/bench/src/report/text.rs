@@ -179,6 +179,23 @@ fn details(r: &Report) {
             );
         }
     }
+    for (mode, m) in &r.modes {
+        if let Some(b) = &m.backtest {
+            // Inputs recorded at the paced rate replay this many times faster than they came.
+            println!(
+                "backtest  {mode}: {} recorded inputs through the active and a candidate version in {:.1} s: \
+                 {:.0} inputs/s, {:.0}× faster than real time at {}/s (a week of it in {})",
+                b.inputs,
+                b.wall_ms / 1000.0,
+                b.inputs_per_s,
+                b.inputs_per_s / r.rate as f64,
+                r.rate,
+                humantime::format_duration(std::time::Duration::from_secs(
+                    (7.0 * 86_400.0 * r.rate as f64 / b.inputs_per_s.max(1.0)) as u64
+                ))
+            );
+        }
+    }
     if r.modes.len() > 1
         && let Some(mode) = r.swapping_and_push_mode
     {
