@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium loads `/` from a hub with events flowing.
 //! The page loads without a console error or an uncaught exception, its figures move as events
 //! arrive, a dead letter opens on a click, a rollback clicked on the page takes effect in the hub,
-//! and a screenshot of it is kept as an artifact of the run (`target/test-artifacts/dashboard.png`).
+//! a shadow's running difference shows and promoting it from the page takes effect, and a
+//! screenshot of it is kept as an artifact of the run (`target/test-artifacts/dashboard.png`).
 //!
 //! Chromium is Debian's `/usr/bin/chromium`, driven over the DevTools protocol. Its calls block,
 //! so they run under `block_in_place`, beside the hub and the traffic on the same runtime.
@@ -25,9 +26,11 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// The viewport: wide enough for the page's two-column layout.
 const WINDOW: (u32, u32) = (1440, 1300);
 const PLUGIN: &str = "cart-abandonment";
+/// The plugin with a shadow, promoted from the page.
+const SHADOWED: &str = "payment-trouble";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_the_hub_live_and_rolls_back_a_plugin_in_a_browser() {
+async fn the_dashboard_shows_the_hub_live_rolls_back_and_promotes_a_shadow_in_a_browser() {
     let env = Env::new().await;
     let hub = env.start(env.config()).await;
     let api = Api::new(&hub, None);
@@ -36,6 +39,16 @@ async fn the_dashboard_shows_the_hub_live_and_rolls_back_a_plugin_in_a_browser()
     let wasm = std::fs::read(Path::new(hub::EXAMPLE_PLUGINS).join("cart_abandonment.wasm")).expect("plugin built");
     let (status, change) = api.push(PLUGIN, wasm, Some(r#"{"window": "10m"}"#)).await;
     assert_eq!((status, change["version"].as_u64()), (200, Some(2)), "{change}");
+    // A shadow beside payment-trouble, calling back at the second failure instead of the third.
+    let trouble = std::fs::read(Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built");
+    let (status, change) = api
+        .push_query(
+            SHADOWED,
+            trouble,
+            &[("config", r#"{"threshold": 2}"#), ("shadow", "true")],
+        )
+        .await;
+    assert_eq!((status, change["shadow"].as_u64()), (200, Some(2)), "{change}");
 
     // The page itself comes from the hub, as HTML.
     let index = http_get(hub.http_addr(), "/").await;
@@ -84,6 +97,10 @@ async fn the_dashboard_shows_the_hub_live_and_rolls_back_a_plugin_in_a_browser()
                 "Number({}.textContent.replace(/,/g, '')) > 0",
                 row_cell("clickstream", 4)
             ),
+        );
+        page.wait_until(
+            "the shadow's running difference",
+            &format!("/shadow v2: \\+[1-9]/.test({}.textContent)", row_cell(SHADOWED, 3)),
         );
         page.wait_until(
             "a dead letter listed",
@@ -138,6 +155,25 @@ async fn the_dashboard_shows_the_hub_live_and_rolls_back_a_plugin_in_a_browser()
             "document.getElementById('status-line').textContent.includes('rolled back to v1')",
         );
     });
+
+    // Promote the shadow from the page.
+    block_in_place(|| {
+        page.click(&format!(
+            "#plugins tr[data-plugin=\"{SHADOWED}\"] button[data-action=\"promote\"]"
+        ));
+        page.wait_until("the confirmation", "document.getElementById('confirm-dialog').open");
+        page.click("#confirm-ok");
+        page.wait_until(
+            &format!("{SHADOWED} at v2 on the page, its shadow gone"),
+            &format!(
+                "{}.textContent === 'v2' && !{}.textContent.includes('shadow')",
+                row_cell(SHADOWED, 2),
+                row_cell(SHADOWED, 3)
+            ),
+        );
+    });
+    let (_, detail) = api.get(&format!("/api/plugins/{SHADOWED}")).await;
+    assert_eq!(detail["active_version"], 2, "{detail}");
 
     let shot = block_in_place(|| page.screenshot());
     println!("dashboard screenshot: {}", shot.display());

@@ -18,4 +18,5 @@ mod outside_input;
 mod pipeline;
 mod sandbox;
 mod scenarios;
+mod shadow;
 mod swap;

@@ -300,6 +300,17 @@ impl Api {
         .await
     }
 
+    /// Upload a module as plugin `name` with `query` (`config`, `shadow`).
+    pub async fn push_query(&self, name: &str, wasm: Vec<u8>, query: &[(&str, &str)]) -> (u16, Value) {
+        Self::send(
+            self.request(reqwest::Method::PUT, &format!("/api/plugins/{name}"))
+                .header("content-type", "application/wasm")
+                .query(query)
+                .body(wasm),
+        )
+        .await
+    }
+
     /// Upload a module as plugin `name`, optionally with a config.
     pub async fn push(&self, name: &str, wasm: Vec<u8>, config: Option<&str>) -> (u16, Value) {
         let mut r = self

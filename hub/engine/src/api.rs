@@ -22,7 +22,7 @@ use auth::BearerScheme;
 
 use axum::Json;
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use serde::de::{self, Deserializer, IntoDeserializer, Visitor};
 use serde_json::Value;
 use utoipa::OpenApi;
@@ -65,6 +65,8 @@ where
         )
         .route("/api/plugins/{name}/config", put(plugins::config))
         .route("/api/plugins/{name}/backtest", post(backtest::run))
+        .route("/api/plugins/{name}/promote", post(plugins::promote))
+        .route("/api/plugins/{name}/shadow", delete(plugins::drop_shadow))
         .route("/api/plugins/{name}/rollback", post(plugins::rollback))
         .route("/api/plugins/{name}/enable", post(plugins::enable))
         .route("/api/plugins/{name}/disable", post(plugins::disable))
@@ -104,6 +106,8 @@ where
         plugins::disable,
         plugins::remove,
         backtest::run,
+        plugins::promote,
+        plugins::drop_shadow,
         actors::show,
         actors::put_profile,
         actors::patch_profile,
@@ -260,7 +264,7 @@ impl From<crate::registry::AdminError> for Failure {
         let status = match &e {
             E::BadName(_) | E::ConfigNotObject => StatusCode::BAD_REQUEST,
             E::NotFound(_) | E::NoSuchVersion { .. } => StatusCode::NOT_FOUND,
-            E::NothingToRollBack(_) => StatusCode::CONFLICT,
+            E::NothingToRollBack(_) | E::NoShadow(_) | E::ShadowOfDisabled(_) => StatusCode::CONFLICT,
             E::Refused(LoadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             E::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::Store(_) | E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -43,6 +43,7 @@ pub mod offline;
 pub mod registry;
 pub mod router;
 pub mod runtime;
+pub mod shadow;
 pub mod shard;
 pub mod state;
 pub mod stats;

@@ -459,7 +459,7 @@ fn failed(at: i64, plugin: &str, cause: Cause, e: &CallError, micros: u64) -> Re
 }
 
 /// A MessagePack payload as JSON; one that is not MessagePack shows as the reason why.
-fn as_json(payload: &[u8]) -> serde_json::Value {
+pub(crate) fn as_json(payload: &[u8]) -> serde_json::Value {
     serde_json::to_value(MsgpackAsJson(payload))
         .unwrap_or_else(|e| serde_json::Value::String(format!("<payload is not MessagePack: {e}>")))
 }

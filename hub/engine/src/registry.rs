@@ -36,6 +36,10 @@ pub enum AdminError {
     NothingToRollBack(String),
     #[error("the config must be a JSON object")]
     ConfigNotObject,
+    #[error("plugin {0:?} has no shadow version to promote or drop")]
+    NoShadow(String),
+    #[error("plugin {0:?} is disabled: a shadow runs beside its active version, so enable it first")]
+    ShadowOfDisabled(String),
     #[error(transparent)]
     Refused(#[from] LoadError),
     #[error(transparent)]
@@ -57,6 +61,9 @@ pub struct Change {
     pub live: bool,
     /// From the switch to the last shard running it.
     pub live_after_ms: f64,
+    /// The version running as a shadow after the change, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<u32>,
 }
 
 /// A version to compare with the active one (see [`Registry::candidate`]).
@@ -72,10 +79,14 @@ pub struct Candidate {
 struct Running {
     live: BTreeMap<String, Arc<LivePlugin>>,
     disabled: BTreeSet<String>,
+    /// Shadows by their plugin's name; live while their plugin is.
+    shadows: BTreeMap<String, Arc<LivePlugin>>,
 }
 
 pub struct Registry {
     runtime: Arc<Runtime>,
+    /// For forgetting a shadow's state once it is gone.
+    db: sled::Db,
     store: Store,
     live: Arc<Live>,
     router: Router,
@@ -92,6 +103,7 @@ pub struct Registry {
 impl Registry {
     pub fn open(runtime: Arc<Runtime>, db: &sled::Db, router: Router) -> Result<Arc<Registry>, StoreError> {
         Ok(Arc::new(Registry {
+            db: db.clone(),
             engine_key: runtime.artifact_key(),
             live: Arc::new(Live::new(router.shard_count())),
             store: Store::open(db)?,
@@ -133,6 +145,14 @@ impl Registry {
                     running.live.insert(record.name.clone(), p);
                 }
                 Err(e) => tracing::error!(plugin = record.name, error = %e, "plugin not started"),
+            }
+            if let Some(version) = record.shadow {
+                match self.shadow_plugin(&record, version) {
+                    Ok(p) => {
+                        running.shadows.insert(record.name.clone(), p);
+                    }
+                    Err(e) => tracing::error!(plugin = record.name, version, error = %e, "shadow not started"),
+                }
             }
         }
         let count = running.live.len();
@@ -232,6 +252,175 @@ impl Registry {
         .await
     }
 
+    /// Run `wasm` with `config` (default: the active version's) as a shadow of `name`: validated
+    /// as an upload is, kept as a version, and live beside the active version, delivering
+    /// nothing (see `crate::shadow`). A shadow already running is replaced, with its state.
+    pub async fn upload_shadow(
+        self: &Arc<Self>,
+        name: &str,
+        wasm: bytes::Bytes,
+        config: Option<serde_json::Value>,
+    ) -> Result<Change, AdminError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let record = self.plugin(name)?;
+        if !record.enabled {
+            return Err(AdminError::ShadowOfDisabled(name.to_owned()));
+        }
+        let config = match (config, record.active()) {
+            (Some(c), _) => c,
+            (None, Some(active)) => active.config.clone(),
+            (None, None) => serde_json::json!({}),
+        };
+        let sha256 = sha256_hex(&wasm);
+        let size = wasm.len();
+        let this = self.clone();
+        let module = self
+            .blocking(move || {
+                let module = this.module(&sha256, Some(&wasm), &config)?;
+                this.store.put_wasm(&sha256, &wasm)?;
+                Ok((module, sha256))
+            })
+            .await;
+        let (module, sha256) = module?;
+        let mut record = record;
+        let version = record.next_version();
+        record.versions.push(VersionRecord {
+            version,
+            sha256,
+            size,
+            uploaded_at: crate::event::now_ms(),
+            source: "shadow".to_owned(),
+            description: module.description.clone(),
+            config: serde_json::from_str(&module.config).unwrap_or_default(),
+        });
+        record.shadow = Some(version);
+        self.store.put_plugin(&record)?;
+        let shadow = Arc::new(LivePlugin {
+            name: crate::shadow::shadow_name(name, version).into(),
+            version,
+            module,
+            shadow: Some(Arc::new(crate::shadow::ShadowBook::new(name, version))),
+        });
+        let replaced = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shadows
+            .insert(name.to_owned(), shadow);
+        let change = self.switched(&record).await;
+        if let Some(old) = replaced {
+            self.forget_shadow_state(&old);
+        }
+        Ok(change)
+    }
+
+    /// Make the shadow the active version, in one switch as a swap is. The new active version
+    /// carries on with the active version's state and timers (they belong to the name); the
+    /// shadow's own are dropped.
+    pub async fn promote(self: &Arc<Self>, name: &str) -> Result<Change, AdminError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let mut record = self.plugin(name)?;
+        let version = record.shadow.ok_or_else(|| AdminError::NoShadow(name.to_owned()))?;
+        let shadow = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shadows
+            .get(name)
+            .cloned();
+        let module = match &shadow {
+            Some(s) => s.module.clone(),
+            None => self.shadow_plugin(&record, version)?.module.clone(),
+        };
+        record.active = version;
+        record.shadow = None;
+        self.store.put_plugin(&record)?;
+        {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            running.shadows.remove(name);
+            running.live.insert(
+                name.to_owned(),
+                Arc::new(LivePlugin {
+                    name: name.into(),
+                    version,
+                    module,
+                    shadow: None,
+                }),
+            );
+        }
+        let change = self.switched(&record).await;
+        if let Some(old) = shadow {
+            self.forget_shadow_state(&old);
+        }
+        Ok(change)
+    }
+
+    /// Stop the shadow and drop its state and timers; its version stays in the history.
+    pub async fn drop_shadow(self: &Arc<Self>, name: &str) -> Result<Change, AdminError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let mut record = self.plugin(name)?;
+        record.shadow.ok_or_else(|| AdminError::NoShadow(name.to_owned()))?;
+        record.shadow = None;
+        self.store.put_plugin(&record)?;
+        let old = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shadows
+            .remove(name);
+        let change = self.switched(&record).await;
+        if let Some(old) = old {
+            self.forget_shadow_state(&old);
+        }
+        Ok(change)
+    }
+
+    /// The running comparison of `name`'s shadow with its active version.
+    pub fn shadow_status(&self, name: &str) -> Option<crate::shadow::ShadowStatus> {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.shadows.get(name)?.shadow.as_ref().map(|book| book.status())
+    }
+
+    /// Publish the running set as it is now and report `record`'s state.
+    async fn switched(&self, record: &PluginRecord) -> Change {
+        let (live, live_after_ms) = self.switch().await;
+        tracing::info!(
+            plugin = record.name,
+            version = record.active,
+            shadow = record.shadow,
+            "plugin change is live"
+        );
+        Change {
+            name: record.name.clone(),
+            version: record.active,
+            enabled: record.enabled,
+            changed: true,
+            live,
+            live_after_ms,
+            shadow: record.shadow,
+        }
+    }
+
+    /// Clear a shadow's state once no shard can still be committing it: its name is never used
+    /// again (a shadow's name carries its version). Its timers are dropped as they come due.
+    fn forget_shadow_state(&self, shadow: &LivePlugin) {
+        let (db, name) = (self.db.clone(), shadow.name.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(crate::limits::SHADOW_STATE_GRACE).await;
+            let cleared = tokio::task::spawn_blocking(move || {
+                db.open_tree(format!("state/{name}"))
+                    .and_then(|tree| tree.clear())
+                    .map(|()| name)
+            })
+            .await;
+            match cleared {
+                Ok(Ok(name)) => tracing::info!(shadow = %name, "shadow state cleared"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot clear a shadow's state"),
+                Err(e) => tracing::warn!(error = %e, "cannot clear a shadow's state"),
+            }
+        });
+    }
+
     /// New template parameters for the running code: a new version with the same wasm.
     pub async fn set_config(self: &Arc<Self>, name: &str, config: serde_json::Value) -> Result<Change, AdminError> {
         if !config.is_object() {
@@ -314,7 +503,16 @@ impl Registry {
             running.live.remove(name);
             running.disabled.remove(name);
         }
+        let shadow = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shadows
+            .remove(name);
         let (live, live_after_ms) = self.switch().await;
+        if let Some(shadow) = shadow {
+            self.forget_shadow_state(&shadow);
+        }
         Ok(Change {
             name: record.name,
             version: record.active,
@@ -322,6 +520,7 @@ impl Registry {
             changed: true,
             live,
             live_after_ms,
+            shadow: None,
         })
     }
 
@@ -341,6 +540,7 @@ impl Registry {
                 name: name.into(),
                 version: record.active,
                 module,
+                shadow: None,
             })
         });
         Ok(self.go_live(&record, live).await)
@@ -361,6 +561,7 @@ impl Registry {
             active: 0,
             enabled: true,
             versions: Vec::new(),
+            shadow: None,
         });
         let version = record.next_version();
         record.versions.push(VersionRecord {
@@ -407,6 +608,7 @@ impl Registry {
             changed: true,
             live,
             live_after_ms,
+            shadow: record.shadow,
         }
     }
 
@@ -424,8 +626,14 @@ impl Registry {
 
     fn publish(&self) -> u64 {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        // Shadows after every active version, and only beside a live one.
+        let shadows = running
+            .shadows
+            .iter()
+            .filter(|(name, _)| running.live.contains_key(*name))
+            .map(|(_, s)| s.clone());
         self.live.publish(
-            running.live.values().cloned().collect(),
+            running.live.values().cloned().chain(shadows).collect(),
             running.disabled.iter().map(|n| Arc::from(n.as_str())).collect(),
         )
     }
@@ -438,6 +646,7 @@ impl Registry {
             changed: false,
             live: true,
             live_after_ms: 0.0,
+            shadow: record.shadow,
         }
     }
 
@@ -452,6 +661,21 @@ impl Registry {
             name: record.name.as_str().into(),
             version: v.version,
             module,
+            shadow: None,
+        }))
+    }
+
+    /// The live shadow of `record`'s `version`, with a comparison that starts now.
+    fn shadow_plugin(&self, record: &PluginRecord, version: u32) -> Result<Arc<LivePlugin>, AdminError> {
+        let v = record.version(version).ok_or_else(|| AdminError::NoSuchVersion {
+            name: record.name.clone(),
+            version,
+        })?;
+        Ok(Arc::new(LivePlugin {
+            name: crate::shadow::shadow_name(&record.name, version).into(),
+            version,
+            module: self.module(&v.sha256, None, &v.config)?,
+            shadow: Some(Arc::new(crate::shadow::ShadowBook::new(&record.name, version))),
         }))
     }
 

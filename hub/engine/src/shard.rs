@@ -30,6 +30,7 @@ use crate::metrics as m;
 use crate::registry::Live;
 use crate::router::{Router, ShardMsg};
 use crate::runtime::{Output, ShardStores};
+use crate::shadow::Side;
 use crate::state::{CommitQueue, Db, ShardCommits, StateCache, TimerWheel};
 use crate::stats::PluginStats;
 use bytes::Bytes;
@@ -266,6 +267,10 @@ impl Shard {
             } else {
                 match self.plugins.find(&timer.owner) {
                     Some(p) => self.call(p, Cause::Timer(&timer)),
+                    // A shadow's timers go with it.
+                    None if crate::shadow::is_shadow(&timer.owner) => {
+                        metrics::counter!(m::SHADOW_TIMERS_DROPPED).increment(1);
+                    }
                     None => self.egress.push(self.plugins.orphaned(&timer).into_outbound()),
                 }
             }
@@ -276,9 +281,22 @@ impl Shard {
         self.metrics.timers_pending.set(pending as f64);
     }
 
-    /// Call plugin `p` and route its outputs, or publish the dead letter of a failed call.
+    /// Call plugin `p` and route its outputs, or publish the dead letter of a failed call. A
+    /// shadow's outcome, and its active version's, go to their comparison; a shadow's go nowhere
+    /// else.
     fn call(&mut self, p: usize, cause: Cause<'_>) {
-        match self.plugins.call(p, &mut self.stores, &cause) {
+        let result = self.plugins.call(p, &mut self.stores, &cause);
+        if let Some((side, book)) = self.plugins.watch(p) {
+            let (cause_key, event, actor) = match &cause {
+                Cause::Event(r) => (Cow::Borrowed(r.event.id.as_str()), true, r.event.actor.as_str()),
+                Cause::Timer(t) => (Cow::Owned(format!("timer:{}", t.id)), false, t.actor.as_str()),
+            };
+            book.record(*side, &cause_key, event, actor, &result);
+            if *side == Side::Shadow {
+                return;
+            }
+        }
+        match result {
             Ok(outputs) if outputs.is_empty() => {}
             Ok(outputs) => self.route_outputs(p, &cause, outputs),
             Err(letter) => self.egress.push(letter.into_outbound()),

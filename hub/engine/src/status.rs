@@ -99,6 +99,24 @@ pub struct PluginStatus {
     pub subscribes: Vec<String>,
     #[schema(value_type = Object)]
     pub config: serde_json::Value,
+    /// The version running as a shadow beside the active one, and how they differ so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowLine>,
+}
+
+/// A shadow's comparison in one line (`GET /api/plugins/{name}` has the details).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ShadowLine {
+    pub version: u32,
+    /// Outputs the active version and the shadow gave.
+    pub active: u64,
+    pub shadow: u64,
+    pub added: u64,
+    pub removed: u64,
+    pub changed: u64,
+    /// The shadow's calls that failed.
+    pub failures: u64,
+    pub quarantined: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -283,6 +301,22 @@ fn snapshot(
                     .map(|v| v.description.subscribes.clone())
                     .unwrap_or_default(),
                 config: active.map(|v| v.config).unwrap_or_default(),
+                shadow: sources.registry.shadow_status(&record.name).map(|s| {
+                    let sum = |f: fn(&crate::backtest::diff::NameDiff) -> u64| s.diff.iter().map(f).sum();
+                    ShadowLine {
+                        version: s.version,
+                        active: sum(|d| d.active),
+                        shadow: sum(|d| d.candidate),
+                        added: sum(|d| d.added),
+                        removed: sum(|d| d.removed),
+                        changed: sum(|d| d.changed),
+                        failures: s.failures.values().sum(),
+                        quarantined: sources
+                            .stats
+                            .summary(&crate::shadow::shadow_name(&record.name, s.version))
+                            .quarantined,
+                    }
+                }),
                 name: record.name,
             }
         })

@@ -71,6 +71,12 @@ impl Client {
         let what = if c.changed { "now" } else { "already" };
         let state = if c.enabled { "enabled" } else { "disabled" };
         println!("{}: {what} at version {} ({state})", c.name, c.version);
+        if let Some(shadow) = c.shadow {
+            println!(
+                "version {shadow} runs as a shadow: `hub plugin show {}` compares it",
+                c.name
+            );
+        }
         if c.changed {
             if c.live {
                 println!("live on every shard after {:.1} ms", c.live_after_ms);

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use hub::backtest::Report;
-use hub::backtest::diff::{Change, OutputKind};
+use hub::backtest::diff::{NameDiff, OutputChange, OutputKind};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -102,32 +102,7 @@ fn print_report(r: &Report, file: &str) {
             .unwrap_or_default()
     );
 
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
-        "",
-        "active",
-        "candidate",
-        "added",
-        "removed",
-        "changed",
-        "actors affected",
-    ]);
-    for d in &r.diff {
-        let what = match d.output {
-            OutputKind::Action => format!("action {}", d.name),
-            OutputKind::Event => format!("event {}", d.name),
-        };
-        table.add_row([
-            what,
-            d.active.to_string(),
-            d.candidate.to_string(),
-            d.added.to_string(),
-            d.removed.to_string(),
-            d.changed.to_string(),
-            d.actors_affected.to_string(),
-        ]);
-    }
-    println!("{table}");
+    print_diff_table(&r.diff, "candidate");
     for (name, run) in [("active", &r.active), ("candidate", &r.candidate_run)] {
         println!(
             "{name}: {} calls, p50 {} µs, p99 {} µs, {} timers pending at the end{}",
@@ -145,7 +120,46 @@ fn print_report(r: &Report, file: &str) {
     if r.identical {
         println!("no difference: the candidate does what the active version does with these inputs");
     }
-    for d in r.diff.iter().filter(|d| d.added + d.removed + d.changed > 0) {
+    print_examples(&r.diff);
+    println!();
+    for note in &r.notes {
+        println!("note: {note}");
+    }
+}
+
+/// Per output name: how many each version gave and how they differ.
+pub(super) fn print_diff_table(diff: &[NameDiff], candidate: &str) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "",
+        "active",
+        candidate,
+        "added",
+        "removed",
+        "changed",
+        "actors affected",
+    ]);
+    for d in diff {
+        let what = match d.output {
+            OutputKind::Action => format!("action {}", d.name),
+            OutputKind::Event => format!("event {}", d.name),
+        };
+        table.add_row([
+            what,
+            d.active.to_string(),
+            d.candidate.to_string(),
+            d.added.to_string(),
+            d.removed.to_string(),
+            d.changed.to_string(),
+            d.actors_affected.to_string(),
+        ]);
+    }
+    println!("{table}");
+}
+
+/// The affected actors and the examples of every name that differs.
+pub(super) fn print_examples(diff: &[NameDiff]) {
+    for d in diff.iter().filter(|d| d.added + d.removed + d.changed > 0) {
         println!(
             "\n{} — actors: {}{}",
             d.name,
@@ -162,14 +176,10 @@ fn print_report(r: &Report, file: &str) {
             }
         }
     }
-    println!();
-    for note in &r.notes {
-        println!("note: {note}");
-    }
 }
 
 /// One example: the output as given, or for a changed one only what changed.
-fn example(c: &Change) -> String {
+fn example(c: &OutputChange) -> String {
     let shown = match (&c.before, &c.after) {
         (Some(before), Some(after)) => {
             let mut changes = Vec::new();
@@ -218,7 +228,7 @@ fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
 }
 
 /// A time as the server's clock shows it, UTC.
-fn clock(ms: i64) -> String {
+pub(super) fn clock(ms: i64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(at).to_string()
 }

@@ -40,7 +40,15 @@ enum AdminCommand {
         /// Config as a JSON object [default: the active version's config]
         #[arg(long)]
         config: Option<String>,
+        /// Run it as a shadow beside the active version instead: own state and timers,
+        /// delivering nothing, its outputs compared (see `hub plugin show`)
+        #[arg(long)]
+        shadow: bool,
     },
+    /// Make the shadow of NAME its active version
+    Promote { name: String },
+    /// Stop the shadow of NAME and drop its state
+    Drop { name: String },
     /// Versions of a plugin (hashes, times, configs) and its statistics
     Show { name: String },
     /// Set new config (a JSON object) for the running code
@@ -91,7 +99,12 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
             let detail: PluginDetail = serde_json::from_str(&body).context("unexpected answer")?;
             print_detail(&detail);
         }
-        AdminCommand::Push { name, file, config } => {
+        AdminCommand::Push {
+            name,
+            file,
+            config,
+            shadow,
+        } => {
             let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let mut request = client
                 .request(reqwest::Method::PUT, &path(&name, ""))
@@ -100,7 +113,20 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
             if let Some(config) = config {
                 request = request.query(&[("config", config)]);
             }
+            if shadow {
+                request = request.query(&[("shadow", "true")]);
+            }
             client.change(request, json).await?;
+        }
+        AdminCommand::Promote { name } => {
+            client
+                .change(client.request(reqwest::Method::POST, &path(&name, "/promote")), json)
+                .await?;
+        }
+        AdminCommand::Drop { name } => {
+            client
+                .change(client.request(reqwest::Method::DELETE, &path(&name, "/shadow")), json)
+                .await?;
         }
         AdminCommand::Config { name, config } => {
             let request = client
@@ -202,4 +228,24 @@ fn print_detail(d: &PluginDetail) {
         ]);
     }
     println!("{table}");
+    if let Some(s) = &d.shadow {
+        println!(
+            "\nshadow: version {} since {}, {} calls{}{}",
+            s.version,
+            super::backtest::clock(s.since),
+            s.calls,
+            if s.quarantined { ", QUARANTINED" } else { "" },
+            if s.failures.is_empty() {
+                String::new()
+            } else {
+                let failed: Vec<String> = s.failures.iter().map(|(r, n)| format!("{r} {n}")).collect();
+                format!(", failed calls: {}", failed.join(", "))
+            }
+        );
+        super::backtest::print_diff_table(&s.diff, "shadow");
+        if s.pending > 0 {
+            println!("{} outputs wait up to a minute for the other version's", s.pending);
+        }
+        super::backtest::print_examples(&s.diff);
+    }
 }

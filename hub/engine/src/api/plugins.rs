@@ -5,6 +5,7 @@ use super::{ApiError, Failure};
 use crate::event::rfc3339;
 use crate::registry::{Change, PluginRecord};
 use crate::runtime::Description;
+use crate::shadow::ShadowStatus;
 use crate::stats::Summary;
 use axum::Json;
 use axum::body::Bytes;
@@ -36,6 +37,9 @@ pub struct PluginDetail {
     /// Oldest first.
     pub versions: Vec<VersionInfo>,
     pub stats: Summary,
+    /// The version running as a shadow, and how its outputs compare with the active version's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -57,6 +61,9 @@ pub struct VersionInfo {
 pub struct PushParams {
     /// The plugin's config as a JSON object; default: the active version's config (or `{}`).
     config: Option<String>,
+    /// Run it as a shadow beside the active version (own state and timers, delivering
+    /// nothing, its outputs compared) instead of making it active.
+    shadow: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -109,7 +116,39 @@ pub async fn push(
 ) -> Result<Json<Change>, Failure> {
     wasm_body(&headers)?;
     let config = params.config.map(|c| parse_config(c.as_bytes())).transpose()?;
+    if params.shadow == Some(true) {
+        return Ok(Json(s.registry.upload_shadow(&name, body, config).await?));
+    }
     Ok(Json(s.registry.upload(&name, body, config).await?))
+}
+
+/// Make the shadow the active version, in one switch as a swap is: it carries on with the
+/// active version's state and timers, and the shadow's own are dropped.
+#[utoipa::path(post, path = "/api/plugins/{name}/promote", tag = "plugins",
+    params(("name" = String, Path, description = "Plugin name")),
+    responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError, description = "No shadow runs")))]
+pub async fn promote(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
+    Ok(Json(s.registry.promote(&name).await?))
+}
+
+/// Stop the shadow and drop its state and timers (its version stays in the history).
+#[utoipa::path(delete, path = "/api/plugins/{name}/shadow", tag = "plugins",
+    params(("name" = String, Path, description = "Plugin name")),
+    responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError, description = "No shadow runs")))]
+pub async fn drop_shadow(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
+    Ok(Json(s.registry.drop_shadow(&name).await?))
+}
+
+/// The running comparison of `name`'s shadow, with its quarantine state.
+pub(super) fn shadow_of(s: &ApiState, name: &str) -> Option<ShadowStatus> {
+    let mut status = s.registry.shadow_status(name)?;
+    status.quarantined = s
+        .stats
+        .summary(&crate::shadow::shadow_name(name, status.version))
+        .quarantined;
+    Some(status)
 }
 
 /// A module upload must say it is one.
@@ -149,6 +188,7 @@ pub async fn show(State(s): State<ApiState>, Path(name): Path<String>) -> Result
             })
             .collect(),
         stats: s.stats.summary(&name),
+        shadow: shadow_of(&s, &name),
         name: record.name,
         active_version: record.active,
         enabled: record.enabled,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What was compared: actions, or events the plugin emitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputKind {
     Action,
@@ -39,14 +39,14 @@ pub struct NameDiff {
 /// Examples of each change (all of them in a full diff).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Examples {
-    pub added: Vec<Change>,
-    pub removed: Vec<Change>,
-    pub changed: Vec<Change>,
+    pub added: Vec<OutputChange>,
+    pub removed: Vec<OutputChange>,
+    pub changed: Vec<OutputChange>,
 }
 
 /// One output that differs: as the active version gave it (`before`) and the candidate (`after`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Change {
+pub struct OutputChange {
     pub actor: String,
     /// The input event's id, or `timer:<id>`.
     pub cause: String,
@@ -136,7 +136,7 @@ pub fn diff(active: &[Record], candidate: &[Record], detail: Detail) -> Vec<Name
     let after = outputs(candidate);
     // Per name: its counts, and the actors it affects.
     let mut collected: BTreeMap<(OutputKind, String), (NameDiff, BTreeSet<String>)> = BTreeMap::new();
-    let change = |key: &Key, before: Option<&serde_json::Value>, after: Option<&serde_json::Value>| Change {
+    let change = |key: &Key, before: Option<&serde_json::Value>, after: Option<&serde_json::Value>| OutputChange {
         actor: key.2.clone(),
         cause: key.3.clone(),
         before: before.cloned(),

@@ -588,7 +588,11 @@
     toggle.dataset.action = 'toggle';
     const config = button('Edit config', () => editConfig(name));
     config.dataset.action = 'config';
-    actions.append(rollback, toggle, config);
+    const promote = button('Promote', () => run(() => promoteShadow(name)), 'primary');
+    promote.dataset.action = 'promote';
+    const drop = button('Drop shadow', () => run(() => dropShadow(name)), 'danger');
+    drop.dataset.action = 'drop';
+    actions.append(rollback, toggle, config, promote, drop);
     tr.append(cell(name), cell('', 'num'), cell(), cell('', 'num'), cell('', 'num'), cell('', 'num'),
       cell('', 'num'), cell('', 'tags'), actions);
     return tr;
@@ -599,14 +603,29 @@
     version.textContent = `v${p.version}`;
     state.replaceChildren(badge(p.enabled ? 'enabled' : 'disabled', p.enabled ? 'on' : 'off'));
     if (p.quarantined) state.append(badge('quarantined', 'quarantined'));
+    // A shadow version: what it would have done differently so far.
+    const s = p.shadow;
+    if (s) {
+      const shadow = badge(`shadow v${s.version}: +${fmtCount(s.added)} −${fmtCount(s.removed)} ~${fmtCount(s.changed)}`,
+        s.quarantined ? 'quarantined' : 'shadow');
+      shadow.title = `Outputs the shadow added, removed and changed against v${p.version} `
+        + `(${fmtCount(s.shadow)} against ${fmtCount(s.active)}; ${fmtCount(s.failures)} failed calls)`
+        + `${s.quarantined ? '; the shadow is quarantined' : ''}. Details: hub plugin show ${p.name}`;
+      state.append(shadow);
+    }
     calls.textContent = fmtCount(p.calls);
     errors.textContent = fmtCount(p.errors);
     errors.classList.toggle('errors', p.errors > 0);
     p50.textContent = fmtMs(p.p50_ms);
     p99.textContent = fmtMs(p.p99_ms);
     subscribes.textContent = (p.subscribes || []).join(', ');
-    const [rollback, toggle, config] = tr.querySelectorAll('button');
+    const [rollback, toggle, config, promote, drop] = tr.querySelectorAll('button');
     const working = busy.has(p.name);
+    promote.hidden = !s;
+    drop.hidden = !s;
+    promote.disabled = working;
+    drop.disabled = working;
+    if (s) promote.title = `Make the shadow v${s.version} the active version`;
     rollback.disabled = working || !(p.version > 1);
     rollback.title = p.version > 1 ? `Make the version before v${p.version} active again` : 'No earlier version';
     toggle.disabled = working;
@@ -654,6 +673,23 @@
     }
     const change = await pluginAction(name, () => api('POST', `/api/plugins/${enc(name)}/${enable ? 'enable' : 'disable'}`));
     say(`${name}: ${change.enabled ? 'enabled' : 'disabled'} (v${change.version})${liveNote(change)}`, 'ok');
+  }
+
+  async function promoteShadow(name) {
+    const p = plugins.get(name);
+    const version = p && p.shadow ? ` v${p.shadow.version}` : '';
+    const ok = await confirmDialog(
+      `Make the shadow${version} of ${name} its active version? It carries on with the active version's state; the shadow's own is dropped.`,
+      'Promote');
+    if (!ok) return;
+    const change = await pluginAction(name, () => api('POST', `/api/plugins/${enc(name)}/promote`));
+    say(`${name}: v${change.version} promoted from shadow${liveNote(change)}`, 'ok');
+  }
+
+  async function dropShadow(name) {
+    if (!(await confirmDialog(`Drop the shadow of ${name}, with its state?`, 'Drop'))) return;
+    const change = await pluginAction(name, () => api('DELETE', `/api/plugins/${enc(name)}/shadow`));
+    say(`${name}: shadow dropped (v${change.version} stays active)${liveNote(change)}`, 'ok');
   }
 
   function editConfig(name) {

@@ -20,6 +20,8 @@ pub struct LivePlugin {
     pub name: Arc<str>,
     pub version: u32,
     pub module: Arc<PluginModule>,
+    /// Set for a shadow (see `crate::shadow`): where its outputs are compared, instead of sent.
+    pub shadow: Option<Arc<crate::shadow::ShadowBook>>,
 }
 
 /// Everything the shards should run, in a stable order.

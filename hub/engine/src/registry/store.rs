@@ -46,6 +46,10 @@ pub struct PluginRecord {
     pub active: u32,
     pub enabled: bool,
     pub versions: Vec<VersionRecord>,
+    /// The version running as a shadow beside the active one (absent in records written
+    /// before shadows existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<u32>,
 }
 
 impl PluginRecord {
@@ -233,6 +237,7 @@ mod tests {
                 },
                 config: json!({"label": "blue"}),
             }],
+            shadow: None,
         }
     }
 
@@ -323,8 +328,9 @@ mod tests {
             active in any::<u32>(),
             enabled in any::<bool>(),
             versions in proptest::collection::vec(version_record(), 0..3),
+            shadow in proptest::option::of(any::<u32>()),
         ) -> PluginRecord {
-            PluginRecord { name, active, enabled, versions }
+            PluginRecord { name, active, enabled, versions, shadow }
         }
     }
 
@@ -335,6 +341,16 @@ mod tests {
         fn registry_records_round_trip(record in plugin_record()) {
             let bytes = record.to_bytes().expect("encode");
             prop_assert_eq!(PluginRecord::from_bytes(&bytes).expect("decode"), record);
+        }
+
+        #[test]
+        fn a_record_written_before_shadows_reads_without_one(record in plugin_record()) {
+            let mut old = serde_json::to_value(&record).expect("encode");
+            if let Some(map) = old.as_object_mut() {
+                map.remove("shadow");
+            }
+            let read = PluginRecord::from_bytes(old.to_string().as_bytes()).expect("decode");
+            prop_assert_eq!(read, PluginRecord { shadow: None, ..record });
         }
     }
 

@@ -11,6 +11,7 @@ use crate::limits::{KIND_CACHE_LIMIT, LATENCY_SAMPLE_EVERY, MAX_QUARANTINE, TRAP
 use crate::metrics as m;
 use crate::registry::{Live, LivePlugin, LiveSet};
 use crate::runtime::{CallError, Output, PluginInstance, ShardStores};
+use crate::shadow::{ShadowBook, Side};
 use crate::state::{Db, DueTimer, PluginSlot, StateCache};
 use crate::stats::{Pending, PluginStats};
 use rustc_hash::FxHashMap;
@@ -90,6 +91,8 @@ struct Loaded {
     sampled: u32,
     /// Counts for the admin API, folded into [`PluginStats`] at each commit.
     pending: Pending,
+    /// Where this plugin's outcomes are compared, when it is a shadow or has one.
+    watch: Option<(Side, Arc<ShadowBook>)>,
 }
 
 impl Loaded {
@@ -155,6 +158,16 @@ impl Plugins {
         for (name, mut gone) in old {
             self.stats.fold(self.shard, &name, &mut gone.pending);
         }
+        // A shadow's book, for its own calls and its active version's.
+        for plugin in &mut self.loaded {
+            plugin.watch = plugin.live.shadow.clone().map(|book| (Side::Shadow, book));
+        }
+        let books: Vec<Arc<ShadowBook>> = self.loaded.iter().filter_map(|p| p.live.shadow.clone()).collect();
+        for book in books {
+            if let Some(active) = self.loaded.iter_mut().find(|p| *p.name == *book.plugin) {
+                active.watch = Some((Side::Active, book));
+            }
+        }
         self.by_name = self
             .loaded
             .iter()
@@ -195,6 +208,7 @@ impl Plugins {
             latency: metrics::histogram!(m::PLUGIN_CALL_SECONDS, &labels),
             sampled: 0,
             pending: Pending::new(),
+            watch: None,
         }
     }
 
@@ -236,6 +250,11 @@ impl Plugins {
             timer.id, timer.owner
         );
         DeadLetter::timer(reason, detail, &timer.actor, &timer.id, &timer.payload).plugin(&timer.owner)
+    }
+
+    /// Where plugin `p`'s outcomes are compared: it is a shadow, or has one.
+    pub fn watch(&self, p: usize) -> Option<&(Side, Arc<ShadowBook>)> {
+        self.loaded[p].watch.as_ref()
     }
 
     pub fn name(&self, p: usize) -> &Arc<str> {

@@ -44,6 +44,7 @@ fn harness(plugins: &[(&str, serde_json::Value)], policies: Policies) -> Harness
                 name: module.name().into(),
                 version: 1,
                 module: Arc::new(module),
+                shadow: None,
             })
         })
         .collect();
