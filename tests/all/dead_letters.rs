@@ -1,8 +1,7 @@
 //! Dead letters are kept in a stream: listed by reason, inspected, and replayed once their
 //! cause is fixed — an event to the plugin that failed on it only, a timer to its plugin.
 
-use crate::support::{Api, Env, crm, fixture, json, next, plugin_folder, reference, shoes_cart};
-use hub::config::{ChannelConfig, WebhookConfig};
+use crate::support::{Api, Env, crm, examples_with_notify, fixture, json, next, plugin_folder, shoes_cart, webhook};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,24 +112,14 @@ async fn a_webhook_delivery_that_failed_is_sent_again_with_its_key_once_the_rece
         crm(move |_| if back.load(Ordering::SeqCst) { 200 } else { 503 }).await
     };
     let mut config = env.config();
-    let examples = std::fs::read_dir(hub::EXAMPLE_PLUGINS)
-        .expect("examples built")
-        .map(|e| e.expect("entry").path());
-    let files: Vec<_> = examples.chain([reference("notify.wasm")]).collect();
-    config.plugins.dir = Some(plugin_folder(&env, "delivery", &files));
+    config.plugins.dir = Some(examples_with_notify(&env, "delivery"));
     config.plugins.config.insert(
         "notify".into(),
         json!({"routes": [{"actions": "support.*", "channel": "crm", "target": "queue-1"}]}),
     );
-    config.channels.insert(
-        "crm".into(),
-        ChannelConfig::Webhook(WebhookConfig {
-            url: format!("http://{address}/hook/{{target}}"),
-            retries: 1,
-            backoff: Duration::from_millis(20),
-            ..WebhookConfig::default()
-        }),
-    );
+    config
+        .channels
+        .insert("crm".into(), webhook(address, 1, Duration::from_millis(20)));
     let hub = env.start(config).await;
     let api = Api::new(&hub, None);
     for _ in 0..3 {

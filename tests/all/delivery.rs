@@ -2,9 +2,8 @@
 //! devices connected on `/push/{actor}` (WebSocket and server-sent events) and for a CRM
 //! webhook that fails twice before it answers.
 
-use crate::support::{Env, Received, crm, next, nothing, plugin_folder, reference, shoes_cart};
+use crate::support::{Env, Received, crm, examples_with_notify, next, nothing, shoes_cart, webhook};
 use futures::StreamExt;
-use hub::config::{ChannelConfig, WebhookConfig};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -18,11 +17,7 @@ async fn notify_pushes_to_devices_and_a_flaky_webhook_gets_its_delivery_once() {
     let env = Env::new().await;
     let (crm, received) = flaky_crm().await;
     let mut config = env.config();
-    let examples = std::fs::read_dir(hub::EXAMPLE_PLUGINS)
-        .expect("examples built")
-        .map(|e| e.expect("entry").path());
-    let files: Vec<_> = examples.chain([reference("notify.wasm")]).collect();
-    config.plugins.dir = Some(plugin_folder(&env, "delivery", &files));
+    config.plugins.dir = Some(examples_with_notify(&env, "delivery"));
     config.plugins.config.insert(
         "notify".into(),
         json!({"routes": [
@@ -34,15 +29,9 @@ async fn notify_pushes_to_devices_and_a_flaky_webhook_gets_its_delivery_once() {
         .plugins
         .config
         .insert("cart-abandonment".into(), json!({"window": "300ms"}));
-    config.channels.insert(
-        "crm".into(),
-        ChannelConfig::Webhook(WebhookConfig {
-            url: format!("http://{crm}/hook/{{target}}"),
-            retries: 4,
-            backoff: Duration::from_millis(50),
-            ..WebhookConfig::default()
-        }),
-    );
+    config
+        .channels
+        .insert("crm".into(), webhook(crm, 4, Duration::from_millis(50)));
     let hub = env.start(config).await;
     let mut actions = env.sub("hub.actions.>").await;
     let mut offline = env.sub("hub.deliveries.push").await;

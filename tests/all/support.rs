@@ -165,6 +165,15 @@ pub fn plugin_folder(env: &Env, name: &str, files: &[PathBuf]) -> PathBuf {
     dir
 }
 
+/// A plugin folder `name` holding the examples and the `notify` delivery plugin.
+pub fn examples_with_notify(env: &Env, name: &str) -> PathBuf {
+    let examples = std::fs::read_dir(hub::EXAMPLE_PLUGINS)
+        .expect("examples built")
+        .map(|e| e.expect("entry").path());
+    let files: Vec<_> = examples.chain([reference("notify.wasm")]).collect();
+    plugin_folder(env, name, &files)
+}
+
 /// A raw `web.add_to_cart` body of the browser collector: one pair of shoes for `visitor`.
 pub fn shoes(visitor: &str) -> Value {
     serde_json::json!({"visitor": visitor, "product": {"sku": "A1", "name": "Shoes", "price": 59.9}, "qty": 1})
@@ -210,6 +219,17 @@ pub async fn crm(answer: impl Fn(usize) -> u16 + Send + Sync + 'static) -> (std:
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, received)
+}
+
+/// A webhook channel to the receiver at `address` (`/hook/{target}`), retrying `retries` times
+/// `backoff` apart (doubling).
+pub fn webhook(address: std::net::SocketAddr, retries: u32, backoff: Duration) -> hub::config::ChannelConfig {
+    hub::config::ChannelConfig::Webhook(hub::config::WebhookConfig {
+        url: format!("http://{address}/hook/{{target}}"),
+        retries,
+        backoff,
+        ..hub::config::WebhookConfig::default()
+    })
 }
 
 pub fn fixture(file: &str) -> PathBuf {
@@ -313,13 +333,7 @@ impl Api {
 
     /// Upload a module as plugin `name`, optionally with a config.
     pub async fn push(&self, name: &str, wasm: Vec<u8>, config: Option<&str>) -> (u16, Value) {
-        let mut r = self
-            .request(reqwest::Method::PUT, &format!("/api/plugins/{name}"))
-            .header("content-type", "application/wasm")
-            .body(wasm);
-        if let Some(c) = config {
-            r = r.query(&[("config", c)]);
-        }
-        Self::send(r).await
+        let query: Vec<(&str, &str)> = config.map(|c| ("config", c)).into_iter().collect();
+        self.push_query(name, wasm, &query).await
     }
 }

@@ -129,6 +129,10 @@ pub struct BenchArgs {
     /// Skip the backtest phase
     #[arg(long)]
     pub no_backtest: bool,
+    /// Run a shadow of the plugin the swapping phase updates (its next config) through every
+    /// phase: what a shadow costs the live path
+    #[arg(long)]
+    pub shadow: bool,
     /// Pipeline and proportions of the inputs (see the module docs)
     #[arg(long, value_enum, default_value_t = Mix::Clickstream)]
     pub mix: Mix,
@@ -430,6 +434,9 @@ async fn hub_run(
     let phases = async {
         workload.prepare(&hub, &clients.publisher).await?;
         load_idle_plugins(&hub, &workload.idle_plugin(), args.idle_plugins).await?;
+        if args.shadow {
+            swap::push_shadow(hub.http_addr(), &workload.swap_target()).await?;
+        }
         drop(starting);
         let plugins = hub.registry().live().load().plugins.len();
         let unpaced = {

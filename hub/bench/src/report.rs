@@ -439,6 +439,8 @@ pub(super) struct Report {
     /// Requested pace of the paced phase.
     rate: u64,
     seconds: u64,
+    /// A shadow of the swap target ran beside it in every phase (`--shadow`).
+    pub(super) shadow: bool,
     /// The mode the swapping and push phases ran in (absent when neither ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     swapping_and_push_mode: Option<Mode>,
@@ -480,6 +482,7 @@ impl Report {
             runs: args.runs,
             rate: args.rate,
             seconds: args.seconds,
+            shadow: args.shadow,
             swapping_and_push_mode: measured_extras.then(|| args.input.extras_mode()),
             modes,
             relay,

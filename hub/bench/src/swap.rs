@@ -17,6 +17,30 @@ pub(super) struct SwapTarget {
     pub(super) config: fn(u64) -> serde_json::Value,
 }
 
+/// Run a version of `target` with its next config as a shadow beside the active one
+/// (`--shadow`: what a shadow costs the live path).
+pub(super) async fn push_shadow(api: SocketAddr, target: &SwapTarget) -> anyhow::Result<()> {
+    let file = &target.wasm;
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let response = reqwest::Client::new()
+        .put(format!("http://{api}/api/plugins/{}", target.name))
+        .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+        .query(&[
+            ("config", (target.config)(0).to_string()),
+            ("shadow", "true".to_owned()),
+        ])
+        .body(wasm)
+        .send()
+        .await
+        .context("the admin API did not answer")?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.context("unreadable admin API answer")?;
+    if !status.is_success() || body["live"] != true {
+        bail!("the shadow did not start: {status} {body}");
+    }
+    Ok(())
+}
+
 /// One version going live during the swapping phase.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(super) struct SwapTiming {

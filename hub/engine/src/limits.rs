@@ -98,9 +98,6 @@ pub const PARTITIONS: u16 = 4096;
 
 /// How long an admin call waits for every shard to run a change before it answers anyway.
 pub const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long after a shadow stops its state is cleared: longer than any shard takes to commit
-/// what it wrote last (commit intervals are milliseconds to a second).
-pub const SHADOW_STATE_GRACE: Duration = Duration::from_secs(10);
 
 // Start and stop.
 

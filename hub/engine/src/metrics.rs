@@ -41,8 +41,6 @@ pub const NATS_DISCONNECTS: &str = "hub_nats_disconnects_total";
 pub const NATS_DISCONNECTED_MS: &str = "hub_nats_disconnected_milliseconds_total";
 /// Commits made without NATS confirming the outputs before them (see `OUTPUT_CONFIRM_PATIENCE`).
 pub const OUTPUTS_UNCONFIRMED: &str = "hub_outputs_unconfirmed_total";
-/// Timers of a shadow that was promoted or dropped, come due and discarded with it.
-pub const SHADOW_TIMERS_DROPPED: &str = "hub_shadow_timers_dropped_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static UPKEEP: std::sync::Once = std::sync::Once::new();
@@ -97,10 +95,6 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(EVENTS_IN, "Events accepted from NATS");
     describe_counter!(NATS_DISCONNECTS, "Times the NATS connection was lost");
-    describe_counter!(
-        SHADOW_TIMERS_DROPPED,
-        "Timers of a promoted or dropped shadow, discarded when they came due"
-    );
     describe_counter!(
         NATS_DISCONNECTED_MS,
         "Milliseconds without a NATS connection (core mode: inputs published then are lost)"

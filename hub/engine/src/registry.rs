@@ -85,8 +85,6 @@ struct Running {
 
 pub struct Registry {
     runtime: Arc<Runtime>,
-    /// For forgetting a shadow's state once it is gone.
-    db: sled::Db,
     store: Store,
     live: Arc<Live>,
     router: Router,
@@ -103,7 +101,6 @@ pub struct Registry {
 impl Registry {
     pub fn open(runtime: Arc<Runtime>, db: &sled::Db, router: Router) -> Result<Arc<Registry>, StoreError> {
         Ok(Arc::new(Registry {
-            db: db.clone(),
             engine_key: runtime.artifact_key(),
             live: Arc::new(Live::new(router.shard_count())),
             store: Store::open(db)?,
@@ -294,24 +291,16 @@ impl Registry {
             config: serde_json::from_str(&module.config).unwrap_or_default(),
         });
         record.shadow = Some(version);
-        self.store.put_plugin(&record)?;
         let shadow = Arc::new(LivePlugin {
             name: crate::shadow::shadow_name(name, version).into(),
             version,
             module,
             shadow: Some(Arc::new(crate::shadow::ShadowBook::new(name, version))),
         });
-        let replaced = self
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .shadows
-            .insert(name.to_owned(), shadow);
-        let change = self.switched(&record).await;
-        if let Some(old) = replaced {
-            self.forget_shadow_state(&old);
-        }
-        Ok(change)
+        self.change_shadow(&record, |running| {
+            running.shadows.insert(name.to_owned(), shadow);
+        })
+        .await
     }
 
     /// Make the shadow the active version, in one switch as a swap is. The new active version
@@ -334,25 +323,17 @@ impl Registry {
         };
         record.active = version;
         record.shadow = None;
-        self.store.put_plugin(&record)?;
-        {
-            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let promoted = Arc::new(LivePlugin {
+            name: name.into(),
+            version,
+            module,
+            shadow: None,
+        });
+        self.change_shadow(&record, |running| {
+            running.live.insert(name.to_owned(), promoted);
             running.shadows.remove(name);
-            running.live.insert(
-                name.to_owned(),
-                Arc::new(LivePlugin {
-                    name: name.into(),
-                    version,
-                    module,
-                    shadow: None,
-                }),
-            );
-        }
-        let change = self.switched(&record).await;
-        if let Some(old) = shadow {
-            self.forget_shadow_state(&old);
-        }
-        Ok(change)
+        })
+        .await
     }
 
     /// Stop the shadow and drop its state and timers; its version stays in the history.
@@ -361,28 +342,21 @@ impl Registry {
         let mut record = self.plugin(name)?;
         record.shadow.ok_or_else(|| AdminError::NoShadow(name.to_owned()))?;
         record.shadow = None;
-        self.store.put_plugin(&record)?;
-        let old = self
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .shadows
-            .remove(name);
-        let change = self.switched(&record).await;
-        if let Some(old) = old {
-            self.forget_shadow_state(&old);
-        }
-        Ok(change)
+        self.change_shadow(&record, |running| {
+            running.shadows.remove(name);
+        })
+        .await
     }
 
-    /// The running comparison of `name`'s shadow with its active version.
-    pub fn shadow_status(&self, name: &str) -> Option<crate::shadow::ShadowStatus> {
-        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        running.shadows.get(name)?.shadow.as_ref().map(|book| book.status())
-    }
-
-    /// Publish the running set as it is now and report `record`'s state.
-    async fn switched(&self, record: &PluginRecord) -> Change {
+    /// Store `record`, change the running set with `change`, and make it live in one switch.
+    /// A shadow that stops takes its state and timers with it (they are in the shards' memory).
+    async fn change_shadow(
+        &self,
+        record: &PluginRecord,
+        change: impl FnOnce(&mut Running),
+    ) -> Result<Change, AdminError> {
+        self.store.put_plugin(record)?;
+        change(&mut self.running.lock().unwrap_or_else(PoisonError::into_inner));
         let (live, live_after_ms) = self.switch().await;
         tracing::info!(
             plugin = record.name,
@@ -390,7 +364,7 @@ impl Registry {
             shadow = record.shadow,
             "plugin change is live"
         );
-        Change {
+        Ok(Change {
             name: record.name.clone(),
             version: record.active,
             enabled: record.enabled,
@@ -398,27 +372,13 @@ impl Registry {
             live,
             live_after_ms,
             shadow: record.shadow,
-        }
+        })
     }
 
-    /// Clear a shadow's state once no shard can still be committing it: its name is never used
-    /// again (a shadow's name carries its version). Its timers are dropped as they come due.
-    fn forget_shadow_state(&self, shadow: &LivePlugin) {
-        let (db, name) = (self.db.clone(), shadow.name.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(crate::limits::SHADOW_STATE_GRACE).await;
-            let cleared = tokio::task::spawn_blocking(move || {
-                db.open_tree(format!("state/{name}"))
-                    .and_then(|tree| tree.clear())
-                    .map(|()| name)
-            })
-            .await;
-            match cleared {
-                Ok(Ok(name)) => tracing::info!(shadow = %name, "shadow state cleared"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot clear a shadow's state"),
-                Err(e) => tracing::warn!(error = %e, "cannot clear a shadow's state"),
-            }
-        });
+    /// The running comparison of `name`'s shadow with its active version.
+    pub fn shadow_status(&self, name: &str) -> Option<crate::shadow::ShadowStatus> {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.shadows.get(name)?.shadow.as_ref().map(|book| book.status())
     }
 
     /// New template parameters for the running code: a new version with the same wasm.
@@ -503,16 +463,12 @@ impl Registry {
             running.live.remove(name);
             running.disabled.remove(name);
         }
-        let shadow = self
-            .running
+        self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .shadows
             .remove(name);
         let (live, live_after_ms) = self.switch().await;
-        if let Some(shadow) = shadow {
-            self.forget_shadow_state(&shadow);
-        }
         Ok(Change {
             name: record.name,
             version: record.active,

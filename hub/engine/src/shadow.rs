@@ -1,11 +1,14 @@
 //! Shadow versions: a candidate that runs on live traffic beside the active version of its
 //! plugin, and delivers nothing.
 //!
-//! A shadow is a live plugin under a name of its own, `<plugin>~shadow<version>`, so its state
-//! and timers are its own (a name users cannot give: `~` is not allowed in plugin names). The
-//! shards call it for the events its plugin takes, after the active version; nothing it outputs
-//! is routed, judged, delivered or published, and a call of it that fails is counted here, not
-//! dead-lettered. Its supervisor quarantines it like any plugin, and that touches nothing else.
+//! A shadow is a live plugin under a name of its own, `<plugin>~shadow<version>` (a name users
+//! cannot give: `~` is not allowed in plugin names). The shards call it for the events its plugin
+//! takes, after the active version; nothing it outputs is routed, judged, delivered or published,
+//! and a call of it that fails is counted here, not dead-lettered. Its supervisor quarantines it
+//! like any plugin, and that touches nothing else. Its state and timers are its own and live in
+//! the shards' memory (`MemoryStores`, reading the hub's profiles): a shadow adds nothing to the
+//! commits, which is what keeps the live path's latency where it was, and it leaves nothing
+//! behind when it is dropped or promoted (nor across a restart: it starts again empty).
 //!
 //! Both versions' outputs go to the plugin's [`ShadowBook`], which matches them as
 //! [`backtest::diff`](crate::backtest::diff) does: by name, actor, cause (input event id, or timer

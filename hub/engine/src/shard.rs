@@ -186,7 +186,8 @@ impl Shard {
     fn next_wake(&self) -> Instant {
         let now = Instant::now();
         let mut wake = self.commits.next();
-        if let Some(due) = self.stores.as_ref().and_then(|s| s.timers.next_due()) {
+        let wheel = self.stores.as_ref().and_then(|s| s.timers.next_due());
+        if let Some(due) = wheel.into_iter().chain(self.plugins.next_shadow_due()).min() {
             let in_ms = (due - now_ms()).max(0) as u64;
             wake = wake.min(now + Duration::from_millis(in_ms));
         }
@@ -267,15 +268,15 @@ impl Shard {
             } else {
                 match self.plugins.find(&timer.owner) {
                     Some(p) => self.call(p, Cause::Timer(&timer)),
-                    // A shadow's timers go with it.
-                    None if crate::shadow::is_shadow(&timer.owner) => {
-                        metrics::counter!(m::SHADOW_TIMERS_DROPPED).increment(1);
-                    }
                     None => self.egress.push(self.plugins.orphaned(&timer).into_outbound()),
                 }
             }
             // What a timer emits or releases runs like any input's.
             self.run_chain();
+        }
+        // A shadow's timers fire as its plugin's would; what it outputs goes nowhere.
+        while let Some((p, timer)) = self.plugins.due_shadow_timer(now) {
+            self.call(p, Cause::Timer(&timer));
         }
         let pending = home(&mut self.stores).timers.len();
         self.metrics.timers_pending.set(pending as f64);
@@ -448,6 +449,7 @@ impl Shard {
                 let _ = reply.send(());
             }
             ActorRequest::Erase(reply) => {
+                self.plugins.forget_in_shadows(actor);
                 let erased = crate::actor::erase(&self.db, stores, self.plugins.slots(), actor).map(|mut erased| {
                     erased.actions = self.judge.forget(&mut stores.state, actor);
                     erased

@@ -189,7 +189,10 @@ fn print_list(list: &[PluginSummary]) {
     for p in list {
         table.add_row([
             p.name.clone(),
-            p.active_version.to_string(),
+            match p.shadow_version {
+                Some(shadow) => format!("{} (shadow {shadow})", p.active_version),
+                None => p.active_version.to_string(),
+            },
             p.enabled.to_string(),
             format!("{} {}", p.module, p.module_version),
             p.subscribes.join(", "),

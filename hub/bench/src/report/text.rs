@@ -67,6 +67,11 @@ fn header(r: &Report) {
     } else if let Some(mode) = r.modes.keys().next() {
         println!("modes     {mode} only (--input both compares it with the other)");
     }
+    if r.shadow {
+        println!(
+            "shadow    a shadow version of the swapped plugin runs beside it in every phase (its calls are in the plugins' count)"
+        );
+    }
     println!(
         "load      unpaced {} inputs per hub; paced {}/s for {} s",
         r.modes.values().next().map_or(0, |m| m.unpaced.inputs),

@@ -24,6 +24,9 @@ pub struct PluginSummary {
     pub module: String,
     pub module_version: String,
     pub subscribes: Vec<String>,
+    /// The version running as a shadow, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_version: Option<u32>,
     #[serde(flatten)]
     pub stats: Summary,
 }
@@ -81,6 +84,7 @@ fn summary(record: &PluginRecord, stats: Summary) -> PluginSummary {
         module: active.map(|v| v.description.name.clone()).unwrap_or_default(),
         module_version: active.map(|v| v.description.version.clone()).unwrap_or_default(),
         subscribes: active.map(|v| v.description.subscribes.clone()).unwrap_or_default(),
+        shadow_version: record.shadow,
         stats,
     }
 }

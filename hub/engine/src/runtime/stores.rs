@@ -119,6 +119,21 @@ impl MemoryStores {
             .collect()
     }
 
+    /// When the earliest timer is due.
+    pub fn next_due(&self) -> Option<i64> {
+        self.by_due.first().map(|(due, _)| *due)
+    }
+
+    /// Forget everything about `actor`: its state in every plugin, its timers, a seeded profile.
+    pub fn forget_actor(&mut self, actor: &str) {
+        self.state.retain(|(_, a, _), _| a != actor);
+        let keys: Vec<TimerKey> = self.timers.keys().filter(|(_, a, _)| a == actor).cloned().collect();
+        for (plugin, actor, id) in keys {
+            self.cancel_timer(&plugin, &actor, &id);
+        }
+        self.profiles.remove(actor);
+    }
+
     /// Take the earliest timer due at `now` or before, if any.
     pub fn pop_due(&mut self, now: i64) -> Option<DueTimer> {
         let first = self.by_due.first().filter(|(due, _)| *due <= now)?.clone();
@@ -218,6 +233,28 @@ mod tests {
             proptest::prop_assert_eq!(fired, expected);
             proptest::prop_assert!(stores.pending().iter().all(|t| t.due > 50));
         }
+    }
+
+    #[test]
+    fn forgetting_an_actor_takes_its_state_timers_and_profile_and_nothing_else() {
+        let mut stores = MemoryStores::default();
+        for actor in ["ann", "bob"] {
+            stores.set_state(PluginSlot(0), actor, "k", Some(vec![1]));
+            stores.set_timer("p", actor, "t", 5, vec![]);
+            stores.put_profile(actor, vec![0x80]);
+        }
+        stores.forget_actor("ann");
+        assert!(stores.state(PluginSlot(0), "ann", "k").expect("state").is_none());
+        assert!(stores.profile("ann").expect("profile").is_none());
+        assert_eq!(
+            stores.pending().iter().map(|t| t.actor.as_str()).collect::<Vec<_>>(),
+            ["bob"]
+        );
+        assert_eq!(
+            stores.state(PluginSlot(0), "bob", "k").expect("state"),
+            Some(&[1u8][..])
+        );
+        assert_eq!(stores.next_due(), Some(5));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::event::{Routed, now_ms};
 use crate::limits::{KIND_CACHE_LIMIT, LATENCY_SAMPLE_EVERY, MAX_QUARANTINE, TRAPS_BEFORE_QUARANTINE};
 use crate::metrics as m;
 use crate::registry::{Live, LivePlugin, LiveSet};
-use crate::runtime::{CallError, Output, PluginInstance, ShardStores};
+use crate::runtime::{CallError, MemoryStores, Output, PluginInstance, ShardStores};
 use crate::shadow::{ShadowBook, Side};
 use crate::state::{Db, DueTimer, PluginSlot, StateCache};
 use crate::stats::{Pending, PluginStats};
@@ -18,6 +18,9 @@ use rustc_hash::FxHashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Each shadow's cache of the profiles, per shard.
+const SHADOW_PROFILE_CACHE_BYTES: usize = 4 << 20;
 
 /// What a plugin call is about (an action for a delivery plugin comes as an event of kind
 /// `action.<name>`).
@@ -93,6 +96,9 @@ struct Loaded {
     pending: Pending,
     /// Where this plugin's outcomes are compared, when it is a shadow or has one.
     watch: Option<(Side, Arc<ShadowBook>)>,
+    /// A shadow's state and timers: in memory, so a shadow adds nothing to the shard's commits
+    /// (see `crate::shadow`).
+    memory: Option<Box<MemoryStores>>,
 }
 
 impl Loaded {
@@ -181,16 +187,25 @@ impl Plugins {
 
     fn start(&mut self, live: &Arc<LivePlugin>, state: &mut StateCache) -> Loaded {
         let name = live.name.clone();
-        let slot = *self
-            .slots
-            .entry(name.clone())
-            .or_insert_with(|| match self.db.state_tree(&name) {
-                Ok(tree) => state.add_plugin(tree),
-                Err(e) => {
-                    tracing::error!(plugin = %name, error = %e, "cannot open the plugin's state tree");
-                    PluginSlot::PROBE
-                }
-            });
+        let memory = live.shadow.as_ref().map(|_| {
+            Box::new(MemoryStores::reading_profiles(
+                self.db.profiles.cache(SHADOW_PROFILE_CACHE_BYTES),
+            ))
+        });
+        let slot = match memory {
+            // The shadow's stores are its own: any slot will do.
+            Some(_) => PluginSlot(0),
+            None => *self
+                .slots
+                .entry(name.clone())
+                .or_insert_with(|| match self.db.state_tree(&name) {
+                    Ok(tree) => state.add_plugin(tree),
+                    Err(e) => {
+                        tracing::error!(plugin = %name, error = %e, "cannot open the plugin's state tree");
+                        PluginSlot::PROBE
+                    }
+                }),
+        };
         let (instance, failed) = PluginInstance::starting(live.module.clone(), name.clone(), slot);
         if let Some(e) = failed {
             tracing::error!(plugin = %name, shard = self.shard, error = %e, "plugin did not start; retried on its next event");
@@ -209,6 +224,7 @@ impl Plugins {
             sampled: 0,
             pending: Pending::new(),
             watch: None,
+            memory,
         }
     }
 
@@ -250,6 +266,26 @@ impl Plugins {
             timer.id, timer.owner
         );
         DeadLetter::timer(reason, detail, &timer.actor, &timer.id, &timer.payload).plugin(&timer.owner)
+    }
+
+    /// A shadow's timer due at `now` or before, with the shadow that set it.
+    pub fn due_shadow_timer(&mut self, now: i64) -> Option<(usize, DueTimer)> {
+        self.loaded
+            .iter_mut()
+            .enumerate()
+            .find_map(|(p, l)| Some((p, l.memory.as_mut()?.pop_due(now)?)))
+    }
+
+    /// When the earliest shadow timer is due.
+    pub fn next_shadow_due(&self) -> Option<i64> {
+        self.loaded.iter().filter_map(|l| l.memory.as_ref()?.next_due()).min()
+    }
+
+    /// Erase `actor` from the shadows' memory too.
+    pub fn forget_in_shadows(&mut self, actor: &str) {
+        for memory in self.loaded.iter_mut().filter_map(|l| l.memory.as_mut()) {
+            memory.forget_actor(actor);
+        }
     }
 
     /// Where plugin `p`'s outcomes are compared: it is a shadow, or has one.
@@ -297,9 +333,11 @@ impl Plugins {
             return Err(Box::new(cause.dead_letter(e.reason(), detail, &plugin.name)));
         }
         let wall = now_ms();
-        let result = match cause {
-            Cause::Event(r) => plugin.instance.on_event(stores, &r.event, wall),
-            Cause::Timer(t) => plugin.instance.on_timer(stores, t, wall),
+        let result = match (cause, plugin.memory.is_some()) {
+            (Cause::Event(r), false) => plugin.instance.on_event(stores, &r.event, wall),
+            (Cause::Timer(t), false) => plugin.instance.on_timer(stores, t, wall),
+            (Cause::Event(r), true) => plugin.instance.on_event(&mut plugin.memory, &r.event, wall),
+            (Cause::Timer(t), true) => plugin.instance.on_timer(&mut plugin.memory, t, wall),
         };
         let took = now.elapsed();
         plugin.calls.increment(1);
