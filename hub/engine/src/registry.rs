@@ -356,23 +356,7 @@ impl Registry {
         change: impl FnOnce(&mut Running),
     ) -> Result<Change, AdminError> {
         self.store.put_plugin(record)?;
-        change(&mut self.running.lock().unwrap_or_else(PoisonError::into_inner));
-        let (live, live_after_ms) = self.switch().await;
-        tracing::info!(
-            plugin = record.name,
-            version = record.active,
-            shadow = record.shadow,
-            "plugin change is live"
-        );
-        Ok(Change {
-            name: record.name.clone(),
-            version: record.active,
-            enabled: record.enabled,
-            changed: true,
-            live,
-            live_after_ms,
-            shadow: record.shadow,
-        })
+        Ok(self.apply(record, change).await)
     }
 
     /// The running comparison of `name`'s shadow with its active version.
@@ -536,24 +520,29 @@ impl Registry {
 
     /// Put `record`'s new state into the live set and wait until every shard runs it.
     async fn go_live(&self, record: &PluginRecord, live: Option<Arc<LivePlugin>>) -> Change {
-        {
-            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-            match live {
-                Some(p) => {
-                    running.live.insert(record.name.clone(), p);
-                    running.disabled.remove(&record.name);
-                }
-                None => {
-                    running.live.remove(&record.name);
-                    running.disabled.insert(record.name.clone());
-                }
+        self.apply(record, |running| match live {
+            Some(p) => {
+                running.live.insert(record.name.clone(), p);
+                running.disabled.remove(&record.name);
             }
-        }
+            None => {
+                running.live.remove(&record.name);
+                running.disabled.insert(record.name.clone());
+            }
+        })
+        .await
+    }
+
+    /// Change the running set with `change`, make it live in one switch, and report `record`'s
+    /// state once every shard runs it.
+    async fn apply(&self, record: &PluginRecord, change: impl FnOnce(&mut Running)) -> Change {
+        change(&mut self.running.lock().unwrap_or_else(PoisonError::into_inner));
         let (live, live_after_ms) = self.switch().await;
         tracing::info!(
             plugin = record.name,
             version = record.active,
             enabled = record.enabled,
+            shadow = record.shadow,
             live_after_ms,
             "plugin change is live"
         );

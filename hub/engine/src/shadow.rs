@@ -48,6 +48,17 @@ pub fn is_shadow(name: &str) -> bool {
     name.contains(MARK)
 }
 
+/// `plugin`'s shadow comparison, and whether the shadow is quarantined now.
+pub fn status_of(
+    registry: &crate::registry::Registry,
+    stats: &crate::stats::PluginStats,
+    plugin: &str,
+) -> Option<ShadowStatus> {
+    let mut status = registry.shadow_status(plugin)?;
+    status.quarantined = stats.summary(&shadow_name(plugin, status.version)).quarantined;
+    Some(status)
+}
+
 /// Which version an output comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

@@ -301,7 +301,7 @@ fn snapshot(
                     .map(|v| v.description.subscribes.clone())
                     .unwrap_or_default(),
                 config: active.map(|v| v.config).unwrap_or_default(),
-                shadow: sources.registry.shadow_status(&record.name).map(|s| {
+                shadow: crate::shadow::status_of(&sources.registry, &sources.stats, &record.name).map(|s| {
                     let sum = |f: fn(&crate::backtest::diff::NameDiff) -> u64| s.diff.iter().map(f).sum();
                     ShadowLine {
                         version: s.version,
@@ -311,10 +311,7 @@ fn snapshot(
                         removed: sum(|d| d.removed),
                         changed: sum(|d| d.changed),
                         failures: s.failures.values().sum(),
-                        quarantined: sources
-                            .stats
-                            .summary(&crate::shadow::shadow_name(&record.name, s.version))
-                            .quarantined,
+                        quarantined: s.quarantined,
                     }
                 }),
                 name: record.name,

@@ -145,16 +145,6 @@ pub async fn drop_shadow(State(s): State<ApiState>, Path(name): Path<String>) ->
     Ok(Json(s.registry.drop_shadow(&name).await?))
 }
 
-/// The running comparison of `name`'s shadow, with its quarantine state.
-pub(super) fn shadow_of(s: &ApiState, name: &str) -> Option<ShadowStatus> {
-    let mut status = s.registry.shadow_status(name)?;
-    status.quarantined = s
-        .stats
-        .summary(&crate::shadow::shadow_name(name, status.version))
-        .quarantined;
-    Some(status)
-}
-
 /// A module upload must say it is one.
 pub(super) fn wasm_body(headers: &HeaderMap) -> Result<(), Failure> {
     let content_type = headers
@@ -192,7 +182,7 @@ pub async fn show(State(s): State<ApiState>, Path(name): Path<String>) -> Result
             })
             .collect(),
         stats: s.stats.summary(&name),
-        shadow: shadow_of(&s, &name),
+        shadow: crate::shadow::status_of(&s.registry, &s.stats, &name),
         name: record.name,
         active_version: record.active,
         enabled: record.enabled,
