@@ -9,6 +9,7 @@ mod admin;
 mod arbitration;
 mod authoring;
 mod backtest;
+mod cluster;
 mod dashboard;
 mod dead_letters;
 mod delivery;

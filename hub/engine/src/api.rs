@@ -48,6 +48,8 @@ pub struct ApiState {
     pub sinks: crate::delivery::Sinks,
     /// Backtests of candidate versions (`None` with core input: no inputs are kept).
     pub backtests: Option<std::sync::Arc<crate::backtest::Backtester>>,
+    /// The cluster this instance takes part in (`None`: a single hub).
+    pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 /// The API's routes, for a server whose state `S` holds an [`ApiState`].
@@ -70,18 +72,23 @@ where
         .route("/api/plugins/{name}/rollback", post(plugins::rollback))
         .route("/api/plugins/{name}/enable", post(plugins::enable))
         .route("/api/plugins/{name}/disable", post(plugins::disable))
-        .route("/api/actors/{id}", get(actors::show).delete(actors::erase))
         .route("/api/policies", get(policies::show).put(policies::replace))
         .route("/api/status", get(status::current))
+        .route("/api/cluster", get(status::cluster))
         .route("/api/status/history", get(status::history))
         .route("/api/status/stream", get(status::stream))
         .route("/api/dead-letters", get(dead_letters::list))
         .route("/api/dead-letters/replay", post(dead_letters::replay_reason))
         .route("/api/dead-letters/{seq}", get(dead_letters::show))
         .route("/api/dead-letters/{seq}/replay", post(dead_letters::replay_one))
-        .route(
-            "/api/actors/{id}/profile",
-            put(actors::put_profile).patch(actors::patch_profile),
+        .merge(
+            axum::Router::new()
+                .route("/api/actors/{id}", get(actors::show).delete(actors::erase))
+                .route(
+                    "/api/actors/{id}/profile",
+                    put(actors::put_profile).patch(actors::patch_profile),
+                )
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), actors::at_owner)),
         )
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -114,6 +121,7 @@ where
         actors::erase,
         policies::show,
         policies::replace,
+        status::cluster,
         dead_letters::list,
         dead_letters::show,
         dead_letters::replay_one,

@@ -34,6 +34,82 @@ pub struct Config {
     pub actions: ActionsConfig,
     pub input: InputConfig,
     pub dead_letters: DeadLettersConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Several hub instances sharing one event stream (`[cluster]`; durable mode): inputs are split
+/// by actor into `partitions`, each processed by one live instance at a time, which holds a
+/// lease on it in a NATS key-value bucket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// How many partitions the actors are split into: fixed for a deployment (changing it
+    /// moves actors between partitions). More partitions than instances spread load evenly;
+    /// each costs one consumer and one lease.
+    pub partitions: u16,
+    /// This instance's name, unique in the cluster; empty: `<host>-<pid>`.
+    pub instance: String,
+    /// How long a lease outlives its holder's last renewal: an instance that dies is replaced
+    /// after about this long. Renewed every third of it.
+    #[serde(with = "duration_text")]
+    pub lease_ttl: Duration,
+    /// The key-value bucket of members and leases.
+    pub bucket: String,
+    /// The stream of partitioned inputs (`<subject>.<partition>`).
+    pub stream: String,
+    pub subject: String,
+    /// How long partitioned inputs are kept.
+    #[serde(with = "duration_text")]
+    pub max_age: Duration,
+    /// The partition stream's size limit in bytes; -1: none.
+    pub max_bytes: i64,
+    /// How long the partition stream remembers message ids: a hand-off of the ingest lease
+    /// must complete within it, or an input read twice is partitioned twice.
+    #[serde(with = "duration_text")]
+    pub dedup_window: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            partitions: 32,
+            instance: String::new(),
+            lease_ttl: Duration::from_secs(6),
+            bucket: "HUB_CLUSTER".into(),
+            stream: "HUB_PARTS".into(),
+            subject: "hub.part".into(),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 10 << 30,
+            dedup_window: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The instance name, filled in when not configured.
+    pub fn instance_name(&self) -> String {
+        if !self.instance.is_empty() {
+            return self.instance.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "hub".into());
+        let host: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 /// The stream that keeps dead letters (`[dead_letters]`), for listing and replaying them.
@@ -273,6 +349,7 @@ impl Default for Config {
             actions: ActionsConfig::default(),
             input: InputConfig::default(),
             dead_letters: DeadLettersConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -438,7 +515,9 @@ pub mod duration_text {
 /// `HUB_*` variables that address this config (sections joined by `__`). Other `HUB_` variables
 /// (set by tools, or for other programs) are not ours to refuse.
 fn env_overrides() -> Env {
-    const SECTIONS: [&str; 10] = [
+    const SECTIONS: [&str; 12] = [
+        "cluster__",
+        "dead_letters__",
         "nats__",
         "http__",
         "plugins__",

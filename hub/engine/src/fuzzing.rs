@@ -694,6 +694,7 @@ impl RestApi {
                 .expect("handoffs")
                 .remove(0),
             keep_events: false,
+            cluster: None,
         };
         std::thread::Builder::new()
             .name("fuzz-shard".into())
@@ -737,6 +738,7 @@ impl RestApi {
                 status,
                 sinks,
                 backtests: None,
+                cluster: None,
             },
             push,
         });

@@ -66,6 +66,13 @@ async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
             "name": &*p.name, "version": p.version, "module": p.module.description.name,
             "module_version": p.module.description.version, "subscribes": p.module.description.subscribes,
         })).collect::<Vec<_>>(),
+        "cluster": s.api.cluster.as_ref().map(|c| {
+            let board = c.board();
+            serde_json::json!({
+                "instance": board.instance, "partitions": board.partitions, "owned": board.owned,
+                "members": board.members.len(), "ingest": board.ingest,
+            })
+        }),
     });
     let code = if connected {
         StatusCode::OK

@@ -2,13 +2,16 @@
 //! egress and HTTP together.
 
 use crate::arbiter::PolicyStore;
+use crate::cluster::Cluster;
+use crate::cluster::leases::{LeaseHandle, LeaseWiring};
+use crate::cluster::repartition::Repartitioner;
 use crate::config::{Config, InputMode};
 use crate::dead_letter::KeptLetters;
 use crate::delivery::Sinks;
 use crate::delivery::push::PushHub;
 use crate::durable::{Checkpoints, FlushClock, Handoffs};
 use crate::egress::Egress;
-use crate::ingress::stream::{InputStream, Wiring};
+use crate::ingress::stream::{InputStream, PartitionSource, Source, Wiring};
 use crate::ingress::{CompiledRule, Ingress};
 use crate::registry::Registry;
 use crate::router::Router;
@@ -57,6 +60,8 @@ pub enum StartError {
     Checkpoints(#[from] crate::durable::CheckpointError),
     #[error(transparent)]
     Handoffs(#[from] crate::durable::HandoffError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::leases::LeaseError),
 }
 
 /// A running hub.
@@ -74,12 +79,20 @@ pub struct Hub {
     push: PushHub,
     db: Db,
     status_task: JoinHandle<()>,
+    cluster: Option<ClusterParts>,
+}
+
+/// What an instance of a cluster runs besides a single hub's parts.
+struct ClusterParts {
+    leases: LeaseHandle,
+    repartitioner: Repartitioner,
 }
 
 impl Hub {
     /// Open state, connect to NATS, load and validate plugins, start shards, ingress and HTTP.
     pub async fn start(config: Config) -> Result<Hub, StartError> {
         let metrics = crate::metrics::install();
+        let cluster = cluster_of(&config)?;
         let rules = config
             .ingest
             .iter()
@@ -154,8 +167,15 @@ impl Hub {
             InputMode::Core => None,
             InputMode::Durable => {
                 let subjects = crate::ingress::stream_subjects(&config.nats, &rules);
-                let input = InputStream::ensure(&client, &config.input, subjects).await?;
-                crate::durable::adopt_stream(db.sled(), input.name(), &input.created)?;
+                let input = InputStream::ensure(&client, &config.input, subjects, Duration::ZERO).await?;
+                // The checkpoints count in the sequences of the stream the shards' inputs come
+                // from: in a cluster, the partition stream.
+                let parts = match &cluster {
+                    Some(_) => Some(partition_stream(&client, &config).await?),
+                    None => None,
+                };
+                let read = parts.as_ref().unwrap_or(&input);
+                crate::durable::adopt_stream(db.sled(), read.name(), &read.created)?;
                 let (flushed_tx, flushed) = flume::unbounded();
                 let clock = Arc::new(FlushClock::default());
                 let (confirm_client, runtime) = (client.clone(), tokio::runtime::Handle::current());
@@ -170,7 +190,7 @@ impl Hub {
                     flushed: flushed_tx,
                     clock: clock.clone(),
                 };
-                Some((input, durability, flushed, clock))
+                Some(((input, parts), durability, flushed, clock))
             }
         };
         let (durability, durable) = match durable {
@@ -202,6 +222,11 @@ impl Hub {
                 checkpoints,
                 handoffs,
                 keep_events: config.actions.keep_events,
+                cluster: cluster.as_ref().map(|cluster| crate::shard::ClusterLink {
+                    cluster: cluster.clone(),
+                    subject: config.cluster.subject.clone(),
+                    events_subject: config.nats.events_subject.clone(),
+                }),
             };
             // The shard instantiates its plugins on its own thread; wait for that, so the hub
             // serves every plugin once `start` returns.
@@ -223,8 +248,17 @@ impl Hub {
         }
 
         drop(commits);
+        // Bound before the inputs start: a cluster's members announce where they listen.
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| StartError::Http {
+                addr: config.http.listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr()?;
+        let mut cluster_parts = None;
         let profiles = db.profiles.clone();
-        let backtests = durable.as_ref().map(|(input, _, _)| {
+        let backtests = durable.as_ref().map(|((input, _), _, _)| {
             Arc::new(crate::backtest::Backtester::new(
                 client.clone(),
                 input.name(),
@@ -247,24 +281,46 @@ impl Hub {
                 )
                 .await?
             }
-            Some((input, flushed, clock)) => {
+            Some(((input, parts), flushed, clock)) => {
                 let wiring = Wiring {
                     router: router.clone(),
                     egress: egress.clone(),
                     clock,
                     flushed,
                 };
-                Ingress::start_durable(&client, &config.nats, rules, input, wiring, profiles.clone()).await?
+                let source = match (parts, &cluster) {
+                    (Some(parts), Some(cluster)) => {
+                        let (leases, wires) = crate::cluster::leases::join(
+                            &client,
+                            &config.cluster,
+                            cluster.clone(),
+                            http_addr.to_string(),
+                        )
+                        .await?;
+                        let LeaseWiring { pulls, drained, ingest } = wires;
+                        let repartitioner = Repartitioner::start(
+                            &client,
+                            input,
+                            crate::ingress::decoders(&config.nats, rules.clone(), None),
+                            cluster.clone(),
+                            config.cluster.subject.clone(),
+                            ingest,
+                        );
+                        cluster_parts = Some(ClusterParts { leases, repartitioner });
+                        Source::Partitions(PartitionSource {
+                            stream: parts,
+                            subject: config.cluster.subject.clone(),
+                            cluster: cluster.clone(),
+                            pulls,
+                            drained,
+                        })
+                    }
+                    _ => Source::Input(input),
+                };
+                Ingress::start_durable(&client, &config.nats, rules, source, wiring, profiles.clone()).await?
             }
         };
 
-        let listener = tokio::net::TcpListener::bind(config.http.listen)
-            .await
-            .map_err(|source| StartError::Http {
-                addr: config.http.listen,
-                source,
-            })?;
-        let http_addr = listener.local_addr()?;
         let (status, status_task) = StatusBoard::start(Sources {
             metrics: metrics.clone(),
             registry: registry.clone(),
@@ -289,6 +345,7 @@ impl Hub {
                 status,
                 sinks: sinks.clone(),
                 backtests,
+                cluster: cluster.clone(),
             },
             push: push.clone(),
         });
@@ -317,6 +374,7 @@ impl Hub {
             push,
             db,
             status_task,
+            cluster: cluster_parts,
         })
     }
 
@@ -338,6 +396,13 @@ impl Hub {
     /// and make state durable.
     pub async fn shutdown(self) {
         self.status_task.abort();
+        let (leases, repartitioner) = match self.cluster {
+            Some(parts) => (Some(parts.leases), Some(parts.repartitioner)),
+            None => (None, None),
+        };
+        if let Some(repartitioner) = repartitioner {
+            repartitioner.stop().await;
+        }
         let consumer = self.ingress.stop().await;
         // Let queued and cross-shard events settle before asking shards to stop.
         let settle = Instant::now();
@@ -358,6 +423,10 @@ impl Hub {
         if let Some(consumer) = consumer {
             consumer.finish().await;
         }
+        // Everything processed here is acknowledged: others may take the partitions now.
+        if let Some(leases) = leases {
+            leases.leave().await;
+        }
         if let Err(e) = self.db.flush() {
             tracing::error!(error = %e, "final state flush failed");
         }
@@ -373,4 +442,50 @@ impl Hub {
         }
         tracing::info!("hub stopped");
     }
+}
+
+/// The cluster this instance takes part in, if `[cluster]` is enabled (durable input only: the
+/// partitions are streams).
+fn cluster_of(config: &Config) -> Result<Option<Arc<Cluster>>, StartError> {
+    let c = &config.cluster;
+    if !c.enabled {
+        return Ok(None);
+    }
+    if config.input.mode != InputMode::Durable {
+        return Err(StartError::Config(
+            "[cluster] needs durable input (input.mode = \"durable\")".into(),
+        ));
+    }
+    if c.partitions == 0 || c.partitions > crate::limits::PARTITIONS {
+        return Err(StartError::Config(format!(
+            "cluster.partitions must be 1 to {}, not {}",
+            crate::limits::PARTITIONS,
+            c.partitions
+        )));
+    }
+    let instance = c.instance_name();
+    if !instance
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        return Err(StartError::Config(format!(
+            "cluster.instance {instance:?}: only letters, digits, '-' and '_' (it is part of NATS keys)"
+        )));
+    }
+    if c.lease_ttl < Duration::from_secs(1) {
+        return Err(StartError::Config("cluster.lease_ttl must be at least 1s".into()));
+    }
+    Ok(Some(Arc::new(Cluster::new(instance, c.partitions))))
+}
+
+/// The stream of partitioned inputs, `<subject>.<partition>`.
+async fn partition_stream(client: &async_nats::Client, config: &Config) -> Result<InputStream, StartError> {
+    let c = &config.cluster;
+    let parts = crate::config::InputConfig {
+        stream: c.stream.clone(),
+        max_age: c.max_age,
+        max_bytes: c.max_bytes,
+        ..config.input.clone()
+    };
+    Ok(InputStream::ensure(client, &parts, vec![format!("{}.*", c.subject)], c.dedup_window).await?)
 }

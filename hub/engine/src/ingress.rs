@@ -60,7 +60,7 @@ impl IngressError {
 }
 
 /// The plugin a replayed dead letter is for (`Hub-Replay-For`), if it is one.
-fn replayed_for(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+pub(crate) fn replayed_for(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
     headers
         .and_then(|h| h.get(crate::dead_letter::REPLAY_FOR))
         .map(|v| v.as_str().to_owned())
@@ -121,7 +121,7 @@ impl Default for IdGen {
 }
 
 /// What one subscription turns messages into.
-enum Decoder {
+pub(crate) enum Decoder {
     Envelope {
         prefix: String,
     },
@@ -156,11 +156,35 @@ impl Decoder {
             Decoder::Raw { rules } => decode_raw(rules, subject, headers, payload, ids).map(Some),
         }
     }
+
+    /// The actor an input is for, without acting on it: what partitions inputs (a profile
+    /// update names its actor in the subject; an event is decoded to find it).
+    pub(crate) fn actor_of(
+        &self,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+        ids: &IdGen,
+    ) -> Result<String, IngressError> {
+        match self {
+            Decoder::Profile { prefix, .. } => subject
+                .strip_prefix(prefix.as_str())
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| IngressError::invalid("a profile update needs the actor as the subject's tail")),
+            Decoder::Envelope { prefix } => decode_envelope(subject, headers, payload, prefix, ids).map(|e| e.actor),
+            Decoder::Raw { rules } => decode_raw(rules, subject, headers, payload, ids).map(|e| e.actor),
+        }
+    }
 }
 
 /// Every subject the hub takes input on, with what decodes it: `<events>.>`, `<profiles>.>`,
 /// and each ingest rule's subject (rules on one subject are tried in order).
-fn decoders(nats: &NatsConfig, rules: Vec<CompiledRule>, profiles: Option<Profiles>) -> Vec<(String, Decoder)> {
+pub(crate) fn decoders(
+    nats: &NatsConfig,
+    rules: Vec<CompiledRule>,
+    profiles: Option<Profiles>,
+) -> Vec<(String, Decoder)> {
     let [events, people] = envelope_subjects(nats);
     let mut decoders = vec![
         (
@@ -319,7 +343,7 @@ impl Ingress {
         client: &async_nats::Client,
         nats: &NatsConfig,
         rules: Vec<CompiledRule>,
-        input: stream::InputStream,
+        input: stream::Source,
         wiring: stream::Wiring,
         profiles: Profiles,
     ) -> Result<Ingress, stream::StreamError> {

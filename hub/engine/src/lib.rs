@@ -23,6 +23,7 @@ pub mod actor;
 pub mod api;
 pub mod arbiter;
 pub mod backtest;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod dashboard;

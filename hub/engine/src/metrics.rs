@@ -35,6 +35,16 @@ pub const INPUTS_ACKED: &str = "hub_inputs_acked_total";
 pub const INPUTS_UNACKED: &str = "hub_inputs_unacknowledged";
 /// Inputs in the stream the hub's consumer has not received yet (its lag).
 pub const CONSUMER_PENDING: &str = "hub_input_consumer_pending";
+/// Partition leases this instance took, handed back or lost (`event`).
+pub const CLUSTER_LEASES: &str = "hub_cluster_leases_total";
+/// Partitions this instance processes.
+pub const CLUSTER_OWNED: &str = "hub_cluster_partitions_owned";
+/// Live instances in the cluster, as this one sees it.
+pub const CLUSTER_MEMBERS: &str = "hub_cluster_members";
+/// Inputs forwarded from the input stream to their partition (by the ingest lease's holder).
+pub const INPUTS_PARTITIONED: &str = "hub_inputs_partitioned_total";
+/// Stream inputs or timers of a partition this instance no longer owns, left to its owner.
+pub const NOT_OWNED: &str = "hub_cluster_not_owned_total";
 /// Times the NATS connection was lost.
 pub const NATS_DISCONNECTS: &str = "hub_nats_disconnects_total";
 /// Time spent without a NATS connection (in core mode, inputs published then are lost).

@@ -21,6 +21,7 @@ mod tests;
 
 use crate::actor::ActorRequest;
 use crate::arbiter::{Delivered, HELD_ACTIONS, Judge, PolicyStore};
+use crate::cluster::Cluster;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::delivery::{Delivery, Dispatch, Sinks};
 use crate::durable::{Checkpoints, Handoff, Handoffs};
@@ -61,6 +62,45 @@ pub struct ShardSetup {
     /// Whether emitted events carry their id as `Nats-Msg-Id`, for the output stream that
     /// keeps them (`[actions] keep_events`).
     pub keep_events: bool,
+    /// Cluster mode: which partitions this instance processes, and where events emitted for
+    /// another partition go.
+    pub cluster: Option<ClusterLink>,
+}
+
+/// What a shard knows of the cluster.
+#[derive(Clone)]
+pub struct ClusterLink {
+    pub cluster: Arc<Cluster>,
+    /// The partition stream's subject prefix (`<subject>.<partition>`).
+    pub subject: String,
+    /// Where envelopes are taken in (`<events_subject>.<kind>`): an emitted event forwarded to
+    /// its partition is decoded as an envelope published there.
+    pub events_subject: String,
+}
+
+impl ClusterLink {
+    /// An event emitted for an actor of `partition`, on its way there.
+    fn forward(&self, event: &Event, hops: u8, partition: u16) -> Option<Outbound> {
+        let body = match event.to_json() {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(error = %e, kind = event.kind, "emitted event not representable as JSON; not forwarded");
+                return None;
+            }
+        };
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(
+            crate::cluster::headers::SUBJECT,
+            subjects::join(&self.events_subject, &event.kind).as_str(),
+        );
+        h.insert(crate::cluster::headers::HOPS, hops.to_string().as_str());
+        h.insert(crate::egress::headers::MSG_ID, event.id.as_str());
+        Some(Outbound {
+            subject: format!("{}.{partition}", self.subject),
+            headers: Some(h),
+            payload: Bytes::from(body),
+        })
+    }
 }
 
 /// A shard's gauges and counters, registered once.
@@ -70,6 +110,7 @@ struct ShardMetrics {
     timers_fired: metrics::Counter,
     events_emitted: metrics::Counter,
     inputs_replayed: metrics::Counter,
+    not_owned: metrics::Counter,
 }
 
 pub struct Shard {
@@ -97,6 +138,7 @@ pub struct Shard {
     checkpoints: Checkpoints,
     /// The ordinal of the last stream input handled (reported with each commit).
     handled: u64,
+    cluster: Option<ClusterLink>,
     metrics: ShardMetrics,
 }
 
@@ -128,12 +170,14 @@ impl Shard {
             checkpoints: setup.checkpoints,
             keep_events: setup.keep_events,
             handled: 0,
+            cluster: setup.cluster,
             metrics: ShardMetrics {
                 queue_depth: metrics::gauge!(m::SHARD_QUEUE_DEPTH, "shard" => label.clone()),
                 timers_pending: metrics::gauge!(m::TIMERS_PENDING, "shard" => label.clone()),
                 timers_fired: metrics::counter!(m::TIMERS_FIRED, "shard" => label.clone()),
                 events_emitted: metrics::counter!(m::EVENTS_EMITTED, "shard" => label.clone()),
-                inputs_replayed: metrics::counter!(m::INPUTS_REPLAYED, "shard" => label),
+                inputs_replayed: metrics::counter!(m::INPUTS_REPLAYED, "shard" => label.clone()),
+                not_owned: metrics::counter!(m::NOT_OWNED, "shard" => label),
             },
         };
         shard.plugins.adopt(&mut home(&mut shard.stores).state);
@@ -201,6 +245,15 @@ impl Shard {
     fn process(&mut self, routed: Routed) {
         if let Some(ticket) = routed.input {
             self.handled = ticket.ordinal;
+            // A partition whose lease was lost since: its new owner reads the input again.
+            if self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.cluster.owns_actor(&routed.event.actor))
+            {
+                self.metrics.not_owned.increment(1);
+                return;
+            }
             let partition = Router::partition_of(&routed.event.actor);
             if !self.checkpoints.admit(partition, ticket.seq) {
                 self.metrics.inputs_replayed.increment(1);
@@ -260,6 +313,15 @@ impl Shard {
     fn fire_due_timers(&mut self) {
         let now = now_ms();
         while let Some(timer) = home(&mut self.stores).timers.pop_due(now) {
+            if self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.cluster.owns_actor(&timer.actor))
+            {
+                home(&mut self.stores).timers.set_aside(&timer);
+                self.metrics.not_owned.increment(1);
+                continue;
+            }
             self.metrics.timers_fired.increment(1);
             if timer.owner == HELD_ACTIONS {
                 if let Err(letter) = self.judge.release(&timer) {
@@ -333,7 +395,7 @@ impl Shard {
                         source: self.plugins.source(p).to_owned(),
                         payload,
                     };
-                    self.emit(p, event, hops.saturating_add(1), received);
+                    self.emit(p, event, actor, hops.saturating_add(1), received);
                 }
                 Output::Action {
                     name,
@@ -374,7 +436,7 @@ impl Shard {
     }
 
     /// Publish an emitted event on `hub.events.<kind>` and queue it for its actor's shard.
-    fn emit(&mut self, p: usize, event: Event, hops: u8, received: Instant) {
+    fn emit(&mut self, p: usize, event: Event, from: &str, hops: u8, received: Instant) {
         if hops > self.hop_limit {
             let detail = format!(
                 "event chain longer than the hop limit of {} (last plugin {})",
@@ -399,6 +461,17 @@ impl Shard {
                 payload: Bytes::from(body),
             }),
             Err(e) => tracing::warn!(error = %e, kind = event.kind, "emitted event not representable as JSON"),
+        }
+        // For an actor of another partition (cluster mode): through the partition stream to
+        // whichever instance owns it, published before this shard's commit like any output.
+        if let Some(link) = &self.cluster {
+            let to = link.cluster.partition_of(&event.actor);
+            if to != link.cluster.partition_of(from) {
+                if let Some(msg) = link.forward(&event, hops, to) {
+                    self.egress.push(msg);
+                }
+                return;
+            }
         }
         self.chain.route(Routed {
             event,

@@ -116,3 +116,60 @@ fn parse(body: &[u8]) -> Result<serde_json::Value, Failure> {
 fn stopped(_: impl std::fmt::Display) -> Failure {
     Failure::new(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down")
 }
+
+/// In a cluster, what the hub holds about an actor is on the instance that owns its partition:
+/// requests for another instance's actor are redirected there (307 keeps the method and body),
+/// and answered 503 while the partition has no owner (its lease is being handed over).
+pub async fn at_owner(
+    State(s): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(cluster) = &s.cluster else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    let Some(id) = path
+        .strip_prefix("/api/actors/")
+        .map(|rest| rest.strip_suffix("/profile").unwrap_or(rest))
+        .map(|id| {
+            percent_encoding::percent_decode_str(id)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    else {
+        return next.run(request).await;
+    };
+    let partition = cluster.partition_of(&id);
+    if cluster.owns(partition) {
+        return next.run(request).await;
+    }
+    let board = cluster.board();
+    let owner = board
+        .owners
+        .iter()
+        .find(|o| o.partition == partition)
+        .and_then(|o| board.members.iter().find(|m| m.instance == o.instance));
+    match owner {
+        Some(member) => {
+            let target = match request.uri().path_and_query() {
+                Some(pq) => format!("http://{}{pq}", member.http),
+                None => format!("http://{}{path}", member.http),
+            };
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, target)],
+                Json(serde_json::json!({
+                    "error": format!("actor {id:?} is in partition {partition}, processed by {}", member.instance),
+                })),
+            )
+                .into_response()
+        }
+        None => Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("actor {id:?} is in partition {partition}, which no instance processes at the moment; try again in a few seconds"),
+        )
+        .into_response(),
+    }
+}

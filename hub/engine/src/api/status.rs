@@ -33,6 +33,20 @@ pub async fn history(State(s): State<ApiState>) -> Json<History> {
     })
 }
 
+/// The cluster as this instance sees it: members, who owns each partition, who partitions the
+/// input stream, and the leases this instance took, handed back and lost. 404 on a single hub.
+#[utoipa::path(get, path = "/api/cluster", tag = "status",
+    responses((status = 200, body = crate::cluster::Board), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn cluster(State(s): State<ApiState>) -> Result<Json<crate::cluster::Board>, super::Failure> {
+    match &s.cluster {
+        Some(cluster) => Ok(Json(cluster.board())),
+        None => Err(super::Failure::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "this hub is not part of a cluster ([cluster] enabled = false)",
+        )),
+    }
+}
+
 /// Every new snapshot as it is taken: `text/event-stream`, frames `event: status` whose data is
 /// the JSON of `GET /api/status`.
 #[utoipa::path(get, path = "/api/status/stream", tag = "status",

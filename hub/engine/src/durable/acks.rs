@@ -97,14 +97,43 @@ impl<R> Acks<R> {
 
     /// The input to acknowledge now, if the watermark moved: every input up to it is durable.
     pub fn to_ack(&mut self) -> Option<(u64, R)> {
+        self.to_ack_by(|_| ()).pop()
+    }
+
+    /// Like [`Acks::to_ack`] for inputs of several consumers of one stream (the partitions of a
+    /// cluster): the highest input to acknowledge of each `group`.
+    pub fn to_ack_by<K: PartialEq>(&mut self, group: impl Fn(&R) -> K) -> Vec<(u64, R)> {
         let watermark = match self.waiting.keys().next() {
             Some(&lowest) => lowest - 1,
             None => self.highest,
         };
-        let &seq = self.durable.range(..=watermark).next_back()?.0;
-        let rest = self.durable.split_off(&(seq + 1));
-        let reply = std::mem::replace(&mut self.durable, rest).remove(&seq)?;
-        Some((seq, reply))
+        let rest = self.durable.split_off(&watermark.saturating_add(1));
+        let covered = std::mem::replace(&mut self.durable, rest);
+        let mut last: Vec<(K, u64, R)> = Vec::new();
+        for (seq, reply) in covered {
+            let key = group(&reply);
+            match last.iter_mut().find(|(k, _, _)| *k == key) {
+                Some(entry) => *entry = (key, seq, reply),
+                None => last.push((key, seq, reply)),
+            }
+        }
+        last.into_iter().map(|(_, seq, reply)| (seq, reply)).collect()
+    }
+
+    /// Whether inputs that `of` picks are received and not yet acknowledged.
+    pub fn holds(&self, of: impl Fn(&R) -> bool) -> bool {
+        self.replies.values().chain(self.durable.values()).any(of)
+    }
+
+    /// Drop the inputs that `of` picks (a partition whose lease was lost: its new owner reads
+    /// them again), so they no longer hold the watermark of the others.
+    pub fn forget(&mut self, of: impl Fn(&R) -> bool) {
+        let gone: Vec<u64> = self.replies.iter().filter(|(_, r)| of(r)).map(|(s, _)| *s).collect();
+        for seq in gone {
+            self.replies.remove(&seq);
+            self.waiting.remove(&seq);
+        }
+        self.durable.retain(|_, r| !of(r));
     }
 
     /// Inputs received and not yet acknowledged.
@@ -159,5 +188,34 @@ mod tests {
         assert_eq!(acks.to_ack(), None, "the second delivery of 7 is still queued");
         acks.flushed(&flushed(&[(0, 3)], 0));
         assert_eq!(acks.to_ack(), Some((8, "r8")));
+    }
+
+    #[test]
+    fn each_consumer_gets_its_own_acknowledgement_below_the_common_watermark() {
+        let mut acks = Acks::new(1);
+        acks.route(0, 1, ("p1", 1));
+        acks.route(0, 2, ("p2", 2));
+        acks.route(0, 3, ("p1", 3));
+        acks.route(0, 4, ("p2", 4));
+        acks.flushed(&flushed(&[(0, 3)], 0));
+        assert_eq!(
+            acks.to_ack_by(|r| r.0),
+            vec![(3, ("p1", 3)), (2, ("p2", 2))],
+            "4 is not durable: p2 is acknowledged up to 2"
+        );
+        assert!(acks.holds(|r| r.0 == "p2"));
+        assert!(!acks.holds(|r| r.0 == "p1"));
+    }
+
+    #[test]
+    fn a_forgotten_partition_no_longer_holds_back_the_others() {
+        let mut acks = Acks::new(2);
+        acks.route(0, 1, ("lost", 1));
+        acks.route(1, 2, ("kept", 2));
+        acks.flushed(&flushed(&[(1, 1)], 0));
+        assert!(acks.to_ack_by(|r| r.0).is_empty(), "1 holds the watermark");
+        acks.forget(|r| r.0 == "lost");
+        assert_eq!(acks.to_ack_by(|r| r.0), vec![(2, ("kept", 2))]);
+        assert_eq!(acks.unacknowledged(), 0);
     }
 }

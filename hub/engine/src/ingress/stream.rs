@@ -9,6 +9,8 @@
 //! come again at once, in order, instead of after the server's redelivery timer.
 
 use super::{Decoder, IdGen, IngressError};
+use crate::cluster::Cluster;
+use crate::cluster::leases::Pulls;
 use crate::config::InputConfig;
 use crate::dead_letter::DeadLetter;
 use crate::durable::{Acks, FlushClock, Flushed, Ticket};
@@ -18,12 +20,15 @@ use crate::metrics as m;
 use crate::router::Router;
 use async_nats::jetstream::{self, consumer, stream as js_stream};
 use async_nats::subject::Subject;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use hub_plugin_sdk::pattern::kind_matches;
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -51,6 +56,7 @@ impl InputStream {
         client: &async_nats::Client,
         config: &InputConfig,
         subjects: Vec<String>,
+        duplicate_window: std::time::Duration,
     ) -> Result<InputStream, StreamError> {
         let js = jetstream::new(client.clone());
         let wanted = js_stream::Config {
@@ -60,6 +66,7 @@ impl InputStream {
             max_bytes: config.max_bytes,
             storage: js_stream::StorageType::File,
             retention: js_stream::RetentionPolicy::Limits,
+            duplicate_window,
             ..Default::default()
         };
         let fail = |source| StreamError::Stream {
@@ -88,31 +95,70 @@ impl InputStream {
     /// The durable consumer, created anew right after the last acknowledged input.
     async fn consumer(&self) -> Result<consumer::PullConsumer, StreamError> {
         let name = &self.config.consumer;
+        self.resume(
+            name,
+            name.clone(),
+            None,
+            "the hub's inputs; acknowledged once their state is on disk",
+        )
+        .await
+    }
+
+    /// A durable consumer `name` (filtered to `filter`), created right after the last input that
+    /// any consumer of `family` (named `family` or `family-…`: the same reader under earlier
+    /// leases) acknowledged; those are deleted, so their acknowledgements reach nothing.
+    pub async fn resume(
+        &self,
+        family: &str,
+        name: String,
+        filter: Option<String>,
+        description: &str,
+    ) -> Result<consumer::PullConsumer, StreamError> {
         let fail = |detail: String| StreamError::Consumer {
             consumer: name.clone(),
             detail,
         };
-        let deliver_policy = match self.stream.consumer_info(name).await {
-            Ok(info) => {
-                let next = info.ack_floor.stream_sequence + 1;
-                self.stream
-                    .delete_consumer(name)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
+        let names: Vec<String> = {
+            use futures::TryStreamExt;
+            let prefix = format!("{family}-");
+            self.stream
+                .consumer_names()
+                .try_filter(|n| futures::future::ready(n == family || n.starts_with(&prefix)))
+                .try_collect()
+                .await
+                .map_err(|e| fail(e.to_string()))?
+        };
+        let mut next = None;
+        for old in &names {
+            let info = self.stream.consumer_info(old).await.map_err(|e| fail(e.to_string()))?;
+            let floor = match (info.ack_floor.stream_sequence, &info.config.deliver_policy) {
+                (0, consumer::DeliverPolicy::ByStartSequence { start_sequence }) => *start_sequence,
+                (0, _) => 1,
+                (acked, _) => acked + 1,
+            };
+            next = next.max(Some(floor));
+            self.stream
+                .delete_consumer(old)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let deliver_policy = match next {
+            Some(start_sequence) => {
                 tracing::info!(
                     consumer = name,
-                    from = next,
-                    "input consumer resumes after its last acknowledgement"
+                    from = start_sequence,
+                    "input consumer resumes after the last acknowledgement"
                 );
-                consumer::DeliverPolicy::ByStartSequence { start_sequence: next }
+                consumer::DeliverPolicy::ByStartSequence { start_sequence }
             }
-            Err(_) => consumer::DeliverPolicy::All,
+            None => consumer::DeliverPolicy::All,
         };
         self.stream
             .create_consumer(consumer::pull::Config {
                 durable_name: Some(name.clone()),
-                description: Some("the hub's inputs; acknowledged once their state is on disk".into()),
+                description: Some(description.into()),
                 deliver_policy,
+                filter_subject: filter.unwrap_or_default(),
                 ack_policy: consumer::AckPolicy::All,
                 ack_wait: self.config.ack_wait,
                 max_ack_pending: self.config.max_ack_pending,
@@ -120,6 +166,11 @@ impl InputStream {
             })
             .await
             .map_err(|e| fail(e.to_string()))
+    }
+
+    /// The stream's configuration as the hub asked for it.
+    pub fn config(&self) -> &InputConfig {
+        &self.config
     }
 }
 
@@ -132,6 +183,25 @@ pub struct Wiring {
     pub flushed: flume::Receiver<Flushed>,
 }
 
+/// Where the reader's inputs come from.
+pub enum Source {
+    /// The input stream, through the hub's durable consumer.
+    Input(InputStream),
+    /// The partitions this instance holds leases on (cluster mode).
+    Partitions(PartitionSource),
+}
+
+/// The partitions of a cluster this instance reads, each through a consumer of the partition
+/// stream filtered to `<subject>.<partition>` and named after the lease that allows it.
+pub struct PartitionSource {
+    pub stream: InputStream,
+    pub subject: String,
+    pub cluster: Arc<Cluster>,
+    pub pulls: watch::Receiver<Pulls>,
+    /// Told of a partition handed back once everything read from it is acknowledged.
+    pub drained: mpsc::UnboundedSender<u16>,
+}
+
 /// The running consumer.
 pub struct Consumer {
     task: Option<JoinHandle<()>>,
@@ -142,17 +212,11 @@ pub struct Consumer {
 impl Consumer {
     pub(super) async fn start(
         client: &async_nats::Client,
-        input: InputStream,
+        source: Source,
         decoders: Vec<(String, Decoder)>,
         wiring: Wiring,
         stopped: watch::Receiver<bool>,
     ) -> Result<Consumer, StreamError> {
-        let consumer = input.consumer().await?;
-        let batch = input.config.batch.max(1);
-        let messages = pull(&consumer, batch).await.map_err(|e| StreamError::Consumer {
-            consumer: input.config.consumer.clone(),
-            detail: e.to_string(),
-        })?;
         let (drained_tx, drained) = oneshot::channel();
         // Counted by input subject, as in core mode.
         let decoders = decoders
@@ -162,18 +226,43 @@ impl Consumer {
                 (pattern, decoder, counter)
             })
             .collect();
-        let reader = Reader {
+        let batch = match &source {
+            Source::Input(input) => input.config.batch,
+            Source::Partitions(p) => p.stream.config.batch,
+        }
+        .max(1);
+        let mut reader = Reader {
             client: client.clone(),
-            consumer,
             batch,
             decoders,
             acks: Acks::new(wiring.router.shard_count()),
             wiring,
+            consumers: BTreeMap::new(),
+            pulls: StreamMap::new(),
+            partitions: None,
             acked: metrics::counter!(m::INPUTS_ACKED),
             unacked: metrics::gauge!(m::INPUTS_UNACKED),
             pending: metrics::gauge!(m::CONSUMER_PENDING),
         };
-        let task = tokio::spawn(reader.run(messages, stopped, drained_tx));
+        match source {
+            Source::Input(input) => {
+                let consumer = input.consumer().await?;
+                let messages = pull(&consumer, batch).await.map_err(|e| StreamError::Consumer {
+                    consumer: input.config.consumer.clone(),
+                    detail: e.to_string(),
+                })?;
+                reader.consumers.insert(0, consumer);
+                reader.pulls.insert(0, messages);
+            }
+            Source::Partitions(source) => {
+                reader.partitions = Some(Partitioned {
+                    source,
+                    releasing: BTreeSet::new(),
+                });
+                reader.reconcile().await;
+            }
+        }
+        let task = tokio::spawn(reader.run(stopped, drained_tx));
         Ok(Consumer {
             task: Some(task),
             drained: Some(drained),
@@ -195,33 +284,57 @@ impl Consumer {
     }
 }
 
-/// The consumer's messages, pulled `batch` at a time.
-async fn pull(
-    consumer: &consumer::PullConsumer,
-    batch: usize,
-) -> Result<consumer::pull::Stream, consumer::StreamError> {
-    consumer.stream().max_messages_per_batch(batch).messages().await
+/// One consumer's messages, pulled `batch` at a time, ending with `None` when the pull ends (a
+/// stream map forgets a stream that ends, and the reader must pull again).
+type Pull = Pin<Box<dyn Stream<Item = Option<Result<jetstream::Message, PullError>>> + Send>>;
+type PullError = consumer::pull::MessagesError;
+
+async fn pull(consumer: &consumer::PullConsumer, batch: usize) -> Result<Pull, consumer::StreamError> {
+    let messages = consumer.stream().max_messages_per_batch(batch).messages().await?;
+    Ok(Box::pin(
+        messages.map(Some).chain(futures::stream::once(async { None })),
+    ))
 }
+
+/// The reader's state of the partitions it reads (cluster mode).
+struct Partitioned {
+    source: PartitionSource,
+    /// Partitions no longer pulled whose lease waits for their inputs' acknowledgements.
+    releasing: BTreeSet<u16>,
+}
+
+/// A reply subject, and the consumer (key) it acknowledges.
+type Reply = (u16, Subject);
 
 struct Reader {
     client: async_nats::Client,
-    consumer: consumer::PullConsumer,
     batch: usize,
     decoders: Vec<(String, Decoder, metrics::Counter)>,
-    acks: Acks<Subject>,
+    acks: Acks<Reply>,
     wiring: Wiring,
+    /// The consumers read, by key: 0 for the input stream's, the partition in cluster mode.
+    consumers: BTreeMap<u16, consumer::PullConsumer>,
+    pulls: StreamMap<u16, Pull>,
+    partitions: Option<Partitioned>,
     acked: metrics::Counter,
     unacked: metrics::Gauge,
     pending: metrics::Gauge,
 }
 
+/// Resolves when the partitions to read change; never without partitions.
+async fn pulls_changed(partitions: &mut Option<Partitioned>) {
+    match partitions {
+        Some(p) => {
+            if p.source.pulls.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl Reader {
-    async fn run(
-        mut self,
-        mut messages: consumer::pull::Stream,
-        mut stopped: watch::Receiver<bool>,
-        drained: oneshot::Sender<()>,
-    ) {
+    async fn run(mut self, mut stopped: watch::Receiver<bool>, drained: oneshot::Sender<()>) {
         let mut drained = Some(drained);
         let mut pulling = true;
         loop {
@@ -237,24 +350,26 @@ impl Reader {
                 },
                 _ = stopped.changed(), if pulling => {
                     pulling = false;
+                    self.pulls.clear();
                     if let Some(d) = drained.take() {
                         let _ = d.send(());
                     }
                 }
-                msg = messages.next(), if pulling => match msg {
+                _ = pulls_changed(&mut self.partitions), if pulling => self.reconcile().await,
+                Some((key, item)) = self.pulls.next(), if pulling => match item {
                     Some(Ok(msg)) => {
-                        if !self.handle(msg).await {
+                        if !self.handle(key, msg).await {
                             pulling = false;
+                            self.pulls.clear();
                             if let Some(d) = drained.take() {
                                 let _ = d.send(());
                             }
                         }
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "input consumer"),
+                    Some(Err(e)) => tracing::warn!(error = %e, consumer = key, "input consumer"),
                     // The pull ended (the connection was gone for long): pull again.
-                    None => match self.pull_again().await {
-                        Some(again) => messages = again,
-                        None => pulling = false,
+                    None => if !self.pull_again(key).await {
+                        pulling = false;
                     },
                 },
             }
@@ -265,8 +380,87 @@ impl Reader {
         let _ = self.client.flush().await;
     }
 
+    /// Read the partitions this instance holds now: a consumer for each new one (resuming
+    /// after its last acknowledged input, whoever acknowledged it), and none for those given
+    /// up. A partition handed back is reported drained once its inputs are acknowledged; one
+    /// whose lease was lost is forgotten (its new owner reads it again).
+    async fn reconcile(&mut self) {
+        let Some(partitioned) = self.partitions.as_mut() else {
+            return;
+        };
+        let wanted = partitioned.source.pulls.borrow_and_update().clone();
+        let gone: Vec<u16> = self
+            .consumers
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        for partition in gone {
+            self.pulls.remove(&partition);
+            self.consumers.remove(&partition);
+            if partitioned.source.cluster.owns(partition) {
+                partitioned.releasing.insert(partition);
+            } else {
+                self.acks.forget(|(p, _)| *p == partition);
+            }
+        }
+        for (&partition, &revision) in &wanted {
+            if self.consumers.contains_key(&partition) {
+                continue;
+            }
+            partitioned.releasing.remove(&partition);
+            let family = format!("{}-p{partition}", partitioned.source.stream.config.consumer);
+            let name = format!("{family}-{revision}");
+            let filter = format!("{}.{partition}", partitioned.source.subject);
+            let stream = &partitioned.source.stream;
+            let started = Instant::now();
+            let consumer = match stream
+                .resume(
+                    &family,
+                    name,
+                    Some(filter),
+                    "a partition of the hub's inputs, read by its lease holder",
+                )
+                .await
+            {
+                Ok(consumer) => consumer,
+                Err(e) => {
+                    tracing::error!(partition, error = %e, "cannot read a partition; its lease is kept and it is tried again when the leases change");
+                    continue;
+                }
+            };
+            match pull(&consumer, self.batch).await {
+                Ok(messages) => {
+                    tracing::info!(partition, revision, took = ?started.elapsed(), "reading a partition");
+                    self.pulls.insert(partition, messages);
+                    self.consumers.insert(partition, consumer);
+                }
+                Err(e) => tracing::error!(partition, error = %e, "cannot pull a partition"),
+            }
+        }
+        self.report_drained();
+    }
+
+    /// Tell the leases of partitions handed back whose inputs are all acknowledged.
+    fn report_drained(&mut self) {
+        let Some(partitioned) = self.partitions.as_mut() else {
+            return;
+        };
+        let acks = &self.acks;
+        let done: Vec<u16> = partitioned
+            .releasing
+            .iter()
+            .copied()
+            .filter(|&partition| !acks.holds(|(p, _)| *p == partition))
+            .collect();
+        for partition in done {
+            partitioned.releasing.remove(&partition);
+            let _ = partitioned.source.drained.send(partition);
+        }
+    }
+
     /// Decode and route one input; false once the shards are gone.
-    async fn handle(&mut self, msg: jetstream::Message) -> bool {
+    async fn handle(&mut self, key: u16, msg: jetstream::Message) -> bool {
         let received = Instant::now();
         let (seq, pending, stored) = match msg.info() {
             Ok(info) => (
@@ -283,20 +477,35 @@ impl Reader {
         let Some(reply) = msg.reply.clone() else {
             return true;
         };
+        let reply = (key, reply);
+        // A partition's input was forwarded: decoded as if from its first subject, with the
+        // ids and time its place in the input stream gives.
+        let forwarded = self
+            .partitions
+            .is_some()
+            .then(|| Forwarded::of(msg.headers.as_ref()))
+            .flatten();
+        let subject = forwarded.as_ref().map_or(msg.subject.as_str(), |f| f.subject.as_str());
         let decoder = self
             .decoders
             .iter()
-            .find(|(pattern, _, _)| kind_matches(pattern, &msg.subject));
+            .find(|(pattern, _, _)| kind_matches(pattern, subject));
         let decoded = match decoder {
             Some((_, d, events_in)) => {
-                let ids = IdGen::for_stream_input(seq, stored);
-                let decoded = d.decode(&msg.subject, msg.headers.as_ref(), &msg.payload, &ids);
+                let ids = match &forwarded {
+                    Some(Forwarded {
+                        input: Some((seq, stored)),
+                        ..
+                    }) => IdGen::for_stream_input(*seq, *stored),
+                    _ => IdGen::for_stream_input(seq, stored),
+                };
+                let decoded = d.decode(subject, msg.headers.as_ref(), &msg.payload, &ids);
                 if matches!(decoded, Ok(Some(_))) {
                     events_in.increment(1);
                 }
                 decoded
             }
-            None => Err(IngressError::no_rule_now(&msg.subject)),
+            None => Err(IngressError::no_rule_now(subject)),
         };
         match decoded {
             Ok(Some(event)) => {
@@ -304,7 +513,7 @@ impl Reader {
                 let ticket: Ticket = self.acks.route(shard, seq, reply);
                 let routed = Routed {
                     event,
-                    hops: 0,
+                    hops: forwarded.as_ref().map_or(0, |f| f.hops),
                     received,
                     input: Some(ticket),
                     only: super::replayed_for(msg.headers.as_ref()),
@@ -317,7 +526,7 @@ impl Reader {
                 true
             }
             Err(e) => {
-                let letter = DeadLetter::message(e.reason, e.detail, &msg.subject, msg.payload.clone());
+                let letter = DeadLetter::message(e.reason, e.detail, subject, msg.payload.clone());
                 self.wiring.egress.send(letter.into_outbound()).await;
                 self.acks.handled(seq, reply, self.wiring.clock.next());
                 true
@@ -325,31 +534,62 @@ impl Reader {
         }
     }
 
-    /// A new pull after the last one ended, retried with back-off while NATS is away; `None`
-    /// once the hub is stopping.
-    async fn pull_again(&mut self) -> Option<consumer::pull::Stream> {
+    /// A new pull of consumer `key` after the last one ended, retried with back-off while NATS
+    /// is away; false once the hub is stopping.
+    async fn pull_again(&mut self, key: u16) -> bool {
         let mut wait = std::time::Duration::from_millis(100);
         loop {
-            match pull(&self.consumer, self.batch).await {
-                Ok(messages) => return Some(messages),
+            let Some(consumer) = self.consumers.get(&key) else {
+                return true;
+            };
+            match pull(consumer, self.batch).await {
+                Ok(messages) => {
+                    self.pulls.insert(key, messages);
+                    return true;
+                }
                 Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "input consumer: cannot pull"),
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(std::time::Duration::from_secs(2));
             if self.wiring.flushed.is_disconnected() {
-                return None;
+                return false;
             }
         }
     }
 
-    /// Acknowledge up to the watermark, if it moved.
+    /// Acknowledge up to the watermark, if it moved: one acknowledgement per consumer.
     async fn acknowledge(&mut self) {
-        if let Some((_, reply)) = self.acks.to_ack() {
+        for (_, (_, reply)) in self.acks.to_ack_by(|(key, _)| *key) {
             if let Err(e) = self.client.publish(reply, bytes::Bytes::new()).await {
                 tracing::warn!(error = %e, "input acknowledgement not sent; the inputs come again and are skipped");
             }
             self.acked.increment(1);
         }
         self.unacked.set(self.acks.unacknowledged() as f64);
+        self.report_drained();
+    }
+}
+
+/// What the ingest lease's holder added to an input it forwarded to its partition, or to an
+/// event a plugin emitted for another partition.
+struct Forwarded {
+    subject: String,
+    /// The input's place in the input stream: sequence and time stored (ms).
+    input: Option<(u64, i64)>,
+    hops: u8,
+}
+
+impl Forwarded {
+    fn of(headers: Option<&async_nats::HeaderMap>) -> Option<Forwarded> {
+        use crate::cluster::headers as h;
+        let headers = headers?;
+        let get = |name: &str| headers.get(name).map(|v| v.as_str());
+        let subject = get(h::SUBJECT)?.to_owned();
+        let input = match (get(h::INPUT_SEQ), get(h::INPUT_STORED)) {
+            (Some(seq), Some(stored)) => seq.parse().ok().zip(stored.parse().ok()),
+            _ => None,
+        };
+        let hops = get(h::HOPS).and_then(|n| n.parse().ok()).unwrap_or(0);
+        Some(Forwarded { subject, input, hops })
     }
 }

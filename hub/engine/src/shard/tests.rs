@@ -73,6 +73,7 @@ fn harness(plugins: &[(&str, serde_json::Value)], policies: Policies) -> Harness
             .expect("handoffs")
             .remove(0),
         keep_events: false,
+        cluster: None,
         db,
         timers: wheels.remove(0),
         commits,

@@ -152,6 +152,14 @@ impl TimerWheel {
         timer.or_else(|| self.pop_due(now))
     }
 
+    /// Leave a timer just taken off the wheel pending in sled, unfired: its actor's partition
+    /// belongs to another instance now (cluster mode), which fires it.
+    pub fn set_aside(&mut self, timer: &DueTimer) {
+        self.key.clear();
+        keys::timer_key(&mut self.key, &timer.owner, &timer.actor, &timer.id);
+        self.dirty.remove(self.key.as_slice());
+    }
+
     /// The timers changed since the last commit, as one batch for the committer: appended to
     /// the log, or, when the log has grown to several times the live timers, a snapshot of them
     /// that replaces this shard's older records.

@@ -1,0 +1,155 @@
+//! Several hub instances sharing one event stream, the way Kafka Streams instances share a
+//! topic's partitions — on what NATS already provides, with no protocol of our own:
+//!
+//! - **Partitions.** Actors are split into `partitions` (a stable hash of the actor, so each
+//!   actor's events stay in one partition, in order). One instance at a time holds the `ingest`
+//!   lease and reads the input stream: it decodes each input only to learn its actor and forwards
+//!   it, as received, to `<subject>.<partition>` of the partition stream ([`repartition`]). An
+//!   event a plugin emits for an actor of another partition is published there too.
+//! - **Ownership.** Each partition is read by the one instance that holds its lease, a key in a
+//!   NATS key-value bucket whose entries expire `lease_ttl` after their last write ([`leases`]).
+//!   Instances renew their leases with the revision they last wrote (a changed revision means
+//!   the lease was lost), stop touching a partition whose lease they could not renew within half
+//!   its life, and balance: each aims at an equal share and gives back what it holds above it.
+//! - **Fencing.** A partition's consumer is named after the lease revision that created it, and
+//!   a new owner deletes its predecessor's, so acknowledgements of an instance that lost the
+//!   lease reach nothing.
+
+pub mod leases;
+pub mod repartition;
+
+use crate::router::Router;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::watch;
+
+/// Headers of a forwarded input on the partition stream.
+pub mod headers {
+    /// The subject the input arrived on (it is decoded as if it came from there).
+    pub const SUBJECT: &str = "Hub-Subject";
+    /// The input's sequence in the input stream, and when the server stored it (ms): its ids and
+    /// time come from these, as in a single hub.
+    pub const INPUT_SEQ: &str = "Hub-Input-Seq";
+    pub const INPUT_STORED: &str = "Hub-Input-Stored";
+    /// How many plugin hops produced an emitted event.
+    pub const HOPS: &str = "Hub-Hops";
+}
+
+/// What every part of this instance may ask about the cluster: which partitions it processes.
+pub struct Cluster {
+    pub instance: String,
+    pub partitions: u16,
+    /// Partitions this instance processes now: set once its lease is taken, cleared as soon
+    /// as it is lost or handed back.
+    owned: Box<[AtomicBool]>,
+    board: watch::Sender<Board>,
+}
+
+impl Cluster {
+    pub fn new(instance: String, partitions: u16) -> Cluster {
+        let partitions = partitions.clamp(1, crate::limits::PARTITIONS);
+        let board = Board {
+            instance: instance.clone(),
+            partitions,
+            ..Board::default()
+        };
+        Cluster {
+            instance,
+            partitions,
+            owned: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+            board: watch::channel(board).0,
+        }
+    }
+
+    /// The partition of `actor`: a partition of the checkpoints' finer split, so each
+    /// checkpoint belongs to exactly one of them.
+    pub fn partition_of(&self, actor: &str) -> u16 {
+        Router::partition_of(actor) % self.partitions
+    }
+
+    pub fn owns(&self, partition: u16) -> bool {
+        self.owned
+            .get(usize::from(partition))
+            .is_some_and(|o| o.load(Ordering::Acquire))
+    }
+
+    pub fn owns_actor(&self, actor: &str) -> bool {
+        self.owns(self.partition_of(actor))
+    }
+
+    fn set_owned(&self, partition: u16, owned: bool) {
+        if let Some(o) = self.owned.get(usize::from(partition)) {
+            o.store(owned, Ordering::Release);
+        }
+    }
+
+    /// Who processes what, as last seen.
+    pub fn board(&self) -> Board {
+        self.board.borrow().clone()
+    }
+
+    fn publish(&self, board: Board) {
+        self.board.send_replace(board);
+    }
+}
+
+/// The cluster as this instance last saw it (for `/healthz`, the API and `hub status`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct Board {
+    pub instance: String,
+    pub partitions: u16,
+    /// Live instances, by name.
+    pub members: Vec<Member>,
+    /// Partitions this instance processes.
+    pub owned: Vec<u16>,
+    /// Partitions being handed back (finishing what they have in flight).
+    pub releasing: Vec<u16>,
+    /// The owner of each partition (absent: none at the moment).
+    pub owners: Vec<Owner>,
+    /// The instance that reads the input stream and partitions it.
+    pub ingest: Option<String>,
+    /// Leases this instance took, handed back, and lost since it started.
+    pub taken: u64,
+    pub released: u64,
+    pub lost: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Member {
+    pub instance: String,
+    /// Where its HTTP API listens.
+    pub http: String,
+    /// When it started (ms since the epoch).
+    pub started: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Owner {
+    pub partition: u16,
+    pub instance: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_checkpoint_partition_lies_in_one_cluster_partition() {
+        let cluster = Cluster::new("a".into(), 7);
+        for actor in ["ann", "bob", "cid", "", "ü"] {
+            let fine = Router::partition_of(actor);
+            assert_eq!(cluster.partition_of(actor), fine % 7);
+        }
+    }
+
+    #[test]
+    fn ownership_is_per_partition_and_out_of_range_is_never_owned() {
+        let cluster = Cluster::new("a".into(), 4);
+        cluster.set_owned(2, true);
+        assert!(cluster.owns(2));
+        assert!(!cluster.owns(1));
+        assert!(!cluster.owns(9));
+        cluster.set_owned(2, false);
+        assert!(!cluster.owns(2));
+    }
+}
