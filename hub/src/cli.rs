@@ -59,6 +59,9 @@ enum Command {
     /// Prove exactly-once effects: kill a `hub up` with SIGKILL at random moments while a
     /// seeded workload flows, then compare everything that came out with what must.
     CrashTest(hub_bench::crash::CrashArgs),
+    /// Run 1, 2 and 3 instances as a cluster on one workload: CPU per input, hand-off and
+    /// restore times
+    ClusterBench(hub_bench::cluster::ClusterBenchArgs),
 }
 
 #[derive(Args)]
@@ -153,6 +156,7 @@ pub fn main() -> anyhow::Result<()> {
     let log_file = match &cli.command {
         Command::Bench(a) => Some(a.log_file.as_path()),
         Command::CrashTest(a) => Some(a.log_file.as_path()),
+        Command::ClusterBench(a) => Some(a.log_file.as_path()),
         _ => None,
     };
     logging::init(cli.log_format, log_file)?;
@@ -173,6 +177,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Dlq(a) => dlq::run(a).await,
             Command::Bench(a) => hub_bench::run(a).await,
             Command::CrashTest(a) => hub_bench::crash::run(a).await,
+            Command::ClusterBench(a) => hub_bench::cluster::run(a).await,
         }
     })
 }

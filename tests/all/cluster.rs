@@ -234,3 +234,164 @@ async fn the_partitions_of_a_killed_instance_are_taken_over_once_its_leases_expi
     nothing(&mut callbacks, "a callback more", 500).await;
     a.kill();
 }
+
+/// An actor of `instance`'s partitions (by asking the cluster board of `http`).
+async fn actor_owned_by(http: SocketAddr, instance: &str, prefix: &str) -> String {
+    let seen = board(http).await;
+    let theirs: BTreeSet<u64> = seen["owners"]
+        .as_array()
+        .expect("owners")
+        .iter()
+        .filter(|o| o["instance"] == instance)
+        .filter_map(|o| o["partition"].as_u64())
+        .collect();
+    (0..10_000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|actor| theirs.contains(&u64::from(hub::router::Router::partition_of(actor) % PARTITIONS)))
+        .expect("an actor in those partitions")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_timers_and_profiles_follow_a_partition_to_its_new_owner() {
+    let env = Env::new().await;
+    let config = |name| {
+        let mut c = member(&env, name);
+        c.plugins
+            .config
+            .insert("cart-abandonment".into(), json!({"window": "3s"}));
+        c
+    };
+    let a = env.start(config("a")).await;
+    let b = env.start(config("b")).await;
+    until_owned(&[a.http_addr(), b.http_addr()], &[4, 4], Duration::from_secs(15)).await;
+    let payer = actor_owned_by(a.http_addr(), "b", "payer").await;
+    let shopper = actor_owned_by(a.http_addr(), "b", "shopper").await;
+
+    // On b: two of three failures, a cart whose reminder is due in 3 s, and a profile (set
+    // through a, which redirects to b).
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    let mut offers = env.sub("hub.actions.offer.cart_reminder").await;
+    let mut carts = env.sub("hub.events.cart.updated").await;
+    env.send("payment.failed", &payer, json!({})).await;
+    env.send("payment.failed", &payer, json!({})).await;
+    env.web(
+        "add_to_cart",
+        json!({"visitor": shopper, "product": {"sku": "A1", "name": "Shoes", "price": 50.0}}),
+    )
+    .await;
+    next(&mut carts, "the cart on b", 5).await;
+    let api_a = crate::support::Api::new(&a, None);
+    let (status, _) = api_a
+        .put_json(&format!("/api/actors/{payer}/profile"), r#"{"tier": "gold"}"#)
+        .await;
+    assert_eq!(status, 200);
+    let (_, before) = api_a.get(&format!("/api/actors/{payer}")).await;
+    let failures = |view: &Value| view["state"]["payment-trouble"]["failures"].as_array().map(Vec::len);
+    assert_eq!(failures(&before), Some(2), "{before}");
+
+    // b stops; a takes its partitions, rebuilding them from JetStream (a's own disk never held
+    // them).
+    b.shutdown().await;
+    until_owned(&[a.http_addr()], &[8], TTL * 3).await;
+    let seen = board(a.http_addr()).await;
+    assert!(
+        seen["restores"].as_array().is_some_and(|r| r.len() >= 4),
+        "restores are reported: {seen}"
+    );
+
+    let (_, after) = api_a.get(&format!("/api/actors/{payer}")).await;
+    assert_eq!(after["profile"]["tier"], "gold", "the profile followed: {after}");
+    assert_eq!(failures(&after), Some(2), "the state followed: {after}");
+    env.send("payment.failed", &payer, json!({})).await;
+    let callback = json(&next(&mut callbacks, "the callback on the third failure, on a", 10).await);
+    assert_eq!(callback["actor"], payer.as_str());
+    assert_eq!(callback["payload"]["failures"], 3);
+    let offer = json(&next(&mut offers, "the cart reminder b had set, fired by a", 10).await);
+    assert_eq!(offer["actor"], shopper.as_str());
+    nothing(&mut offers, "a second reminder", 500).await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_under_load_lose_and_double_nothing_when_one_is_killed_one_joins_and_one_leaves() {
+    const ACTORS: usize = 300;
+    let env = Env::new().await;
+    let js = async_nats::jetstream::new(env.client.clone());
+    let plugins = plugin_folder(
+        &env,
+        "with-counter",
+        &[
+            std::path::PathBuf::from(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm"),
+            crate::support::fixture("counter.wasm"),
+        ],
+    );
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_hub"));
+    let url = env.nats.url.clone();
+    let start = |name: &'static str| {
+        let data = env.dir.path().join(name);
+        let (url, plugins) = (url.clone(), plugins.clone());
+        async move {
+            let ttl = format!("{}s", TTL.as_secs());
+            let partitions = PARTITIONS.to_string();
+            let vars = [
+                ("HUB_CLUSTER__ENABLED", "true"),
+                ("HUB_CLUSTER__INSTANCE", name),
+                ("HUB_CLUSTER__PARTITIONS", partitions.as_str()),
+                ("HUB_CLUSTER__LEASE_TTL", ttl.as_str()),
+            ];
+            HubProcess::start_with(exe, &url, &data, &plugins, &vars)
+                .await
+                .expect("hub up answers /healthz")
+        }
+    };
+    let mut fleet = vec![start("a").await, start("b").await, start("c").await];
+
+    // Per actor and round, a tick and a payment failure, with JetStream acknowledgements,
+    // while b is killed, d joins and a leaves cleanly.
+    let publisher = tokio::spawn({
+        let js = js.clone();
+        async move {
+            for round in 0..3 {
+                for a in 0..ACTORS {
+                    for kind in ["count.tick", "payment.failed"] {
+                        let id = format!("{kind}-{round}-{a}");
+                        let body = json!({"kind": kind, "actor": format!("k{a}"), "id": id});
+                        hub_bench::crash::store(&js, kind, &id, body.to_string()).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    fleet.remove(1).kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.push(start("d").await);
+    tokio::time::sleep(TTL).await;
+    fleet
+        .remove(0)
+        .stop(Duration::from_secs(30))
+        .await
+        .expect("a stops cleanly");
+    publisher.await.expect("publisher");
+
+    // c and d end with every partition between them.
+    let https: Vec<SocketAddr> = fleet.iter().map(HubProcess::http).collect();
+    until_owned(&https, &[4, 4], TTL * 6).await;
+    let mut actions = js.get_stream("HUB_ACTIONS").await.expect("action stream");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while actions.info().await.expect("info").state.messages < ACTORS as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = actions.info().await.expect("info").state.messages;
+    assert_eq!(stored, ACTORS as u64, "one callback per actor, none lost, none doubled");
+    let http = reqwest::Client::new();
+    for a in 0..ACTORS {
+        // Asked of c whoever owns it (redirected).
+        let url = format!("http://{}/api/actors/k{a}", https[0]);
+        let view: Value = http.get(url).send().await.expect("GET").json().await.expect("JSON");
+        assert_eq!(view["state"]["counter"]["n"], 3, "k{a}: {view}");
+        assert!(view["state"].get("payment-trouble").is_none(), "k{a}: {view}");
+    }
+}

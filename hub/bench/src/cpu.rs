@@ -48,7 +48,7 @@ impl CpuMark {
 }
 
 /// User plus system ticks of a process (`self` or a pid).
-fn ticks(pid: &str) -> Option<u64> {
+pub(super) fn ticks(pid: &str) -> Option<u64> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 

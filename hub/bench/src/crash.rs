@@ -48,6 +48,18 @@ pub struct CrashArgs {
     /// not interleave with the progress and the verdict
     #[arg(long, default_value_os_t = std::env::temp_dir().join("hub-crash-test.log"))]
     pub log_file: PathBuf,
+    /// Hub instances sharing the work as a cluster (1: a single hub). With several, each kill
+    /// takes one instance down with SIGKILL and starts a new one, with a data folder of its own
+    /// (what the killed one processed must come back from JetStream, not from its disk); at the
+    /// end one more instance joins and one stops cleanly.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub instances: u32,
+    /// The cluster's partitions (with --instances above 1)
+    #[arg(long, default_value_t = 16)]
+    pub partitions: u16,
+    /// The cluster's lease TTL in seconds: how long a killed instance's partitions wait
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_ttl: u64,
 }
 
 /// A `hub up` child process, killed with SIGKILL when dropped (also used by the test suite).
@@ -76,7 +88,7 @@ impl HubProcess {
     }
 
     /// [`HubProcess::start_with`], appending its log to `log_file`.
-    async fn start_logging(
+    pub async fn start_logging(
         exe: &Path,
         nats: &str,
         data: &Path,
@@ -121,6 +133,10 @@ impl HubProcess {
         Ok(process)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Where its HTTP (API, `/healthz`, `/metrics`) listens.
     pub fn http(&self) -> SocketAddr {
         self.http
@@ -128,6 +144,20 @@ impl HubProcess {
 
     /// SIGKILL it (what dropping it does).
     pub fn kill(self) {}
+
+    /// SIGTERM it and wait until it exits (it finishes what it holds and hands it back).
+    pub async fn stop(mut self, within: Duration) -> anyhow::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("cannot signal the hub")?;
+        let started = Instant::now();
+        while self.child.try_wait()?.is_none() {
+            if started.elapsed() > within {
+                bail!("the hub did not stop within {within:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for HubProcess {
@@ -162,6 +192,9 @@ impl Verdict {
 }
 
 pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
+    if args.instances > 1 {
+        return run_cluster(args).await;
+    }
     let inputs = args.actors * (2 * args.rounds + 3);
     println!(
         "crash test: {} actors, {inputs} inputs at {}/s, {} kills, seed {}",
@@ -170,15 +203,7 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
     let starting = Step::waiting("crash test · starting nats-server and the hub".to_owned());
     let dir = tempfile::tempdir().context("cannot create a temp dir")?;
     let nats = LocalNats::start(free_port()?, &dir.path().join("nats")).await?;
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins)?;
-    for (folder, file) in [
-        (hub::FIXTURE_PLUGINS, "counter.wasm"),
-        (hub::EXAMPLE_PLUGINS, "payment_trouble.wasm"),
-    ] {
-        std::fs::copy(Path::new(folder).join(file), plugins.join(file))
-            .with_context(|| format!("{file} is built with the workspace (cargo build --release)"))?;
-    }
+    let plugins = workload_plugins(dir.path())?;
     let swaps = [
         PathBuf::from(hub::FIXTURE_PLUGINS).join("counter_v2.wasm"),
         PathBuf::from(hub::FIXTURE_PLUGINS).join("counter.wasm"),
@@ -230,6 +255,113 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
     hub.kill();
     nats.stop().await;
     println!("{} kills in {:.1} s", args.kills, killing.as_secs_f64());
+    report(&verdict)
+}
+
+/// The plugins of the workload, copied into `dir/plugins`.
+fn workload_plugins(dir: &Path) -> anyhow::Result<PathBuf> {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    for (folder, file) in [
+        (hub::FIXTURE_PLUGINS, "counter.wasm"),
+        (hub::EXAMPLE_PLUGINS, "payment_trouble.wasm"),
+    ] {
+        std::fs::copy(Path::new(folder).join(file), plugins.join(file))
+            .with_context(|| format!("{file} is built with the workspace (cargo build --release)"))?;
+    }
+    Ok(plugins)
+}
+
+/// The crash test on a cluster: `--instances` hubs share the partitions; each kill takes one
+/// down (SIGKILL) and starts a new one with an empty data folder; then one more joins and one
+/// stops cleanly (SIGTERM); at the end the outputs and every actor's state are compared.
+async fn run_cluster(args: CrashArgs) -> anyhow::Result<()> {
+    let inputs = args.actors * (2 * args.rounds + 3);
+    println!(
+        "crash test: {} instances, {} partitions, {} actors, {inputs} inputs at {}/s, {} kills, seed {}",
+        args.instances, args.partitions, args.actors, args.rate, args.kills, args.seed
+    );
+    let starting = Step::waiting("crash test · starting nats-server and the instances".to_owned());
+    let dir = tempfile::tempdir().context("cannot create a temp dir")?;
+    let nats = LocalNats::start(free_port()?, &dir.path().join("nats")).await?;
+    let plugins = workload_plugins(dir.path())?;
+    let exe = std::env::current_exe().context("cannot find the hub binary")?;
+    let client = async_nats::connect(&nats.url).await?;
+    let js = jetstream::new(client.clone());
+    let (partitions, ttl) = (args.partitions.to_string(), format!("{}s", args.lease_ttl));
+    let mut named = 0;
+    let mut start = || {
+        named += 1;
+        let name = format!("i{named}");
+        let data = dir.path().join(&name);
+        let (exe, url, plugins, log) = (exe.clone(), nats.url.clone(), plugins.clone(), args.log_file.clone());
+        let (partitions, ttl) = (partitions.clone(), ttl.clone());
+        async move {
+            let env = [
+                ("HUB_CLUSTER__ENABLED", "true"),
+                ("HUB_CLUSTER__INSTANCE", name.as_str()),
+                ("HUB_CLUSTER__PARTITIONS", partitions.as_str()),
+                ("HUB_CLUSTER__LEASE_TTL", ttl.as_str()),
+            ];
+            HubProcess::start_logging(&exe, &url, &data, &plugins, &env, &log).await
+        }
+    };
+    let mut fleet = Vec::new();
+    for _ in 0..args.instances {
+        fleet.push(start().await?);
+    }
+    drop(starting);
+
+    let publishing = Arc::new(Step::counting("crash test · publishing".to_owned(), inputs, "inputs"));
+    let publisher = tokio::spawn(publish(js.clone(), args.clone(), publishing.clone()));
+    let started = Instant::now();
+    let ttl_ms = args.lease_ttl * 1000;
+    for kill in 0..args.kills {
+        publishing.note(&format!("kill {}/{}", kill + 1, args.kills));
+        let r = mix64(args.seed ^ (u64::from(kill) << 32));
+        tokio::time::sleep(Duration::from_millis(ttl_ms / 2 + r % ttl_ms)).await;
+        let victim = (r >> 20) as usize % fleet.len();
+        fleet.remove(victim).kill();
+        fleet.push(start().await?);
+    }
+    publishing.note("one more joins, one stops cleanly");
+    fleet.push(start().await?);
+    tokio::time::sleep(Duration::from_millis(ttl_ms)).await;
+    let leaving = fleet.remove(0);
+    leaving.stop(Duration::from_secs(30)).await?;
+    let killing = started.elapsed();
+    publisher.await.context("publisher")??;
+    drop(publishing);
+
+    let http = reqwest::Client::new();
+    let owned = |board: &serde_json::Value| board["owners"].as_array().map_or(0, Vec::len);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let board: serde_json::Value = http
+            .get(format!("http://{}/api/cluster", fleet[0].http))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if owned(&board) == usize::from(args.partitions) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let verdict = settle_and_compare(&fleet[0], &js, &args).await?;
+    for hub in fleet {
+        hub.kill();
+    }
+    nats.stop().await;
+    println!(
+        "{} kills, a join and a clean stop in {:.1} s",
+        args.kills,
+        killing.as_secs_f64()
+    );
+    report(&verdict)
+}
+
+fn report(verdict: &Verdict) -> anyhow::Result<()> {
     println!("inputs lost        {}", verdict.inputs_lost);
     println!("inputs doubled     {}", verdict.inputs_doubled);
     println!("handoffs lost      {}", verdict.handoffs_lost);
@@ -296,6 +428,26 @@ pub async fn store(js: &jetstream::Context, kind: &str, id: &str, body: String) 
     }
 }
 
+/// Inputs not yet acknowledged by any consumer of the input stream or (in a cluster) of the
+/// partition stream.
+pub(crate) async fn pending_inputs(js: &jetstream::Context) -> anyhow::Result<u64> {
+    use futures::TryStreamExt;
+    let mut pending = 0;
+    for name in ["HUB_INPUT", "HUB_PARTS"] {
+        let Ok(stream) = js.get_stream(name).await else {
+            continue;
+        };
+        let consumers: Vec<_> = stream.consumers().try_collect().await?;
+        if name == "HUB_INPUT" && consumers.is_empty() {
+            bail!("no consumer of the input stream");
+        }
+        for info in consumers {
+            pending += info.num_pending + info.num_ack_pending as u64;
+        }
+    }
+    Ok(pending)
+}
+
 /// Wait until the hub has caught up (no change for a while), then compare.
 async fn settle_and_compare(hub: &HubProcess, js: &jetstream::Context, args: &CrashArgs) -> anyhow::Result<Verdict> {
     let http = reqwest::Client::new();
@@ -304,13 +456,7 @@ async fn settle_and_compare(hub: &HubProcess, js: &jetstream::Context, args: &Cr
     let mut last_pending = u64::MAX;
     let catching_up = Step::waiting("crash test · the hub catching up".to_owned());
     loop {
-        let info = js
-            .get_stream("HUB_INPUT")
-            .await?
-            .consumer_info("hub")
-            .await
-            .context("the hub's consumer")?;
-        let pending = info.num_pending + info.num_ack_pending as u64;
+        let pending = pending_inputs(js).await?;
         if pending == 0 || Instant::now() > deadline {
             break;
         }

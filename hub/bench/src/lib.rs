@@ -51,6 +51,7 @@
 //! of the input whose id an action carries as its `Hub-Cause`.
 
 mod backtest;
+pub mod cluster;
 mod cpu;
 pub mod crash;
 mod examples;

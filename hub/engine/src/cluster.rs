@@ -15,12 +15,14 @@
 //!   a new owner deletes its predecessor's, so acknowledgements of an instance that lost the
 //!   lease reach nothing.
 
+pub mod changelog;
 pub mod leases;
 pub mod repartition;
+pub mod takeover;
 
 use crate::router::Router;
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::watch;
 
 /// Headers of a forwarded input on the partition stream.
@@ -42,6 +44,8 @@ pub struct Cluster {
     /// Partitions this instance processes now: set once its lease is taken, cleared as soon
     /// as it is lost or handed back.
     owned: Box<[AtomicBool]>,
+    /// The revision of the lease each partition is processed under (its commits' epoch).
+    revisions: Box<[AtomicU64]>,
     board: watch::Sender<Board>,
 }
 
@@ -57,6 +61,7 @@ impl Cluster {
             instance,
             partitions,
             owned: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+            revisions: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             board: watch::channel(board).0,
         }
     }
@@ -77,7 +82,21 @@ impl Cluster {
         self.owns(self.partition_of(actor))
     }
 
-    fn set_owned(&self, partition: u16, owned: bool) {
+    /// The revision of the lease `partition` is processed under.
+    pub fn revision(&self, partition: u16) -> u64 {
+        self.revisions
+            .get(usize::from(partition))
+            .map_or(0, |r| r.load(Ordering::Acquire))
+    }
+
+    /// The lease `partition` is (about to be) processed under.
+    pub(crate) fn set_revision(&self, partition: u16, revision: u64) {
+        if let Some(r) = self.revisions.get(usize::from(partition)) {
+            r.store(revision, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn set_owned(&self, partition: u16, owned: bool) {
         if let Some(o) = self.owned.get(usize::from(partition)) {
             o.store(owned, Ordering::Release);
         }
@@ -89,7 +108,20 @@ impl Cluster {
     }
 
     fn publish(&self, board: Board) {
-        self.board.send_replace(board);
+        self.board.send_modify(|b| {
+            let restores = std::mem::take(&mut b.restores);
+            *b = board;
+            b.restores = restores;
+        });
+    }
+
+    /// Note a partition's restore (the last 32 are kept).
+    pub(crate) fn restored(&self, restore: Restore) {
+        self.board.send_modify(|b| {
+            b.restores.push(restore);
+            let over = b.restores.len().saturating_sub(32);
+            b.restores.drain(..over);
+        });
     }
 }
 
@@ -108,6 +140,8 @@ pub struct Board {
     pub owners: Vec<Owner>,
     /// The instance that reads the input stream and partitions it.
     pub ingest: Option<String>,
+    /// How long the last partitions taken took to restore, newest last (ms).
+    pub restores: Vec<Restore>,
     /// Leases this instance took, handed back, and lost since it started.
     pub taken: u64,
     pub released: u64,
@@ -121,6 +155,16 @@ pub struct Member {
     pub http: String,
     /// When it started (ms since the epoch).
     pub started: i64,
+}
+
+/// A partition's state rebuilt from the changelog when this instance took it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Restore {
+    pub partition: u16,
+    /// Keys restored, and changelog messages read.
+    pub keys: u64,
+    pub records: u64,
+    pub ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

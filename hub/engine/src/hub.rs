@@ -62,6 +62,8 @@ pub enum StartError {
     Handoffs(#[from] crate::durable::HandoffError),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::leases::LeaseError),
+    #[error(transparent)]
+    Changelog(#[from] crate::cluster::changelog::ChangelogError),
 }
 
 /// A running hub.
@@ -162,6 +164,12 @@ impl Hub {
 
         let (wheels, timers_restored) = db.load_timers(shard_count, |actor| router.shard_of(actor))?;
 
+        let changelog = match &cluster {
+            Some(cluster) => Some(Arc::new(
+                crate::cluster::changelog::Changelog::open(&client, &config.cluster, cluster.clone()).await?,
+            )),
+            None => None,
+        };
         // Durable mode: the input stream first, since the checkpoints count in its sequences.
         let durable = match config.input.mode {
             InputMode::Core => None,
@@ -179,6 +187,33 @@ impl Hub {
                 let (flushed_tx, flushed) = flume::unbounded();
                 let clock = Arc::new(FlushClock::default());
                 let (confirm_client, runtime) = (client.clone(), tokio::runtime::Handle::current());
+                let pending = crate::cluster::changelog::Pending::default();
+                if let Some(cluster) = &cluster {
+                    let (pending, cluster, clock) = (pending.clone(), cluster.clone(), clock.clone());
+                    db.profiles
+                        .set_journal(Arc::new(move |actor: &str, value: Option<&[u8]>| {
+                            pending.push(crate::cluster::changelog::Change {
+                                partition: cluster.partition_of(actor),
+                                tree: crate::cluster::changelog::PROFILES.into(),
+                                key: actor.as_bytes().to_vec(),
+                                value: value.map(<[u8]>::to_vec),
+                            });
+                            // Written with the committer's next flush, even if no shard commits.
+                            clock.next();
+                        }));
+                }
+                let write_changes = changelog.clone().map(|log| {
+                    let runtime = runtime.clone();
+                    Box::new(move |changes: &[crate::cluster::changelog::Change]| {
+                        match runtime.block_on(log.write(changes, false)) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "state changes not written to the changelog yet; retrying");
+                                false
+                            }
+                        }
+                    }) as crate::state::WriteChanges
+                });
                 let durability = Durability {
                     db: db.sled().clone(),
                     confirm: Box::new(move || {
@@ -189,6 +224,8 @@ impl Hub {
                     }),
                     flushed: flushed_tx,
                     clock: clock.clone(),
+                    changelog: write_changes,
+                    pending,
                 };
                 Some(((input, parts), durability, flushed, clock))
             }
@@ -247,6 +284,7 @@ impl Hub {
             shards.push(thread);
         }
 
+        let restore_commits = commits.clone();
         drop(commits);
         // Bound before the inputs start: a cluster's members announce where they listen.
         let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -313,6 +351,16 @@ impl Hub {
                             cluster: cluster.clone(),
                             pulls,
                             drained,
+                            takeover: crate::cluster::takeover::Takeover {
+                                changelog: changelog
+                                    .clone()
+                                    .ok_or_else(|| StartError::Config("a cluster without its changelog".into()))?,
+                                commits: restore_commits,
+                                db: db.sled().clone(),
+                                profiles: db.profiles.clone(),
+                                router: router.clone(),
+                                cluster: cluster.clone(),
+                            },
                         })
                     }
                     _ => Source::Input(input),

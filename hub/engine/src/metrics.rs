@@ -37,6 +37,8 @@ pub const INPUTS_UNACKED: &str = "hub_inputs_unacknowledged";
 pub const CONSUMER_PENDING: &str = "hub_input_consumer_pending";
 /// Partition leases this instance took, handed back or lost (`event`).
 pub const CLUSTER_LEASES: &str = "hub_cluster_leases_total";
+/// How long restoring a partition's state from the changelog took, when this instance took it.
+pub const CLUSTER_RESTORE_SECONDS: &str = "hub_cluster_restore_seconds";
 /// Partitions this instance processes.
 pub const CLUSTER_OWNED: &str = "hub_cluster_partitions_owned";
 /// Live instances in the cluster, as this one sees it.

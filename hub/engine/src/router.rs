@@ -18,8 +18,26 @@ pub enum ShardMsg {
         actor: String,
         request: crate::actor::ActorRequest,
     },
+    /// A partition's state was restored from a cluster's changelog: forget what the shard
+    /// holds of its actors and take its timers and checkpoints.
+    Adopt(Adopt),
     /// Finish what is queued, commit, and exit.
     Stop,
+}
+
+/// A timer read back from the changelog: its key (see `state::keys::timer_key`), due time and
+/// payload.
+pub type RestoredTimer = (std::sync::Arc<[u8]>, i64, Vec<u8>);
+
+/// What a shard takes of a partition restored from the changelog.
+#[derive(Debug)]
+pub struct Adopt {
+    pub partition: u16,
+    /// The partition's timers whose actors are this shard's: (key, due, payload).
+    pub timers: Vec<RestoredTimer>,
+    /// The checkpoints of this shard's finer partitions within it (0: none).
+    pub checkpoints: Vec<(u16, u64)>,
+    pub done: tokio::sync::oneshot::Sender<()>,
 }
 
 #[derive(Clone)]
@@ -104,6 +122,11 @@ impl Router {
         for s in self.shards.iter() {
             let _ = s.try_send(ShardMsg::Reload);
         }
+    }
+
+    /// Hand a message to `shard`, waiting while its queue is full.
+    pub async fn send_to(&self, shard: usize, msg: ShardMsg) -> Result<(), Stopped> {
+        self.shards[shard].send_async(msg).await.map_err(|_| Stopped)
     }
 
     /// Ask every shard to finish and exit.

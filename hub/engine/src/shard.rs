@@ -208,6 +208,7 @@ impl Shard {
                     ShardMsg::Handoff(handoff) => self.take_handoff(handoff),
                     ShardMsg::Reload => {}
                     ShardMsg::Actor { actor, request } => self.answer(&actor, request),
+                    ShardMsg::Adopt(adopt) => self.adopt(adopt),
                     ShardMsg::Stop => stopping = true,
                 }
             }
@@ -465,8 +466,10 @@ impl Shard {
         // For an actor of another partition (cluster mode): through the partition stream to
         // whichever instance owns it, published before this shard's commit like any output.
         if let Some(link) = &self.cluster {
+            // Another shard's actor too: the `handoffs` tree is this instance's disk, which a
+            // partition's next owner does not have.
             let to = link.cluster.partition_of(&event.actor);
-            if to != link.cluster.partition_of(from) {
+            if to != link.cluster.partition_of(from) || self.chain.shard_of(&event.actor) != self.id {
                 if let Some(msg) = link.forward(&event, hops, to) {
                     self.egress.push(msg);
                 }
@@ -535,9 +538,30 @@ impl Shard {
     }
 
     /// Fold the plugins' counts into the API's statistics and hand what changed to the committer.
+    /// Take a partition restored from the changelog: what was cached of its actors goes (sled
+    /// holds the restored state), its timers and checkpoints come.
+    fn adopt(&mut self, adopt: crate::router::Adopt) {
+        if let Some(link) = &self.cluster {
+            let stores = home(&mut self.stores);
+            let of = |actor: &str| link.cluster.partition_of(actor) == adopt.partition;
+            stores.state.forget(of);
+            stores.timers.replace(of, adopt.timers);
+            for (partition, seq) in adopt.checkpoints {
+                self.checkpoints.restore(partition, seq);
+            }
+        }
+        let _ = adopt.done.send(());
+    }
+
     fn commit(&mut self) {
         self.plugins.fold_stats();
         let stores = home(&mut self.stores);
+        let mut changes = Vec::new();
+        if let Some(link) = &self.cluster {
+            stores.state.log_changes(&link.cluster, &mut changes);
+            stores.timers.log_changes(&link.cluster, &mut changes);
+            self.checkpoints.log_changes(&link.cluster, &mut changes);
+        }
         let seq = self.commits.upcoming();
         let durable = self
             .checkpoints
@@ -545,7 +569,7 @@ impl Shard {
             .into_iter()
             .chain(self.chain.take_commit(seq));
         self.commits
-            .commit(&mut stores.state, &mut stores.timers, durable, self.handled);
+            .commit(&mut stores.state, &mut stores.timers, durable, self.handled, changes);
     }
 }
 

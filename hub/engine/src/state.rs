@@ -23,7 +23,7 @@ mod timers;
 pub mod unreadable;
 
 pub use cache::{PluginSlot, StateCache};
-pub use committer::{Applied, Commit, CommitQueue, Committer, Durability, ShardCommits};
+pub use committer::{Applied, Commit, CommitQueue, Committer, Durability, ShardCommits, WriteChanges};
 pub use profiles::{ProfileCache, ProfileError, Profiles};
 pub use timers::{DueTimer, TimerWheel};
 

@@ -371,7 +371,7 @@ impl Leases {
                         renewed: Instant::now(),
                     },
                 );
-                self.cluster.set_owned(partition, true);
+                // Processed here once the reader restored its state (see `Cluster::adopt`).
                 self.pulls.send_modify(|pulls| {
                     pulls.insert(partition, revision);
                 });

@@ -124,6 +124,10 @@ pub struct Checkpoints {
     /// Indexed by partition; 0 for none applied (or another shard's partition).
     applied: Vec<u64>,
     dirty: bool,
+    /// Partitions whose checkpoint moved since the last commit, once each (for a cluster's
+    /// changelog), with a flag per partition.
+    changed: Vec<u16>,
+    listed: Vec<bool>,
 }
 
 impl Checkpoints {
@@ -172,6 +176,8 @@ impl Checkpoints {
                 key,
                 applied: vec![0; usize::from(PARTITIONS)],
                 dirty: false,
+                changed: Vec::new(),
+                listed: vec![false; usize::from(PARTITIONS)],
             })
             .collect();
         for (partition, &seq) in (0..PARTITIONS).zip(&applied) {
@@ -207,7 +213,39 @@ impl Checkpoints {
         }
         *applied = seq;
         self.dirty = true;
+        if let Some(listed) = self.listed.get_mut(usize::from(partition))
+            && !*listed
+        {
+            *listed = true;
+            self.changed.push(partition);
+        }
         true
+    }
+
+    /// The checkpoints moved since the last call, as changes for a cluster's changelog (key:
+    /// the partition, value: the sequence, both big-endian).
+    pub fn log_changes(&mut self, cluster: &crate::cluster::Cluster, out: &mut Vec<crate::cluster::changelog::Change>) {
+        let tree: std::sync::Arc<str> = crate::cluster::changelog::CHECKPOINTS.into();
+        for partition in self.changed.drain(..) {
+            let p = usize::from(partition);
+            if let Some(listed) = self.listed.get_mut(p) {
+                *listed = false;
+            }
+            out.push(crate::cluster::changelog::Change {
+                partition: partition % cluster.partitions,
+                tree: tree.clone(),
+                key: partition.to_be_bytes().to_vec(),
+                value: self.applied.get(p).map(|seq| seq.to_be_bytes().to_vec()),
+            });
+        }
+    }
+
+    /// Set a partition's checkpoint as restored from a cluster's changelog (0: none).
+    pub fn restore(&mut self, partition: u16, seq: u64) {
+        if let Some(applied) = self.applied.get_mut(usize::from(partition)) {
+            *applied = seq;
+            self.dirty = true;
+        }
     }
 
     fn pairs(&self) -> Vec<(u16, u64)> {

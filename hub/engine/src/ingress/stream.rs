@@ -200,6 +200,8 @@ pub struct PartitionSource {
     pub pulls: watch::Receiver<Pulls>,
     /// Told of a partition handed back once everything read from it is acknowledged.
     pub drained: mpsc::UnboundedSender<u16>,
+    /// Restores a partition's state before its inputs are read.
+    pub takeover: crate::cluster::takeover::Takeover,
 }
 
 /// The running consumer.
@@ -351,6 +353,8 @@ impl Reader {
                 _ = stopped.changed(), if pulling => {
                     pulling = false;
                     self.pulls.clear();
+                    // Its commit queue must go for the committer to finish.
+                    self.partitions = None;
                     if let Some(d) = drained.take() {
                         let _ = d.send(());
                     }
@@ -361,6 +365,7 @@ impl Reader {
                         if !self.handle(key, msg).await {
                             pulling = false;
                             self.pulls.clear();
+                            self.partitions = None;
                             if let Some(d) = drained.take() {
                                 let _ = d.send(());
                             }
@@ -409,6 +414,12 @@ impl Reader {
                 continue;
             }
             partitioned.releasing.remove(&partition);
+            if !partitioned.source.cluster.owns(partition)
+                && let Err(e) = partitioned.source.takeover.run(partition, revision).await
+            {
+                tracing::error!(partition, error = %e, "cannot restore a partition's state; it is not processed here until its lease changes");
+                continue;
+            }
             let family = format!("{}-p{partition}", partitioned.source.stream.config.consumer);
             let name = format!("{family}-{revision}");
             let filter = format!("{}.{partition}", partitioned.source.subject);

@@ -35,6 +35,11 @@ impl Chain {
         }
     }
 
+    /// The shard that owns `actor`.
+    pub fn shard_of(&self, actor: &str) -> usize {
+        self.router.shard_of(actor)
+    }
+
     /// Queue an event for this shard, after what is already queued.
     pub fn push_local(&mut self, routed: Routed) {
         self.local.push_back(routed);

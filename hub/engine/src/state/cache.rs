@@ -139,6 +139,43 @@ impl StateCache {
         self.dirty.len()
     }
 
+    /// The dirty entries as changes of their actors' partitions, for a cluster's changelog (call
+    /// before [`StateCache::take_commit`]).
+    pub fn log_changes(&self, cluster: &crate::cluster::Cluster, out: &mut Vec<crate::cluster::changelog::Change>) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let names: Vec<Arc<str>> = self
+            .trees
+            .iter()
+            .map(|t| String::from_utf8_lossy(&t.name()).into())
+            .collect();
+        for key in &self.dirty {
+            let Some(entry) = self.entries.get(&**key) else {
+                continue;
+            };
+            let slot = usize::from(u16::from_be_bytes([key[0], key[1]]));
+            let (Some(tree), Some(actor)) = (names.get(slot), keys::state_actor(&key[2..])) else {
+                continue;
+            };
+            out.push(crate::cluster::changelog::Change {
+                partition: cluster.partition_of(actor),
+                tree: tree.clone(),
+                key: key[2..].to_vec(),
+                value: entry.value.clone(),
+            });
+        }
+    }
+
+    /// Drop every entry of the actors `of` picks, dirty or not: their partition's state was
+    /// restored into sled from the changelog, and is read from there again.
+    pub fn forget(&mut self, of: impl Fn(&str) -> bool) {
+        self.entries
+            .retain(|key, _| !keys::state_actor(&key[2..]).is_some_and(&of));
+        let entries = &self.entries;
+        self.dirty.retain(|key| entries.contains_key(&**key));
+    }
+
     /// The dirty entries as one sled batch per plugin tree, marked clean as of commit `seq`.
     pub fn take_commit(&mut self, seq: u64) -> Vec<(sled::Tree, sled::Batch)> {
         if self.dirty.is_empty() {

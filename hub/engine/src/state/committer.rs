@@ -38,6 +38,8 @@ pub struct Commit {
     pub applied: Applied,
     /// The ordinal of the last stream input the shard handled before this commit (durable mode).
     pub inputs: u64,
+    /// What changed, by partition, for a cluster's changelog (empty outside a cluster).
+    pub changes: Vec<crate::cluster::changelog::Change>,
 }
 
 /// The sending side, cloned into every shard.
@@ -47,6 +49,25 @@ pub struct CommitQueue {
 }
 
 impl CommitQueue {
+    /// [`CommitQueue::send`] from async code; waits until sled holds the commit.
+    pub async fn apply_async(&self, batches: Vec<(sled::Tree, sled::Batch)>) {
+        let applied = Applied::default();
+        let commit = Commit {
+            shard: 0,
+            seq: 1,
+            batches,
+            applied: applied.clone(),
+            inputs: 0,
+            changes: Vec::new(),
+        };
+        if let Err(flume::SendError(commit)) = self.tx.send_async(commit).await {
+            apply(commit);
+        }
+        while applied.get() < 1 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Hand a commit to the committer, waiting while its queue is full.
     pub fn send(&self, commit: Commit) {
         if let Err(flume::SendError(commit)) = self.tx.send(commit) {
@@ -107,6 +128,7 @@ impl ShardCommits {
         timers: &mut TimerWheel,
         durable: impl IntoIterator<Item = (sled::Tree, sled::Batch)>,
         inputs: u64,
+        changes: Vec<crate::cluster::changelog::Change>,
     ) {
         let seq = self.seq + 1;
         let applied = self.applied.get();
@@ -114,7 +136,7 @@ impl ShardCommits {
         batches.extend(timers.take_commit());
         batches.extend(durable);
         state.evict(applied);
-        if !batches.is_empty() || inputs > self.reported {
+        if !batches.is_empty() || inputs > self.reported || !changes.is_empty() {
             self.seq = seq;
             self.reported = inputs;
             self.queue.send(Commit {
@@ -123,6 +145,7 @@ impl ShardCommits {
                 batches,
                 applied: self.applied.clone(),
                 inputs,
+                changes,
             });
         }
         self.next = Instant::now() + self.every;
@@ -133,6 +156,9 @@ pub struct Committer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Writes changes to a cluster's changelog; false when it cannot now.
+pub type WriteChanges = Box<dyn FnMut(&[crate::cluster::changelog::Change]) -> bool + Send>;
+
 /// What the committer does in durable mode besides applying commits: confirm the shards'
 /// outputs before, flush and report after (see `durable`).
 pub struct Durability {
@@ -142,6 +168,11 @@ pub struct Durability {
     pub confirm: Box<dyn FnMut() -> bool + Send>,
     pub flushed: flume::Sender<crate::durable::Flushed>,
     pub clock: Arc<crate::durable::FlushClock>,
+    /// In a cluster: writes the commits' changes to the state changelog (see
+    /// `cluster::changelog`); false when it cannot now.
+    pub changelog: Option<WriteChanges>,
+    /// Changes made outside commits, written with the next group.
+    pub pending: crate::cluster::changelog::Pending,
 }
 
 impl Committer {
@@ -173,7 +204,7 @@ impl Committer {
 /// they were taken; after it, flush sled and report what the group covers.
 fn run_durable(rx: &flume::Receiver<Commit>, mut d: Durability) {
     loop {
-        let group: Vec<Commit> = match rx.recv_timeout(crate::limits::IDLE_FLUSH_INTERVAL) {
+        let mut group: Vec<Commit> = match rx.recv_timeout(crate::limits::IDLE_FLUSH_INTERVAL) {
             Ok(first) => std::iter::once(first).chain(rx.try_iter()).collect(),
             Err(flume::RecvTimeoutError::Timeout) if d.clock.take_wanted() => Vec::new(),
             Err(flume::RecvTimeoutError::Timeout) => continue,
@@ -182,11 +213,20 @@ fn run_durable(rx: &flume::Receiver<Commit>, mut d: Durability) {
         if !group.is_empty() {
             confirm_outputs(&mut d.confirm);
         }
+        // Started before the pending changes are taken: an input whose change comes later waits
+        // for the next flush.
+        let flush = d.clock.start();
+        if let Some(write) = d.changelog.as_mut() {
+            let mut changes = d.pending.take();
+            changes.extend(group.iter_mut().flat_map(|c| std::mem::take(&mut c.changes)));
+            if !changes.is_empty() {
+                write_changes(write, &changes);
+            }
+        }
         let shards = group.iter().map(|c| (c.shard, c.inputs)).collect();
         for commit in group {
             apply(commit);
         }
-        let flush = d.clock.start();
         if let Err(e) = d.db.flush() {
             // Nothing is reported: the inputs stay unacknowledged and come again after a crash.
             metrics::counter!(crate::metrics::STATE_COMMIT_ERRORS).increment(1);
@@ -210,6 +250,21 @@ fn confirm_outputs(confirm: &mut (dyn FnMut() -> bool + Send)) {
         }
         std::thread::sleep(wait);
         wait = (wait * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Write changes to a cluster's changelog, retried while NATS cannot take them: the commit (and
+/// the acknowledgement of its inputs) waits, so an instance that dies meanwhile leaves its
+/// inputs to be read again by the partition's next owner.
+fn write_changes(
+    write: &mut (dyn FnMut(&[crate::cluster::changelog::Change]) -> bool + Send),
+    changes: &[crate::cluster::changelog::Change],
+) {
+    let mut wait = Duration::from_millis(50);
+    while !write(changes) {
+        metrics::counter!(crate::metrics::STATE_COMMIT_ERRORS).increment(1);
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(2));
     }
 }
 

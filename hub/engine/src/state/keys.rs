@@ -37,14 +37,20 @@ pub fn split_timer_key(key: &[u8]) -> Option<(&str, &str, &str)> {
     ))
 }
 
+/// The actor of a state key (see [`state_key`]).
+pub fn state_actor(key: &[u8]) -> Option<&str> {
+    let (len, rest) = key.split_at_checked(2)?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    std::str::from_utf8(rest.get(..len)?).ok()
+}
+
 pub fn timer_actor(key: &[u8]) -> Option<&str> {
     split_timer_key(key).map(|(_, actor, _)| actor)
 }
 
-/// A timer's value in the `timers` tree of versions before the timer log: `[due: i64 BE]` ‖
-/// payload. The hub only reads it now, once at start, to migrate (see `timer_log::restore`);
-/// tests write it to stand for such a tree.
-#[cfg(test)]
+/// A timer as one value: `[due: i64 BE]` ‖ payload. The form of the `timers` tree of versions
+/// before the timer log (read once at start, to migrate: see `timer_log::restore`), and of a
+/// timer in a cluster's state changelog.
 pub fn timer_value(due: i64, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + payload.len());
     v.extend_from_slice(&due.to_be_bytes());

@@ -43,10 +43,14 @@ const STRIPES: usize = 4096;
 
 /// The profiles of every actor. Clones share the tree and the versions of its stripes, so every
 /// writer must go through one of them (the hub's is `Db::profiles`).
+/// Told of every change to a stored profile (`None`: removed): a cluster's changelog keeps them.
+pub type ProfileJournal = Arc<dyn Fn(&str, Option<&[u8]>) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Profiles {
     tree: sled::Tree,
     versions: Arc<[AtomicU64]>,
+    journal: Arc<std::sync::OnceLock<ProfileJournal>>,
 }
 
 impl Profiles {
@@ -54,7 +58,36 @@ impl Profiles {
         Profiles {
             tree,
             versions: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            journal: Arc::default(),
         }
+    }
+
+    /// Tell `journal` of every change from now on (set once).
+    pub fn set_journal(&self, journal: ProfileJournal) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// Replace the profiles of the actors `of` picks with `restored` (actor, stored bytes): a
+    /// partition's, read back from a cluster's changelog.
+    pub fn restore(&self, of: impl Fn(&str) -> bool, restored: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), ProfileError> {
+        let mut batch = sled::Batch::default();
+        let mut touched = Vec::new();
+        for key in self.tree.iter().keys() {
+            let key = key?;
+            if std::str::from_utf8(&key).is_ok_and(&of) {
+                batch.remove(key.clone());
+                touched.push(key.to_vec());
+            }
+        }
+        for (actor, stored) in restored {
+            batch.insert(actor.as_slice(), stored);
+            touched.push(actor);
+        }
+        self.tree.apply_batch(batch)?;
+        for actor in touched {
+            self.changed(&actor);
+        }
+        Ok(())
     }
 
     fn stripe(&self, actor: &[u8]) -> &AtomicU64 {
@@ -106,6 +139,9 @@ impl Profiles {
     pub fn remove(&self, actor: &str) -> Result<bool, ProfileError> {
         let removed = self.tree.remove(actor.as_bytes())?.is_some();
         self.changed(actor.as_bytes());
+        if let Some(journal) = self.journal.get() {
+            journal(actor, None);
+        }
         Ok(removed)
     }
 
@@ -134,12 +170,17 @@ impl Profiles {
                     limits::MAX_PROFILE_BYTES
                 )));
             }
+            let journal = self.journal.get();
+            let logged = journal.map(|_| encoded.clone());
             if self
                 .tree
                 .compare_and_swap(actor.as_bytes(), old, Some(encoded))?
                 .is_ok()
             {
                 self.changed(actor.as_bytes());
+                if let (Some(journal), Some(stored)) = (journal, logged) {
+                    journal(actor, Some(&stored));
+                }
                 return Ok(profile);
             }
         }

@@ -57,6 +57,10 @@ impl TimerLog {
         self.snapshot_requested || self.since_snapshot + changes > MIN_CHANGES_BEFORE_SNAPSHOT.max(2 * live)
     }
 
+    pub fn snapshot_requested(&self) -> bool {
+        self.snapshot_requested
+    }
+
     pub fn request_snapshot(&mut self) {
         self.snapshot_requested = true;
     }

@@ -152,6 +152,50 @@ impl TimerWheel {
         timer.or_else(|| self.pop_due(now))
     }
 
+    /// The timers changed since the last commit as changes of their actors' partitions, for a
+    /// cluster's changelog (call before [`TimerWheel::take_commit`]).
+    pub fn log_changes(&self, cluster: &crate::cluster::Cluster, out: &mut Vec<crate::cluster::changelog::Change>) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let tree: Arc<str> = crate::cluster::changelog::TIMERS.into();
+        for key in &self.dirty {
+            let Some(actor) = keys::timer_actor(key) else {
+                continue;
+            };
+            out.push(crate::cluster::changelog::Change {
+                partition: cluster.partition_of(actor),
+                tree: tree.clone(),
+                key: key.to_vec(),
+                value: self
+                    .timers
+                    .get(key)
+                    .map(|(due, payload)| keys::timer_value(*due, payload)),
+            });
+        }
+    }
+
+    /// Replace the timers of the actors `of` picks with `restored` (a partition's, read back
+    /// from the changelog), and rewrite this shard's log at the next commit to match.
+    pub fn replace(&mut self, of: impl Fn(&str) -> bool, restored: Vec<(Key, i64, Vec<u8>)>) {
+        let gone: Vec<Key> = self
+            .timers
+            .keys()
+            .filter(|key| keys::timer_actor(key).is_some_and(&of))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some((due, _)) = self.timers.remove(&key) {
+                self.queue.remove(&(due, key.clone()));
+            }
+            self.dirty.remove(&key);
+        }
+        for (key, due, payload) in restored {
+            self.restore(key, due, payload);
+        }
+        self.log.request_snapshot();
+    }
+
     /// Leave a timer just taken off the wheel pending in sled, unfired: its actor's partition
     /// belongs to another instance now (cluster mode), which fires it.
     pub fn set_aside(&mut self, timer: &DueTimer) {
@@ -164,7 +208,7 @@ impl TimerWheel {
     /// the log, or, when the log has grown to several times the live timers, a snapshot of them
     /// that replaces this shard's older records.
     pub fn take_commit(&mut self) -> Option<(sled::Tree, sled::Batch)> {
-        if self.dirty.is_empty() {
+        if self.dirty.is_empty() && !self.log.snapshot_requested() {
             return None;
         }
         let mut batch = sled::Batch::default();

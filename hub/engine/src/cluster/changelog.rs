@@ -1,0 +1,481 @@
+//! State follows its partition: every commit's changes are written to JetStream, so the instance
+//! that takes a partition over rebuilds the partition's state, timers, action ledgers and
+//! input checkpoints from there, without its previous owner's disk.
+//!
+//! Two streams, written by the committer before it applies a commit to sled (and so before the
+//! inputs of that commit are acknowledged):
+//!
+//! - **The view** (`<state>.<partition>.<tree>.<key>`, tree and key in base64url, one message
+//!   kept per subject): the latest value of every key, a compacted changelog. A deleted key
+//!   keeps a tombstone (`Hub-Deleted`). `<state>.<partition>.=commit` names the last commit whose
+//!   records are all in the view.
+//! - **The log** (`<wal>.<partition>`, the last 64 messages kept): each commit's changes of a
+//!   partition as one message (or a few, numbered, when large), written *before* the view's
+//!   records. A commit is many publishes and an instance can die among them; its log entry is
+//!   whole, and restoring applies every complete entry newer than the view's commit marker over
+//!   the view. Values are absolute (set or delete), so applying one twice changes nothing.
+//!
+//! Commit ids are (lease revision, counter): a partition's new owner holds a newer lease, so its
+//! commits sort after its predecessor's.
+
+use super::Cluster;
+use async_nats::jetstream::{self, stream};
+use base64::Engine as _;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Header of a tombstone in the view.
+pub const DELETED: &str = "Hub-Deleted";
+/// The token of the commit marker (not base64url, so no tree can have it).
+const MARKER: &str = "=commit";
+const FORMAT: u8 = 1;
+/// Log messages kept per partition: a commit larger than this many chunks cannot be logged.
+const LOG_KEPT: i64 = 64;
+/// Bytes of changes per log message (the server's payload limit is 1 MiB by default).
+const CHUNK_BYTES: usize = 512 * 1024;
+/// The trees whose keys begin with an actor (plugin state, action ledgers), kept per partition.
+pub const TIMERS: &str = "timers";
+pub const CHECKPOINTS: &str = "checkpoints";
+/// Profiles, keyed by actor.
+pub const PROFILES: &str = "profiles";
+
+/// Changes made outside the shards' commits (profile updates), waiting for the committer's
+/// next write; an input that made one is acknowledged only after a flush that starts later.
+#[derive(Clone, Default)]
+pub struct Pending(Arc<std::sync::Mutex<Vec<Change>>>);
+
+impl Pending {
+    pub fn push(&self, change: Change) {
+        if let Ok(mut changes) = self.0.lock() {
+            changes.push(change);
+        }
+    }
+
+    pub fn take(&self) -> Vec<Change> {
+        self.0.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangelogError {
+    #[error("cannot create the state stream {stream}: {detail}")]
+    Stream { stream: String, detail: String },
+    #[error("state changelog: {0}")]
+    Write(String),
+    #[error("restoring partition {partition}: {detail}")]
+    Read { partition: u16, detail: String },
+}
+
+/// One key's new value (`None`: deleted), in the partition of its actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub partition: u16,
+    /// The sled tree it belongs to: `state/<plugin>`, `actions`, or [`TIMERS`] / [`CHECKPOINTS`].
+    pub tree: Arc<str>,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// The id of a commit: (lease revision, counter), ordered.
+pub type CommitId = (u64, u64);
+
+/// One log message: a commit's changes of one partition, or a numbered part of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub commit: CommitId,
+    pub chunk: u32,
+    pub chunks: u32,
+    pub changes: Vec<(String, serde_bytes::ByteBuf, Option<serde_bytes::ByteBuf>)>,
+}
+
+impl LogEntry {
+    pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec(&(FORMAT, self))
+    }
+
+    /// Read a stored entry, whatever later formats append after the fields read (to the
+    /// record or to the entry).
+    pub fn decode(mut bytes: &[u8]) -> Result<LogEntry, String> {
+        let value = rmpv::decode::read_value(&mut bytes).map_err(|e| e.to_string())?;
+        let fields = match value
+            .as_array()
+            .and_then(|items| items.get(1))
+            .and_then(|e| e.as_array())
+        {
+            Some(fields) => fields.iter().take(4).cloned().collect(),
+            None => return Err(format!("not a state log entry: {value}")),
+        };
+        let mut known = Vec::new();
+        rmpv::encode::write_value(&mut known, &rmpv::Value::Array(fields)).map_err(|e| e.to_string())?;
+        rmp_serde::from_slice(&known).map_err(|e| e.to_string())
+    }
+}
+
+/// A partition's state as restored: the latest value of every key, per tree.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub entries: BTreeMap<(Arc<str>, Vec<u8>), Vec<u8>>,
+    /// Log entries newer than the view that were applied (they are written to the view again).
+    pub replayed: Vec<Change>,
+    /// Messages read.
+    pub records: u64,
+    pub took: Duration,
+}
+
+/// Where the changelog lives, and this instance's commit counter.
+pub struct Changelog {
+    js: jetstream::Context,
+    view: String,
+    log: String,
+    view_stream: String,
+    log_stream: String,
+    cluster: Arc<Cluster>,
+    counter: AtomicU64,
+}
+
+fn token(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn untoken(token: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()
+}
+
+impl Changelog {
+    /// Create the two streams (or bring them up to date).
+    pub async fn open(
+        client: &async_nats::Client,
+        config: &crate::config::ClusterConfig,
+        cluster: Arc<Cluster>,
+    ) -> Result<Changelog, ChangelogError> {
+        let js = jetstream::new(client.clone());
+        let view_stream = format!("{}_STATE", config.stream);
+        let log_stream = format!("{}_LOG", config.stream);
+        let view = format!("{}.state", config.subject);
+        let log = format!("{}.log", config.subject);
+        for (name, subject, kept) in [(&view_stream, &view, 1), (&log_stream, &log, LOG_KEPT)] {
+            js.create_or_update_stream(stream::Config {
+                name: name.clone(),
+                description: Some("hub cluster: partition state (see cluster::changelog)".into()),
+                subjects: vec![format!("{subject}.>")],
+                max_messages_per_subject: kept,
+                storage: stream::StorageType::File,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ChangelogError::Stream {
+                stream: name.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(Changelog {
+            js,
+            view,
+            log,
+            view_stream,
+            log_stream,
+            cluster,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    fn view_subject(&self, change: &Change) -> String {
+        format!(
+            "{}.{}.{}.{}",
+            self.view,
+            change.partition,
+            token(change.tree.as_bytes()),
+            token(&change.key)
+        )
+    }
+
+    /// Write changes of partitions this instance owns (all of them with `force`): the log
+    /// first, then the view, then each partition's commit marker.
+    pub async fn write(&self, changes: &[Change], force: bool) -> Result<(), ChangelogError> {
+        let mut by_partition: BTreeMap<u16, Vec<&Change>> = BTreeMap::new();
+        for change in changes {
+            // A partition lost since: its new owner restored without these; they must not
+            // reach the changelog after its writes.
+            if force || self.cluster.owns(change.partition) {
+                by_partition.entry(change.partition).or_default().push(change);
+            }
+        }
+        if by_partition.is_empty() {
+            return Ok(());
+        }
+        let fail = |e: String| ChangelogError::Write(e);
+        let mut commits = Vec::new();
+        let mut acks = Vec::new();
+        for (&partition, changes) in &by_partition {
+            let commit = (
+                self.cluster.revision(partition),
+                self.counter.fetch_add(1, Ordering::Relaxed) + 1,
+            );
+            commits.push((partition, commit));
+            let chunks = chunk(changes);
+            let count = chunks.len() as u32;
+            for (i, part) in chunks.into_iter().enumerate() {
+                let entry = LogEntry {
+                    commit,
+                    chunk: i as u32,
+                    chunks: count,
+                    changes: part,
+                };
+                let bytes = entry.encode().map_err(|e| fail(e.to_string()))?;
+                let subject = format!("{}.{partition}", self.log);
+                acks.push(
+                    self.js
+                        .publish(subject, bytes.into())
+                        .await
+                        .map_err(|e| fail(e.to_string()))?,
+                );
+            }
+        }
+        await_all(acks).await.map_err(fail)?;
+        let mut acks = Vec::new();
+        for change in by_partition.values().flatten() {
+            let subject = self.view_subject(change);
+            let ack = match &change.value {
+                Some(value) => self.js.publish(subject, value.clone().into()).await,
+                None => {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert(DELETED, "1");
+                    self.js.publish_with_headers(subject, h, bytes::Bytes::new()).await
+                }
+            };
+            acks.push(ack.map_err(|e| fail(e.to_string()))?);
+        }
+        await_all(acks).await.map_err(fail)?;
+        let mut acks = Vec::new();
+        for (partition, commit) in commits {
+            let marker = rmp_serde::to_vec(&(FORMAT, commit)).map_err(|e| fail(e.to_string()))?;
+            let subject = format!("{}.{partition}.{MARKER}", self.view);
+            acks.push(
+                self.js
+                    .publish(subject, marker.into())
+                    .await
+                    .map_err(|e| fail(e.to_string()))?,
+            );
+        }
+        await_all(acks).await.map_err(fail)
+    }
+
+    /// Read a partition's state back: the view, then the complete log entries newer than it.
+    pub async fn restore(&self, partition: u16) -> Result<Restored, ChangelogError> {
+        let started = Instant::now();
+        let fail = |detail: String| ChangelogError::Read { partition, detail };
+        let mut restored = Restored::default();
+        let mut marker: CommitId = (0, 0);
+        let prefix = format!("{}.{partition}.", self.view);
+        let view = self
+            .read(&self.view_stream, format!("{prefix}>"), true)
+            .await
+            .map_err(fail)?;
+        for msg in view {
+            restored.records += 1;
+            let Some(rest) = msg.subject.strip_prefix(prefix.as_str()) else {
+                continue;
+            };
+            if rest == MARKER {
+                match rmp_serde::from_slice::<(u8, CommitId)>(&msg.payload) {
+                    Ok((_, commit)) => marker = commit,
+                    Err(e) => {
+                        tracing::error!(partition, error = %e, "unreadable commit marker; the whole log is applied")
+                    }
+                }
+                continue;
+            }
+            let Some((tree, key)) = rest.split_once('.') else {
+                continue;
+            };
+            let (Some(tree), Some(key)) = (untoken(tree), untoken(key)) else {
+                tracing::error!(partition, subject = %msg.subject, "a state record with an unreadable subject; skipped");
+                continue;
+            };
+            let deleted = msg.headers.as_ref().is_some_and(|h| h.get(DELETED).is_some());
+            let tree: Arc<str> = String::from_utf8_lossy(&tree).into();
+            if deleted {
+                restored.entries.remove(&(tree, key));
+            } else {
+                restored.entries.insert((tree, key), msg.payload.to_vec());
+            }
+        }
+        let log = self
+            .read(&self.log_stream, format!("{}.{partition}", self.log), false)
+            .await
+            .map_err(fail)?;
+        let mut commits: BTreeMap<CommitId, Vec<LogEntry>> = BTreeMap::new();
+        for msg in log {
+            restored.records += 1;
+            match LogEntry::decode(&msg.payload) {
+                Ok(entry) if entry.commit > marker => commits.entry(entry.commit).or_default().push(entry),
+                Ok(_) => {}
+                Err(e) => tracing::error!(partition, error = %e, "unreadable state log entry; skipped"),
+            }
+        }
+        for (commit, mut parts) in commits {
+            parts.sort_by_key(|p| p.chunk);
+            let whole = parts.first().is_some_and(|p| p.chunks as usize == parts.len());
+            if !whole {
+                // Its writer died while logging it: nothing of it reached the view, and its
+                // inputs were not acknowledged.
+                tracing::info!(partition, ?commit, "an incomplete commit in the state log is left out");
+                continue;
+            }
+            for (tree, key, value) in parts.into_iter().flat_map(|p| p.changes) {
+                let tree: Arc<str> = tree.into();
+                let key = key.into_vec();
+                let value = value.map(serde_bytes::ByteBuf::into_vec);
+                match &value {
+                    Some(v) => restored.entries.insert((tree.clone(), key.clone()), v.clone()),
+                    None => restored.entries.remove(&(tree.clone(), key.clone())),
+                };
+                restored.replayed.push(Change {
+                    partition,
+                    tree,
+                    key,
+                    value,
+                });
+            }
+        }
+        restored.took = started.elapsed();
+        Ok(restored)
+    }
+
+    /// Every message of `filter` (the last per subject with `last`), read once through an
+    /// ordered consumer of its own.
+    async fn read(&self, stream: &str, filter: String, last: bool) -> Result<Vec<jetstream::Message>, String> {
+        use jetstream::consumer;
+        let stream = self.js.get_stream(stream).await.map_err(|e| e.to_string())?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter,
+                deliver_policy: if last {
+                    consumer::DeliverPolicy::LastPerSubject
+                } else {
+                    consumer::DeliverPolicy::All
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut consumer = consumer;
+        let pending = consumer.info().await.map_err(|e| e.to_string())?.num_pending;
+        let mut found = Vec::with_capacity(pending as usize);
+        if pending == 0 {
+            return Ok(found);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(|e| e.to_string())?;
+            let left = msg.info().map(|i| i.pending).unwrap_or(0);
+            found.push(msg);
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A commit's changes in parts of at most [`CHUNK_BYTES`] (one part at least).
+fn chunk(changes: &[&Change]) -> Vec<Vec<(String, serde_bytes::ByteBuf, Option<serde_bytes::ByteBuf>)>> {
+    let mut parts = vec![Vec::new()];
+    let mut size = 0;
+    for c in changes {
+        let bytes = c.tree.len() + c.key.len() + c.value.as_ref().map_or(0, Vec::len) + 8;
+        if size + bytes > CHUNK_BYTES && parts.last().is_some_and(|p| !p.is_empty()) {
+            parts.push(Vec::new());
+            size = 0;
+        }
+        size += bytes;
+        if let Some(part) = parts.last_mut() {
+            part.push((
+                c.tree.to_string(),
+                serde_bytes::ByteBuf::from(c.key.clone()),
+                c.value.clone().map(serde_bytes::ByteBuf::from),
+            ));
+        }
+    }
+    parts
+}
+
+async fn await_all(acks: Vec<jetstream::context::PublishAckFuture>) -> Result<(), String> {
+    for result in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
+        result.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn log_entries_round_trip(
+            revision in any::<u64>(), n in any::<u64>(), chunk in any::<u32>(), chunks in any::<u32>(),
+            changes in proptest::collection::vec((".*", proptest::collection::vec(any::<u8>(), 0..40),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))), 0..8),
+        ) {
+            let entry = LogEntry {
+                commit: (revision, n),
+                chunk,
+                chunks,
+                changes: changes
+                    .into_iter()
+                    .map(|(t, k, v)| (t, serde_bytes::ByteBuf::from(k), v.map(serde_bytes::ByteBuf::from)))
+                    .collect(),
+            };
+            let bytes = entry.encode().expect("encode");
+            prop_assert_eq!(LogEntry::decode(&bytes).expect("decode"), entry);
+        }
+
+        #[test]
+        fn subject_tokens_round_trip_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let t = token(&bytes);
+            prop_assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+            prop_assert_eq!(untoken(&t), Some(bytes));
+        }
+    }
+
+    #[test]
+    fn a_log_entry_with_a_future_field_is_read() {
+        let entry = LogEntry {
+            commit: (3, 4),
+            chunk: 0,
+            chunks: 1,
+            changes: vec![("state/x".into(), serde_bytes::ByteBuf::from(vec![1]), None)],
+        };
+        let later = rmp_serde::to_vec(&(FORMAT, &entry, "a later field")).expect("encode");
+        assert_eq!(LogEntry::decode(&later).expect("decode"), entry);
+        let wider = (
+            FORMAT,
+            (entry.commit, 0u32, 1u32, &entry.changes, "a later field of the entry"),
+        );
+        let wider = rmp_serde::to_vec(&wider).expect("encode");
+        assert_eq!(LogEntry::decode(&wider).expect("decode"), entry);
+    }
+
+    #[test]
+    fn large_commits_are_split_and_small_ones_are_not() {
+        let change = |n: usize| Change {
+            partition: 0,
+            tree: "state/p".into(),
+            key: vec![0; 10],
+            value: Some(vec![7; n]),
+        };
+        assert_eq!(chunk(&[&change(10), &change(10)]).len(), 1);
+        assert_eq!(chunk(&[]).len(), 1, "an empty commit is one empty part");
+        let big: Vec<Change> = (0..5).map(|_| change(200 * 1024)).collect();
+        let parts = chunk(&big.iter().collect::<Vec<_>>());
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 5);
+    }
+}
