@@ -241,7 +241,7 @@ async fn board(hub: &HubProcess) -> anyhow::Result<Value> {
 }
 
 /// Wait until the instances own every partition between them, evenly; how long it took.
-async fn balanced(fleet: &[HubProcess], partitions: u16, within: Duration) -> anyhow::Result<Duration> {
+pub(crate) async fn balanced(fleet: &[HubProcess], partitions: u16, within: Duration) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let count = fleet.len().max(1);
     let (low, high) = (usize::from(partitions) / count, usize::from(partitions).div_ceil(count));

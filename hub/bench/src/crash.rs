@@ -302,6 +302,8 @@ async fn run_cluster(args: CrashArgs) -> anyhow::Result<()> {
                 ("HUB_CLUSTER__INSTANCE", name.as_str()),
                 ("HUB_CLUSTER__PARTITIONS", partitions.as_str()),
                 ("HUB_CLUSTER__LEASE_TTL", ttl.as_str()),
+                // Hand-offs and restores, in the log file, to explain a verdict.
+                ("RUST_LOG", "warn,hub::cluster=info,hub::ingress=info"),
             ];
             HubProcess::start_logging(&exe, &url, &data, &plugins, &env, &log).await
         }
@@ -333,21 +335,8 @@ async fn run_cluster(args: CrashArgs) -> anyhow::Result<()> {
     publisher.await.context("publisher")??;
     drop(publishing);
 
-    let http = reqwest::Client::new();
-    let owned = |board: &serde_json::Value| board["owners"].as_array().map_or(0, Vec::len);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let board: serde_json::Value = http
-            .get(format!("http://{}/api/cluster", fleet[0].http))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if owned(&board) == usize::from(args.partitions) || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Every partition with a live owner (a killed one's leases expire first).
+    super::cluster::balanced(&fleet, args.partitions, Duration::from_secs(60)).await?;
     let verdict = settle_and_compare(&fleet[0], &js, &args).await?;
     for hub in fleet {
         hub.kill();
@@ -428,6 +417,25 @@ pub async fn store(js: &jetstream::Context, kind: &str, id: &str, body: String) 
     }
 }
 
+/// What the hub holds about `actor` (in a cluster, from whichever instance owns it: asked again
+/// while its partition changes hands).
+async fn actor_view(http: &reqwest::Client, at: SocketAddr, actor: &str) -> anyhow::Result<serde_json::Value> {
+    let url = format!("http://{at}/api/actors/{actor}");
+    let started = Instant::now();
+    loop {
+        let answer = http.get(&url).send().await?;
+        let status = answer.status();
+        let body: serde_json::Value = answer.json().await?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("GET {url}: {status} {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Inputs not yet acknowledged by any consumer of the input stream or (in a cluster) of the
 /// partition stream.
 pub(crate) async fn pending_inputs(js: &jetstream::Context) -> anyhow::Result<u64> {
@@ -500,8 +508,7 @@ async fn settle_and_compare(hub: &HubProcess, js: &jetstream::Context, args: &Cr
     for actor in 0..args.actors {
         checking.set(actor);
         let name = format!("c{actor}");
-        let url = format!("http://{}/api/actors/{name}", hub.http);
-        let view: serde_json::Value = http.get(url).send().await?.json().await?;
+        let view = actor_view(&http, hub.http, &name).await?;
         let sent = args.rounds;
         let counted = view["state"]["counter"]["n"].as_u64().unwrap_or(0);
         verdict.inputs_lost += sent.saturating_sub(counted);
@@ -511,13 +518,22 @@ async fn settle_and_compare(hub: &HubProcess, js: &jetstream::Context, args: &Cr
         verdict.actions_missing += 1u64.saturating_sub(got);
         verdict.actions_doubled += got.saturating_sub(1);
         let failures_left = view["state"].get("payment-trouble").is_some();
-        let url = format!("http://{}/api/actors/relayed:{name}", hub.http);
-        let relayed: serde_json::Value = http.get(url).send().await?.json().await?;
+        let relayed = actor_view(&http, hub.http, &format!("relayed:{name}")).await?;
         let relayed = relayed["state"]["counter"]["n"].as_u64().unwrap_or(0);
         verdict.handoffs_lost += sent.saturating_sub(relayed);
         verdict.handoffs_doubled += relayed.saturating_sub(sent);
         if counted != sent || relayed != sent || failures_left {
             verdict.state_differences += 1;
+            if verdict.state_differences <= 20 {
+                tracing::warn!(
+                    actor = name,
+                    partition = hub::router::Router::partition_of(&name),
+                    counted,
+                    relayed,
+                    failures_left,
+                    "crash test: state differs"
+                );
+            }
         }
     }
     Ok(verdict)

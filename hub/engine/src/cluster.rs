@@ -100,6 +100,15 @@ impl Cluster {
         if let Some(o) = self.owned.get(usize::from(partition)) {
             o.store(owned, Ordering::Release);
         }
+        // The board shows it at once, not at the next lease tick.
+        self.board.send_modify(|b| {
+            b.owned.retain(|&p| p != partition);
+            b.restoring.retain(|&p| p != partition);
+            if owned {
+                b.owned.push(partition);
+                b.owned.sort_unstable();
+            }
+        });
     }
 
     /// Who processes what, as last seen.
@@ -134,6 +143,8 @@ pub struct Board {
     pub members: Vec<Member>,
     /// Partitions this instance processes.
     pub owned: Vec<u16>,
+    /// Partitions whose lease this instance took, whose state it is restoring.
+    pub restoring: Vec<u16>,
     /// Partitions being handed back (finishing what they have in flight).
     pub releasing: Vec<u16>,
     /// The owner of each partition (absent: none at the moment).

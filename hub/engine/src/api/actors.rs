@@ -152,6 +152,11 @@ pub async fn at_owner(
         .find(|o| o.partition == partition)
         .and_then(|o| board.members.iter().find(|m| m.instance == o.instance));
     match owner {
+        Some(member) if member.instance == cluster.instance => Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("actor {id:?} is in partition {partition}, whose state this instance is restoring; try again in a moment"),
+        )
+        .into_response(),
         Some(member) => {
             let target = match request.uri().path_and_query() {
                 Some(pq) => format!("http://{}{pq}", member.http),

@@ -135,6 +135,10 @@ pub struct Changelog {
     log_stream: String,
     cluster: Arc<Cluster>,
     counter: AtomicU64,
+    /// Per partition, the input checkpoints of its finer partitions: the view keeps them as one
+    /// record per partition (one key per finer partition would be up to one more write per
+    /// input).
+    checkpoints: std::sync::Mutex<BTreeMap<u16, BTreeMap<u16, u64>>>,
 }
 
 fn token(bytes: &[u8]) -> String {
@@ -181,6 +185,7 @@ impl Changelog {
             log_stream,
             cluster,
             counter: AtomicU64::new(0),
+            checkpoints: Default::default(),
         })
     }
 
@@ -238,10 +243,31 @@ impl Changelog {
         }
         await_all(acks).await.map_err(fail)?;
         let mut acks = Vec::new();
-        for change in by_partition.values().flatten() {
-            let subject = self.view_subject(change);
-            let ack = match &change.value {
-                Some(value) => self.js.publish(subject, value.clone().into()).await,
+        let mut records: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        for (&partition, changes) in &by_partition {
+            let mut checkpoints_moved = false;
+            for change in changes {
+                if &*change.tree == CHECKPOINTS {
+                    self.note_checkpoint(partition, change);
+                    checkpoints_moved = true;
+                } else {
+                    records.push((self.view_subject(change), change.value.clone()));
+                }
+            }
+            if checkpoints_moved {
+                let all = self.checkpoints_record(partition).map_err(|e| fail(e.to_string()))?;
+                let subject = format!(
+                    "{}.{partition}.{}.{}",
+                    self.view,
+                    token(CHECKPOINTS.as_bytes()),
+                    token(ALL_CHECKPOINTS)
+                );
+                records.push((subject, Some(all)));
+            }
+        }
+        for (subject, value) in records {
+            let ack = match value {
+                Some(value) => self.js.publish(subject, value.into()).await,
                 None => {
                     let mut h = async_nats::HeaderMap::new();
                     h.insert(DELETED, "1");
@@ -263,6 +289,31 @@ impl Changelog {
             );
         }
         await_all(acks).await.map_err(fail)
+    }
+
+    /// Keep a checkpoint that moved, for the partition's one checkpoints record.
+    fn note_checkpoint(&self, partition: u16, change: &Change) {
+        let fine = <[u8; 2]>::try_from(change.key.as_slice()).map(u16::from_be_bytes);
+        let seq = change
+            .value
+            .as_deref()
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map_or(0, u64::from_be_bytes);
+        if let (Ok(fine), Ok(mut all)) = (fine, self.checkpoints.lock()) {
+            all.entry(partition).or_default().insert(fine, seq);
+        }
+    }
+
+    /// Every checkpoint of `partition` as one record: `[1, [[partition, seq], …]]`.
+    fn checkpoints_record(&self, partition: u16) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        let pairs: Vec<(u16, u64)> = match self.checkpoints.lock() {
+            Ok(all) => all
+                .get(&partition)
+                .map(|m| m.iter().map(|(f, s)| (*f, *s)).collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        rmp_serde::to_vec(&(FORMAT, pairs))
     }
 
     /// Read a partition's state back: the view, then the complete log entries newer than it.
@@ -299,6 +350,20 @@ impl Changelog {
             };
             let deleted = msg.headers.as_ref().is_some_and(|h| h.get(DELETED).is_some());
             let tree: Arc<str> = String::from_utf8_lossy(&tree).into();
+            if &*tree == CHECKPOINTS && key == ALL_CHECKPOINTS {
+                match decode_checkpoints(&msg.payload) {
+                    Ok(pairs) => {
+                        for (fine, seq) in pairs {
+                            let key = fine.to_be_bytes().to_vec();
+                            restored.entries.insert((tree.clone(), key), seq.to_be_bytes().to_vec());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(partition, error = %e, "unreadable checkpoints record; the partition's inputs since its last acknowledgement are applied again")
+                    }
+                }
+                continue;
+            }
             if deleted {
                 restored.entries.remove(&(tree, key));
             } else {
@@ -343,6 +408,21 @@ impl Changelog {
                 });
             }
         }
+        // This instance's record of the partition's checkpoints starts from what was restored.
+        if let Ok(mut all) = self.checkpoints.lock() {
+            let mine = all.entry(partition).or_default();
+            mine.clear();
+            for ((tree, key), value) in &restored.entries {
+                if &**tree == CHECKPOINTS
+                    && let (Ok(fine), Ok(seq)) = (
+                        <[u8; 2]>::try_from(key.as_slice()),
+                        <[u8; 8]>::try_from(value.as_slice()),
+                    )
+                {
+                    mine.insert(u16::from_be_bytes(fine), u64::from_be_bytes(seq));
+                }
+            }
+        }
         restored.took = started.elapsed();
         Ok(restored)
     }
@@ -381,6 +461,31 @@ impl Changelog {
         }
         Ok(found)
     }
+}
+
+/// The key of a partition's checkpoints record in the view (no finer partition's key, two
+/// bytes, can be it).
+const ALL_CHECKPOINTS: &[u8] = b"all";
+
+/// A checkpoints record: its pairs, whatever later formats append.
+fn decode_checkpoints(mut bytes: &[u8]) -> Result<Vec<(u16, u64)>, String> {
+    let value = rmpv::decode::read_value(&mut bytes).map_err(|e| e.to_string())?;
+    let pairs = value
+        .as_array()
+        .and_then(|items| items.get(1))
+        .and_then(|p| p.as_array())
+        .ok_or_else(|| format!("not a checkpoints record: {value}"))?;
+    pairs
+        .iter()
+        .map(|pair| match pair.as_array().map(Vec::as_slice) {
+            Some([fine, seq, ..]) => fine
+                .as_u64()
+                .and_then(|f| u16::try_from(f).ok())
+                .zip(seq.as_u64())
+                .ok_or_else(|| format!("not a checkpoint: {pair}")),
+            _ => Err(format!("not a checkpoint: {pair}")),
+        })
+        .collect()
 }
 
 /// A commit's changes in parts of at most [`CHUNK_BYTES`] (one part at least).
@@ -442,6 +547,16 @@ mod tests {
             let t = token(&bytes);
             prop_assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
             prop_assert_eq!(untoken(&t), Some(bytes));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn checkpoints_records_round_trip(pairs in proptest::collection::vec((any::<u16>(), any::<u64>()), 0..64)) {
+            let bytes = rmp_serde::to_vec(&(FORMAT, &pairs)).expect("encode");
+            prop_assert_eq!(decode_checkpoints(&bytes).expect("decode"), pairs.clone());
+            let later = rmp_serde::to_vec(&(FORMAT, &pairs, "a later field")).expect("encode");
+            prop_assert_eq!(decode_checkpoints(&later).expect("decode"), pairs);
         }
     }
 

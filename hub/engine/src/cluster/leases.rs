@@ -469,7 +469,15 @@ impl Leases {
                 ingest
             };
         }
-        self.board.owned = self.held.keys().copied().collect();
+        // Held and processed; held but still being restored.
+        let cluster = &self.cluster;
+        self.board.owned = self.held.keys().copied().filter(|&p| cluster.owns(p)).collect();
+        self.board.restoring = self
+            .held
+            .keys()
+            .copied()
+            .filter(|&p| !cluster.owns(p) && !self.releasing.contains(&p))
+            .collect();
         self.board.releasing = self.releasing.iter().copied().collect();
         metrics::gauge!(m::CLUSTER_OWNED).set(self.board.owned.len() as f64);
         metrics::gauge!(m::CLUSTER_MEMBERS).set(self.board.members.len() as f64);
