@@ -78,6 +78,24 @@ async fn callbacks_once_each(env: &Env, actors: &[String]) {
     nothing(&mut callbacks, "a callback more", 500).await;
 }
 
+/// What the cluster holds about `actor`, asked of the instance at `http` (redirected to the
+/// owner; asked again while another instance's board has not yet seen a hand-off).
+async fn actor_view(http: SocketAddr, actor: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let answer = reqwest::get(format!("http://{http}/api/actors/{actor}"))
+            .await
+            .expect("GET");
+        let status = answer.status();
+        let view: Value = answer.json().await.expect("JSON");
+        if status == 200 {
+            return view;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{actor}: {status} {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn actors(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -123,10 +141,8 @@ async fn two_instances_share_the_partitions_process_each_event_once_and_hand_bac
     callbacks_once_each(&env, &first).await;
 
     // An actor's state is on its owner; asking the other instance is redirected there.
-    let api_a = crate::support::Api::new(&a, None);
     for actor in &first {
-        let (status, view) = api_a.get(&format!("/api/actors/{actor}")).await;
-        assert_eq!(status, 200, "{view}");
+        let view = actor_view(a.http_addr(), actor).await;
         assert!(
             view["state"].get("payment-trouble").is_none(),
             "{actor}'s count started again after the callback: {view}"
@@ -388,11 +404,9 @@ async fn three_instances_under_load_lose_and_double_nothing_when_one_is_killed_o
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stored = actions.info().await.expect("info").state.messages;
     assert_eq!(stored, ACTORS as u64, "one callback per actor, none lost, none doubled");
-    let http = reqwest::Client::new();
     for a in 0..ACTORS {
         // Asked of c whoever owns it (redirected).
-        let url = format!("http://{}/api/actors/k{a}", https[0]);
-        let view: Value = http.get(url).send().await.expect("GET").json().await.expect("JSON");
+        let view = actor_view(https[0], &format!("k{a}")).await;
         assert_eq!(view["state"]["counter"]["n"], 3, "k{a}: {view}");
         assert!(view["state"].get("payment-trouble").is_none(), "k{a}: {view}");
     }

@@ -104,9 +104,15 @@ impl Cluster {
         self.board.send_modify(|b| {
             b.owned.retain(|&p| p != partition);
             b.restoring.retain(|&p| p != partition);
+            b.owners.retain(|o| o.partition != partition);
             if owned {
                 b.owned.push(partition);
                 b.owned.sort_unstable();
+                b.owners.push(Owner {
+                    partition,
+                    instance: self.instance.clone(),
+                });
+                b.owners.sort_by_key(|o| o.partition);
             }
         });
     }
