@@ -253,20 +253,31 @@ async fn the_partitions_of_a_killed_instance_are_taken_over_once_its_leases_expi
     a.kill();
 }
 
-/// An actor of `instance`'s partitions (by asking the cluster board of `http`).
+/// An actor of `instance`'s partitions, as the cluster board of `http` sees them (asked again
+/// until it has seen `instance`'s claims: another instance's board lags them by a lease tick).
 async fn actor_owned_by(http: SocketAddr, instance: &str, prefix: &str) -> String {
-    let seen = board(http).await;
-    let theirs: BTreeSet<u64> = seen["owners"]
-        .as_array()
-        .expect("owners")
-        .iter()
-        .filter(|o| o["instance"] == instance)
-        .filter_map(|o| o["partition"].as_u64())
-        .collect();
-    (0..10_000)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|actor| theirs.contains(&u64::from(hub::router::Router::partition_of(actor) % PARTITIONS)))
-        .expect("an actor in those partitions")
+    let started = Instant::now();
+    loop {
+        let seen = board(http).await;
+        let theirs: BTreeSet<u64> = seen["owners"]
+            .as_array()
+            .expect("owners")
+            .iter()
+            .filter(|o| o["instance"] == instance)
+            .filter_map(|o| o["partition"].as_u64())
+            .collect();
+        let mine = (0..10_000)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|actor| theirs.contains(&u64::from(hub::router::Router::partition_of(actor) % PARTITIONS)));
+        if let Some(actor) = mine {
+            return actor;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no partition of {instance} on {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
