@@ -4,10 +4,11 @@
 
 use crate::support::{Env, json, next, nothing, plugin_folder, reference};
 use hub::config::Config;
-use hub_bench::crash::HubProcess;
+use hub_bench::crash::{HubProcess, Membership};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PARTITIONS: u16 = 8;
@@ -37,27 +38,11 @@ async fn board(http: SocketAddr) -> Value {
     response.json().await.expect("JSON")
 }
 
-fn owned(board: &Value) -> usize {
-    board["owned"].as_array().map_or(0, Vec::len)
-}
-
-/// Wait until the instances at `https` own `shares` partitions each; how long it took.
-async fn until_owned(https: &[SocketAddr], shares: &[usize], within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let mut seen = Vec::new();
-        for http in https {
-            seen.push(owned(&board(*http).await));
-        }
-        if seen == shares {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "partitions owned {seen:?}, expected {shares:?} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Wait until the instances at `https` share the partitions evenly; how long it took.
+async fn until_owned(https: &[SocketAddr], within: Duration) -> Duration {
+    hub_bench::cluster::balanced(https, PARTITIONS, within)
+        .await
+        .expect("partitions spread evenly")
 }
 
 /// Three payment failures for each actor, and the callbacks that follow: one per actor.
@@ -96,6 +81,19 @@ async fn actor_view(http: SocketAddr, actor: &str) -> Value {
     }
 }
 
+/// A `hub up` process as member `name` of the test's cluster, with a data folder of its own.
+async fn start_member(env: &Env, exe: &Path, url: &str, plugins: &Path, name: &str) -> HubProcess {
+    let member = Membership {
+        instance: name.into(),
+        partitions: PARTITIONS,
+        lease_ttl: TTL,
+    };
+    let data = env.dir.path().join(name);
+    HubProcess::start_member(exe, url, &data, plugins, &member, &[], &data.with_extension("log"))
+        .await
+        .expect("hub up answers /healthz")
+}
+
 fn actors(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -104,9 +102,9 @@ fn actors(prefix: &str, n: usize) -> Vec<String> {
 async fn two_instances_share_the_partitions_process_each_event_once_and_hand_back_on_stop() {
     let env = Env::new().await;
     let a = env.start(member(&env, "a")).await;
-    until_owned(&[a.http_addr()], &[8], Duration::from_secs(10)).await;
+    until_owned(&[a.http_addr()], Duration::from_secs(10)).await;
     let b = env.start(member(&env, "b")).await;
-    let split = until_owned(&[a.http_addr(), b.http_addr()], &[4, 4], Duration::from_secs(15)).await;
+    let split = until_owned(&[a.http_addr(), b.http_addr()], Duration::from_secs(15)).await;
     eprintln!("a second instance got its share after {split:?}");
 
     let seen = board(a.http_addr()).await;
@@ -151,7 +149,7 @@ async fn two_instances_share_the_partitions_process_each_event_once_and_hand_bac
 
     // b stops: it acknowledges what it processed and hands its partitions back at once.
     b.shutdown().await;
-    let taken = until_owned(&[a.http_addr()], &[8], TTL * 3).await;
+    let taken = until_owned(&[a.http_addr()], TTL * 3).await;
     eprintln!("partitions of a stopped instance were taken over after {taken:?}");
     assert!(board(a.http_addr()).await["taken"].as_u64() >= Some(12));
 
@@ -171,7 +169,7 @@ async fn re_keyed_events_reach_the_instance_that_owns_their_actor() {
     };
     let a = env.start(config("a")).await;
     let b = env.start(config("b")).await;
-    until_owned(&[a.http_addr(), b.http_addr()], &[4, 4], Duration::from_secs(15)).await;
+    until_owned(&[a.http_addr(), b.http_addr()], Duration::from_secs(15)).await;
     let mut audience = env.sub("hub.events.tv.audience").await;
 
     // Viewers and channels hash to partitions of either instance: every join and leave is
@@ -207,26 +205,10 @@ async fn the_partitions_of_a_killed_instance_are_taken_over_once_its_leases_expi
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_hub"));
     let plugins = std::path::Path::new(hub::EXAMPLE_PLUGINS);
     let url = env.nats.url.clone();
-    let start = |name: &'static str| {
-        let data = env.dir.path().join(name);
-        let url = url.clone();
-        async move {
-            let ttl = format!("{}s", TTL.as_secs());
-            let partitions = PARTITIONS.to_string();
-            let vars = [
-                ("HUB_CLUSTER__ENABLED", "true"),
-                ("HUB_CLUSTER__INSTANCE", name),
-                ("HUB_CLUSTER__PARTITIONS", partitions.as_str()),
-                ("HUB_CLUSTER__LEASE_TTL", ttl.as_str()),
-            ];
-            HubProcess::start_with(exe, &url, &data, plugins, &vars)
-                .await
-                .expect("hub up answers /healthz")
-        }
-    };
+    let start = |name: &'static str| start_member(&env, exe, &url, plugins, name);
     let a = start("a").await;
     let b = start("b").await;
-    until_owned(&[a.http(), b.http()], &[4, 4], Duration::from_secs(15)).await;
+    until_owned(&[a.http(), b.http()], Duration::from_secs(15)).await;
 
     b.kill();
     let killed = Instant::now();
@@ -238,7 +220,7 @@ async fn the_partitions_of_a_killed_instance_are_taken_over_once_its_leases_expi
             env.send("payment.failed", actor, json!({})).await;
         }
     }
-    until_owned(&[a.http()], &[8], TTL * 4).await;
+    until_owned(&[a.http()], TTL * 4).await;
     let taken = killed.elapsed();
     eprintln!("partitions of a killed instance were taken over after {taken:?} (lease TTL {TTL:?})");
     assert!(taken >= TTL / 2, "taken over before the leases could expire: {taken:?}");
@@ -292,7 +274,7 @@ async fn state_timers_and_profiles_follow_a_partition_to_its_new_owner() {
     };
     let a = env.start(config("a")).await;
     let b = env.start(config("b")).await;
-    until_owned(&[a.http_addr(), b.http_addr()], &[4, 4], Duration::from_secs(15)).await;
+    until_owned(&[a.http_addr(), b.http_addr()], Duration::from_secs(15)).await;
     let payer = actor_owned_by(a.http_addr(), "b", "payer").await;
     let shopper = actor_owned_by(a.http_addr(), "b", "shopper").await;
 
@@ -321,7 +303,7 @@ async fn state_timers_and_profiles_follow_a_partition_to_its_new_owner() {
     // b stops; a takes its partitions, rebuilding them from JetStream (a's own disk never held
     // them).
     b.shutdown().await;
-    until_owned(&[a.http_addr()], &[8], TTL * 3).await;
+    until_owned(&[a.http_addr()], TTL * 3).await;
     let seen = board(a.http_addr()).await;
     assert!(
         seen["restores"].as_array().is_some_and(|r| r.len() >= 4),
@@ -356,23 +338,7 @@ async fn three_instances_under_load_lose_and_double_nothing_when_one_is_killed_o
     );
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_hub"));
     let url = env.nats.url.clone();
-    let start = |name: &'static str| {
-        let data = env.dir.path().join(name);
-        let (url, plugins) = (url.clone(), plugins.clone());
-        async move {
-            let ttl = format!("{}s", TTL.as_secs());
-            let partitions = PARTITIONS.to_string();
-            let vars = [
-                ("HUB_CLUSTER__ENABLED", "true"),
-                ("HUB_CLUSTER__INSTANCE", name),
-                ("HUB_CLUSTER__PARTITIONS", partitions.as_str()),
-                ("HUB_CLUSTER__LEASE_TTL", ttl.as_str()),
-            ];
-            HubProcess::start_with(exe, &url, &data, &plugins, &vars)
-                .await
-                .expect("hub up answers /healthz")
-        }
-    };
+    let start = |name: &'static str| start_member(&env, exe, &url, &plugins, name);
     let mut fleet = vec![start("a").await, start("b").await, start("c").await];
 
     // Per actor and round, a tick and a payment failure, with JetStream acknowledgements,
@@ -406,7 +372,7 @@ async fn three_instances_under_load_lose_and_double_nothing_when_one_is_killed_o
 
     // c and d end with every partition between them.
     let https: Vec<SocketAddr> = fleet.iter().map(HubProcess::http).collect();
-    until_owned(&https, &[4, 4], TTL * 6).await;
+    until_owned(&https, TTL * 6).await;
     let mut actions = js.get_stream("HUB_ACTIONS").await.expect("action stream");
     let deadline = Instant::now() + Duration::from_secs(30);
     while actions.info().await.expect("info").state.messages < ACTORS as u64 && Instant::now() < deadline {
@@ -420,5 +386,81 @@ async fn three_instances_under_load_lose_and_double_nothing_when_one_is_killed_o
         let view = actor_view(https[0], &format!("k{a}")).await;
         assert_eq!(view["state"]["counter"]["n"], 3, "k{a}: {view}");
         assert!(view["state"].get("payment-trouble").is_none(), "k{a}: {view}");
+    }
+}
+
+/// `GET path` on `http` until `done` holds of the answer (status, body), for up to 10 s.
+async fn until_answer(http: SocketAddr, path: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let answer = reqwest::get(format!("http://{http}{path}")).await.expect("GET");
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        if done(status, &body) {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{path} on {http}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_change_made_on_one_instance_runs_on_every_instance_and_on_one_that_joins_later() {
+    let env = Env::new().await;
+    let a = env.start(member(&env, "a")).await;
+    let b = env.start(member(&env, "b")).await;
+    until_owned(&[a.http_addr(), b.http_addr()], Duration::from_secs(15)).await;
+    let api_a = crate::support::Api::new(&a, None);
+    let api_b = crate::support::Api::new(&b, None);
+    // Both seeded the same folder: b took a's records, so they agree on every version.
+    let (_, on_a) = api_a.get("/api/plugins/payment-trouble").await;
+    let (_, on_b) = api_b.get("/api/plugins/payment-trouble").await;
+    assert_eq!(on_a["versions"], on_b["versions"]);
+
+    // On a: callbacks after two failures (a new version); b runs it too.
+    let (status, change) = api_a
+        .put_json("/api/plugins/payment-trouble/config", r#"{"threshold": 2}"#)
+        .await;
+    assert_eq!(status, 200, "{change}");
+    let version = change["version"].clone();
+    until_answer(b.http_addr(), "/api/plugins/payment-trouble", |status, body| {
+        status == 200 && body["active_version"] == version
+    })
+    .await;
+    let payer = actor_owned_by(b.http_addr(), "b", "payer").await;
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    env.send("payment.failed", &payer, json!({})).await;
+    env.send("payment.failed", &payer, json!({})).await;
+    let callback = json(&next(&mut callbacks, "a callback at the second failure, on b", 10).await);
+    assert_eq!(
+        (&callback["actor"], &callback["payload"]["failures"]),
+        (&json!(payer), &json!(2))
+    );
+
+    // Deleted on b: a stops running it.
+    let (status, _) = api_b.delete("/api/plugins/cart-abandonment").await;
+    assert_eq!(status, 200);
+    until_answer(a.http_addr(), "/api/plugins/cart-abandonment", |status, _| {
+        status == 404
+    })
+    .await;
+
+    // An instance that joins with an empty data folder and no plugin folder runs what the
+    // cluster runs (its wasm fetched from NATS).
+    let mut config = member(&env, "c");
+    config.plugins.dir = None;
+    config.plugins.config.clear();
+    let c = env.start(config).await;
+    let api_c = crate::support::Api::new(&c, None);
+    let (status, on_c) = api_c.get("/api/plugins/payment-trouble").await;
+    assert_eq!(status, 200, "{on_c}");
+    assert_eq!(on_c["active_version"], version, "{on_c}");
+    let (status, _) = api_c.get("/api/plugins/cart-abandonment").await;
+    assert_eq!(status, 404, "the deleted plugin stays deleted");
+    for hub in [c, b, a] {
+        hub.shutdown().await;
     }
 }

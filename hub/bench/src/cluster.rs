@@ -7,12 +7,13 @@
 //! restoring a partition's state took.
 
 use super::cpu::ticks;
-use super::crash::{HubProcess, pending_inputs};
+use super::crash::{HubProcess, Membership, pending_inputs};
 use super::progress::Step;
 use anyhow::{Context, bail};
 use async_nats::jetstream;
 use hub::nats_server::{LocalNats, free_port};
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -110,21 +111,20 @@ async fn measure(args: &ClusterBenchArgs, plugins: &Path, instances: u32) -> any
     let exe = std::env::current_exe().context("cannot find the hub binary")?;
     let client = async_nats::connect(&nats.url).await?;
     let js = jetstream::new(client.clone());
-    let (partitions, ttl) = (args.partitions.to_string(), format!("{}s", args.lease_ttl));
     let start = |name: String| {
         let data = dir.path().join(&name);
         let (exe, url, log) = (exe.clone(), nats.url.clone(), args.log_file.clone());
-        let (partitions, ttl) = (partitions.clone(), ttl.clone());
         let plugins = plugins.to_path_buf();
+        let member = Membership {
+            instance: name,
+            partitions: args.partitions,
+            lease_ttl: Duration::from_secs(args.lease_ttl),
+        };
         async move {
-            let env = [
-                ("HUB_CLUSTER__ENABLED", "true"),
-                ("HUB_CLUSTER__INSTANCE", name.as_str()),
-                ("HUB_CLUSTER__PARTITIONS", partitions.as_str()),
-                ("HUB_CLUSTER__LEASE_TTL", ttl.as_str()),
-            ];
-            let env: &[(&str, &str)] = if instances == 0 { &[] } else { &env };
-            HubProcess::start_logging(&exe, &url, &data, &plugins, env, &log).await
+            match instances {
+                0 => HubProcess::start_logging(&exe, &url, &data, &plugins, &[], &log).await,
+                _ => HubProcess::start_member(&exe, &url, &data, &plugins, &member, &[], &log).await,
+            }
         }
     };
     let mut fleet = Vec::new();
@@ -132,7 +132,7 @@ async fn measure(args: &ClusterBenchArgs, plugins: &Path, instances: u32) -> any
         fleet.push(start(format!("i{i}")).await?);
     }
     if instances > 0 {
-        balanced(&fleet, args.partitions, Duration::from_secs(60)).await?;
+        balanced(&addresses(&fleet), args.partitions, Duration::from_secs(60)).await?;
     }
     drop(step);
 
@@ -195,18 +195,18 @@ where
     let limit = Duration::from_secs(args.lease_ttl * 5 + 30);
     let step = Step::waiting("cluster bench · hand-offs".to_owned());
     fleet.push(start().await?);
-    let joined = balanced(fleet, args.partitions, limit).await?;
+    let joined = balanced(&addresses(fleet), args.partitions, limit).await?;
     let leaving = fleet.remove(0);
     let stopping = Instant::now();
     leaving.stop(Duration::from_secs(60)).await?;
-    let stopped = stopping.elapsed() + balanced(fleet, args.partitions, limit).await?;
+    let stopped = stopping.elapsed() + balanced(&addresses(fleet), args.partitions, limit).await?;
     let killing = Instant::now();
     fleet.remove(0).kill();
-    let killed = killing.elapsed() + balanced(fleet, args.partitions, limit).await?;
+    let killed = killing.elapsed() + balanced(&addresses(fleet), args.partitions, limit).await?;
     let mut restores: Vec<u64> = Vec::new();
     let mut keys: Vec<u64> = Vec::new();
     for hub in fleet.iter() {
-        let board = board(hub).await?;
+        let board = board(hub.http()).await?;
         for r in board["restores"].as_array().into_iter().flatten() {
             restores.push(r["ms"].as_u64().unwrap_or(0));
             keys.push(r["keys"].as_u64().unwrap_or(0));
@@ -233,22 +233,25 @@ where
     ))
 }
 
-async fn board(hub: &HubProcess) -> anyhow::Result<Value> {
-    Ok(reqwest::get(format!("http://{}/api/cluster", hub.http()))
-        .await?
-        .json()
-        .await?)
+async fn board(http: SocketAddr) -> anyhow::Result<Value> {
+    Ok(reqwest::get(format!("http://{http}/api/cluster")).await?.json().await?)
 }
 
-/// Wait until the instances own every partition between them, evenly; how long it took.
-pub(crate) async fn balanced(fleet: &[HubProcess], partitions: u16, within: Duration) -> anyhow::Result<Duration> {
+/// The HTTP addresses of a fleet, for [`balanced`].
+pub(crate) fn addresses(fleet: &[HubProcess]) -> Vec<SocketAddr> {
+    fleet.iter().map(HubProcess::http).collect()
+}
+
+/// Wait until the instances answering at `https` own every partition between them, evenly (as
+/// each sees itself); how long it took.
+pub async fn balanced(https: &[SocketAddr], partitions: u16, within: Duration) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let count = fleet.len().max(1);
+    let count = https.len().max(1);
     let (low, high) = (usize::from(partitions) / count, usize::from(partitions).div_ceil(count));
     loop {
         let mut owned = Vec::new();
-        for hub in fleet {
-            owned.push(board(hub).await?["owned"].as_array().map_or(0, Vec::len));
+        for &http in https {
+            owned.push(board(http).await?["owned"].as_array().map_or(0, Vec::len));
         }
         if owned.iter().sum::<usize>() == usize::from(partitions) && owned.iter().all(|&o| o >= low && o <= high) {
             return Ok(started.elapsed());

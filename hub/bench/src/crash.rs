@@ -62,6 +62,14 @@ pub struct CrashArgs {
     pub lease_ttl: u64,
 }
 
+/// How a `hub up` process joins a cluster.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub instance: String,
+    pub partitions: u16,
+    pub lease_ttl: Duration,
+}
+
 /// A `hub up` child process, killed with SIGKILL when dropped (also used by the test suite).
 pub struct HubProcess {
     child: Child,
@@ -85,6 +93,28 @@ impl HubProcess {
         env: &[(&str, &str)],
     ) -> anyhow::Result<HubProcess> {
         HubProcess::start_logging(exe, nats, data, plugins, env, &data.with_extension("log")).await
+    }
+
+    /// [`HubProcess::start_logging`] as a `member` of a cluster (`env` comes after its settings).
+    pub async fn start_member(
+        exe: &Path,
+        nats: &str,
+        data: &Path,
+        plugins: &Path,
+        member: &Membership,
+        env: &[(&str, &str)],
+        log_file: &Path,
+    ) -> anyhow::Result<HubProcess> {
+        let partitions = member.partitions.to_string();
+        let ttl = format!("{}ms", member.lease_ttl.as_millis());
+        let mut all = vec![
+            ("HUB_CLUSTER__ENABLED", "true"),
+            ("HUB_CLUSTER__INSTANCE", member.instance.as_str()),
+            ("HUB_CLUSTER__PARTITIONS", partitions.as_str()),
+            ("HUB_CLUSTER__LEASE_TTL", ttl.as_str()),
+        ];
+        all.extend_from_slice(env);
+        HubProcess::start_logging(exe, nats, data, plugins, &all, log_file).await
     }
 
     /// [`HubProcess::start_with`], appending its log to `log_file`.
@@ -288,24 +318,20 @@ async fn run_cluster(args: CrashArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the hub binary")?;
     let client = async_nats::connect(&nats.url).await?;
     let js = jetstream::new(client.clone());
-    let (partitions, ttl) = (args.partitions.to_string(), format!("{}s", args.lease_ttl));
     let mut named = 0;
     let mut start = || {
         named += 1;
-        let name = format!("i{named}");
-        let data = dir.path().join(&name);
+        let member = Membership {
+            instance: format!("i{named}"),
+            partitions: args.partitions,
+            lease_ttl: Duration::from_secs(args.lease_ttl),
+        };
+        let data = dir.path().join(&member.instance);
         let (exe, url, plugins, log) = (exe.clone(), nats.url.clone(), plugins.clone(), args.log_file.clone());
-        let (partitions, ttl) = (partitions.clone(), ttl.clone());
         async move {
-            let env = [
-                ("HUB_CLUSTER__ENABLED", "true"),
-                ("HUB_CLUSTER__INSTANCE", name.as_str()),
-                ("HUB_CLUSTER__PARTITIONS", partitions.as_str()),
-                ("HUB_CLUSTER__LEASE_TTL", ttl.as_str()),
-                // Hand-offs and restores, in the log file, to explain a verdict.
-                ("RUST_LOG", "warn,hub::cluster=info,hub::ingress=info"),
-            ];
-            HubProcess::start_logging(&exe, &url, &data, &plugins, &env, &log).await
+            // Hand-offs and restores, in the log file, to explain a verdict.
+            let env = [("RUST_LOG", "warn,hub::cluster=info,hub::ingress=info")];
+            HubProcess::start_member(&exe, &url, &data, &plugins, &member, &env, &log).await
         }
     };
     let mut fleet = Vec::new();
@@ -336,7 +362,12 @@ async fn run_cluster(args: CrashArgs) -> anyhow::Result<()> {
     drop(publishing);
 
     // Every partition with a live owner (a killed one's leases expire first).
-    super::cluster::balanced(&fleet, args.partitions, Duration::from_secs(60)).await?;
+    super::cluster::balanced(
+        &super::cluster::addresses(&fleet),
+        args.partitions,
+        Duration::from_secs(60),
+    )
+    .await?;
     let verdict = settle_and_compare(&fleet[0], &js, &args).await?;
     for hub in fleet {
         hub.kill();

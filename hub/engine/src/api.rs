@@ -276,6 +276,9 @@ impl From<crate::registry::AdminError> for Failure {
             E::Refused(LoadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             E::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::Store(_) | E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Shared(crate::cluster::plugins::SharedError::Conflict(_)) => StatusCode::CONFLICT,
+            // The cluster's registry cannot be reached now: nothing changed, try again.
+            E::Shared(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Failure::new(status, e.to_string())
     }

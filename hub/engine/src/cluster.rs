@@ -17,6 +17,7 @@
 
 pub mod changelog;
 pub mod leases;
+pub mod plugins;
 pub mod repartition;
 pub mod takeover;
 

@@ -68,6 +68,12 @@ pub struct ClusterConfig {
     /// must complete within it, or an input read twice is partitioned twice.
     #[serde(with = "duration_text")]
     pub dedup_window: Duration,
+    /// How long state changes gather before they are written to the changelog together: each
+    /// key is written once per interval however often it changed, and each partition's log
+    /// entry and commit marker once. Inputs are acknowledged after that write, so a longer
+    /// interval costs a new owner more inputs to process again (their outputs keep their ids).
+    #[serde(with = "duration_text")]
+    pub changelog_every: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -83,6 +89,7 @@ impl Default for ClusterConfig {
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: 10 << 30,
             dedup_window: Duration::from_secs(10 * 60),
+            changelog_every: Duration::from_millis(200),
         }
     }
 }

@@ -64,6 +64,8 @@ pub enum StartError {
     Cluster(#[from] crate::cluster::leases::LeaseError),
     #[error(transparent)]
     Changelog(#[from] crate::cluster::changelog::ChangelogError),
+    #[error(transparent)]
+    SharedPlugins(#[from] crate::cluster::plugins::SharedError),
 }
 
 /// A running hub.
@@ -88,6 +90,8 @@ pub struct Hub {
 struct ClusterParts {
     leases: LeaseHandle,
     repartitioner: Repartitioner,
+    /// Adopts the plugin changes other instances make.
+    plugins: tokio::task::JoinHandle<()>,
 }
 
 impl Hub {
@@ -142,8 +146,22 @@ impl Hub {
         let shard_count = config.engine.shard_count();
         let (router, receivers) = Router::new(shard_count, config.engine.queue_capacity);
         let registry = Registry::open(runtime, db.sled(), router.clone())?;
+        // In a cluster: the cluster's plugins first, the folder's over them, then what only this
+        // instance has goes up (see `cluster::plugins`).
+        let shared_plugins = match &cluster {
+            Some(_) => {
+                let shared = Arc::new(crate::cluster::plugins::SharedPlugins::open(&client, &config.cluster).await?);
+                shared.pull(&registry).await?;
+                Some(shared)
+            }
+            None => None,
+        };
         if let Some(dir) = &config.plugins.dir {
             registry.seed(dir, &config.plugins.config)?;
+        }
+        if let Some(shared) = &shared_plugins {
+            shared.push(&registry).await?;
+            registry.share(shared.clone());
         }
         let plugins = registry.start()?;
         let stats = Arc::new(PluginStats::new(shard_count));
@@ -225,6 +243,7 @@ impl Hub {
                     flushed: flushed_tx,
                     clock: clock.clone(),
                     changelog: write_changes,
+                    changelog_every: config.cluster.changelog_every,
                     pending,
                 };
                 Some(((input, parts), durability, flushed, clock))
@@ -344,7 +363,15 @@ impl Hub {
                             config.cluster.subject.clone(),
                             ingest,
                         );
-                        cluster_parts = Some(ClusterParts { leases, repartitioner });
+                        let plugins = shared_plugins
+                            .as_ref()
+                            .ok_or_else(|| StartError::Config("a cluster without its shared plugin registry".into()))?
+                            .follow(registry.clone());
+                        cluster_parts = Some(ClusterParts {
+                            leases,
+                            repartitioner,
+                            plugins,
+                        });
                         Source::Partitions(PartitionSource {
                             stream: parts,
                             subject: config.cluster.subject.clone(),
@@ -445,7 +472,10 @@ impl Hub {
     pub async fn shutdown(self) {
         self.status_task.abort();
         let (leases, repartitioner) = match self.cluster {
-            Some(parts) => (Some(parts.leases), Some(parts.repartitioner)),
+            Some(parts) => {
+                parts.plugins.abort();
+                (Some(parts.leases), Some(parts.repartitioner))
+            }
             None => (None, None),
         };
         if let Some(repartitioner) = repartitioner {

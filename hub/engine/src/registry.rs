@@ -46,6 +46,8 @@ pub enum AdminError {
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Shared(#[from] crate::cluster::plugins::SharedError),
 }
 
 /// What an admin change did.
@@ -96,6 +98,8 @@ pub struct Registry {
     changes: tokio::sync::Mutex<()>,
     /// Components compiled from wasm since start (not loaded from memory or the artifact cache).
     compiles: std::sync::atomic::AtomicU64,
+    /// In a cluster: the registry all instances share, written before each change is kept here.
+    shared: std::sync::OnceLock<Arc<crate::cluster::plugins::SharedPlugins>>,
 }
 
 impl Registry {
@@ -110,6 +114,7 @@ impl Registry {
             compiled: Mutex::default(),
             changes: tokio::sync::Mutex::new(()),
             compiles: std::sync::atomic::AtomicU64::new(0),
+            shared: std::sync::OnceLock::new(),
         }))
     }
 
@@ -121,6 +126,119 @@ impl Registry {
     /// artifact cache compiles none.
     pub fn compiles(&self) -> u64 {
         self.compiles.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// In a cluster: from now on, every admin change is written to the registry the instances
+    /// share before it is kept here (see `cluster::plugins`).
+    pub fn share(&self, shared: Arc<crate::cluster::plugins::SharedPlugins>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// Keep `record`: in the cluster's registry first (refused there: nothing changes here),
+    /// then in this instance's.
+    async fn keep(&self, record: &PluginRecord) -> Result<(), AdminError> {
+        if let Some(shared) = self.shared.get() {
+            shared.write(self, record).await?;
+        }
+        self.store.put_plugin(record)?;
+        Ok(())
+    }
+
+    pub(crate) fn wasm(&self, sha256: &str) -> Result<sled::IVec, StoreError> {
+        self.store.wasm(sha256)
+    }
+
+    pub(crate) fn has_wasm(&self, sha256: &str) -> bool {
+        self.store.has_wasm(sha256)
+    }
+
+    pub(crate) fn put_wasm(&self, sha256: &str, wasm: &[u8]) -> Result<(), StoreError> {
+        self.store.put_wasm(sha256, wasm)
+    }
+
+    /// Before [`Registry::start`]: keep the cluster's record of `name` (`None`: deleted).
+    pub(crate) fn store_adopted(&self, name: &str, record: Option<&PluginRecord>) -> Result<(), StoreError> {
+        match record {
+            Some(record) => self.store.put_plugin(record),
+            None => self.store.delete_plugin(name),
+        }
+    }
+
+    /// Run `record` (`None`: the deletion of `name`), written to the cluster's registry by
+    /// another instance, as a local change runs: validated, kept, live in one switch. `None`
+    /// when this instance already has it.
+    pub(crate) async fn adopt(
+        self: &Arc<Self>,
+        name: &str,
+        record: Option<PluginRecord>,
+    ) -> Result<Option<Change>, AdminError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let local = self.store.plugin(name)?;
+        if local == record {
+            return Ok(None);
+        }
+        let Some(record) = record else {
+            self.store.delete_plugin(name)?;
+            let (live, live_after_ms) = self.stop_running(name).await;
+            return Ok(Some(Change {
+                name: name.to_owned(),
+                version: local.map_or(0, |l| l.active),
+                enabled: false,
+                changed: true,
+                live,
+                live_after_ms,
+                shadow: None,
+            }));
+        };
+        // What runs already (same version) goes on running, with its shadow's comparison.
+        let (running_live, running_shadow) = {
+            let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                running.live.get(name).filter(|p| p.version == record.active).cloned(),
+                running
+                    .shadows
+                    .get(name)
+                    .filter(|p| Some(p.version) == record.shadow)
+                    .cloned(),
+            )
+        };
+        let this = self.clone();
+        let r = record.clone();
+        let (live, shadow) = self
+            .blocking(move || {
+                let live = match running_live {
+                    Some(p) => Some(p),
+                    None if r.enabled => Some(this.live_plugin(&r)?),
+                    None => None,
+                };
+                let shadow = match (running_shadow, r.shadow) {
+                    (Some(p), _) => Some(p),
+                    (None, Some(version)) => Some(this.shadow_plugin(&r, version)?),
+                    (None, None) => None,
+                };
+                Ok((live.filter(|_| r.enabled), shadow))
+            })
+            .await?;
+        self.store.put_plugin(&record)?;
+        let change = self
+            .apply(&record, |running| {
+                match live {
+                    Some(p) => {
+                        running.live.insert(record.name.clone(), p);
+                        running.disabled.remove(&record.name);
+                    }
+                    None => {
+                        running.live.remove(&record.name);
+                        running.disabled.insert(record.name.clone());
+                    }
+                }
+                match shadow {
+                    Some(s) => running.shadows.insert(record.name.clone(), s),
+                    None => running.shadows.remove(&record.name),
+                };
+            })
+            .await;
+        Ok(Some(change))
     }
 
     /// Seed or update the registry from a folder of `*.wasm` (see [`seed`]).
@@ -355,7 +473,7 @@ impl Registry {
         record: &PluginRecord,
         change: impl FnOnce(&mut Running),
     ) -> Result<Change, AdminError> {
-        self.store.put_plugin(record)?;
+        self.keep(record).await?;
         Ok(self.apply(record, change).await)
     }
 
@@ -432,7 +550,7 @@ impl Registry {
         } else {
             None
         };
-        self.store.put_plugin(&record)?;
+        self.keep(&record).await?;
         Ok(self.go_live(&record, live).await)
     }
 
@@ -441,18 +559,11 @@ impl Registry {
     pub async fn delete(self: &Arc<Self>, name: &str) -> Result<Change, AdminError> {
         let _one_at_a_time = self.changes.lock().await;
         let record = self.plugin(name)?;
-        self.store.delete_plugin(name)?;
-        {
-            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-            running.live.remove(name);
-            running.disabled.remove(name);
+        if let Some(shared) = self.shared.get() {
+            shared.delete(name).await?;
         }
-        self.running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .shadows
-            .remove(name);
-        let (live, live_after_ms) = self.switch().await;
+        self.store.delete_plugin(name)?;
+        let (live, live_after_ms) = self.stop_running(name).await;
         Ok(Change {
             name: record.name,
             version: record.active,
@@ -462,6 +573,17 @@ impl Registry {
             live_after_ms,
             shadow: None,
         })
+    }
+
+    /// Stop running `name` (and its shadow) in one switch.
+    async fn stop_running(&self, name: &str) -> (bool, f64) {
+        {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            running.live.remove(name);
+            running.disabled.remove(name);
+            running.shadows.remove(name);
+        }
+        self.switch().await
     }
 
     /// Append a validated version, make it active, and make it live.
@@ -474,7 +596,8 @@ impl Registry {
         size: usize,
         source: &str,
     ) -> Result<Change, AdminError> {
-        let record = self.record_version(name, existing, &module, sha256, size, source)?;
+        let record = next_record(name, existing, &module, sha256, size, source);
+        self.keep(&record).await?;
         let live = record.enabled.then(|| {
             Arc::new(LivePlugin {
                 name: name.into(),
@@ -484,38 +607,6 @@ impl Registry {
             })
         });
         Ok(self.go_live(&record, live).await)
-    }
-
-    /// Append a validated version to `name`'s record, make it the active one, and store it.
-    fn record_version(
-        &self,
-        name: &str,
-        existing: Option<PluginRecord>,
-        module: &PluginModule,
-        sha256: String,
-        size: usize,
-        source: &str,
-    ) -> Result<PluginRecord, AdminError> {
-        let mut record = existing.unwrap_or_else(|| PluginRecord {
-            name: name.to_owned(),
-            active: 0,
-            enabled: true,
-            versions: Vec::new(),
-            shadow: None,
-        });
-        let version = record.next_version();
-        record.versions.push(VersionRecord {
-            version,
-            sha256,
-            size,
-            uploaded_at: crate::event::now_ms(),
-            source: source.to_owned(),
-            description: module.description.clone(),
-            config: serde_json::from_str(&module.config).unwrap_or_default(),
-        });
-        record.active = version;
-        self.store.put_plugin(&record)?;
-        Ok(record)
     }
 
     /// Put `record`'s new state into the live set and wait until every shard runs it.
@@ -686,4 +777,34 @@ impl Registry {
             .await
             .map_err(|e| AdminError::Internal(format!("validation task failed: {e}")))?
     }
+}
+
+/// `existing` (or a new record) with a validated version appended and made active.
+fn next_record(
+    name: &str,
+    existing: Option<PluginRecord>,
+    module: &PluginModule,
+    sha256: String,
+    size: usize,
+    source: &str,
+) -> PluginRecord {
+    let mut record = existing.unwrap_or_else(|| PluginRecord {
+        name: name.to_owned(),
+        active: 0,
+        enabled: true,
+        versions: Vec::new(),
+        shadow: None,
+    });
+    let version = record.next_version();
+    record.versions.push(VersionRecord {
+        version,
+        sha256,
+        size,
+        uploaded_at: crate::event::now_ms(),
+        source: source.to_owned(),
+        description: module.description.clone(),
+        config: serde_json::from_str(&module.config).unwrap_or_default(),
+    });
+    record.active = version;
+    record
 }

@@ -2,8 +2,10 @@
 //! that takes a partition over rebuilds the partition's state, timers, action ledgers and
 //! input checkpoints from there, without its previous owner's disk.
 //!
-//! Two streams, written by the committer before it applies a commit to sled (and so before the
-//! inputs of that commit are acknowledged):
+//! Two streams, written by the committer after it applies commits to sled and before their
+//! inputs are acknowledged. It gathers the changes of `[cluster] changelog_every` (200 ms) and
+//! writes each key once, which divides the messages per input by about three at 5k inputs/s
+//! (one log entry, marker and checkpoint record per partition per interval, not per commit):
 //!
 //! - **The view** (`<state>.<partition>.<tree>.<key>`, tree and key in base64url, one message
 //!   kept per subject): the latest value of every key, a compacted changelog. A deleted key
@@ -215,7 +217,7 @@ impl Changelog {
         }
         let fail = |e: String| ChangelogError::Write(e);
         let mut commits = Vec::new();
-        let mut acks = Vec::new();
+        let mut log = Vec::new();
         for (&partition, changes) in &by_partition {
             let commit = (
                 self.cluster.revision(partition),
@@ -232,18 +234,12 @@ impl Changelog {
                     changes: part,
                 };
                 let bytes = entry.encode().map_err(|e| fail(e.to_string()))?;
-                let subject = format!("{}.{partition}", self.log);
-                acks.push(
-                    self.js
-                        .publish(subject, bytes.into())
-                        .await
-                        .map_err(|e| fail(e.to_string()))?,
-                );
+                log.push((format!("{}.{partition}", self.log), Some(bytes)));
             }
         }
-        await_all(acks).await.map_err(fail)?;
-        let mut acks = Vec::new();
-        let mut records: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        self.publish_all(log).await.map_err(fail)?;
+
+        let mut records = Vec::new();
         for (&partition, changes) in &by_partition {
             let mut checkpoints_moved = false;
             for change in changes {
@@ -265,7 +261,21 @@ impl Changelog {
                 records.push((subject, Some(all)));
             }
         }
-        for (subject, value) in records {
+        self.publish_all(records).await.map_err(fail)?;
+
+        let mut markers = Vec::new();
+        for (partition, commit) in commits {
+            let marker = rmp_serde::to_vec(&(FORMAT, commit)).map_err(|e| fail(e.to_string()))?;
+            markers.push((format!("{}.{partition}.{MARKER}", self.view), Some(marker)));
+        }
+        self.publish_all(markers).await.map_err(fail)
+    }
+
+    /// Publish `(subject, value)` messages (`None`: a tombstone), then wait until the server
+    /// has stored them all.
+    async fn publish_all(&self, messages: Vec<(String, Option<Vec<u8>>)>) -> Result<(), String> {
+        let mut acks = Vec::with_capacity(messages.len());
+        for (subject, value) in messages {
             let ack = match value {
                 Some(value) => self.js.publish(subject, value.into()).await,
                 None => {
@@ -274,21 +284,12 @@ impl Changelog {
                     self.js.publish_with_headers(subject, h, bytes::Bytes::new()).await
                 }
             };
-            acks.push(ack.map_err(|e| fail(e.to_string()))?);
+            acks.push(ack.map_err(|e| e.to_string())?.into_future());
         }
-        await_all(acks).await.map_err(fail)?;
-        let mut acks = Vec::new();
-        for (partition, commit) in commits {
-            let marker = rmp_serde::to_vec(&(FORMAT, commit)).map_err(|e| fail(e.to_string()))?;
-            let subject = format!("{}.{partition}.{MARKER}", self.view);
-            acks.push(
-                self.js
-                    .publish(subject, marker.into())
-                    .await
-                    .map_err(|e| fail(e.to_string()))?,
-            );
+        for result in futures::future::join_all(acks).await {
+            result.map_err(|e| e.to_string())?;
         }
-        await_all(acks).await.map_err(fail)
+        Ok(())
     }
 
     /// Keep a checkpoint that moved, for the partition's one checkpoints record.
@@ -508,13 +509,6 @@ fn chunk(changes: &[&Change]) -> Vec<Vec<(String, serde_bytes::ByteBuf, Option<s
         }
     }
     parts
-}
-
-async fn await_all(acks: Vec<jetstream::context::PublishAckFuture>) -> Result<(), String> {
-    for result in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
-        result.map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -88,9 +88,8 @@ pub(super) fn seed_dir(
         }
         registry.store.put_wasm(&sha256, &wasm).map_err(|e| refused(e.into()))?;
         let source = format!("dir:{}", file.display());
-        let record = registry
-            .record_version(&name, existing, &module, sha256, wasm.len(), &source)
-            .map_err(refused)?;
+        let record = super::next_record(&name, existing, &module, sha256, wasm.len(), &source);
+        registry.store.put_plugin(&record).map_err(|e| refused(e.into()))?;
         tracing::info!(plugin = name, version = record.active, file = %file.display(), "plugin folder: registered a new version");
     }
     if let Some(name) = configs.keys().find(|n| !seen.iter().any(|(s, _)| s == *n)) {

@@ -174,6 +174,10 @@ impl Store {
         Ok(())
     }
 
+    pub fn has_wasm(&self, sha256: &str) -> bool {
+        self.wasm.contains_key(sha256).unwrap_or(false)
+    }
+
     pub fn wasm(&self, sha256: &str) -> Result<sled::IVec, StoreError> {
         self.wasm.get(sha256)?.ok_or_else(|| StoreError::MissingWasm {
             sha256: sha256.to_owned(),

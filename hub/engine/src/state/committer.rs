@@ -11,6 +11,8 @@
 //! drops entries whose values sled already holds (see `StateCache::evict`).
 
 use super::{StateCache, TimerWheel};
+use crate::cluster::changelog::Change;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -39,7 +41,7 @@ pub struct Commit {
     /// The ordinal of the last stream input the shard handled before this commit (durable mode).
     pub inputs: u64,
     /// What changed, by partition, for a cluster's changelog (empty outside a cluster).
-    pub changes: Vec<crate::cluster::changelog::Change>,
+    pub changes: Vec<Change>,
 }
 
 /// The sending side, cloned into every shard.
@@ -128,7 +130,7 @@ impl ShardCommits {
         timers: &mut TimerWheel,
         durable: impl IntoIterator<Item = (sled::Tree, sled::Batch)>,
         inputs: u64,
-        changes: Vec<crate::cluster::changelog::Change>,
+        changes: Vec<Change>,
     ) {
         let seq = self.seq + 1;
         let applied = self.applied.get();
@@ -157,7 +159,7 @@ pub struct Committer {
 }
 
 /// Writes changes to a cluster's changelog; false when it cannot now.
-pub type WriteChanges = Box<dyn FnMut(&[crate::cluster::changelog::Change]) -> bool + Send>;
+pub type WriteChanges = Box<dyn FnMut(&[Change]) -> bool + Send>;
 
 /// What the committer does in durable mode besides applying commits: confirm the shards'
 /// outputs before, flush and report after (see `durable`).
@@ -171,6 +173,9 @@ pub struct Durability {
     /// In a cluster: writes the commits' changes to the state changelog (see
     /// `cluster::changelog`); false when it cannot now.
     pub changelog: Option<WriteChanges>,
+    /// How long changes wait to be written to the changelog together (zero: with every group
+    /// of commits). The group's inputs are acknowledged only after that write.
+    pub changelog_every: Duration,
     /// Changes made outside commits, written with the next group.
     pub pending: crate::cluster::changelog::Pending,
 }
@@ -201,14 +206,29 @@ impl Committer {
 }
 
 /// Apply commits as they come; before a group of them, confirm the outputs published before
-/// they were taken; after it, flush sled and report what the group covers.
+/// they were taken; after it, flush sled and report what the group covers (in a cluster, once
+/// the changelog holds the group's changes).
 fn run_durable(rx: &flume::Receiver<Commit>, mut d: Durability) {
+    let mut held = Held::default();
     loop {
-        let mut group: Vec<Commit> = match rx.recv_timeout(crate::limits::IDLE_FLUSH_INTERVAL) {
+        let wait = held
+            .due(d.changelog_every)
+            .map_or(crate::limits::IDLE_FLUSH_INTERVAL, |due| {
+                due.saturating_duration_since(Instant::now())
+            })
+            .min(crate::limits::IDLE_FLUSH_INTERVAL);
+        let mut group: Vec<Commit> = match rx.recv_timeout(wait) {
             Ok(first) => std::iter::once(first).chain(rx.try_iter()).collect(),
+            Err(flume::RecvTimeoutError::Timeout) if held.is_due(d.changelog_every) => {
+                release(&mut d, &mut held);
+                continue;
+            }
             Err(flume::RecvTimeoutError::Timeout) if d.clock.take_wanted() => Vec::new(),
             Err(flume::RecvTimeoutError::Timeout) => continue,
-            Err(flume::RecvTimeoutError::Disconnected) => break,
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                release(&mut d, &mut held);
+                break;
+            }
         };
         if !group.is_empty() {
             confirm_outputs(&mut d.confirm);
@@ -216,11 +236,12 @@ fn run_durable(rx: &flume::Receiver<Commit>, mut d: Durability) {
         // Started before the pending changes are taken: an input whose change comes later waits
         // for the next flush.
         let flush = d.clock.start();
-        if let Some(write) = d.changelog.as_mut() {
-            let mut changes = d.pending.take();
-            changes.extend(group.iter_mut().flat_map(|c| std::mem::take(&mut c.changes)));
-            if !changes.is_empty() {
-                write_changes(write, &changes);
+        if d.changelog.is_some() {
+            // Held even when sled fails below: later commits build on these changes, so the
+            // changelog must have them before it has any later checkpoint.
+            held.add(d.pending.take());
+            for commit in &mut group {
+                held.add(std::mem::take(&mut commit.changes));
             }
         }
         let shards = group.iter().map(|c| (c.shard, c.inputs)).collect();
@@ -233,7 +254,72 @@ fn run_durable(rx: &flume::Receiver<Commit>, mut d: Durability) {
             tracing::error!(error = %e, "sled flush failed; inputs stay unacknowledged");
             continue;
         }
-        let _ = d.flushed.send(crate::durable::Flushed { shards, flush });
+        held.reports.push(crate::durable::Flushed { shards, flush });
+        if d.changelog.is_none() || held.is_due(d.changelog_every) || held.changes.len() >= HELD_CHANGES_MAX {
+            release(&mut d, &mut held);
+        }
+    }
+}
+
+/// Changes held a moment so that the changelog gets each key once per interval, not once per
+/// commit (a partition's log entry, commit marker and checkpoint record are written once per
+/// interval too), and the reports of the flushes whose inputs wait for them.
+#[derive(Default)]
+struct Held {
+    since: Option<Instant>,
+    changes: Vec<Change>,
+    /// Where each key's change is in `changes`: a later change replaces it in place.
+    index: HashMap<(u16, Arc<str>, Vec<u8>), usize>,
+    reports: Vec<crate::durable::Flushed>,
+}
+
+/// Held changes past this many are written at once (a bound on memory and on a log entry).
+const HELD_CHANGES_MAX: usize = 50_000;
+
+impl Held {
+    fn add(&mut self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.since.get_or_insert_with(Instant::now);
+        for change in changes {
+            let key = (change.partition, change.tree.clone(), change.key.clone());
+            match self.index.get(&key) {
+                Some(&at) => self.changes[at] = change,
+                None => {
+                    self.index.insert(key, self.changes.len());
+                    self.changes.push(change);
+                }
+            }
+        }
+    }
+
+    /// When the held changes are due to be written; `None`: nothing waits.
+    fn due(&self, every: Duration) -> Option<Instant> {
+        match (self.since, self.reports.is_empty()) {
+            (Some(since), _) => Some(since + every),
+            // Reports without changes wait for nothing.
+            (None, false) => Some(Instant::now()),
+            (None, true) => None,
+        }
+    }
+
+    fn is_due(&self, every: Duration) -> bool {
+        self.due(every).is_some_and(|due| due <= Instant::now())
+    }
+}
+
+/// Write the held changes to the changelog (retried until it takes them), then report the
+/// flushes that waited for it.
+fn release(d: &mut Durability, held: &mut Held) {
+    let Held { changes, reports, .. } = std::mem::take(held);
+    if let Some(write) = d.changelog.as_mut()
+        && !changes.is_empty()
+    {
+        write_changes(write, &changes);
+    }
+    for report in reports {
+        let _ = d.flushed.send(report);
     }
 }
 
@@ -256,10 +342,7 @@ fn confirm_outputs(confirm: &mut (dyn FnMut() -> bool + Send)) {
 /// Write changes to a cluster's changelog, retried while NATS cannot take them: the commit (and
 /// the acknowledgement of its inputs) waits, so an instance that dies meanwhile leaves its
 /// inputs to be read again by the partition's next owner.
-fn write_changes(
-    write: &mut (dyn FnMut(&[crate::cluster::changelog::Change]) -> bool + Send),
-    changes: &[crate::cluster::changelog::Change],
-) {
+fn write_changes(write: &mut (dyn FnMut(&[Change]) -> bool + Send), changes: &[Change]) {
     let mut wait = Duration::from_millis(50);
     while !write(changes) {
         metrics::counter!(crate::metrics::STATE_COMMIT_ERRORS).increment(1);
@@ -309,5 +392,47 @@ fn apply_atomically(batches: &[(sled::Tree, sled::Batch)]) -> Result<(), sled::E
                     }
                 })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(partition: u16, key: &str, value: Option<&str>) -> Change {
+        Change {
+            partition,
+            tree: "state/p".into(),
+            key: key.as_bytes().to_vec(),
+            value: value.map(|v| v.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn held_changes_keep_each_keys_last_value_in_first_seen_order() {
+        let mut held = Held::default();
+        held.add(vec![change(1, "a", Some("1")), change(1, "b", Some("1"))]);
+        held.add(vec![change(1, "a", None), change(2, "a", Some("2"))]);
+        held.add(vec![change(1, "b", Some("3"))]);
+        assert_eq!(
+            held.changes,
+            [
+                change(1, "a", None),
+                change(1, "b", Some("3")),
+                change(2, "a", Some("2"))
+            ]
+        );
+    }
+
+    #[test]
+    fn held_reports_wait_for_changes_but_not_alone() {
+        let every = Duration::from_secs(60);
+        let mut held = Held::default();
+        assert_eq!(held.due(every), None);
+        held.reports.push(crate::durable::Flushed::default());
+        assert!(held.is_due(every), "a report with no change waits for nothing");
+        held.add(vec![change(1, "a", Some("1"))]);
+        assert!(!held.is_due(every), "changes wait for the interval");
+        assert!(held.is_due(Duration::ZERO));
     }
 }
