@@ -3,19 +3,23 @@
 //! input checkpoints from there, without its previous owner's disk.
 //!
 //! Two streams, written by the committer after it applies commits to sled and before their
-//! inputs are acknowledged. It gathers the changes of `[cluster] changelog_every` (200 ms) and
-//! writes each key once, which divides the messages per input by about three at 5k inputs/s
-//! (one log entry, marker and checkpoint record per partition per interval, not per commit):
+//! inputs are acknowledged (it gathers the changes of `[cluster] changelog_every`, 200 ms, and
+//! writes each key once):
 //!
+//! - **The log** (`<wal>.<partition>`, the last 64 messages kept): each write's changes of a
+//!   partition as one message (or a few, numbered, when large). One message is atomic: an
+//!   instance can die among many publishes, never within one.
 //! - **The view** (`<state>.<partition>.<tree>.<key>`, tree and key in base64url, one message
 //!   kept per subject): the latest value of every key, a compacted changelog. A deleted key
-//!   keeps a tombstone (`Hub-Deleted`). `<state>.<partition>.=commit` names the last commit whose
-//!   records are all in the view.
-//! - **The log** (`<wal>.<partition>`, the last 64 messages kept): each commit's changes of a
-//!   partition as one message (or a few, numbered, when large), written *before* the view's
-//!   records. A commit is many publishes and an instance can die among them; its log entry is
-//!   whole, and restoring applies every complete entry newer than the view's commit marker over
-//!   the view. Values are absolute (set or delete), so applying one twice changes nothing.
+//!   keeps a tombstone (`Hub-Deleted`). `<state>.<partition>.=commit` names the last log entry
+//!   whose changes are all in the view. A partition's view is written after its log, at most
+//!   every 5 s (each key once, however often it changed in between) or once 32 log messages
+//!   are not in it, well before the log drops them: at 5k inputs/s over 10k actors this writes
+//!   about a third of the keys the commits change.
+//!
+//! Restoring reads the view and applies, over it, every complete log entry newer than its
+//! marker. Values are absolute (set or delete), so applying one twice changes nothing, and an
+//! owner that died while writing the view leaves nothing wrong.
 //!
 //! Commit ids are (lease revision, counter): a partition's new owner holds a newer lease, so its
 //! commits sort after its predecessor's.
@@ -120,7 +124,7 @@ impl LogEntry {
 /// A partition's state as restored: the latest value of every key, per tree.
 #[derive(Debug, Default)]
 pub struct Restored {
-    pub entries: BTreeMap<(Arc<str>, Vec<u8>), Vec<u8>>,
+    pub entries: BTreeMap<TreeKey, Vec<u8>>,
     /// Log entries newer than the view that were applied (they are written to the view again).
     pub replayed: Vec<Change>,
     /// Messages read.
@@ -141,7 +145,43 @@ pub struct Changelog {
     /// record per partition (one key per finer partition would be up to one more write per
     /// input).
     checkpoints: std::sync::Mutex<BTreeMap<u16, BTreeMap<u16, u64>>>,
+    /// Per partition, what the log has and the view not yet.
+    unviewed: std::sync::Mutex<BTreeMap<u16, Unviewed>>,
 }
+
+/// A key in a sled tree.
+type TreeKey = (Arc<str>, Vec<u8>);
+
+/// A partition's changes logged since its view was last written: each key's last value.
+struct Unviewed {
+    changes: BTreeMap<TreeKey, Option<Vec<u8>>>,
+    checkpoints_moved: bool,
+    /// Log messages written since the view's marker: the view must be written before the log
+    /// drops the oldest of them.
+    logged: i64,
+    last: CommitId,
+    since: Instant,
+}
+
+impl Unviewed {
+    /// These changes followed by `later`'s.
+    fn then(mut self, later: Unviewed) -> Unviewed {
+        self.changes.extend(later.changes);
+        Unviewed {
+            changes: self.changes,
+            checkpoints_moved: self.checkpoints_moved || later.checkpoints_moved,
+            logged: self.logged + later.logged,
+            last: later.last,
+            since: self.since,
+        }
+    }
+}
+
+/// The view of a partition is written at most this often (each key once however often it
+/// changed; the log covers the meantime)…
+const VIEW_EVERY: Duration = Duration::from_secs(5);
+/// …or once this many log messages are not in it, well before the log drops them.
+const UNVIEWED_MAX: i64 = LOG_KEPT / 2;
 
 fn token(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -188,21 +228,17 @@ impl Changelog {
             cluster,
             counter: AtomicU64::new(0),
             checkpoints: Default::default(),
+            unviewed: Default::default(),
         })
     }
 
-    fn view_subject(&self, change: &Change) -> String {
-        format!(
-            "{}.{}.{}.{}",
-            self.view,
-            change.partition,
-            token(change.tree.as_bytes()),
-            token(&change.key)
-        )
+    fn view_subject(&self, partition: u16, tree: &str, key: &[u8]) -> String {
+        format!("{}.{partition}.{}.{}", self.view, token(tree.as_bytes()), token(key))
     }
 
-    /// Write changes of partitions this instance owns (all of them with `force`): the log
-    /// first, then the view, then each partition's commit marker.
+    /// Write changes of partitions this instance owns (all of them with `force`, which also
+    /// writes their view at once): the log now; the view of a partition, then its commit
+    /// marker, once it is due (see [`VIEW_EVERY`]).
     pub async fn write(&self, changes: &[Change], force: bool) -> Result<(), ChangelogError> {
         let mut by_partition: BTreeMap<u16, Vec<&Change>> = BTreeMap::new();
         for change in changes {
@@ -223,9 +259,9 @@ impl Changelog {
                 self.cluster.revision(partition),
                 self.counter.fetch_add(1, Ordering::Relaxed) + 1,
             );
-            commits.push((partition, commit));
             let chunks = chunk(changes);
             let count = chunks.len() as u32;
+            commits.push((partition, commit, i64::from(count)));
             for (i, part) in chunks.into_iter().enumerate() {
                 let entry = LogEntry {
                     commit,
@@ -239,33 +275,81 @@ impl Changelog {
         }
         self.publish_all(log).await.map_err(fail)?;
 
-        let mut records = Vec::new();
-        for (&partition, changes) in &by_partition {
-            let mut checkpoints_moved = false;
-            for change in changes {
-                if &*change.tree == CHECKPOINTS {
-                    self.note_checkpoint(partition, change);
-                    checkpoints_moved = true;
-                } else {
-                    records.push((self.view_subject(change), change.value.clone()));
+        // The view follows, for the partitions due.
+        let due: Vec<(u16, Unviewed)> = {
+            let Ok(mut unviewed) = self.unviewed.lock() else {
+                return Err(fail("the unviewed changes' lock is poisoned".into()));
+            };
+            for ((&partition, changes), &(_, commit, chunks)) in by_partition.iter().zip(&commits) {
+                let waiting = unviewed.entry(partition).or_insert_with(|| Unviewed {
+                    changes: BTreeMap::new(),
+                    checkpoints_moved: false,
+                    logged: 0,
+                    last: commit,
+                    since: Instant::now(),
+                });
+                waiting.logged += chunks;
+                waiting.last = commit;
+                for change in changes {
+                    if &*change.tree == CHECKPOINTS {
+                        self.note_checkpoint(partition, change);
+                        waiting.checkpoints_moved = true;
+                    } else {
+                        waiting
+                            .changes
+                            .insert((change.tree.clone(), change.key.clone()), change.value.clone());
+                    }
                 }
             }
-            if checkpoints_moved {
-                let all = self.checkpoints_record(partition).map_err(|e| fail(e.to_string()))?;
-                let subject = format!(
-                    "{}.{partition}.{}.{}",
-                    self.view,
-                    token(CHECKPOINTS.as_bytes()),
-                    token(ALL_CHECKPOINTS)
-                );
-                records.push((subject, Some(all)));
+            // `force` concerns only the partitions written now: another one this instance
+            // handed back or lost must not reach its new owner's view.
+            let forced = |p: &u16| force && by_partition.contains_key(p);
+            let due: Vec<u16> = unviewed
+                .iter()
+                .filter(|(p, w)| forced(p) || w.logged >= UNVIEWED_MAX || w.since.elapsed() >= VIEW_EVERY)
+                .map(|(&p, _)| p)
+                .collect();
+            due.into_iter()
+                .filter_map(|p| unviewed.remove(&p).map(|w| (p, w)))
+                .filter(|(p, _)| forced(p) || self.cluster.owns(*p))
+                .collect()
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let written = self.write_view(&due).await;
+        if written.is_err() {
+            // Kept for the next try: a later marker must not pass changes the view lacks.
+            if let Ok(mut unviewed) = self.unviewed.lock() {
+                for (partition, earlier) in due {
+                    match unviewed.remove(&partition) {
+                        Some(later) => unviewed.insert(partition, earlier.then(later)),
+                        None => unviewed.insert(partition, earlier),
+                    };
+                }
+            }
+        }
+        written
+    }
+
+    /// Write partitions' unviewed changes to the view, then their commit markers.
+    async fn write_view(&self, due: &[(u16, Unviewed)]) -> Result<(), ChangelogError> {
+        let fail = |e: String| ChangelogError::Write(e);
+        let mut records = Vec::new();
+        for (partition, waiting) in due {
+            for ((tree, key), value) in &waiting.changes {
+                records.push((self.view_subject(*partition, tree, key), value.clone()));
+            }
+            if waiting.checkpoints_moved {
+                let all = self.checkpoints_record(*partition).map_err(|e| fail(e.to_string()))?;
+                records.push((self.view_subject(*partition, CHECKPOINTS, ALL_CHECKPOINTS), Some(all)));
             }
         }
         self.publish_all(records).await.map_err(fail)?;
 
         let mut markers = Vec::new();
-        for (partition, commit) in commits {
-            let marker = rmp_serde::to_vec(&(FORMAT, commit)).map_err(|e| fail(e.to_string()))?;
+        for (partition, waiting) in due {
+            let marker = rmp_serde::to_vec(&(FORMAT, waiting.last)).map_err(|e| fail(e.to_string()))?;
             markers.push((format!("{}.{partition}.{MARKER}", self.view), Some(marker)));
         }
         self.publish_all(markers).await.map_err(fail)
@@ -408,6 +492,11 @@ impl Changelog {
                     value,
                 });
             }
+        }
+        // What this instance logged of the partition when it last owned it is its previous
+        // owner's past now: it must not reach the view.
+        if let Ok(mut unviewed) = self.unviewed.lock() {
+            unviewed.remove(&partition);
         }
         // This instance's record of the partition's checkpoints starts from what was restored.
         if let Ok(mut all) = self.checkpoints.lock() {
@@ -586,5 +675,92 @@ mod tests {
         let parts = chunk(&big.iter().collect::<Vec<_>>());
         assert_eq!(parts.len(), 3);
         assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 5);
+    }
+}
+
+/// Against a real nats-server.
+#[cfg(test)]
+mod on_nats {
+    use super::*;
+    use crate::nats_server::{LocalNats, free_port};
+
+    fn set(partition: u16, key: &str, value: Option<&str>) -> Change {
+        Change {
+            partition,
+            tree: "state/p".into(),
+            key: key.as_bytes().to_vec(),
+            value: value.map(|v| v.as_bytes().to_vec()),
+        }
+    }
+
+    async fn restored_value(log: &Changelog, partition: u16, key: &str) -> Option<Vec<u8>> {
+        let restored = log.restore(partition).await.expect("restore");
+        restored
+            .entries
+            .get(&("state/p".into(), key.as_bytes().to_vec()))
+            .cloned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_takeover_on_one_partition_does_not_write_a_handed_back_partitions_old_changes_to_its_view() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = LocalNats::start(free_port().expect("port"), dir.path())
+            .await
+            .expect("nats-server");
+        let client = async_nats::connect(&nats.url).await.expect("connect");
+        let config = crate::config::ClusterConfig::default();
+        let (a, b) = (
+            Arc::new(Cluster::new("a".into(), 4)),
+            Arc::new(Cluster::new("b".into(), 4)),
+        );
+        let log_a = Changelog::open(&client, &config, a.clone()).await.expect("open");
+        let log_b = Changelog::open(&client, &config, b.clone()).await.expect("open");
+
+        // a owns partition 1 and changes a key: logged, not yet in the view.
+        a.set_owned(1, true);
+        log_a.write(&[set(1, "k", Some("old"))], false).await.expect("write");
+        // a hands partition 1 back; b takes it and deletes the key.
+        a.set_owned(1, false);
+        b.set_revision(1, 2);
+        b.set_owned(1, true);
+        log_b.write(&[set(1, "k", None)], true).await.expect("write");
+        // …and goes on until the log no longer has that deletion (the view has it).
+        for n in 0..LOG_KEPT + 4 {
+            let value = n.to_string();
+            log_b
+                .write(&[set(1, "other", Some(&value))], true)
+                .await
+                .expect("write");
+        }
+        // a takes partition 2 over, which writes partition 2's view at once.
+        a.set_revision(2, 3);
+        log_a.write(&[set(2, "j", Some("x"))], true).await.expect("write");
+
+        assert_eq!(restored_value(&log_b, 1, "k").await, None, "a's old value came back");
+        assert_eq!(restored_value(&log_b, 2, "j").await, Some(b"x".to_vec()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_not_yet_in_the_view_are_restored_from_the_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = LocalNats::start(free_port().expect("port"), dir.path())
+            .await
+            .expect("nats-server");
+        let client = async_nats::connect(&nats.url).await.expect("connect");
+        let config = crate::config::ClusterConfig::default();
+        let cluster = Arc::new(Cluster::new("a".into(), 4));
+        let log = Changelog::open(&client, &config, cluster.clone()).await.expect("open");
+        cluster.set_owned(0, true);
+        log.write(&[set(0, "k", Some("1")), set(0, "gone", Some("1"))], true)
+            .await
+            .expect("write");
+        for n in 2..10 {
+            let value = n.to_string();
+            log.write(&[set(0, "k", Some(&value)), set(0, "gone", None)], false)
+                .await
+                .expect("write");
+        }
+        assert_eq!(restored_value(&log, 0, "k").await, Some(b"9".to_vec()));
+        assert_eq!(restored_value(&log, 0, "gone").await, None);
     }
 }
