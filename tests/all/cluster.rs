@@ -464,3 +464,28 @@ async fn a_plugin_change_made_on_one_instance_runs_on_every_instance_and_on_one_
         hub.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_policies_set_on_one_instance_apply_on_every_instance_and_on_one_that_joins_later() {
+    let env = Env::new().await;
+    let a = env.start(member(&env, "a")).await;
+    let b = env.start(member(&env, "b")).await;
+    let body = r#"{"conflict_window": "45s", "dedup_window": "2h",
+        "max_actions": {"count": 2, "window": "1day"}, "categories": {}, "suppressions": []}"#;
+    let (status, set) = crate::support::Api::new(&b, None).put_json("/api/policies", body).await;
+    assert_eq!(status, 200, "{set}");
+    until_answer(a.http_addr(), "/api/policies", |status, on_a| {
+        status == 200 && *on_a == set
+    })
+    .await;
+
+    // One that joins with other policies in its config file takes the cluster's.
+    let mut config = member(&env, "c");
+    config.policies.conflict_window = Duration::from_secs(1);
+    let c = env.start(config).await;
+    let (_, on_c) = crate::support::Api::new(&c, None).get("/api/policies").await;
+    assert_eq!(on_c, set);
+    for hub in [c, b, a] {
+        hub.shutdown().await;
+    }
+}

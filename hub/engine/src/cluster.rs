@@ -18,6 +18,7 @@
 pub mod changelog;
 pub mod leases;
 pub mod plugins;
+pub mod policies;
 pub mod repartition;
 pub mod takeover;
 

@@ -90,8 +90,9 @@ pub struct Hub {
 struct ClusterParts {
     leases: LeaseHandle,
     repartitioner: Repartitioner,
-    /// Adopts the plugin changes other instances make.
+    /// Adopt the plugin and policy changes other instances make.
     plugins: tokio::task::JoinHandle<()>,
+    policies: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Hub {
@@ -167,6 +168,15 @@ impl Hub {
         let stats = Arc::new(PluginStats::new(shard_count));
         let egress = Egress::new(client.clone());
         let policies = PolicyStore::open(db.sled(), &config.policies)?;
+        let shared_policies = match &shared_plugins {
+            Some(plugins) => {
+                let shared = Arc::new(crate::cluster::policies::SharedPolicies::new(plugins.bucket()));
+                shared.join(&policies).await?;
+                policies.share(shared.clone());
+                Some(shared)
+            }
+            None => None,
+        };
         if let Err(e) = crate::delivery::ensure_action_stream(&client, &config.actions).await {
             tracing::error!(error = %e, "no action stream: actions are published without being kept");
         }
@@ -371,6 +381,7 @@ impl Hub {
                             leases,
                             repartitioner,
                             plugins,
+                            policies: shared_policies.as_ref().map(|p| p.follow(policies.clone())),
                         });
                         Source::Partitions(PartitionSource {
                             stream: parts,
@@ -474,6 +485,9 @@ impl Hub {
         let (leases, repartitioner) = match self.cluster {
             Some(parts) => {
                 parts.plugins.abort();
+                if let Some(policies) = &parts.policies {
+                    policies.abort();
+                }
                 (Some(parts.leases), Some(parts.repartitioner))
             }
             None => (None, None),

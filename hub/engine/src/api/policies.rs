@@ -31,10 +31,25 @@ pub async fn show(State(s): State<ApiState>) -> Json<Policies> {
     request_body(content = Policies, content_type = "application/json"),
     responses((status = 200, body = Policies),
         (status = 422, description = "Not valid policies; the message says what is wrong", body = ApiError),
+        (status = 409, description = "In a cluster: changed on another instance at the same time", body = ApiError),
+        (status = 503, description = "In a cluster: the cluster's record cannot be written now", body = ApiError),
         (status = 401, body = ApiError)))]
 pub async fn replace(State(s): State<ApiState>, body: Bytes) -> Result<Json<Policies>, Failure> {
     let policies: Policies = super::from_json_object(&body)
         .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid policies: {e}")))?;
+    policies
+        .validate()
+        .map_err(|e| Failure::from(PolicyError::Invalid(e)))?;
+    if let Some(shared) = s.policies.shared() {
+        // The cluster's first: refused there (changed elsewhere, NATS down), nothing changes.
+        shared.write(&policies).await.map_err(|e| {
+            let status = match e {
+                crate::cluster::plugins::SharedError::Conflict(_) => StatusCode::CONFLICT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Failure::new(status, e.to_string())
+        })?;
+    }
     let store = s.policies.clone();
     let stored = policies.clone();
     tokio::task::spawn_blocking(move || store.replace(stored))

@@ -58,6 +58,8 @@ pub struct PolicyStore {
     /// The config file's policies this store was opened with: what the record says it was
     /// seeded from, should the record become unreadable.
     seeded_from: Arc<Policies>,
+    /// In a cluster: the policies all instances share, written before a change is kept here.
+    shared: Arc<std::sync::OnceLock<Arc<crate::cluster::policies::SharedPolicies>>>,
 }
 
 impl PolicyStore {
@@ -89,6 +91,7 @@ impl PolicyStore {
             db: db.clone(),
             tree,
             seeded_from: Arc::new(from_config.clone()),
+            shared: Arc::default(),
         })
     }
 
@@ -97,8 +100,26 @@ impl PolicyStore {
         self.live.load()
     }
 
+    /// In a cluster: the policies all instances share (see `cluster::policies`).
+    pub fn share(&self, shared: Arc<crate::cluster::policies::SharedPolicies>) {
+        let _ = self.shared.set(shared);
+    }
+
+    pub fn shared(&self) -> Option<&Arc<crate::cluster::policies::SharedPolicies>> {
+        self.shared.get()
+    }
+
     /// Replace the policies after validating them; durable before they take effect.
     pub fn replace(&self, policies: Policies) -> Result<(), PolicyError> {
+        self.set(policies, "api")
+    }
+
+    /// Take the policies another instance of the cluster set.
+    pub fn adopt(&self, policies: Policies) -> Result<(), PolicyError> {
+        self.set(policies, "cluster")
+    }
+
+    fn set(&self, policies: Policies, source: &str) -> Result<(), PolicyError> {
         policies.validate().map_err(PolicyError::Invalid)?;
         let seeded_from = match read(&self.db, &self.tree)? {
             Some(record) => record.seeded_from,
@@ -107,7 +128,7 @@ impl PolicyStore {
         let record = Record {
             live: policies,
             seeded_from,
-            source: "api".to_owned(),
+            source: source.to_owned(),
         };
         self.tree.insert(RECORD_KEY, record.to_bytes()?)?;
         self.tree.flush()?;

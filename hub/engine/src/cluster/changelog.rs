@@ -177,11 +177,17 @@ impl Unviewed {
     }
 }
 
+/// Publishes awaited together (below the client's limit of 5,000 pending acknowledgements).
+const ACKS_IN_FLIGHT: usize = 2048;
+
 /// The view of a partition is written at most this often (each key once however often it
 /// changed; the log covers the meantime)…
 const VIEW_EVERY: Duration = Duration::from_secs(5);
 /// …or once this many log messages are not in it, well before the log drops them.
 const UNVIEWED_MAX: i64 = LOG_KEPT / 2;
+/// View records a write takes on for partitions merely due (not forced, not at the log's
+/// limit), so that a write stays short.
+const VIEW_RECORDS_PER_WRITE: usize = 4096;
 
 fn token(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -304,10 +310,23 @@ impl Changelog {
             // `force` concerns only the partitions written now: another one this instance
             // handed back or lost must not reach its new owner's view.
             let forced = |p: &u16| force && by_partition.contains_key(p);
-            let due: Vec<u16> = unviewed
+            // The oldest first, and those that cannot wait, with a budget for the others: the
+            // partitions' views are written over several writes rather than all at once.
+            let mut waiting: Vec<(u16, bool, Instant, usize)> = unviewed
                 .iter()
-                .filter(|(p, w)| forced(p) || w.logged >= UNVIEWED_MAX || w.since.elapsed() >= VIEW_EVERY)
-                .map(|(&p, _)| p)
+                .map(|(&p, w)| (p, forced(&p) || w.logged >= UNVIEWED_MAX, w.since, w.changes.len()))
+                .filter(|&(_, must, since, _)| must || since.elapsed() >= VIEW_EVERY)
+                .collect();
+            waiting.sort_by_key(|&(_, must, since, _)| (!must, since));
+            let mut budget = VIEW_RECORDS_PER_WRITE;
+            let due: Vec<u16> = waiting
+                .into_iter()
+                .take_while(|&(_, must, _, records)| {
+                    let take = must || budget > 0;
+                    budget = budget.saturating_sub(records);
+                    take
+                })
+                .map(|(p, ..)| p)
                 .collect();
             due.into_iter()
                 .filter_map(|p| unviewed.remove(&p).map(|w| (p, w)))
@@ -356,22 +375,27 @@ impl Changelog {
     }
 
     /// Publish `(subject, value)` messages (`None`: a tombstone), then wait until the server
-    /// has stored them all.
+    /// has stored them all. At most [`ACKS_IN_FLIGHT`] wait at once: the client holds back a
+    /// publish while 5,000 acknowledgements of its context are pending, and a future not yet
+    /// polled keeps its place, so publishing more before awaiting any would wait for ever.
     async fn publish_all(&self, messages: Vec<(String, Option<Vec<u8>>)>) -> Result<(), String> {
-        let mut acks = Vec::with_capacity(messages.len());
-        for (subject, value) in messages {
-            let ack = match value {
-                Some(value) => self.js.publish(subject, value.into()).await,
-                None => {
-                    let mut h = async_nats::HeaderMap::new();
-                    h.insert(DELETED, "1");
-                    self.js.publish_with_headers(subject, h, bytes::Bytes::new()).await
-                }
-            };
-            acks.push(ack.map_err(|e| e.to_string())?.into_future());
-        }
-        for result in futures::future::join_all(acks).await {
-            result.map_err(|e| e.to_string())?;
+        let mut messages = messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            let mut acks = Vec::with_capacity(ACKS_IN_FLIGHT);
+            for (subject, value) in messages.by_ref().take(ACKS_IN_FLIGHT) {
+                let ack = match value {
+                    Some(value) => self.js.publish(subject, value.into()).await,
+                    None => {
+                        let mut h = async_nats::HeaderMap::new();
+                        h.insert(DELETED, "1");
+                        self.js.publish_with_headers(subject, h, bytes::Bytes::new()).await
+                    }
+                };
+                acks.push(ack.map_err(|e| e.to_string())?.into_future());
+            }
+            for result in futures::future::join_all(acks).await {
+                result.map_err(|e| e.to_string())?;
+            }
         }
         Ok(())
     }
@@ -738,6 +762,26 @@ mod on_nats {
 
         assert_eq!(restored_value(&log_b, 1, "k").await, None, "a's old value came back");
         assert_eq!(restored_value(&log_b, 2, "j").await, Some(b"x".to_vec()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_view_write_of_more_records_than_the_client_lets_wait_for_acknowledgement_completes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = LocalNats::start(free_port().expect("port"), dir.path())
+            .await
+            .expect("nats-server");
+        let client = async_nats::connect(&nats.url).await.expect("connect");
+        let cluster = Arc::new(Cluster::new("a".into(), 4));
+        let log = Changelog::open(&client, &crate::config::ClusterConfig::default(), cluster.clone())
+            .await
+            .expect("open");
+        cluster.set_owned(3, true);
+        let many: Vec<Change> = (0..12_000).map(|i| set(3, &format!("k{i}"), Some("v"))).collect();
+        tokio::time::timeout(Duration::from_secs(60), log.write(&many, true))
+            .await
+            .expect("the write waited for ever")
+            .expect("write");
+        assert_eq!(log.restore(3).await.expect("restore").entries.len(), 12_000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,12 +26,16 @@ use tokio::io::AsyncReadExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
-    #[error("the cluster's plugin registry ({what}): {detail}")]
+    #[error("the cluster's admin records ({what}): {detail}")]
     Nats { what: &'static str, detail: String },
-    #[error("plugin {0:?} was changed on another instance of the cluster at the same time; look at it again and retry")]
+    /// What (a plugin, the contact policies) was changed elsewhere first.
+    #[error("{0} was changed on another instance of the cluster at the same time; look at it again and retry")]
     Conflict(String),
-    #[error("the cluster's record of plugin {name:?} is unreadable: {detail}")]
+    /// What (a plugin, the contact policies) the cluster holds in a form this version cannot read.
+    #[error("the cluster's record of {name} is unreadable: {detail}")]
     Unreadable { name: String, detail: String },
+    #[error("keeping the cluster's {what} here: {detail}")]
+    Local { what: &'static str, detail: String },
 }
 
 /// Plugin records' keys begin with this.
@@ -41,8 +45,12 @@ fn key(name: &str) -> String {
     format!("{PREFIX}{name}")
 }
 
-fn nats(what: &'static str) -> impl Fn(String) -> SharedError {
+pub(super) fn nats(what: &'static str) -> impl Fn(String) -> SharedError {
     move |detail| SharedError::Nats { what, detail }
+}
+
+pub(super) fn local(what: &'static str) -> impl Fn(String) -> SharedError {
+    move |detail| SharedError::Local { what, detail }
 }
 
 /// The cluster's plugin records and wasm, and what this instance last saw of them.
@@ -112,6 +120,11 @@ impl SharedPlugins {
         })
     }
 
+    /// The bucket of admin changes (the contact policies are kept there too).
+    pub fn bucket(&self) -> kv::Store {
+        self.records.clone()
+    }
+
     /// Before seeding: take the cluster's records (and the wasm they name) into this instance's
     /// registry; forget plugins the cluster deleted while this instance was away.
     pub async fn pull(&self, registry: &Registry) -> Result<(), SharedError> {
@@ -122,16 +135,13 @@ impl SharedPlugins {
                     self.fetch_wasm(registry, &record).await?;
                     registry
                         .store_adopted(&name, Some(&record))
-                        .map_err(|e| SharedError::Unreadable {
-                            name: name.clone(),
-                            detail: e.to_string(),
-                        })?;
+                        .map_err(|e| local("plugin records")(e.to_string()))?;
                     self.saw(&name, revision);
                 }
                 Held::Deleted(revision) => {
                     registry
                         .store_adopted(&name, None)
-                        .map_err(|e| nats("forget a deleted plugin")(e.to_string()))?;
+                        .map_err(|e| local("plugin records")(e.to_string()))?;
                     self.saw(&name, revision);
                 }
             }
@@ -144,9 +154,7 @@ impl SharedPlugins {
     /// plugin meanwhile wins; this one adopts its record.
     pub async fn push(&self, registry: &Registry) -> Result<(), SharedError> {
         let held = self.held().await?;
-        let local = registry
-            .plugins()
-            .map_err(|e| nats("read the local registry")(e.to_string()))?;
+        let local = registry.plugins().map_err(|e| local("plugin records")(e.to_string()))?;
         for record in local {
             let same = matches!(held.get(&record.name), Some(Held::Record(_, theirs)) if **theirs == record);
             if same {
@@ -154,9 +162,9 @@ impl SharedPlugins {
             }
             match self.write(registry, &record).await {
                 Ok(()) => {}
-                Err(SharedError::Conflict(name)) => {
+                Err(SharedError::Conflict(_)) => {
                     tracing::info!(
-                        plugin = name,
+                        plugin = record.name,
                         "another instance wrote this plugin first; adopting its record"
                     );
                     self.pull(registry).await?;
@@ -203,7 +211,7 @@ impl SharedPlugins {
                 entry.revision,
                 Box::new(
                     PluginRecord::from_bytes(&entry.value).map_err(|e| SharedError::Unreadable {
-                        name: entry.key.trim_start_matches(PREFIX).to_owned(),
+                        name: format!("plugin {:?}", entry.key.trim_start_matches(PREFIX)),
                         detail: e.to_string(),
                     })?,
                 ),
@@ -232,9 +240,7 @@ impl SharedPlugins {
                 continue;
             }
             if self.wasm.info(sha).await.is_err() {
-                let bytes = registry
-                    .wasm(sha)
-                    .map_err(|e| nats("read a plugin's wasm")(e.to_string()))?;
+                let bytes = registry.wasm(sha).map_err(|e| local("plugin wasm")(e.to_string()))?;
                 self.wasm
                     .put(sha.as_str(), &mut bytes.as_ref())
                     .await
@@ -258,7 +264,7 @@ impl SharedPlugins {
                 Ok(())
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(SharedError::Conflict(record.name.clone()))
+                Err(SharedError::Conflict(format!("plugin {:?}", record.name)))
             }
             Err(e) => Err(nats("write a plugin record")(e.to_string())),
         }
@@ -273,7 +279,7 @@ impl SharedPlugins {
         {
             Ok(()) => {}
             Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
-                return Err(SharedError::Conflict(name.to_owned()));
+                return Err(SharedError::Conflict(format!("plugin {name:?}")));
             }
             Err(e) => return Err(nats("delete a plugin record")(e.to_string())),
         }
@@ -308,7 +314,7 @@ impl SharedPlugins {
             }
             registry
                 .put_wasm(sha, &bytes)
-                .map_err(|e| nats("store a fetched wasm")(e.to_string()))?;
+                .map_err(|e| local("plugin wasm")(e.to_string()))?;
             self.stored
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

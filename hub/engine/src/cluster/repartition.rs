@@ -24,7 +24,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Forwards stored or not yet, at most (what bounds memory while the partition stream is slow).
-const IN_FLIGHT: usize = 8192;
+/// Below the client's 5,000 pending acknowledgements per context: past that a publish waits
+/// for one of them, which this loop could not poll meanwhile.
+const IN_FLIGHT: usize = 4096;
 /// Acknowledge the input stream after this many forwards stored, or when none is in flight.
 const ACK_EVERY: usize = 256;
 
