@@ -8,6 +8,9 @@
 //! aims at `partitions / m` (the first `partitions % m` by name one more), claims free partitions
 //! (`create`, which only succeeds on a missing or expired key) in an order of its own
 //! (rendezvous hashing, so claims rarely collide), and hands back what it holds above its aim.
+//! It also watches the bucket and balances at once when a member joins or leaves or a lease is
+//! handed back, so clean moves take a round trip rather than a tick (an expired entry leaves no
+//! marker to watch: a dead instance's leases are seen at the next tick).
 //!
 //! A hand-back is clean: the reader stops pulling the partition and reports it drained once
 //! everything it delivered is acknowledged; only then is the key deleted. A lease that could not
@@ -78,6 +81,8 @@ struct Leases {
     drained: mpsc::UnboundedReceiver<u16>,
     ingest_tx: watch::Sender<Option<u64>>,
     board: Board,
+    /// Members as last seen: a new one in the bucket's watch means balancing now.
+    members: BTreeSet<String>,
 }
 
 /// Open (or create) the bucket and start taking part.
@@ -155,6 +160,7 @@ pub async fn join(
         drained,
         ingest_tx,
         board,
+        members: BTreeSet::new(),
     };
     let task = tokio::spawn(leases.run(leave));
     Ok((
@@ -191,6 +197,22 @@ impl Drop for LeaseHandle {
     }
 }
 
+/// The next change of the bucket (`None`: the watch ended); never, without a watch.
+async fn next_change(changes: &mut Option<kv::Watch>) -> Option<kv::Entry> {
+    use futures::StreamExt;
+    match changes {
+        Some(watch) => match watch.next().await {
+            Some(Ok(entry)) => Some(entry),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cluster: the watch of the leases failed; watching again");
+                None
+            }
+            None => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 fn part_key(partition: u16) -> String {
     format!("{PART}{partition}")
 }
@@ -219,14 +241,45 @@ impl Leases {
         let every = self.ttl / 3;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Joins, clean leaves and hand-backs are seen as they happen (expiries only at a tick:
+        // the server removes expired entries without a marker).
+        let mut changes = None;
         loop {
+            if changes.is_none() {
+                changes = match self.kv.watch(">").await {
+                    Ok(watch) => Some(watch),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster: cannot watch the leases; balancing at each tick only");
+                        None
+                    }
+                };
+            }
             tokio::select! {
                 _ = &mut leave => break,
                 _ = tick.tick() => self.tick().await,
                 Some(partition) = self.drained.recv() => self.hand_back(partition).await,
+                change = next_change(&mut changes) => match change {
+                    Some(entry) => if self.moves(&entry) {
+                        // Moves come in bursts (one leaving deletes all its keys): one balance.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        while let Some(Some(_)) = futures::FutureExt::now_or_never(next_change(&mut changes)) {}
+                        self.rebalance().await;
+                    },
+                    None => changes = None,
+                },
             }
         }
         self.leave_all().await;
+    }
+
+    /// Whether `entry` changes who should hold what: a member that joined or left, or a lease
+    /// handed back. Renewals are not.
+    fn moves(&self, entry: &kv::Entry) -> bool {
+        let gone = matches!(entry.operation, kv::Operation::Delete | kv::Operation::Purge);
+        match entry.key.strip_prefix(MEMBER) {
+            Some(instance) => instance != self.me.instance && (gone || !self.members.contains(instance)),
+            None => gone && (entry.key.starts_with(PART) || entry.key == INGEST),
+        }
     }
 
     async fn tick(&mut self) {
@@ -239,6 +292,11 @@ impl Leases {
             tracing::warn!(error = %e, "cluster: cannot announce this instance");
         }
         self.renew().await;
+        self.rebalance().await;
+    }
+
+    /// Read the bucket, balance, and show the result.
+    async fn rebalance(&mut self) {
         let mut seen = match self.look().await {
             Ok(seen) => seen,
             Err(e) => {
@@ -247,6 +305,7 @@ impl Leases {
                 return;
             }
         };
+        self.members = seen.members.iter().map(|m| m.instance.clone()).collect();
         self.balance(&seen).await;
         seen.owners = self.owners_after(std::mem::take(&mut seen.owners));
         self.publish_board(Some(seen));

@@ -226,6 +226,11 @@ fn run_durable(rx: &flume::Receiver<Commit>, mut d: Durability) {
             Err(flume::RecvTimeoutError::Timeout) if d.clock.take_wanted() => Vec::new(),
             Err(flume::RecvTimeoutError::Timeout) => continue,
             Err(flume::RecvTimeoutError::Disconnected) => {
+                // Changes made outside commits since the last group (a profile set over the API
+                // just before stopping) go with the last write too.
+                if d.changelog.is_some() {
+                    held.add(d.pending.take());
+                }
                 release(&mut d, &mut held);
                 break;
             }
@@ -422,6 +427,32 @@ mod tests {
                 change(2, "a", Some("2"))
             ]
         );
+    }
+
+    #[test]
+    fn a_change_made_outside_commits_just_before_stopping_reaches_the_changelog() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let written: Arc<std::sync::Mutex<Vec<Change>>> = Arc::default();
+        let pending = crate::cluster::changelog::Pending::default();
+        let (flushed, _reports) = flume::unbounded();
+        let sink = written.clone();
+        let durability = Durability {
+            db: sled::open(dir.path()).expect("sled"),
+            confirm: Box::new(|| true),
+            flushed,
+            clock: Arc::default(),
+            changelog: Some(Box::new(move |changes: &[Change]| {
+                sink.lock().expect("lock").extend_from_slice(changes);
+                true
+            })),
+            changelog_every: Duration::from_secs(60),
+            pending: pending.clone(),
+        };
+        let (committer, queue) = Committer::start(4, Some(durability)).expect("start");
+        pending.push(change(1, "profile", Some("gold")));
+        drop(queue);
+        committer.finish();
+        assert_eq!(*written.lock().expect("lock"), [change(1, "profile", Some("gold"))]);
     }
 
     #[test]
