@@ -30,19 +30,24 @@ impl SharedPolicies {
         }
     }
 
-    /// At start: take the cluster's policies, or bring this instance's when it has none.
+    /// At start: take the cluster's policies, or bring this instance's when it has none (if
+    /// another instance starting at the same moment brings its own first, take those).
     pub async fn join(&self, store: &PolicyStore) -> Result<(), SharedError> {
-        match self.held().await? {
-            Some((revision, policies)) => {
-                self.seen.fetch_max(revision, Ordering::AcqRel);
-                if **store.load() != policies {
-                    tracing::info!("contact policies: taking the cluster's");
-                    adopt(store, policies).await?;
-                }
-                Ok(())
+        if self.held().await?.is_none() {
+            match self.write(&store.load()).await {
+                Ok(()) => return Ok(()),
+                Err(SharedError::Conflict(_)) => {}
+                Err(e) => return Err(e),
             }
-            None => self.write(&store.load()).await,
         }
+        if let Some((revision, policies)) = self.held().await? {
+            self.seen.fetch_max(revision, Ordering::AcqRel);
+            if **store.load() != policies {
+                tracing::info!("contact policies: taking the cluster's");
+                adopt(store, policies).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The cluster's policies and their revision, if it has any.
