@@ -192,6 +192,43 @@ pub struct Owner {
     pub instance: String,
 }
 
+/// Open the key-value bucket `bucket`, creating it first if needed: as its stream, because the
+/// client's `create_key_value` first reads account limits in a form the 2.9 server does not
+/// answer in. Entries live `max_age` after their last write (zero: for ever).
+pub(crate) async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: std::time::Duration,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    use async_nats::jetstream::stream;
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    js.create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        // The server refuses a deduplication window longer than the entries live.
+        duplicate_window: if max_age.is_zero() {
+            std::time::Duration::ZERO
+        } else {
+            max_age.min(std::time::Duration::from_secs(120))
+        },
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("create: {e}"))?;
+    js.get_key_value(bucket).await.map_err(|e| format!("open: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

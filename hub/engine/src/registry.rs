@@ -85,6 +85,22 @@ struct Running {
     shadows: BTreeMap<String, Arc<LivePlugin>>,
 }
 
+impl Running {
+    /// `name` runs `live`, or is disabled (`None`).
+    fn set_live(&mut self, name: &str, live: Option<Arc<LivePlugin>>) {
+        match live {
+            Some(p) => {
+                self.live.insert(name.to_owned(), p);
+                self.disabled.remove(name);
+            }
+            None => {
+                self.live.remove(name);
+                self.disabled.insert(name.to_owned());
+            }
+        }
+    }
+}
+
 pub struct Registry {
     runtime: Arc<Runtime>,
     store: Store,
@@ -222,16 +238,7 @@ impl Registry {
         self.store.put_plugin(&record)?;
         let change = self
             .apply(&record, |running| {
-                match live {
-                    Some(p) => {
-                        running.live.insert(record.name.clone(), p);
-                        running.disabled.remove(&record.name);
-                    }
-                    None => {
-                        running.live.remove(&record.name);
-                        running.disabled.insert(record.name.clone());
-                    }
-                }
+                running.set_live(&record.name, live);
                 match shadow {
                     Some(s) => running.shadows.insert(record.name.clone(), s),
                     None => running.shadows.remove(&record.name),
@@ -611,17 +618,7 @@ impl Registry {
 
     /// Put `record`'s new state into the live set and wait until every shard runs it.
     async fn go_live(&self, record: &PluginRecord, live: Option<Arc<LivePlugin>>) -> Change {
-        self.apply(record, |running| match live {
-            Some(p) => {
-                running.live.insert(record.name.clone(), p);
-                running.disabled.remove(&record.name);
-            }
-            None => {
-                running.live.remove(&record.name);
-                running.disabled.insert(record.name.clone());
-            }
-        })
-        .await
+        self.apply(record, |running| running.set_live(&record.name, live)).await
     }
 
     /// Change the running set with `change`, make it live in one switch, and report `record`'s

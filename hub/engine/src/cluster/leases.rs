@@ -97,34 +97,14 @@ pub async fn join(
         bucket: config.bucket.clone(),
         detail,
     };
-    let kv = match js.get_key_value(&config.bucket).await {
-        Ok(kv) => kv,
-        Err(_) => {
-            // The bucket's stream as a key-value bucket has it (the client's own
-            // `create_key_value` first reads account limits in a form the 2.9 server does not
-            // answer in).
-            js.create_stream(jetstream::stream::Config {
-                name: format!("KV_{}", config.bucket),
-                description: Some("hub cluster: members and partition leases".into()),
-                subjects: vec![format!("$KV.{}.>", config.bucket)],
-                max_messages_per_subject: 1,
-                max_age: config.lease_ttl,
-                // The server refuses a deduplication window longer than the entries live.
-                duplicate_window: config.lease_ttl.min(Duration::from_secs(120)),
-                storage: jetstream::stream::StorageType::File,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| fail(format!("create: {e}")))?;
-            js.get_key_value(&config.bucket)
-                .await
-                .map_err(|e| fail(format!("open: {e}")))?
-        }
-    };
+    let kv = super::open_bucket(
+        &js,
+        &config.bucket,
+        "hub cluster: members and partition leases",
+        config.lease_ttl,
+    )
+    .await
+    .map_err(fail)?;
     let ttl = match kv.status().await {
         Ok(status) if status.max_age() != config.lease_ttl && !status.max_age().is_zero() => {
             tracing::warn!(

@@ -22,6 +22,7 @@ use async_nats::jetstream::{self, kv, object_store};
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,30 +76,14 @@ impl SharedPlugins {
     pub async fn open(client: &async_nats::Client, config: &crate::config::ClusterConfig) -> Result<Self, SharedError> {
         let js = jetstream::new(client.clone());
         let bucket = format!("{}_ADMIN", config.bucket);
-        let records = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => {
-                // Created as its stream (the client's `create_key_value` first reads account
-                // limits in a form the 2.9 server does not answer in).
-                js.create_stream(jetstream::stream::Config {
-                    name: format!("KV_{bucket}"),
-                    description: Some("hub cluster: what admins changed (plugin records)".into()),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: jetstream::stream::DiscardPolicy::New,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| nats("create the bucket")(e.to_string()))?;
-                js.get_key_value(&bucket)
-                    .await
-                    .map_err(|e| nats("open the bucket")(e.to_string()))?
-            }
-        };
+        let records = super::open_bucket(
+            &js,
+            &bucket,
+            "hub cluster: what admins changed (plugin records)",
+            Duration::ZERO,
+        )
+        .await
+        .map_err(nats("open the bucket"))?;
         let store = format!("{}_WASM", config.bucket);
         let wasm = match js.get_object_store(&store).await {
             Ok(store) => store,
