@@ -199,6 +199,79 @@ async fn re_keyed_events_reach_the_instance_that_owns_their_actor() {
     b.shutdown().await;
 }
 
+/// Publish an envelope to partition `partition` of the partition stream, standing for
+/// `events.<kind>`, as a producer that partitions its inputs itself does.
+async fn send_to_partition(env: &Env, partition: u16, kind: &str, actor: &str) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(hub::cluster::headers::SUBJECT, format!("events.{kind}").as_str());
+    let body = json!({"kind": kind, "actor": actor, "payload": {}}).to_string();
+    env.client
+        .publish_with_headers(format!("hub.part.{partition}"), headers, body.into())
+        .await
+        .expect("publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_published_to_their_partition_directly_are_processed_once_and_one_sent_to_a_wrong_partition_is_moved_to_its_own()
+ {
+    let env = Env::new().await;
+    let a = env.start(member(&env, "a")).await;
+    let b = env.start(member(&env, "b")).await;
+    until_owned(&[a.http_addr(), b.http_addr()], Duration::from_secs(15)).await;
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    let mut dlq = env.sub("hub.dlq.>").await;
+
+    // Half the actors published to their own partition, half to the next one: each gets its
+    // three failures counted in order on its owner, and one callback.
+    let actors = actors("direct", 16);
+    for _ in 0..3 {
+        for (i, actor) in actors.iter().enumerate() {
+            let own = hub::cluster::partition_of(actor, PARTITIONS);
+            let to = if i % 2 == 0 { own } else { (own + 1) % PARTITIONS };
+            send_to_partition(&env, to, "payment.failed", actor).await;
+        }
+    }
+    let mut called = BTreeSet::new();
+    for _ in &actors {
+        let callback = json(&next(&mut callbacks, "a callback", 10).await);
+        let actor = callback["actor"].as_str().unwrap_or_default().to_owned();
+        assert!(called.insert(actor.clone()), "{actor} called back twice");
+    }
+    assert_eq!(called, actors.iter().cloned().collect::<BTreeSet<_>>());
+    nothing(&mut callbacks, "a callback more", 500).await;
+
+    // Without the subject it stands for, an input is refused with the reason.
+    env.send_raw("hub.part.3", br#"{"kind": "payment.failed", "actor": "x"}"#)
+        .await;
+    let letter = next(&mut dlq, "the refused input", 10).await;
+    assert_eq!(letter.subject.as_str(), "hub.dlq.invalid");
+    let reason = letter
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Hub-Dlq-Reason"))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    assert!(reason.contains("Hub-Subject"), "{reason}");
+    nothing(&mut dlq, "another dead letter", 300).await;
+
+    // The metrics are the process's (both instances here count into them; no other test
+    // misroutes): every input sent to the next partition was moved once.
+    let metrics = reqwest::get(format!("http://{}/metrics", a.http_addr()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let moved: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("hub_inputs_misrouted_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(moved, 24.0, "inputs moved to their partition: {metrics}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_partitions_of_a_killed_instance_are_taken_over_once_its_leases_expire() {
     let env = Env::new().await;

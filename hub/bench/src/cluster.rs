@@ -1,7 +1,8 @@
 //! `hub cluster-bench`: what sharing the work costs. The same workload (per actor, counter
 //! ticks and payment failures, with actors spread over every partition) runs through a single
-//! hub, then through clusters of 1, 2, 3… `hub up` processes on one private nats-server, and for
-//! each the CPU time spent per input by the hubs and by the server is reported. Then, on the
+//! hub, then through clusters of 1, 2, 3… `hub up` processes on one private nats-server (with
+//! `--direct` also with the producer publishing to the partitions itself), and for each the CPU
+//! time spent per input by the hubs and by the server is reported. Then, on the
 //! largest cluster: how long a joining instance waits for its share, how long the partitions of
 //! an instance that stops cleanly and of one killed with SIGKILL take to move, and how long
 //! restoring a partition's state took.
@@ -37,9 +38,22 @@ pub struct ClusterBenchArgs {
     /// The cluster's lease TTL in seconds
     #[arg(long, default_value_t = 6)]
     pub lease_ttl: u64,
+    /// Also measure each cluster size with the producer publishing to the partitions itself
+    /// (`hub.part.<n>` with a `Hub-Subject` header) instead of to `events.<kind>`
+    #[arg(long)]
+    pub direct: bool,
     /// Where the hubs' logs go (emptied first)
     #[arg(long, default_value_os_t = std::env::temp_dir().join("hub-cluster-bench.log"))]
     pub log_file: PathBuf,
+}
+
+/// Where the producer publishes.
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    /// To `events.<kind>`: the input stream, then its partition through the ingest lease.
+    Ingest,
+    /// To `hub.part.<n>` of the actor's partition, naming `events.<kind>` in `Hub-Subject`.
+    Direct,
 }
 
 /// One run's figures.
@@ -48,6 +62,8 @@ struct Run {
     hub_us: f64,
     server_us: f64,
     took: Duration,
+    /// Messages stored in each stream by the end of the run (and the bytes it keeps).
+    stores: String,
 }
 
 pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
@@ -64,10 +80,13 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{file} is built with the workspace (cargo build --release)"))?;
     }
     let mut runs = Vec::new();
-    runs.push(measure(&args, plugins.path(), 0).await?.0);
+    runs.push(measure(&args, plugins.path(), 0, Route::Ingest).await?.0);
     let largest = args.instances.iter().copied().max().unwrap_or(1);
     for &n in &args.instances {
-        let (run, moves) = measure(&args, plugins.path(), n).await?;
+        if args.direct {
+            runs.push(measure(&args, plugins.path(), n, Route::Direct).await?.0);
+        }
+        let (run, moves) = measure(&args, plugins.path(), n, Route::Ingest).await?;
         runs.push(run);
         if n == largest
             && let Some(moves) = moves
@@ -95,16 +114,26 @@ fn print_runs(runs: &[Run]) {
             r.took.as_secs_f64()
         );
     }
+    for r in runs {
+        println!("{}: messages stored {}", r.label, r.stores);
+    }
 }
 
 /// A single hub (`instances` 0) or a cluster of `instances`: the workload's CPU cost, and on a
 /// cluster the hand-off figures.
-async fn measure(args: &ClusterBenchArgs, plugins: &Path, instances: u32) -> anyhow::Result<(Run, Option<String>)> {
-    let label = match instances {
+async fn measure(
+    args: &ClusterBenchArgs,
+    plugins: &Path,
+    instances: u32,
+    route: Route,
+) -> anyhow::Result<(Run, Option<String>)> {
+    let mut label = match instances {
         0 => "single hub".to_owned(),
-        1 => "cluster of 1".to_owned(),
         n => format!("cluster of {n}"),
     };
+    if route == Route::Direct {
+        label.push_str(", direct");
+    }
     let step = Step::waiting(format!("cluster bench · {label} · starting"));
     let dir = tempfile::tempdir()?;
     let nats = LocalNats::start(free_port()?, &dir.path().join("nats")).await?;
@@ -141,7 +170,8 @@ async fn measure(args: &ClusterBenchArgs, plugins: &Path, instances: u32) -> any
     let server_before = server_pid.as_deref().and_then(ticks).unwrap_or(0);
     let started = Instant::now();
     let step = Step::counting(format!("cluster bench · {label} · publishing"), args.inputs, "inputs");
-    publish(&client, args, &step).await?;
+    let partitions = (route == Route::Direct).then_some(args.partitions);
+    publish(&client, args, partitions, &step).await?;
     drop(step);
     let step = Step::waiting(format!("cluster bench · {label} · catching up"));
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -153,6 +183,17 @@ async fn measure(args: &ClusterBenchArgs, plugins: &Path, instances: u32) -> any
     }
     drop(step);
     let took = started.elapsed();
+    let mut stores = Vec::new();
+    for name in ["HUB_INPUT", "HUB_PARTS", "HUB_PARTS_LOG", "HUB_PARTS_STATE"] {
+        if let Ok(mut stream) = js.get_stream(name).await {
+            let state = stream.info().await?.state.clone();
+            stores.push(format!(
+                "{name} {} ({:.1} MB)",
+                state.last_sequence,
+                state.bytes as f64 / 1e6
+            ));
+        }
+    }
     let hubs_after: u64 = fleet.iter().filter_map(|h| ticks(&h.pid().to_string())).sum();
     let server_after = server_pid.as_deref().and_then(ticks).unwrap_or(0);
     let per_input = |spent: u64| spent as f64 * 10_000.0 / args.inputs as f64;
@@ -161,8 +202,9 @@ async fn measure(args: &ClusterBenchArgs, plugins: &Path, instances: u32) -> any
         hub_us: per_input(hubs_after.saturating_sub(hubs_before)),
         server_us: per_input(server_after.saturating_sub(server_before)),
         took,
+        stores: stores.join(", "),
     };
-    let moves = if instances >= 2 {
+    let moves = if instances >= 2 && route == Route::Ingest {
         let mut text = moves(args, &mut fleet, || start(format!("i{instances}"))).await?;
         for name in ["HUB_PARTS", "HUB_PARTS_STATE", "HUB_PARTS_LOG", "KV_HUB_CLUSTER"] {
             if let Ok(mut stream) = js.get_stream(name).await {
@@ -264,17 +306,31 @@ pub async fn balanced(https: &[SocketAddr], partitions: u16, within: Duration) -
 }
 
 /// The workload at `--rate`: per input, a tick or (every fourth) a payment failure, for actors
-/// in turn.
-async fn publish(client: &async_nats::Client, args: &ClusterBenchArgs, step: &Step) -> anyhow::Result<()> {
+/// in turn; published to `events.<kind>`, or with `partitions` to each actor's partition.
+async fn publish(
+    client: &async_nats::Client,
+    args: &ClusterBenchArgs,
+    partitions: Option<u16>,
+    step: &Step,
+) -> anyhow::Result<()> {
     let pause = Duration::from_secs_f64(100.0 / args.rate as f64);
     let mut next = Instant::now();
     for i in 0..args.inputs {
         let actor = format!("a{}", i % args.actors);
         let kind = if i % 4 == 3 { "payment.failed" } else { "count.tick" };
-        let body = serde_json::json!({"kind": kind, "actor": actor});
-        client
-            .publish(format!("events.{kind}"), body.to_string().into())
-            .await?;
+        let subject = format!("events.{kind}");
+        let body = serde_json::json!({"kind": kind, "actor": actor}).to_string().into();
+        match partitions {
+            Some(partitions) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(hub::cluster::headers::SUBJECT, subject.as_str());
+                let partition = hub::cluster::partition_of(&actor, partitions);
+                client
+                    .publish_with_headers(format!("hub.part.{partition}"), headers, body)
+                    .await?;
+            }
+            None => client.publish(subject, body).await?,
+        }
         if i % 100 == 99 {
             step.set(i + 1);
             next += pause;

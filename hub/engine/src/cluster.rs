@@ -5,7 +5,8 @@
 //!   actor's events stay in one partition, in order). One instance at a time holds the `ingest`
 //!   lease and reads the input stream: it decodes each input only to learn its actor and forwards
 //!   it, as received, to `<subject>.<partition>` of the partition stream ([`repartition`]). An
-//!   event a plugin emits for an actor of another partition is published there too.
+//!   event a plugin emits for an actor of another partition is published there too, and so may
+//!   producers that know their actor ([`partition_of`]), which spares the input a second store.
 //! - **Ownership.** Each partition is read by the one instance that holds its lease, a key in a
 //!   NATS key-value bucket whose entries expire `lease_ttl` after their last write ([`leases`]).
 //!   Instances renew their leases with the revision they last wrote (a changed revision means
@@ -39,6 +40,14 @@ pub mod headers {
     pub const HOPS: &str = "Hub-Hops";
 }
 
+/// The partition of `actor` among `partitions`: `xxh3_64(actor's UTF-8 bytes) % 4096 %
+/// partitions` (XXH3, 64 bits, seed 0). A partition of the checkpoints' finer split, so each
+/// checkpoint belongs to exactly one; and the contract for producers that publish to
+/// `<subject>.<partition>` themselves, in any language with an XXH3 binding.
+pub fn partition_of(actor: &str, partitions: u16) -> u16 {
+    Router::partition_of(actor) % partitions.max(1)
+}
+
 /// What every part of this instance may ask about the cluster: which partitions it processes.
 pub struct Cluster {
     pub instance: String,
@@ -68,10 +77,8 @@ impl Cluster {
         }
     }
 
-    /// The partition of `actor`: a partition of the checkpoints' finer split, so each
-    /// checkpoint belongs to exactly one of them.
     pub fn partition_of(&self, actor: &str) -> u16 {
-        Router::partition_of(actor) % self.partitions
+        partition_of(actor, self.partitions)
     }
 
     pub fn owns(&self, partition: u16) -> bool {

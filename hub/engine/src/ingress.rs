@@ -94,6 +94,16 @@ impl IdGen {
         }
     }
 
+    /// For an input a producer published to its partition of the partition stream (cluster
+    /// mode) at sequence `seq`: a prefix of its own, apart from the input stream's sequences.
+    pub fn for_partition_input(seq: u64, stored: i64) -> IdGen {
+        IdGen {
+            prefix: format!("part{seq}"),
+            seq: AtomicU64::new(0),
+            time: Some(stored),
+        }
+    }
+
     /// For line `line` of a recorded file run offline: ids from the line number, and the
     /// virtual clock `clock` as the time of an event that has none, so a run is reproducible.
     pub fn for_recorded(line: usize, clock: i64) -> IdGen {

@@ -45,6 +45,8 @@ pub const CLUSTER_OWNED: &str = "hub_cluster_partitions_owned";
 pub const CLUSTER_MEMBERS: &str = "hub_cluster_members";
 /// Inputs forwarded from the input stream to their partition (by the ingest lease's holder).
 pub const INPUTS_PARTITIONED: &str = "hub_inputs_partitioned_total";
+/// Inputs a producer published to another partition than their actor's, moved to their own.
+pub const INPUTS_MISROUTED: &str = "hub_inputs_misrouted_total";
 /// Stream inputs or timers of a partition this instance no longer owns, left to its owner.
 pub const NOT_OWNED: &str = "hub_cluster_not_owned_total";
 /// Times the NATS connection was lost.

@@ -12,7 +12,7 @@ use super::{Decoder, IdGen, IngressError};
 use crate::cluster::Cluster;
 use crate::cluster::leases::Pulls;
 use crate::config::InputConfig;
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, Reason};
 use crate::durable::{Acks, FlushClock, Flushed, Ticket};
 use crate::egress::Egress;
 use crate::event::Routed;
@@ -260,6 +260,8 @@ impl Consumer {
                 reader.partitions = Some(Partitioned {
                     source,
                     releasing: BTreeSet::new(),
+                    js: jetstream::new(client.clone()),
+                    misrouted: metrics::counter!(m::INPUTS_MISROUTED),
                 });
                 reader.reconcile().await;
             }
@@ -303,6 +305,10 @@ struct Partitioned {
     source: PartitionSource,
     /// Partitions no longer pulled whose lease waits for their inputs' acknowledgements.
     releasing: BTreeSet<u16>,
+    /// Moves an input published to the wrong partition to its own, stored before it is
+    /// acknowledged here.
+    js: jetstream::Context,
+    misrouted: metrics::Counter,
 }
 
 /// A reply subject, and the consumer (key) it acknowledges.
@@ -489,13 +495,25 @@ impl Reader {
             return true;
         };
         let reply = (key, reply);
-        // A partition's input was forwarded: decoded as if from its first subject, with the
-        // ids and time its place in the input stream gives.
+        // A partition's input is decoded as if from the subject it names: the one the ingest
+        // lease's holder read it on, with the ids and time its place in the input stream gives,
+        // or the one a producer publishing to partitions itself stands for.
         let forwarded = self
             .partitions
             .is_some()
             .then(|| Forwarded::of(msg.headers.as_ref()))
             .flatten();
+        if self.partitions.is_some() && forwarded.is_none() {
+            let detail = format!(
+                "an input published to partition {key} ({}) without the {} header naming the subject it stands for (e.g. events.click)",
+                msg.subject,
+                crate::cluster::headers::SUBJECT
+            );
+            let letter = DeadLetter::message(Reason::Invalid, detail, &msg.subject, msg.payload.clone());
+            self.wiring.egress.send(letter.into_outbound()).await;
+            self.acks.handled(seq, reply, self.wiring.clock.next());
+            return true;
+        }
         let subject = forwarded.as_ref().map_or(msg.subject.as_str(), |f| f.subject.as_str());
         let decoder = self
             .decoders
@@ -508,7 +526,9 @@ impl Reader {
                         input: Some((seq, stored)),
                         ..
                     }) => IdGen::for_stream_input(*seq, *stored),
-                    _ => IdGen::for_stream_input(seq, stored),
+                    // Published to its partition directly: ids from its place there.
+                    Some(_) => IdGen::for_partition_input(seq, stored),
+                    None => IdGen::for_stream_input(seq, stored),
                 };
                 let decoded = d.decode(subject, msg.headers.as_ref(), &msg.payload, &ids);
                 if matches!(decoded, Ok(Some(_))) {
@@ -520,6 +540,12 @@ impl Reader {
         };
         match decoded {
             Ok(Some(event)) => {
+                if let Some(partitioned) = &self.partitions {
+                    let own = partitioned.source.cluster.partition_of(&event.actor);
+                    if own != key {
+                        return self.move_to_partition(&msg, seq, own, reply).await;
+                    }
+                }
                 let shard = self.wiring.router.shard_of(&event.actor);
                 let ticket: Ticket = self.acks.route(shard, seq, reply);
                 let routed = Routed {
@@ -543,6 +569,48 @@ impl Reader {
                 true
             }
         }
+    }
+
+    /// An input published to a partition its actor does not belong to (a producer that
+    /// partitions itself and got the hash or the partition count wrong): processed here, it
+    /// would break the actor's order, so it is stored as received in `partition`, with its
+    /// place here as `Nats-Msg-Id` so a second move stores it once, and only then acknowledged.
+    /// False once the hub is stopping before the move succeeded (it is read again).
+    async fn move_to_partition(&mut self, msg: &jetstream::Message, seq: u64, partition: u16, reply: Reply) -> bool {
+        let Some(partitioned) = &self.partitions else {
+            return true;
+        };
+        partitioned.misrouted.increment(1);
+        tracing::warn!(
+            actor_partition = partition,
+            published_to = %msg.subject,
+            "an input was published to another partition than its actor's; moved there (check the producer's partition hash and count)"
+        );
+        let mut headers = msg.headers.clone().unwrap_or_default();
+        headers.insert(crate::egress::headers::MSG_ID, format!("part{seq}").as_str());
+        let subject = format!("{}.{partition}", partitioned.source.subject);
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            let stored = match partitioned
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), msg.payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match stored {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "cannot move an input to its partition"),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            if self.wiring.flushed.is_disconnected() {
+                return false;
+            }
+        }
+        self.acks.handled(seq, reply, self.wiring.clock.next());
+        true
     }
 
     /// A new pull of consumer `key` after the last one ended, retried with back-off while NATS
