@@ -562,3 +562,92 @@ async fn contact_policies_set_on_one_instance_apply_on_every_instance_and_on_one
         hub.shutdown().await;
     }
 }
+
+/// How many payment failures the cluster holds for `actor` (asked of the instance at `http`),
+/// once it holds `expected`.
+async fn until_failures(http: SocketAddr, actor: &str, expected: usize) {
+    let started = Instant::now();
+    loop {
+        let view = actor_view(http, actor).await;
+        let failures = view["state"]["payment-trouble"]["failures"].as_array().map(Vec::len);
+        if failures == Some(expected) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{actor}: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_stream_created_anew_starts_its_checkpoints_over_instead_of_skipping_its_first_inputs() {
+    let env = Env::new().await;
+    let js = async_nats::jetstream::new(env.client.clone());
+    let a = env.start(member(&env, "a")).await;
+    until_owned(&[a.http_addr()], Duration::from_secs(10)).await;
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    env.send("payment.failed", "renewed", json!({})).await;
+    env.send("payment.failed", "renewed", json!({})).await;
+    until_failures(a.http_addr(), "renewed", 2).await;
+    a.shutdown().await;
+
+    // The partition's stream is deleted and comes back empty: its sequences count from 1 again,
+    // below the checkpoint its state carries.
+    let partition = hub::cluster::partition_of("renewed", PARTITIONS);
+    js.delete_stream(format!("HUB_PARTS_{partition}"))
+        .await
+        .expect("delete the partition's stream");
+    let a = env.start(member(&env, "a")).await;
+    until_owned(&[a.http_addr()], Duration::from_secs(10)).await;
+    until_failures(a.http_addr(), "renewed", 2).await;
+    env.send("payment.failed", "renewed", json!({})).await;
+    let callback = json(&next(&mut callbacks, "the callback on the third failure", 10).await);
+    assert_eq!(callback["actor"], "renewed");
+    assert_eq!(callback["payload"]["failures"], 3);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_versions_shared_partition_stream_stops_the_start_while_it_holds_inputs_and_is_retired_once_empty() {
+    let env = Env::new().await;
+    let js = async_nats::jetstream::new(env.client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "HUB_PARTS".into(),
+        subjects: vec!["hub.part.*".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("the earlier version's stream");
+    js.publish("hub.part.3", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    let refused = match hub::hub::Hub::start(member(&env, "a")).await {
+        Ok(_) => panic!("started beside an earlier version's unread inputs"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        refused.contains("HUB_PARTS") && refused.contains("1 inputs not yet processed"),
+        "{refused}"
+    );
+    assert!(
+        js.get_stream("HUB_PARTS").await.is_ok(),
+        "nothing deleted while it holds inputs"
+    );
+
+    js.get_stream("HUB_PARTS")
+        .await
+        .expect("stream")
+        .purge()
+        .await
+        .expect("purge");
+    let a = env.start(member(&env, "a")).await;
+    assert!(
+        js.get_stream("HUB_PARTS").await.is_err(),
+        "the empty shared stream is retired"
+    );
+    until_owned(&[a.http_addr()], Duration::from_secs(10)).await;
+    callbacks_once_each(&env, &actors("after", 4)).await;
+    a.shutdown().await;
+}

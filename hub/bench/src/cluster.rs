@@ -8,7 +8,7 @@
 //! restoring a partition's state took.
 
 use super::cpu::ticks;
-use super::crash::{HubProcess, Membership, pending_inputs};
+use super::crash::{HubProcess, Membership, partition_streams, pending_inputs};
 use super::progress::Step;
 use anyhow::{Context, bail};
 use async_nats::jetstream;
@@ -184,15 +184,14 @@ async fn measure(
     drop(step);
     let took = started.elapsed();
     let mut stores = Vec::new();
-    for name in ["HUB_INPUT", "HUB_PARTS", "HUB_PARTS_LOG", "HUB_PARTS_STATE"] {
-        if let Ok(mut stream) = js.get_stream(name).await {
-            let state = stream.info().await?.state.clone();
-            stores.push(format!(
-                "{name} {} ({:.1} MB)",
-                state.last_sequence,
-                state.bytes as f64 / 1e6
-            ));
-        }
+    for (label, names) in [
+        ("HUB_INPUT", vec!["HUB_INPUT".to_owned()]),
+        ("HUB_PARTS_<n>", partition_streams(&js).await?),
+        ("HUB_PARTS_LOG", vec!["HUB_PARTS_LOG".to_owned()]),
+        ("HUB_PARTS_STATE", vec!["HUB_PARTS_STATE".to_owned()]),
+    ] {
+        let (stored, bytes) = stored(&js, &names).await?;
+        stores.push(format!("{label} {stored} ({:.1} MB)", bytes as f64 / 1e6));
     }
     let hubs_after: u64 = fleet.iter().filter_map(|h| ticks(&h.pid().to_string())).sum();
     let server_after = server_pid.as_deref().and_then(ticks).unwrap_or(0);
@@ -206,7 +205,7 @@ async fn measure(
     };
     let moves = if instances >= 2 && route == Route::Ingest {
         let mut text = moves(args, &mut fleet, || start(format!("i{instances}"))).await?;
-        for name in ["HUB_PARTS", "HUB_PARTS_STATE", "HUB_PARTS_LOG", "KV_HUB_CLUSTER"] {
+        for name in ["HUB_PARTS_STATE", "HUB_PARTS_LOG", "KV_HUB_CLUSTER"] {
             if let Ok(mut stream) = js.get_stream(name).await {
                 let state = stream.info().await?.state.clone();
                 text.push_str(&format!(
@@ -225,6 +224,20 @@ async fn measure(
     }
     nats.stop().await;
     Ok((run, moves))
+}
+
+/// Messages stored in the streams `names` so far (their last sequences), and the bytes they
+/// keep.
+async fn stored(js: &jetstream::Context, names: &[String]) -> anyhow::Result<(u64, u64)> {
+    let (mut stored, mut bytes) = (0, 0);
+    for name in names {
+        if let Ok(mut stream) = js.get_stream(name).await {
+            let state = &stream.info().await?.state;
+            stored += state.last_sequence;
+            bytes += state.bytes;
+        }
+    }
+    Ok((stored, bytes))
 }
 
 /// Join, clean stop, and kill on a running cluster: how long each took until every partition

@@ -472,8 +472,10 @@ async fn actor_view(http: &reqwest::Client, at: SocketAddr, actor: &str) -> anyh
 pub(crate) async fn pending_inputs(js: &jetstream::Context) -> anyhow::Result<u64> {
     use futures::TryStreamExt;
     let mut pending = 0;
-    for name in ["HUB_INPUT", "HUB_PARTS"] {
-        let Ok(stream) = js.get_stream(name).await else {
+    let mut names = vec!["HUB_INPUT".to_owned()];
+    names.extend(partition_streams(js).await?);
+    for name in names {
+        let Ok(stream) = js.get_stream(&name).await else {
             continue;
         };
         let consumers: Vec<_> = stream.consumers().try_collect().await?;
@@ -485,6 +487,19 @@ pub(crate) async fn pending_inputs(js: &jetstream::Context) -> anyhow::Result<u6
         }
     }
     Ok(pending)
+}
+
+/// The names of a cluster's partition streams (`HUB_PARTS_<n>`).
+pub(crate) async fn partition_streams(js: &jetstream::Context) -> anyhow::Result<Vec<String>> {
+    use futures::TryStreamExt;
+    let names: Vec<String> = js.stream_names().try_collect().await?;
+    Ok(names
+        .into_iter()
+        .filter(|n| {
+            n.strip_prefix("HUB_PARTS_")
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect())
 }
 
 /// Wait until the hub has caught up (no change for a while), then compare.

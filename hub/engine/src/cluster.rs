@@ -21,6 +21,7 @@ pub mod leases;
 pub mod plugins;
 pub mod policies;
 pub mod repartition;
+pub mod streams;
 pub mod takeover;
 
 use crate::router::Router;

@@ -56,13 +56,16 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// The key-value bucket of members and leases.
     pub bucket: String,
-    /// The stream of partitioned inputs (`<subject>.<partition>`).
+    /// The partition streams are `<stream>_<partition>`, each capturing `<subject>.<partition>`
+    /// (one stream per partition: consumers sharing one stream through subject filters cost the
+    /// server more per input with every partition). The changelog's are `<stream>_STATE` and
+    /// `<stream>_LOG`.
     pub stream: String,
     pub subject: String,
     /// How long partitioned inputs are kept.
     #[serde(with = "duration_text")]
     pub max_age: Duration,
-    /// The partition stream's size limit in bytes; -1: none.
+    /// Each partition stream's size limit in bytes; -1: none.
     pub max_bytes: i64,
     /// How long the partition stream remembers message ids: a hand-off of the ingest lease
     /// must complete within it, or an input read twice is partitioned twice.
@@ -87,7 +90,7 @@ impl Default for ClusterConfig {
             stream: "HUB_PARTS".into(),
             subject: "hub.part".into(),
             max_age: Duration::from_secs(7 * 24 * 3600),
-            max_bytes: 10 << 30,
+            max_bytes: 1 << 30,
             dedup_window: Duration::from_secs(10 * 60),
             changelog_every: Duration::from_millis(200),
         }

@@ -5,6 +5,7 @@ use crate::arbiter::PolicyStore;
 use crate::cluster::Cluster;
 use crate::cluster::leases::{LeaseHandle, LeaseWiring};
 use crate::cluster::repartition::Repartitioner;
+use crate::cluster::streams::PartitionStreams;
 use crate::config::{Config, InputMode};
 use crate::dead_letter::KeptLetters;
 use crate::delivery::Sinks;
@@ -56,6 +57,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Input(#[from] crate::ingress::stream::StreamError),
+    #[error(transparent)]
+    PartitionStreams(#[from] crate::cluster::streams::StreamsError),
     #[error(transparent)]
     Checkpoints(#[from] crate::durable::CheckpointError),
     #[error(transparent)]
@@ -207,11 +210,18 @@ impl Hub {
                 // The checkpoints count in the sequences of the stream the shards' inputs come
                 // from: in a cluster, the partition stream.
                 let parts = match &cluster {
-                    Some(_) => Some(partition_stream(&client, &config).await?),
+                    Some(_) => Some(Arc::new(PartitionStreams::ensure(&client, &config).await?)),
                     None => None,
                 };
-                let read = parts.as_ref().unwrap_or(&input);
-                crate::durable::adopt_stream(db.sled(), read.name(), &read.created)?;
+                // A cluster's checkpoints come with each partition's state, checked against
+                // its stream at every takeover (`cluster/takeover.rs`); one identity for all.
+                match &parts {
+                    Some(_) => {
+                        let streams = format!("{}_<partition>", config.cluster.stream);
+                        crate::durable::adopt_stream(db.sled(), &streams, "")?
+                    }
+                    None => crate::durable::adopt_stream(db.sled(), input.name(), &input.created)?,
+                };
                 let (flushed_tx, flushed) = flume::unbounded();
                 let clock = Arc::new(FlushClock::default());
                 let (confirm_client, runtime) = (client.clone(), tokio::runtime::Handle::current());
@@ -384,12 +394,13 @@ impl Hub {
                             policies: shared_policies.as_ref().map(|p| p.follow(policies.clone())),
                         });
                         Source::Partitions(PartitionSource {
-                            stream: parts,
+                            streams: parts.clone(),
                             subject: config.cluster.subject.clone(),
                             cluster: cluster.clone(),
                             pulls,
                             drained,
                             takeover: crate::cluster::takeover::Takeover {
+                                streams: parts,
                                 changelog: changelog
                                     .clone()
                                     .ok_or_else(|| StartError::Config("a cluster without its changelog".into()))?,
@@ -401,7 +412,7 @@ impl Hub {
                             },
                         })
                     }
-                    _ => Source::Input(input),
+                    _ => Source::Input(Box::new(input)),
                 };
                 Ingress::start_durable(&client, &config.nats, rules, source, wiring, profiles.clone()).await?
             }
@@ -568,16 +579,4 @@ fn cluster_of(config: &Config) -> Result<Option<Arc<Cluster>>, StartError> {
         return Err(StartError::Config("cluster.lease_ttl must be at least 1s".into()));
     }
     Ok(Some(Arc::new(Cluster::new(instance, c.partitions))))
-}
-
-/// The stream of partitioned inputs, `<subject>.<partition>`.
-async fn partition_stream(client: &async_nats::Client, config: &Config) -> Result<InputStream, StartError> {
-    let c = &config.cluster;
-    let parts = crate::config::InputConfig {
-        stream: c.stream.clone(),
-        max_age: c.max_age,
-        max_bytes: c.max_bytes,
-        ..config.input.clone()
-    };
-    Ok(InputStream::ensure(client, &parts, vec![format!("{}.*", c.subject)], c.dedup_window).await?)
 }

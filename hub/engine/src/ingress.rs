@@ -94,11 +94,11 @@ impl IdGen {
         }
     }
 
-    /// For an input a producer published to its partition of the partition stream (cluster
-    /// mode) at sequence `seq`: a prefix of its own, apart from the input stream's sequences.
-    pub fn for_partition_input(seq: u64, stored: i64) -> IdGen {
+    /// For an input a producer published to `partition` (cluster mode), at sequence `seq` of
+    /// that partition's stream: a prefix of its own, apart from the input stream's sequences.
+    pub fn for_partition_input(partition: u16, seq: u64, stored: i64) -> IdGen {
         IdGen {
-            prefix: format!("part{seq}"),
+            prefix: format!("part{partition}.{seq}"),
             seq: AtomicU64::new(0),
             time: Some(stored),
         }

@@ -48,6 +48,9 @@ pub const TIMERS: &str = "timers";
 pub const CHECKPOINTS: &str = "checkpoints";
 /// Profiles, keyed by actor.
 pub const PROFILES: &str = "profiles";
+/// When the partition's input stream was created (ns since the epoch), keyed by partition
+/// (big-endian): the stream the checkpoints count in.
+pub const STREAM_CREATED: &str = "partition_stream";
 
 /// Changes made outside the shards' commits (profile updates), waiting for the committer's
 /// next write; an input that made one is acknowledged only after a flush that starts later.
@@ -130,6 +133,44 @@ pub struct Restored {
     /// Messages read.
     pub records: u64,
     pub took: Duration,
+}
+
+impl Restored {
+    /// Checkpoints count in the sequences of the stream they were taken in; a partition stream
+    /// created anew (deleted by hand, or an earlier version's stream shared by every partition)
+    /// counts from 1 again. Unless the state names the stream created at `created`, its
+    /// checkpoints start over and the state is to name it from now on (both among `replayed`,
+    /// which the takeover writes back). How many checkpoints started over.
+    pub fn count_in_stream(&mut self, partition: u16, created: &str) -> usize {
+        let identity: TreeKey = (STREAM_CREATED.into(), partition.to_be_bytes().to_vec());
+        if self.entries.get(&identity).map(Vec::as_slice) == Some(created.as_bytes()) {
+            return 0;
+        }
+        let stale: Vec<TreeKey> = self
+            .entries
+            .keys()
+            .filter(|(tree, _)| &**tree == CHECKPOINTS)
+            .cloned()
+            .collect();
+        let dropped = stale.len();
+        for (tree, key) in stale {
+            self.entries.remove(&(tree.clone(), key.clone()));
+            self.replayed.push(Change {
+                partition,
+                tree,
+                key,
+                value: None,
+            });
+        }
+        self.entries.insert(identity.clone(), created.as_bytes().to_vec());
+        self.replayed.push(Change {
+            partition,
+            tree: identity.0,
+            key: identity.1,
+            value: Some(created.as_bytes().to_vec()),
+        });
+        dropped
+    }
 }
 
 /// Where the changelog lives, and this instance's commit counter.

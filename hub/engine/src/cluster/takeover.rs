@@ -4,6 +4,7 @@
 //! and input checkpoints — before the partition's inputs are read.
 
 use super::changelog::{CHECKPOINTS, Changelog, ChangelogError, PROFILES, Restored, TIMERS};
+use super::streams::PartitionStreams;
 use super::{Cluster, Restore};
 use crate::router::{Adopt, RestoredTimer, Router, ShardMsg};
 use crate::state::CommitQueue;
@@ -14,6 +15,8 @@ use std::sync::Arc;
 /// Everything a takeover touches.
 pub struct Takeover {
     pub changelog: Arc<Changelog>,
+    /// The partitions' input streams: the checkpoints count in their sequences.
+    pub streams: Arc<PartitionStreams>,
     pub commits: CommitQueue,
     pub db: sled::Db,
     pub profiles: crate::state::Profiles,
@@ -31,8 +34,17 @@ fn restored_as_is(tree: &str) -> bool {
 impl Takeover {
     /// Restore `partition` and start processing it here under lease `revision`.
     pub async fn run(&self, partition: u16, revision: u64) -> Result<(), ChangelogError> {
-        let restored = self.changelog.restore(partition).await?;
+        let mut restored = self.changelog.restore(partition).await?;
         let fail = |detail: String| ChangelogError::Read { partition, detail };
+        let created = self.streams.created(partition).unwrap_or_default();
+        let started_over = restored.count_in_stream(partition, created);
+        if started_over > 0 {
+            tracing::warn!(
+                partition,
+                checkpoints = started_over,
+                "the partition's stream is not the one its checkpoints counted in (created anew, or an earlier version's); they start over"
+            );
+        }
         let batches = {
             let (db, cluster) = (self.db.clone(), self.cluster.clone());
             let entries: Vec<(Arc<str>, Vec<u8>, Vec<u8>)> = restored
@@ -60,7 +72,8 @@ impl Takeover {
             .map_err(|e| fail(e.to_string()))?;
         self.hand_to_shards(partition, &restored).await;
         self.cluster.set_revision(partition, revision);
-        // Log entries newer than the view are written to it again, under this lease.
+        // Log entries newer than the view are written to it again, under this lease (with the
+        // checkpoints started over, if they were).
         if !restored.replayed.is_empty() {
             self.changelog.write(&restored.replayed, true).await?;
         }

@@ -11,6 +11,7 @@
 use super::{Decoder, IdGen, IngressError};
 use crate::cluster::Cluster;
 use crate::cluster::leases::Pulls;
+use crate::cluster::streams::PartitionStreams;
 use crate::config::InputConfig;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::durable::{Acks, FlushClock, Flushed, Ticket};
@@ -186,15 +187,15 @@ pub struct Wiring {
 /// Where the reader's inputs come from.
 pub enum Source {
     /// The input stream, through the hub's durable consumer.
-    Input(InputStream),
+    Input(Box<InputStream>),
     /// The partitions this instance holds leases on (cluster mode).
     Partitions(PartitionSource),
 }
 
-/// The partitions of a cluster this instance reads, each through a consumer of the partition
-/// stream filtered to `<subject>.<partition>` and named after the lease that allows it.
+/// The partitions of a cluster this instance reads, each through a consumer of its partition's
+/// stream named after the lease that allows it.
 pub struct PartitionSource {
-    pub stream: InputStream,
+    pub streams: Arc<PartitionStreams>,
     pub subject: String,
     pub cluster: Arc<Cluster>,
     pub pulls: watch::Receiver<Pulls>,
@@ -230,7 +231,7 @@ impl Consumer {
             .collect();
         let batch = match &source {
             Source::Input(input) => input.config.batch,
-            Source::Partitions(p) => p.stream.config.batch,
+            Source::Partitions(p) => p.streams.batch(),
         }
         .max(1);
         let mut reader = Reader {
@@ -426,16 +427,21 @@ impl Reader {
                 tracing::error!(partition, error = %e, "cannot restore a partition's state; it is not processed here until its lease changes");
                 continue;
             }
-            let family = format!("{}-p{partition}", partitioned.source.stream.config.consumer);
+            let Some(stream) = partitioned.source.streams.get(partition) else {
+                tracing::error!(
+                    partition,
+                    "a lease on a partition beyond the configured count; not read"
+                );
+                continue;
+            };
+            let family = format!("{}-p{partition}", stream.config.consumer);
             let name = format!("{family}-{revision}");
-            let filter = format!("{}.{partition}", partitioned.source.subject);
-            let stream = &partitioned.source.stream;
             let started = Instant::now();
             let consumer = match stream
                 .resume(
                     &family,
                     name,
-                    Some(filter),
+                    None,
                     "a partition of the hub's inputs, read by its lease holder",
                 )
                 .await
@@ -527,7 +533,7 @@ impl Reader {
                         ..
                     }) => IdGen::for_stream_input(*seq, *stored),
                     // Published to its partition directly: ids from its place there.
-                    Some(_) => IdGen::for_partition_input(seq, stored),
+                    Some(_) => IdGen::for_partition_input(key, seq, stored),
                     None => IdGen::for_stream_input(seq, stored),
                 };
                 let decoded = d.decode(subject, msg.headers.as_ref(), &msg.payload, &ids);
@@ -543,7 +549,7 @@ impl Reader {
                 if let Some(partitioned) = &self.partitions {
                     let own = partitioned.source.cluster.partition_of(&event.actor);
                     if own != key {
-                        return self.move_to_partition(&msg, seq, own, reply).await;
+                        return self.move_to_partition(&msg, (key, seq), own, reply).await;
                     }
                 }
                 let shard = self.wiring.router.shard_of(&event.actor);
@@ -574,9 +580,16 @@ impl Reader {
     /// An input published to a partition its actor does not belong to (a producer that
     /// partitions itself and got the hash or the partition count wrong): processed here, it
     /// would break the actor's order, so it is stored as received in `partition`, with its
-    /// place here as `Nats-Msg-Id` so a second move stores it once, and only then acknowledged.
+    /// place here (`part<from>.<seq>`) as `Nats-Msg-Id` so a second move stores it once, and
+    /// only then acknowledged.
     /// False once the hub is stopping before the move succeeded (it is read again).
-    async fn move_to_partition(&mut self, msg: &jetstream::Message, seq: u64, partition: u16, reply: Reply) -> bool {
+    async fn move_to_partition(
+        &mut self,
+        msg: &jetstream::Message,
+        (from, seq): (u16, u64),
+        partition: u16,
+        reply: Reply,
+    ) -> bool {
         let Some(partitioned) = &self.partitions else {
             return true;
         };
@@ -587,7 +600,7 @@ impl Reader {
             "an input was published to another partition than its actor's; moved there (check the producer's partition hash and count)"
         );
         let mut headers = msg.headers.clone().unwrap_or_default();
-        headers.insert(crate::egress::headers::MSG_ID, format!("part{seq}").as_str());
+        headers.insert(crate::egress::headers::MSG_ID, format!("part{from}.{seq}").as_str());
         let subject = format!("{}.{partition}", partitioned.source.subject);
         let mut wait = std::time::Duration::from_millis(100);
         loop {
