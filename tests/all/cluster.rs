@@ -199,6 +199,24 @@ async fn re_keyed_events_reach_the_instance_that_owns_their_actor() {
     b.shutdown().await;
 }
 
+/// Wait until every input of the partition streams is acknowledged: well before the server
+/// would deliver one again (a minute), as the streams' sequences overlap.
+async fn until_acknowledged(env: &Env) {
+    let js = async_nats::jetstream::new(env.client.clone());
+    let started = Instant::now();
+    loop {
+        let pending = hub_bench::crash::pending_inputs(&js).await.expect("consumers");
+        if pending == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{pending} inputs not acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Publish an envelope to partition `partition` of the partition stream, standing for
 /// `events.<kind>`, as a producer that partitions its inputs itself does.
 async fn send_to_partition(env: &Env, partition: u16, kind: &str, actor: &str) {
@@ -239,6 +257,7 @@ async fn inputs_published_to_their_partition_directly_are_processed_once_and_one
     }
     assert_eq!(called, actors.iter().cloned().collect::<BTreeSet<_>>());
     nothing(&mut callbacks, "a callback more", 500).await;
+    until_acknowledged(&env).await;
 
     // Without the subject it stands for, an input is refused with the reason.
     env.send_raw("hub.part.3", br#"{"kind": "payment.failed", "actor": "x"}"#)

@@ -468,8 +468,8 @@ async fn actor_view(http: &reqwest::Client, at: SocketAddr, actor: &str) -> anyh
 }
 
 /// Inputs not yet acknowledged by any consumer of the input stream or (in a cluster) of the
-/// partition stream.
-pub(crate) async fn pending_inputs(js: &jetstream::Context) -> anyhow::Result<u64> {
+/// partition streams.
+pub async fn pending_inputs(js: &jetstream::Context) -> anyhow::Result<u64> {
     use futures::TryStreamExt;
     let mut pending = 0;
     let mut names = vec!["HUB_INPUT".to_owned()];

@@ -65,7 +65,8 @@ pub struct ClusterConfig {
     /// How long partitioned inputs are kept.
     #[serde(with = "duration_text")]
     pub max_age: Duration,
-    /// Each partition stream's size limit in bytes; -1: none.
+    /// The partition streams' size limit in bytes, all together (each gets its share: the
+    /// server reserves each stream's limit on its disk); -1: none.
     pub max_bytes: i64,
     /// How long the partition stream remembers message ids: a hand-off of the ingest lease
     /// must complete within it, or an input read twice is partitioned twice.
@@ -90,7 +91,7 @@ impl Default for ClusterConfig {
             stream: "HUB_PARTS".into(),
             subject: "hub.part".into(),
             max_age: Duration::from_secs(7 * 24 * 3600),
-            max_bytes: 1 << 30,
+            max_bytes: 10 << 30,
             dedup_window: Duration::from_secs(10 * 60),
             changelog_every: Duration::from_millis(200),
         }

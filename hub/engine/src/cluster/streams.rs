@@ -35,12 +35,17 @@ impl PartitionStreams {
     pub async fn ensure(client: &async_nats::Client, config: &Config) -> Result<PartitionStreams, StreamsError> {
         let c = &config.cluster;
         retire_shared(&jetstream::new(client.clone()), &c.stream, &c.subject).await?;
+        // The server sets each stream's limit aside on its disk: the configured total is shared.
+        let max_bytes = match c.max_bytes {
+            total if total > 0 => (total / i64::from(c.partitions.max(1))).max(1 << 20),
+            none => none,
+        };
         let streams = futures::stream::iter(0..c.partitions)
             .map(|partition| {
                 let input = crate::config::InputConfig {
                     stream: format!("{}_{partition}", c.stream),
                     max_age: c.max_age,
-                    max_bytes: c.max_bytes,
+                    max_bytes,
                     ..config.input.clone()
                 };
                 let subject = format!("{}.{partition}", c.subject);

@@ -60,19 +60,23 @@ impl<R> Acks<R> {
         }
     }
 
-    /// An input goes to `shard`: its ticket.
-    pub fn route(&mut self, shard: usize, seq: u64, reply: R) -> Ticket {
+    /// An input at stream sequence `seq` goes to `shard`: its ticket. `place` orders it among
+    /// everything this reader received (the sequences of this type): the stream sequence when
+    /// one stream feeds the reader, an arrival count when several do (a cluster's partition
+    /// streams each count from 1).
+    pub fn route(&mut self, shard: usize, place: u64, seq: u64, reply: R) -> Ticket {
         let ordinal = self.next[shard];
         self.next[shard] += 1;
-        self.routed[shard].push_back((ordinal, seq));
-        self.received(seq, reply);
+        self.routed[shard].push_back((ordinal, place));
+        self.received(place, reply);
         Ticket { seq, ordinal }
     }
 
-    /// An input was handled without a shard, before flush number `flush` started.
-    pub fn handled(&mut self, seq: u64, reply: R, flush: u64) {
-        self.immediate.push_back((flush, seq));
-        self.received(seq, reply);
+    /// An input (at `place`, as in [`Acks::route`]) was handled without a shard, before flush
+    /// number `flush` started.
+    pub fn handled(&mut self, place: u64, reply: R, flush: u64) {
+        self.immediate.push_back((flush, place));
+        self.received(place, reply);
     }
 
     /// Commits were flushed: mark what they cover durable.
@@ -156,9 +160,9 @@ mod tests {
     #[test]
     fn the_watermark_waits_for_the_slowest_shard() {
         let mut acks = Acks::new(2);
-        let a = acks.route(0, 1, "r1");
-        acks.route(1, 2, "r2");
-        acks.route(0, 3, "r3");
+        let a = acks.route(0, 1, 1, "r1");
+        acks.route(1, 2, 2, "r2");
+        acks.route(0, 3, 3, "r3");
         assert_eq!(a, Ticket { seq: 1, ordinal: 1 });
         acks.flushed(&flushed(&[(0, 2)], 0));
         assert_eq!(acks.to_ack(), Some((1, "r1")), "2 is not durable yet, so 3 waits");
@@ -181,9 +185,9 @@ mod tests {
     #[test]
     fn an_input_delivered_twice_is_durable_once_both_are_handled() {
         let mut acks = Acks::new(1);
-        acks.route(0, 7, "first");
-        acks.route(0, 8, "r8");
-        acks.route(0, 7, "again");
+        acks.route(0, 7, 7, "first");
+        acks.route(0, 8, 8, "r8");
+        acks.route(0, 7, 7, "again");
         acks.flushed(&flushed(&[(0, 2)], 0));
         assert_eq!(acks.to_ack(), None, "the second delivery of 7 is still queued");
         acks.flushed(&flushed(&[(0, 3)], 0));
@@ -193,10 +197,10 @@ mod tests {
     #[test]
     fn each_consumer_gets_its_own_acknowledgement_below_the_common_watermark() {
         let mut acks = Acks::new(1);
-        acks.route(0, 1, ("p1", 1));
-        acks.route(0, 2, ("p2", 2));
-        acks.route(0, 3, ("p1", 3));
-        acks.route(0, 4, ("p2", 4));
+        acks.route(0, 1, 1, ("p1", 1));
+        acks.route(0, 2, 2, ("p2", 2));
+        acks.route(0, 3, 3, ("p1", 3));
+        acks.route(0, 4, 4, ("p2", 4));
         acks.flushed(&flushed(&[(0, 3)], 0));
         assert_eq!(
             acks.to_ack_by(|r| r.0),
@@ -210,8 +214,8 @@ mod tests {
     #[test]
     fn a_forgotten_partition_no_longer_holds_back_the_others() {
         let mut acks = Acks::new(2);
-        acks.route(0, 1, ("lost", 1));
-        acks.route(1, 2, ("kept", 2));
+        acks.route(0, 1, 1, ("lost", 1));
+        acks.route(1, 2, 2, ("kept", 2));
         acks.flushed(&flushed(&[(1, 1)], 0));
         assert!(acks.to_ack_by(|r| r.0).is_empty(), "1 holds the watermark");
         acks.forget(|r| r.0 == "lost");

@@ -243,6 +243,7 @@ impl Consumer {
             consumers: BTreeMap::new(),
             pulls: StreamMap::new(),
             partitions: None,
+            arrivals: 0,
             acked: metrics::counter!(m::INPUTS_ACKED),
             unacked: metrics::gauge!(m::INPUTS_UNACKED),
             pending: metrics::gauge!(m::CONSUMER_PENDING),
@@ -325,6 +326,8 @@ struct Reader {
     consumers: BTreeMap<u16, consumer::PullConsumer>,
     pulls: StreamMap<u16, Pull>,
     partitions: Option<Partitioned>,
+    /// Inputs received so far (their places, with a stream per partition).
+    arrivals: u64,
     acked: metrics::Counter,
     unacked: metrics::Gauge,
     pending: metrics::Gauge,
@@ -501,6 +504,15 @@ impl Reader {
             return true;
         };
         let reply = (key, reply);
+        // The input's place among this reader's, for the acknowledgements: its stream sequence,
+        // or with a stream per partition (each counting from 1), its arrival.
+        let place = match self.partitions {
+            Some(_) => {
+                self.arrivals += 1;
+                self.arrivals
+            }
+            None => seq,
+        };
         // A partition's input is decoded as if from the subject it names: the one the ingest
         // lease's holder read it on, with the ids and time its place in the input stream gives,
         // or the one a producer publishing to partitions itself stands for.
@@ -517,7 +529,7 @@ impl Reader {
             );
             let letter = DeadLetter::message(Reason::Invalid, detail, &msg.subject, msg.payload.clone());
             self.wiring.egress.send(letter.into_outbound()).await;
-            self.acks.handled(seq, reply, self.wiring.clock.next());
+            self.acks.handled(place, reply, self.wiring.clock.next());
             return true;
         }
         let subject = forwarded.as_ref().map_or(msg.subject.as_str(), |f| f.subject.as_str());
@@ -549,11 +561,15 @@ impl Reader {
                 if let Some(partitioned) = &self.partitions {
                     let own = partitioned.source.cluster.partition_of(&event.actor);
                     if own != key {
-                        return self.move_to_partition(&msg, (key, seq), own, reply).await;
+                        if !self.move_to_partition(&msg, (key, seq), own).await {
+                            return false;
+                        }
+                        self.acks.handled(place, reply, self.wiring.clock.next());
+                        return true;
                     }
                 }
                 let shard = self.wiring.router.shard_of(&event.actor);
-                let ticket: Ticket = self.acks.route(shard, seq, reply);
+                let ticket: Ticket = self.acks.route(shard, place, seq, reply);
                 let routed = Routed {
                     event,
                     hops: forwarded.as_ref().map_or(0, |f| f.hops),
@@ -565,13 +581,13 @@ impl Reader {
                 self.wiring.router.route_to(shard, routed).await.is_ok()
             }
             Ok(None) => {
-                self.acks.handled(seq, reply, self.wiring.clock.next());
+                self.acks.handled(place, reply, self.wiring.clock.next());
                 true
             }
             Err(e) => {
                 let letter = DeadLetter::message(e.reason, e.detail, subject, msg.payload.clone());
                 self.wiring.egress.send(letter.into_outbound()).await;
-                self.acks.handled(seq, reply, self.wiring.clock.next());
+                self.acks.handled(place, reply, self.wiring.clock.next());
                 true
             }
         }
@@ -581,15 +597,9 @@ impl Reader {
     /// partitions itself and got the hash or the partition count wrong): processed here, it
     /// would break the actor's order, so it is stored as received in `partition`, with its
     /// place here (`part<from>.<seq>`) as `Nats-Msg-Id` so a second move stores it once, and
-    /// only then acknowledged.
-    /// False once the hub is stopping before the move succeeded (it is read again).
-    async fn move_to_partition(
-        &mut self,
-        msg: &jetstream::Message,
-        (from, seq): (u16, u64),
-        partition: u16,
-        reply: Reply,
-    ) -> bool {
+    /// only then acknowledged. False once the hub is stopping before the move succeeded (it
+    /// is read again).
+    async fn move_to_partition(&mut self, msg: &jetstream::Message, (from, seq): (u16, u64), partition: u16) -> bool {
         let Some(partitioned) = &self.partitions else {
             return true;
         };
@@ -622,7 +632,6 @@ impl Reader {
                 return false;
             }
         }
-        self.acks.handled(seq, reply, self.wiring.clock.next());
         true
     }
 
