@@ -264,6 +264,7 @@ impl Consumer {
                     releasing: BTreeSet::new(),
                     js: jetstream::new(client.clone()),
                     misrouted: metrics::counter!(m::INPUTS_MISROUTED),
+                    moved: 0,
                 });
                 reader.reconcile().await;
             }
@@ -311,6 +312,9 @@ struct Partitioned {
     /// acknowledged here.
     js: jetstream::Context,
     misrouted: metrics::Counter,
+    /// Inputs moved so far: a producer with the wrong hash sends many, the log says so once
+    /// in a thousand.
+    moved: u64,
 }
 
 /// A reply subject, and the consumer (key) it acknowledges.
@@ -600,15 +604,20 @@ impl Reader {
     /// only then acknowledged. False once the hub is stopping before the move succeeded (it
     /// is read again).
     async fn move_to_partition(&mut self, msg: &jetstream::Message, (from, seq): (u16, u64), partition: u16) -> bool {
-        let Some(partitioned) = &self.partitions else {
+        let Some(partitioned) = &mut self.partitions else {
             return true;
         };
         partitioned.misrouted.increment(1);
-        tracing::warn!(
-            actor_partition = partition,
-            published_to = %msg.subject,
-            "an input was published to another partition than its actor's; moved there (check the producer's partition hash and count)"
-        );
+        partitioned.moved += 1;
+        if partitioned.moved % 1000 == 1 {
+            tracing::warn!(
+                actor_partition = partition,
+                published_to = %msg.subject,
+                moved = partitioned.moved,
+                "an input was published to another partition than its actor's; moved there (check the producer's partition hash and count; hub_inputs_misrouted_total counts them)"
+            );
+        }
+        let partitioned = &*partitioned;
         let mut headers = msg.headers.clone().unwrap_or_default();
         headers.insert(crate::egress::headers::MSG_ID, format!("part{from}.{seq}").as_str());
         let subject = format!("{}.{partition}", partitioned.source.subject);
