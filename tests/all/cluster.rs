@@ -220,8 +220,7 @@ async fn until_acknowledged(env: &Env) {
 /// Publish an envelope to partition `partition` of the partition stream, standing for
 /// `events.<kind>`, as a producer that partitions its inputs itself does.
 async fn send_to_partition(env: &Env, partition: u16, kind: &str, actor: &str) {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(hub::cluster::headers::SUBJECT, format!("events.{kind}").as_str());
+    let headers = hub::cluster::direct_input_headers(&format!("events.{kind}"));
     let body = json!({"kind": kind, "actor": actor, "payload": {}}).to_string();
     env.client
         .publish_with_headers(format!("hub.part.{partition}"), headers, body.into())

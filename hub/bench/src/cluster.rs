@@ -335,8 +335,7 @@ async fn publish(
         let body = serde_json::json!({"kind": kind, "actor": actor}).to_string().into();
         match partitions {
             Some(partitions) => {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(hub::cluster::headers::SUBJECT, subject.as_str());
+                let headers = hub::cluster::direct_input_headers(&subject);
                 let partition = hub::cluster::partition_of(&actor, partitions);
                 client
                     .publish_with_headers(format!("hub.part.{partition}"), headers, body)

@@ -49,6 +49,15 @@ pub fn partition_of(actor: &str, partitions: u16) -> u16 {
     Router::partition_of(actor) % partitions.max(1)
 }
 
+/// The headers of an input a producer publishes to its actor's partition itself
+/// (`<subject>.<partition_of(actor)>`), standing for `subject` (`events.<kind>` or an ingest
+/// rule's subject): the partition's owner decodes it as if it had arrived there.
+pub fn direct_input_headers(subject: &str) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(headers::SUBJECT, subject);
+    headers
+}
+
 /// What every part of this instance may ask about the cluster: which partitions it processes.
 pub struct Cluster {
     pub instance: String,

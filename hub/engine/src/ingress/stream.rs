@@ -291,6 +291,27 @@ impl Consumer {
     }
 }
 
+/// Try `attempt` until it succeeds, waiting 100 ms doubling to 2 s while NATS is away; `None`
+/// once `stopped` (the hub is stopping: what was being done is read again at the next start).
+async fn retry_while_running<T, F, Fut>(what: &str, stopped: impl Fn() -> bool, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(done) => return Some(done),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "{what}"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(2));
+        if stopped() {
+            return None;
+        }
+    }
+}
+
 /// One consumer's messages, pulled `batch` at a time, ending with `None` when the pull ends (a
 /// stream map forgets a stream that ends, and the reader must pull again).
 type Pull = Pin<Box<dyn Stream<Item = Option<Result<jetstream::Message, PullError>>> + Send>>;
@@ -621,49 +642,38 @@ impl Reader {
         let mut headers = msg.headers.clone().unwrap_or_default();
         headers.insert(crate::egress::headers::MSG_ID, format!("part{from}.{seq}").as_str());
         let subject = format!("{}.{partition}", partitioned.source.subject);
-        let mut wait = std::time::Duration::from_millis(100);
-        loop {
-            let stored = match partitioned
+        let flushed = &self.wiring.flushed;
+        let store = || async {
+            let ack = partitioned
                 .js
                 .publish_with_headers(subject.clone(), headers.clone(), msg.payload.clone())
                 .await
-            {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match stored {
-                Ok(()) => break,
-                Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "cannot move an input to its partition"),
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(std::time::Duration::from_secs(2));
-            if self.wiring.flushed.is_disconnected() {
-                return false;
-            }
-        }
-        true
+                .map_err(|e| e.to_string())?;
+            ack.await.map(|_| ()).map_err(|e| e.to_string())
+        };
+        retry_while_running(
+            "cannot move an input to its partition",
+            || flushed.is_disconnected(),
+            store,
+        )
+        .await
+        .is_some()
     }
 
     /// A new pull of consumer `key` after the last one ended, retried with back-off while NATS
     /// is away; false once the hub is stopping.
     async fn pull_again(&mut self, key: u16) -> bool {
-        let mut wait = std::time::Duration::from_millis(100);
-        loop {
-            let Some(consumer) = self.consumers.get(&key) else {
-                return true;
-            };
-            match pull(consumer, self.batch).await {
-                Ok(messages) => {
-                    self.pulls.insert(key, messages);
-                    return true;
-                }
-                Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "input consumer: cannot pull"),
+        let Some(consumer) = self.consumers.get(&key) else {
+            return true;
+        };
+        let (flushed, batch) = (&self.wiring.flushed, self.batch);
+        let again = || async { pull(consumer, batch).await.map_err(|e| e.to_string()) };
+        match retry_while_running("input consumer: cannot pull", || flushed.is_disconnected(), again).await {
+            Some(messages) => {
+                self.pulls.insert(key, messages);
+                true
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(std::time::Duration::from_secs(2));
-            if self.wiring.flushed.is_disconnected() {
-                return false;
-            }
+            None => false,
         }
     }
 
