@@ -6,10 +6,12 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use hub::config::Config;
 use hub::ingress::{CompiledRule, IdGen, RuleSet, decode_envelope, decode_raw};
+use hub::tenant::Tenants;
 use std::hint::black_box;
 
 fn decode(c: &mut Criterion) {
     let ids = IdGen::new();
+    let tenants = Tenants::default();
     let rules = RuleSet::new(
         Config::local_default()
             .ingest
@@ -20,7 +22,17 @@ fn decode(c: &mut Criterion) {
     let view =
         br#"{"visitor":"c123","event_id":"w42","url":"/p/a1","product":{"sku":"A1","name":"Shoes","price":59.9}}"#;
     c.bench_function("raw web.page_view through the ingest rule", |b| {
-        b.iter(|| black_box(decode_raw(&rules, "web.page_view", None, black_box(view), &ids)).expect("event"))
+        b.iter(|| {
+            black_box(decode_raw(
+                &rules,
+                "web.page_view",
+                None,
+                black_box(view),
+                &ids,
+                &tenants,
+            ))
+            .expect("event")
+        })
     });
 
     let json =
@@ -33,6 +45,7 @@ fn decode(c: &mut Criterion) {
                 black_box(json),
                 "events.",
                 &ids,
+                &tenants,
             ))
             .expect("event")
         })
@@ -48,6 +61,7 @@ fn decode(c: &mut Criterion) {
                 black_box(&msgpack),
                 "events.",
                 &ids,
+                &tenants,
             ))
             .expect("event")
         })

@@ -21,3 +21,4 @@ mod sandbox;
 mod scenarios;
 mod shadow;
 mod swap;
+mod tenants;

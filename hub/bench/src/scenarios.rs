@@ -232,6 +232,7 @@ pub(super) fn configure(config: &mut Config) {
         id_header: None,
         id_pointer: Some("/row_id".into()),
         time_pointer: None,
+        tenant: None,
     });
 }
 

@@ -50,6 +50,8 @@ pub struct ApiState {
     pub backtests: Option<std::sync::Arc<crate::backtest::Backtester>>,
     /// The cluster this instance takes part in (`None`: a single hub).
     pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    /// The tenants actors may be named in (`?tenant=`).
+    pub tenants: crate::tenant::Tenants,
 }
 
 /// The API's routes, for a server whose state `S` holds an [`ApiState`].

@@ -16,9 +16,8 @@
 
 pub mod diff;
 
-use crate::config::NatsConfig;
 use crate::event::Event;
-use crate::ingress::{CompiledRule, RecordedInputs};
+use crate::ingress::RecordedInputs;
 use crate::offline::{Offline, Record, What};
 use crate::registry::{AdminError, Registry};
 use crate::runtime::{MemoryStores, PluginModule};
@@ -201,8 +200,7 @@ impl Backtester {
     pub fn new(
         client: async_nats::Client,
         stream: &str,
-        nats: &NatsConfig,
-        rules: Vec<CompiledRule>,
+        inputs: RecordedInputs,
         profiles: Profiles,
         registry: Arc<Registry>,
         hop_limit: u8,
@@ -210,7 +208,7 @@ impl Backtester {
         Backtester {
             client,
             stream: stream.to_owned(),
-            inputs: Arc::new(RecordedInputs::new(nats, rules)),
+            inputs: Arc::new(inputs),
             profiles,
             registry,
             hop_limit,

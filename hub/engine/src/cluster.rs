@@ -42,7 +42,8 @@ pub mod headers {
 }
 
 /// The partition of `actor` among `partitions`: `xxh3_64(actor's UTF-8 bytes) % 4096 %
-/// partitions` (XXH3, 64 bits, seed 0). A partition of the checkpoints' finer split, so each
+/// partitions` (XXH3, 64 bits, seed 0), where an actor of a tenant other than the default is
+/// `<tenant>` U+001F `<id>` (see [`crate::tenant`]). A partition of the checkpoints' finer split, so each
 /// checkpoint belongs to exactly one; and the contract for producers that publish to
 /// `<subject>.<partition>` themselves, in any language with an XXH3 binding.
 pub fn partition_of(actor: &str, partitions: u16) -> u16 {

@@ -35,6 +35,8 @@ pub struct Config {
     pub input: InputConfig,
     pub dead_letters: DeadLettersConfig,
     pub cluster: ClusterConfig,
+    /// The tenants inputs may name besides the default one (`[tenants.<name>]`).
+    pub tenants: BTreeMap<String, crate::tenant::TenantConfig>,
 }
 
 /// Several hub instances sharing one event stream (`[cluster]`; durable mode): inputs are split
@@ -341,6 +343,10 @@ pub struct IngestRule {
     /// Optional JSON pointer for the event time (ms number or RFC 3339 string; now otherwise).
     #[serde(default)]
     pub time_pointer: Option<String>,
+    /// The tenant of the rule's events: a name, or a template like `kind` (`{2}`: the second
+    /// token of the subject); the default tenant (or the `Hub-Tenant` header's) otherwise.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 impl Default for Config {
@@ -361,6 +367,7 @@ impl Default for Config {
             input: InputConfig::default(),
             dead_letters: DeadLettersConfig::default(),
             cluster: ClusterConfig::default(),
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -501,6 +508,7 @@ impl Config {
                 id_header: None,
                 id_pointer: Some("/event_id".into()),
                 time_pointer: Some("/ts".into()),
+                tenant: None,
             }],
             ..Config::default()
         }

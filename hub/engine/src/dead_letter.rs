@@ -189,6 +189,10 @@ impl DeadLetter {
 
     pub fn into_outbound(self) -> Outbound {
         metrics::counter!(crate::metrics::DEAD_LETTERS, "reason" => self.reason.as_str()).increment(1);
+        if let Some(actor) = &self.actor {
+            let tenant = crate::tenant::name_of(actor).to_owned();
+            metrics::counter!(crate::metrics::TENANT_DEAD_LETTERS, "tenant" => tenant).increment(1);
+        }
         tracing::debug!(
             reason = self.reason.as_str(),
             detail = self.detail,
@@ -205,7 +209,7 @@ impl DeadLetter {
             h.insert(headers::EVENT_ID, header_safe(id).as_str());
         }
         if let Some(actor) = &self.actor {
-            h.insert(headers::ACTOR, header_safe(actor).as_str());
+            crate::tenant::insert_actor(&mut h, headers::ACTOR, actor, header_safe);
         }
         if let Some(target) = &self.target {
             h.insert(headers::TARGET, header_safe(target).as_str());

@@ -51,7 +51,7 @@ impl Delivery {
     pub(crate) fn outbound(&self) -> Outbound {
         let mut h = async_nats::HeaderMap::new();
         h.insert(headers::MSG_ID, self.id.as_str());
-        h.insert(headers::ACTOR, self.actor.as_str());
+        crate::tenant::insert_actor(&mut h, headers::ACTOR, &self.actor, str::to_owned);
         h.insert(headers::TARGET, self.target.as_str());
         h.insert(headers::PLUGIN, self.plugin.as_str());
         Outbound {

@@ -80,14 +80,17 @@ impl Serialize for MsgpackAsJson<'_> {
 }
 
 impl Event {
-    /// The JSON envelope (`{"id","kind","actor","time","source","payload"}`), as published on
-    /// `hub.events.<kind>` and in dead letters, so it can be replayed onto `events.<kind>`.
+    /// The JSON envelope (`{"id","kind","actor","tenant","time","source","payload"}`, `tenant`
+    /// left out for the default one), as published on `hub.events.<kind>` and in dead letters,
+    /// so it can be replayed onto `events.<kind>`.
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         #[derive(serde::Serialize)]
         struct Wire<'a> {
             id: &'a str,
             kind: &'a str,
             actor: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tenant: Option<&'a str>,
             time: i64,
             source: &'a str,
             payload: MsgpackAsJson<'a>,
@@ -96,12 +99,14 @@ impl Event {
         // the buffer of every published event is allocated once.
         let text = self.id.len() + self.kind.len() + self.actor.len() + self.source.len();
         let mut body = Vec::with_capacity(96 + text + 2 * self.payload.len());
+        let (tenant, actor) = crate::tenant::split(&self.actor);
         serde_json::to_writer(
             &mut body,
             &Wire {
                 id: &self.id,
                 kind: &self.kind,
-                actor: &self.actor,
+                actor,
+                tenant,
                 time: self.time,
                 source: &self.source,
                 payload: MsgpackAsJson(&self.payload),
@@ -112,7 +117,7 @@ impl Event {
 }
 
 impl Action {
-    /// The JSON body published on `hub.actions.<name>`.
+    /// The JSON body published on `hub.actions.<name>` (`tenant` left out for the default one).
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         #[derive(serde::Serialize)]
         struct Wire<'a> {
@@ -122,18 +127,22 @@ impl Action {
             priority: i32,
             dedup_key: Option<&'a str>,
             actor: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tenant: Option<&'a str>,
             plugin: &'a str,
             cause: &'a str,
             time: i64,
             payload: MsgpackAsJson<'a>,
         }
+        let (tenant, actor) = crate::tenant::split(&self.actor);
         serde_json::to_vec(&Wire {
             id: &self.id,
             name: &self.name,
             category: &self.category,
             priority: self.priority,
             dedup_key: self.dedup_key.as_deref(),
-            actor: &self.actor,
+            actor,
+            tenant,
             plugin: &self.plugin,
             cause: &self.cause,
             time: self.time,
@@ -179,6 +188,9 @@ pub fn check_actor(actor: &str) -> Result<(), String> {
             actor.len(),
             limits::MAX_ACTOR_BYTES
         ));
+    }
+    if actor.contains(crate::tenant::SEPARATOR) {
+        return Err("the actor id contains U+001F, which the hub keeps to separate a tenant from its actors".into());
     }
     Ok(())
 }

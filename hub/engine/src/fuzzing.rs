@@ -155,7 +155,14 @@ pub fn envelope(data: &[u8]) {
         h
     });
     let decode = |body: &[u8], headers: Option<&async_nats::HeaderMap>| {
-        decode_envelope(&subject, headers, body, "events.", &ids())
+        decode_envelope(
+            &subject,
+            headers,
+            body,
+            "events.",
+            &ids(),
+            &crate::tenant::Tenants::default(),
+        )
     };
     let decoded = decode(body, headers.as_ref());
     assert_eq!(decoded, decode(body, headers.as_ref()), "decoding is deterministic");
@@ -211,6 +218,7 @@ fn rule(subject: &str, kind: &str) -> IngestRule {
         id_header: None,
         id_pointer: None,
         time_pointer: None,
+        tenant: None,
     }
 }
 
@@ -221,6 +229,7 @@ fn fixed_rules(name: &[u8]) -> Vec<IngestRule> {
             actor_pointer: Some("/user/id".into()),
             id_header: Some("Msg-Id".into()),
             time_pointer: Some("/meta/ts".into()),
+            tenant: None,
             ..rule("app.>", "app.{2}.{subject}")
         }],
         b"header" => vec![IngestRule {
@@ -233,11 +242,13 @@ fn fixed_rules(name: &[u8]) -> Vec<IngestRule> {
                 actor_pointer: Some("/customer".into()),
                 id_pointer: Some("/order".into()),
                 time_pointer: Some("/at".into()),
+                tenant: None,
                 ..rule("shop.*.*", "shop.{3}")
             },
             IngestRule {
                 actor_pointer: Some("/a~1b".into()),
                 time_pointer: Some("/t~0".into()),
+                tenant: None,
                 ..rule("shop.>", "{1}.{2}")
             },
             IngestRule {
@@ -276,6 +287,7 @@ fn derived_rule(def: &[u8]) -> IngestRule {
         id_header,
         id_pointer,
         time_pointer: (!time.is_empty()).then_some(time),
+        tenant: None,
     }
 }
 
@@ -307,7 +319,16 @@ pub fn ingest(data: &[u8]) {
     };
     let subject = text(subject);
     let headers = nats_headers(header_line);
-    let decode = |set: &RuleSet| decode_raw(set, &subject, headers.as_ref(), body, &ids());
+    let decode = |set: &RuleSet| {
+        decode_raw(
+            set,
+            &subject,
+            headers.as_ref(),
+            body,
+            &ids(),
+            &crate::tenant::Tenants::default(),
+        )
+    };
     let set = RuleSet::new(rules.clone());
     let decoded = decode(&set);
     assert_eq!(decoded, decode(&set), "decoding is deterministic");
@@ -454,7 +475,14 @@ impl ProfilePatch {
 
         assert_eq!(self.reset(&actor, stored.as_ref()), before);
         let subject = format!("profiles.{actor}");
-        let over_nats = crate::ingress::update_profile(&self.profiles, "profiles.", &subject, patch_bytes);
+        let decoder = crate::ingress::Decoder::Profile {
+            prefix: "profiles.".into(),
+            profiles: Some(self.profiles.clone()),
+            tenants: crate::tenant::Tenants::default(),
+        };
+        let over_nats = decoder
+            .decode(&subject, None, patch_bytes, &crate::ingress::IdGen::new())
+            .map(|_| ());
         let now = self.profiles.get(&actor).expect("sled reads");
         match (over_nats, expected) {
             (Err(e), _) if actor.is_empty() => assert_eq!(e.reason, Reason::Invalid),
@@ -725,6 +753,7 @@ impl RestApi {
             metrics,
             nats: nats.clone(),
             api: ApiState {
+                tenants: crate::tenant::Tenants::default(),
                 router,
                 registry: registry.clone(),
                 stats,

@@ -109,6 +109,7 @@ impl Hub {
             .map(CompiledRule::compile)
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Config)?;
+        let tenants = crate::tenant::Tenants::new(&config.tenants).map_err(StartError::Config)?;
         std::fs::create_dir_all(&config.data_dir)?;
         let db = Db::open(&config.data_dir, config.engine.commit_interval_ms)?;
 
@@ -339,8 +340,7 @@ impl Hub {
             Arc::new(crate::backtest::Backtester::new(
                 client.clone(),
                 input.name(),
-                &config.nats,
-                rules.clone(),
+                crate::ingress::RecordedInputs::new(&config.nats, rules.clone(), &tenants),
                 profiles.clone(),
                 registry.clone(),
                 config.engine.hop_limit,
@@ -352,6 +352,7 @@ impl Hub {
                     &client,
                     &config.nats,
                     rules,
+                    &tenants,
                     router.clone(),
                     egress.clone(),
                     profiles.clone(),
@@ -378,7 +379,7 @@ impl Hub {
                         let repartitioner = Repartitioner::start(
                             &client,
                             input,
-                            crate::ingress::decoders(&config.nats, rules.clone(), None),
+                            crate::ingress::decoders(&config.nats, rules.clone(), &tenants, None),
                             cluster.clone(),
                             config.cluster.subject.clone(),
                             ingest,
@@ -414,7 +415,7 @@ impl Hub {
                     }
                     _ => Source::Input(Box::new(input)),
                 };
-                Ingress::start_durable(&client, &config.nats, rules, source, wiring, profiles.clone()).await?
+                Ingress::start_durable(&client, &config.nats, rules, &tenants, source, wiring, profiles.clone()).await?
             }
         };
 
@@ -430,6 +431,7 @@ impl Hub {
             metrics,
             nats: client.clone(),
             api: crate::api::ApiState {
+                tenants: tenants.clone(),
                 router: router.clone(),
                 registry: registry.clone(),
                 stats,

@@ -18,6 +18,7 @@ use crate::egress::Egress;
 use crate::event::{Event, Routed};
 use crate::router::Router;
 use crate::state::{ProfileError, Profiles};
+use crate::tenant::{self, Tenants};
 use futures::StreamExt;
 use hub_plugin_sdk::pattern::kind_matches;
 use std::sync::Arc;
@@ -57,6 +58,20 @@ impl IngressError {
             detail: detail.into(),
         }
     }
+}
+
+/// Put the event's actor in the tenant the input names (`claimed` by its envelope or ingest
+/// rule, or its `Hub-Tenant` header; see [`Tenants::resolve`]).
+pub(crate) fn assign_tenant(
+    event: &mut Event,
+    claimed: Option<&str>,
+    headers: Option<&async_nats::HeaderMap>,
+    tenants: &Tenants,
+) -> Result<(), IngressError> {
+    if let Some(tenant) = tenants.resolve(claimed, headers).map_err(IngressError::invalid)? {
+        event.actor = tenant::qualify(Some(tenant), &event.actor);
+    }
+    Ok(())
 }
 
 /// The plugin a replayed dead letter is for (`Hub-Replay-For`), if it is one.
@@ -134,22 +149,26 @@ impl Default for IdGen {
 pub(crate) enum Decoder {
     Envelope {
         prefix: String,
+        tenants: Tenants,
     },
     Raw {
         rules: RuleSet,
+        tenants: Tenants,
     },
-    /// Not events: merge patches for the profile of the actor named by the subject's tail
-    /// (left alone when there are no profiles to merge into: inputs read back for a backtest).
+    /// Not events: merge patches for the profile of the actor named by the subject's tail, in
+    /// the tenant of its `Hub-Tenant` header (left alone when there are no profiles to merge
+    /// into: inputs read back for a backtest).
     Profile {
         prefix: String,
         profiles: Option<Profiles>,
+        tenants: Tenants,
     },
 }
 
 impl Decoder {
     /// Decode one message: an event to route, `None` when it was handled here (a profile
     /// update), or why it cannot be used.
-    fn decode(
+    pub(crate) fn decode(
         &self,
         subject: &str,
         headers: Option<&async_nats::HeaderMap>,
@@ -158,12 +177,14 @@ impl Decoder {
     ) -> Result<Option<Event>, IngressError> {
         match self {
             Decoder::Profile {
-                prefix,
                 profiles: Some(profiles),
-            } => update_profile(profiles, prefix, subject, payload).map(|()| None),
+                ..
+            } => update_profile(profiles, &self.actor_of(subject, headers, payload, ids)?, payload).map(|()| None),
             Decoder::Profile { profiles: None, .. } => Ok(None),
-            Decoder::Envelope { prefix } => decode_envelope(subject, headers, payload, prefix, ids).map(Some),
-            Decoder::Raw { rules } => decode_raw(rules, subject, headers, payload, ids).map(Some),
+            Decoder::Envelope { prefix, tenants } => {
+                decode_envelope(subject, headers, payload, prefix, ids, tenants).map(Some)
+            }
+            Decoder::Raw { rules, tenants } => decode_raw(rules, subject, headers, payload, ids, tenants).map(Some),
         }
     }
 
@@ -177,13 +198,20 @@ impl Decoder {
         ids: &IdGen,
     ) -> Result<String, IngressError> {
         match self {
-            Decoder::Profile { prefix, .. } => subject
-                .strip_prefix(prefix.as_str())
-                .filter(|a| !a.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| IngressError::invalid("a profile update needs the actor as the subject's tail")),
-            Decoder::Envelope { prefix } => decode_envelope(subject, headers, payload, prefix, ids).map(|e| e.actor),
-            Decoder::Raw { rules } => decode_raw(rules, subject, headers, payload, ids).map(|e| e.actor),
+            Decoder::Profile { prefix, tenants, .. } => {
+                let actor = subject
+                    .strip_prefix(prefix.as_str())
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| IngressError::invalid("a profile update needs the actor as the subject's tail"))?;
+                let tenant = tenants.resolve(None, headers).map_err(IngressError::invalid)?;
+                Ok(tenant::qualify(tenant, actor))
+            }
+            Decoder::Envelope { prefix, tenants } => {
+                decode_envelope(subject, headers, payload, prefix, ids, tenants).map(|e| e.actor)
+            }
+            Decoder::Raw { rules, tenants } => {
+                decode_raw(rules, subject, headers, payload, ids, tenants).map(|e| e.actor)
+            }
         }
     }
 }
@@ -193,6 +221,7 @@ impl Decoder {
 pub(crate) fn decoders(
     nats: &NatsConfig,
     rules: Vec<CompiledRule>,
+    tenants: &Tenants,
     profiles: Option<Profiles>,
 ) -> Vec<(String, Decoder)> {
     let [events, people] = envelope_subjects(nats);
@@ -201,6 +230,7 @@ pub(crate) fn decoders(
             events,
             Decoder::Envelope {
                 prefix: format!("{}.", nats.events_subject),
+                tenants: tenants.clone(),
             },
         ),
         (
@@ -208,6 +238,7 @@ pub(crate) fn decoders(
             Decoder::Profile {
                 prefix: format!("{}.", nats.profiles_subject),
                 profiles,
+                tenants: tenants.clone(),
             },
         ),
     ];
@@ -223,6 +254,7 @@ pub(crate) fn decoders(
             s,
             Decoder::Raw {
                 rules: RuleSet::new(rules),
+                tenants: tenants.clone(),
             },
         )
     }));
@@ -237,9 +269,9 @@ pub struct RecordedInputs {
 }
 
 impl RecordedInputs {
-    pub fn new(nats: &NatsConfig, rules: Vec<CompiledRule>) -> RecordedInputs {
+    pub fn new(nats: &NatsConfig, rules: Vec<CompiledRule>, tenants: &Tenants) -> RecordedInputs {
         RecordedInputs {
-            decoders: decoders(nats, rules, None),
+            decoders: decoders(nats, rules, tenants, None),
         }
     }
 
@@ -318,13 +350,14 @@ impl Ingress {
         client: &async_nats::Client,
         nats: &NatsConfig,
         rules: Vec<CompiledRule>,
+        tenants: &Tenants,
         router: Router,
         egress: Egress,
         profiles: Profiles,
     ) -> Result<Ingress, async_nats::SubscribeError> {
         let (stop, stopped) = watch::channel(false);
         let ids = Arc::new(IdGen::new());
-        let subscriptions = decoders(nats, rules, Some(profiles));
+        let subscriptions = decoders(nats, rules, tenants, Some(profiles));
         let mut tasks = Vec::new();
         for (subject, decoder) in subscriptions {
             let sub = client.subscribe(subject.clone()).await?;
@@ -335,6 +368,7 @@ impl Ingress {
                 egress: egress.clone(),
                 ids: ids.clone(),
                 events_in: metrics::counter!(crate::metrics::EVENTS_IN, "subject" => subject),
+                tenant_events: tenant::Counted::new(crate::metrics::TENANT_EVENTS_IN),
             };
             tasks.push(tokio::spawn(task.run(sub, stopped.clone())));
         }
@@ -353,12 +387,13 @@ impl Ingress {
         client: &async_nats::Client,
         nats: &NatsConfig,
         rules: Vec<CompiledRule>,
+        tenants: &Tenants,
         input: stream::Source,
         wiring: stream::Wiring,
         profiles: Profiles,
     ) -> Result<Ingress, stream::StreamError> {
         let (stop, stopped) = watch::channel(false);
-        let decoders = decoders(nats, rules, Some(profiles));
+        let decoders = decoders(nats, rules, tenants, Some(profiles));
         let consumer = stream::Consumer::start(client, input, decoders, wiring, stopped).await?;
         Ok(Ingress {
             client: client.clone(),
@@ -404,6 +439,7 @@ struct Task {
     egress: Egress,
     ids: Arc<IdGen>,
     events_in: metrics::Counter,
+    tenant_events: tenant::Counted,
 }
 
 impl Task {
@@ -441,6 +477,7 @@ impl Task {
         {
             Ok(Some(event)) => {
                 self.events_in.increment(1);
+                self.tenant_events.count(&event.actor);
                 let routed = Routed {
                     event,
                     hops: 0,
@@ -464,17 +501,8 @@ impl Task {
     }
 }
 
-/// Merge a `profiles.<actor>` message (a JSON object) into the actor's profile.
-pub(crate) fn update_profile(
-    profiles: &Profiles,
-    prefix: &str,
-    subject: &str,
-    payload: &[u8],
-) -> Result<(), IngressError> {
-    let actor = subject
-        .strip_prefix(prefix)
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| IngressError::invalid("a profile update needs the actor as the subject's tail"))?;
+/// Merge a `profiles.<actor>` message (a JSON object) into the profile of `actor` (its key).
+fn update_profile(profiles: &Profiles, actor: &str, payload: &[u8]) -> Result<(), IngressError> {
     let patch: serde_json::Value = serde_json::from_slice(payload)
         .map_err(|e| IngressError::undecodable(format!("profile update is not JSON: {e}")))?;
     match profiles.merge(actor, &patch) {

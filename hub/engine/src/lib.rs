@@ -51,6 +51,7 @@ pub mod stats;
 pub mod status;
 #[cfg(test)]
 mod strategies;
+pub mod tenant;
 
 /// Where the build put the example plugins (`plugins/`, built for wasm32-wasip2).
 pub const EXAMPLE_PLUGINS: &str = env!("HUB_EXAMPLE_PLUGINS");

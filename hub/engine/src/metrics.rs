@@ -55,6 +55,12 @@ pub const NATS_DISCONNECTS: &str = "hub_nats_disconnects_total";
 pub const NATS_DISCONNECTED_MS: &str = "hub_nats_disconnected_milliseconds_total";
 /// Commits made without NATS confirming the outputs before them (see `OUTPUT_CONFIRM_PATIENCE`).
 pub const OUTPUTS_UNCONFIRMED: &str = "hub_outputs_unconfirmed_total";
+/// Inputs that became events, per `tenant` (`default` for those that name none).
+pub const TENANT_EVENTS_IN: &str = "hub_tenant_events_in_total";
+/// Actions published, per `tenant`.
+pub const TENANT_ACTIONS: &str = "hub_tenant_actions_total";
+/// Dead letters of a known actor, per `tenant`.
+pub const TENANT_DEAD_LETTERS: &str = "hub_tenant_dead_letters_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static UPKEEP: std::sync::Once = std::sync::Once::new();

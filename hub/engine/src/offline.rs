@@ -335,7 +335,7 @@ impl Offline {
                     let event = Event {
                         id: id.clone(),
                         kind: kind.clone(),
-                        actor: target.unwrap_or_else(|| actor.to_owned()),
+                        actor: target.map_or_else(|| actor.to_owned(), |t| crate::tenant::sibling(actor, &t)),
                         time: now,
                         source: self.plugins[p].source.clone(),
                         payload,

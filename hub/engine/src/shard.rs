@@ -391,7 +391,8 @@ impl Shard {
                     let event = Event {
                         id,
                         kind,
-                        actor: target.unwrap_or_else(|| actor.to_owned()),
+                        // The actor a plugin names is in its caller's tenant.
+                        actor: target.map_or_else(|| actor.to_owned(), |t| crate::tenant::sibling(actor, &t)),
                         time: now,
                         source: self.plugins.source(p).to_owned(),
                         payload,

@@ -1,5 +1,6 @@
 //! `/api/actors/{id}`: what the hub holds about one actor (profile, each plugin's state, pending
-//! timers), profile updates, and erasing everything about the actor (a privacy request).
+//! timers), profile updates, and erasing everything about the actor (a privacy request). An
+//! actor of a tenant other than the default is named with `?tenant=<name>`.
 
 use super::ApiState;
 use super::{ApiError, Failure};
@@ -7,14 +8,24 @@ use crate::actor::{ActorRequest, ActorState, Erased};
 use crate::state::ProfileError;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+
+/// The tenant an actor in the path belongs to (the default one when absent).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct InTenant {
+    /// A declared tenant; the default tenant when absent.
+    pub tenant: Option<String>,
+}
 
 /// `GET /api/actors/{id}`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActorView {
     pub actor: String,
+    /// Left out for the default tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     #[schema(value_type = Object)]
     pub profile: Option<serde_json::Value>,
     #[serde(flatten)]
@@ -25,6 +36,8 @@ pub struct ActorView {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErasedView {
     pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     #[serde(flatten)]
     pub erased: Erased,
 }
@@ -43,69 +56,91 @@ impl From<ProfileError> for Failure {
 
 /// The actor's profile, each plugin's state for it (decoded to JSON), and its pending timers.
 #[utoipa::path(get, path = "/api/actors/{id}", tag = "actors",
-    params(("id" = String, Path, description = "Actor id")),
-    responses((status = 200, body = ActorView), (status = 401, body = ApiError)))]
-pub async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<ActorView>, Failure> {
-    valid(&id)?;
+    params(("id" = String, Path, description = "Actor id"), InTenant),
+    responses((status = 200, body = ActorView), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+pub async fn show(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(t): Query<InTenant>,
+) -> Result<Json<ActorView>, Failure> {
+    let key = key(&s, &id, &t)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
-    s.router.ask(&id, ActorRequest::Inspect(reply)).await.map_err(stopped)?;
+    s.router
+        .ask(&key, ActorRequest::Inspect(reply))
+        .await
+        .map_err(stopped)?;
     let held = answer.await.map_err(stopped)?;
     Ok(Json(ActorView {
-        profile: s.profiles.get(&id)?,
+        profile: s.profiles.get(&key)?,
         actor: id,
+        tenant: t.tenant,
         held,
     }))
 }
 
 /// Replace the actor's profile with the body (a JSON object).
 #[utoipa::path(put, path = "/api/actors/{id}/profile", tag = "actors",
-    params(("id" = String, Path, description = "Actor id")),
+    params(("id" = String, Path, description = "Actor id"), InTenant),
     request_body(content = Object, content_type = "application/json"),
     responses((status = 200, body = Object, description = "The profile now"), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn put_profile(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    Query(t): Query<InTenant>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Failure> {
-    valid(&id)?;
-    Ok(Json(s.profiles.replace(&id, &parse(&body)?)?))
+    let key = key(&s, &id, &t)?;
+    Ok(Json(s.profiles.replace(&key, &parse(&body)?)?))
 }
 
 /// Merge the body into the actor's profile (JSON merge patch: `null` removes a key), as
 /// messages on NATS `profiles.<actor>` do.
 #[utoipa::path(patch, path = "/api/actors/{id}/profile", tag = "actors",
-    params(("id" = String, Path, description = "Actor id")),
+    params(("id" = String, Path, description = "Actor id"), InTenant),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses((status = 200, body = Object, description = "The profile now"), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn patch_profile(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    Query(t): Query<InTenant>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Failure> {
-    valid(&id)?;
-    Ok(Json(s.profiles.merge(&id, &parse(&body)?)?))
+    let key = key(&s, &id, &t)?;
+    Ok(Json(s.profiles.merge(&key, &parse(&body)?)?))
 }
 
 /// Erase everything about the actor: profile, state in every plugin, pending timers.
 #[utoipa::path(delete, path = "/api/actors/{id}", tag = "actors",
-    params(("id" = String, Path, description = "Actor id")),
-    responses((status = 200, body = ErasedView), (status = 401, body = ApiError)))]
-pub async fn erase(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<ErasedView>, Failure> {
-    valid(&id)?;
+    params(("id" = String, Path, description = "Actor id"), InTenant),
+    responses((status = 200, body = ErasedView), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+pub async fn erase(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(t): Query<InTenant>,
+) -> Result<Json<ErasedView>, Failure> {
+    let key = key(&s, &id, &t)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
-    s.router.ask(&id, ActorRequest::Erase(reply)).await.map_err(stopped)?;
+    s.router.ask(&key, ActorRequest::Erase(reply)).await.map_err(stopped)?;
     let mut erased = answer
         .await
         .map_err(stopped)?
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, format!("erase failed: {e}")))?;
-    erased.profile = s.profiles.remove(&id)?;
-    tracing::info!(actor = id, ?erased, "actor erased");
-    Ok(Json(ErasedView { actor: id, erased }))
+    erased.profile = s.profiles.remove(&key)?;
+    tracing::info!(actor = id, tenant = t.tenant, ?erased, "actor erased");
+    Ok(Json(ErasedView {
+        actor: id,
+        tenant: t.tenant,
+        erased,
+    }))
 }
 
-/// Actor ids in paths meet the same limits as everywhere else (`event::check_actor`).
-fn valid(id: &str) -> Result<(), Failure> {
-    crate::event::check_actor(id).map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))
+/// The key of actor `id` of the tenant asked for. Ids in paths meet the same limits as
+/// everywhere else (`event::check_actor`), and the tenant must be declared.
+fn key(s: &ApiState, id: &str, t: &InTenant) -> Result<String, Failure> {
+    let bad = |e| Failure::new(StatusCode::BAD_REQUEST, e);
+    crate::event::check_actor(id).map_err(bad)?;
+    let tenant = s.tenants.resolve(t.tenant.as_deref(), None).map_err(bad)?;
+    Ok(crate::tenant::qualify(tenant, id))
 }
 
 fn parse(body: &[u8]) -> Result<serde_json::Value, Failure> {
@@ -141,7 +176,9 @@ pub async fn at_owner(
     else {
         return next.run(request).await;
     };
-    let partition = cluster.partition_of(&id);
+    // A tenant that cannot be read is refused by the handler, here or at the owner.
+    let tenant = Query::<InTenant>::try_from_uri(request.uri()).map_or(None, |q| q.0.tenant);
+    let partition = cluster.partition_of(&crate::tenant::qualify(tenant.as_deref(), &id));
     if cluster.owns(partition) {
         return next.run(request).await;
     }

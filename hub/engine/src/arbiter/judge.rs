@@ -44,6 +44,7 @@ pub(crate) struct Judge {
     /// Decision counters by category and reason, so the hot path neither registers nor allocates.
     decisions: FxHashMap<String, FxHashMap<&'static str, metrics::Counter>>,
     actions_out: metrics::Counter,
+    tenant_actions: crate::tenant::Counted,
     event_to_action: metrics::Histogram,
 }
 
@@ -57,6 +58,7 @@ impl Judge {
             proposed: Vec::new(),
             decisions: FxHashMap::default(),
             actions_out: metrics::counter!(m::ACTIONS_OUT, "shard" => shard.clone()),
+            tenant_actions: crate::tenant::Counted::new(m::TENANT_ACTIONS),
             event_to_action: metrics::histogram!(m::EVENT_TO_ACTION_SECONDS, "shard" => shard),
         }
     }
@@ -138,6 +140,7 @@ impl Judge {
             match outcome {
                 Outcome::Delivered => {
                     self.actions_out.increment(1);
+                    self.tenant_actions.count(&action.actor);
                     if !released {
                         // A held action waited on purpose; its wait is not latency.
                         self.event_to_action.record(received.elapsed().as_secs_f64());

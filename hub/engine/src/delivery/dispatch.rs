@@ -87,7 +87,7 @@ impl Dispatch {
         };
         let mut h = async_nats::HeaderMap::new();
         h.insert(headers::MSG_ID, action.id.as_str());
-        h.insert(headers::ACTOR, action.actor.as_str());
+        crate::tenant::insert_actor(&mut h, headers::ACTOR, &action.actor, str::to_owned);
         h.insert(headers::CAUSE, action.cause.as_str());
         Some(Outbound {
             subject: subjects::join(subjects::ACTIONS, &action.name),

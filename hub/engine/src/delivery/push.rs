@@ -1,6 +1,7 @@
 //! The push sink: devices (a mobile app, a web page) connect to `/push/{actor}` by WebSocket —
 //! or, without an upgrade, as a server-sent-events stream — and receive the deliveries for that
-//! actor at the moment they are made.
+//! actor at the moment they are made (`?tenant=<name>` for an actor of a tenant other than the
+//! default; its device token is then made over `<tenant>` U+001F `<actor>`).
 //!
 //! One task owns the table of connections, so neither the shards nor the HTTP handlers share a
 //! lock: they send it commands over a bounded channel. Each connection has its own bounded queue:
@@ -218,6 +219,8 @@ async fn run(mut commands: mpsc::Receiver<Command>, mut deliveries: mpsc::Receiv
 #[derive(serde::Deserialize)]
 pub struct DeviceQuery {
     token: Option<String>,
+    /// The actor's tenant, when not the default one.
+    tenant: Option<String>,
 }
 
 /// `GET /push/{actor}`: a WebSocket (text frames for UTF-8 bodies, binary otherwise), or
@@ -228,6 +231,11 @@ pub async fn connect(
     Query(q): Query<DeviceQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Some(Err(why)) = q.tenant.as_deref().map(crate::tenant::check_name) {
+        return crate::http_error::Failure::new(StatusCode::BAD_REQUEST, why).into_response();
+    }
+    // Deliveries name the actor by its key, the tenant's name before its id.
+    let actor = crate::tenant::qualify(q.tenant.as_deref(), &actor);
     if let Err((status, why)) = push.authorize(&actor, q.token.as_deref()) {
         return crate::http_error::Failure::new(status, why).into_response();
     }

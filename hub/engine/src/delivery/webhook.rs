@@ -103,14 +103,18 @@ async fn deliver(channel: &str, config: &WebhookConfig, client: &reqwest::Client
 }
 
 async fn post(config: &WebhookConfig, client: &reqwest::Client, url: &str, d: &Delivery) -> Attempt {
-    let request = client
+    let (tenant, actor) = crate::tenant::split(&d.actor);
+    let mut request = client
         .post(url)
         .timeout(config.timeout)
         .header(reqwest::header::CONTENT_TYPE, &config.content_type)
         .header("Idempotency-Key", &d.id)
-        .header(crate::egress::headers::ACTOR, &d.actor)
-        .header(crate::egress::headers::TARGET, &d.target)
-        .body(d.body.clone());
+        .header(crate::egress::headers::ACTOR, actor)
+        .header(crate::egress::headers::TARGET, &d.target);
+    if let Some(tenant) = tenant {
+        request = request.header(crate::tenant::HEADER, tenant);
+    }
+    let request = request.body(d.body.clone());
     match request.send().await {
         Ok(answer) if answer.status().is_success() => Attempt::Delivered,
         Ok(answer) => {

@@ -1,9 +1,11 @@
-//! Event envelopes on `events.>`: `{"id","kind","actor","time","source","payload"}` in JSON or
-//! MessagePack (by `Content-Type`, else sniffed from the first byte). A missing `kind` is taken
-//! from the subject after `events.`; a missing `id` or `time` is filled in.
+//! Event envelopes on `events.>`: `{"id","kind","actor","tenant","time","source","payload"}` in
+//! JSON or MessagePack (by `Content-Type`, else sniffed from the first byte). A missing `kind` is
+//! taken from the subject after `events.`; a missing `id` or `time` is filled in; a missing
+//! `tenant` is the `Hub-Tenant` header's, else the default tenant's.
 
 use super::{IdGen, IngressError};
 use crate::event::Event;
+use crate::tenant::Tenants;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -19,6 +21,8 @@ struct Envelope<P> {
     kind: Option<String>,
     #[serde(default, deserialize_with = "present")]
     actor: Option<Ident>,
+    #[serde(default, deserialize_with = "present")]
+    tenant: Option<String>,
     #[serde(default, deserialize_with = "present")]
     time: Option<i64>,
     #[serde(default, deserialize_with = "present")]
@@ -95,18 +99,24 @@ pub fn decode_envelope(
     body: &[u8],
     prefix: &str,
     ids: &IdGen,
+    tenants: &Tenants,
 ) -> Result<Event, IngressError> {
     let subject_kind = subject.strip_prefix(prefix).filter(|k| !k.is_empty());
-    match format_of(headers, body) {
+    let (mut event, tenant) = match format_of(headers, body) {
         Some(Format::Json) => decode_json(subject, body, subject_kind, ids),
         Some(Format::Msgpack) => decode_msgpack(subject, body, subject_kind, ids),
         None => Err(IngressError::undecodable(
             "body is neither a JSON object nor a MessagePack map",
         )),
-    }
+    }?;
+    super::assign_tenant(&mut event, tenant.as_deref(), headers, tenants)?;
+    Ok(event)
 }
 
-fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdGen) -> Result<Event, IngressError> {
+/// An envelope's event (its actor not yet in a tenant) and the tenant it names.
+type Decoded = (Event, Option<String>);
+
+fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdGen) -> Result<Decoded, IngressError> {
     let env: Envelope<&RawValue> = serde_json::from_slice(body).map_err(|e| {
         let detail = format!("invalid JSON envelope: {e}");
         // JSON that parsed but holds a field of the wrong type is invalid, not undecodable.
@@ -138,6 +148,7 @@ fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdG
         subject_kind,
         ids,
     )
+    .map(|event| (event, env.tenant))
 }
 
 /// How deep a MessagePack payload may nest (its map is the first level). Its JSON form (on
@@ -146,7 +157,12 @@ fn decode_json(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdG
 /// accepted, but their JSON envelope was refused.
 const MAX_MSGPACK_PAYLOAD_DEPTH: usize = 100;
 
-fn decode_msgpack(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &IdGen) -> Result<Event, IngressError> {
+fn decode_msgpack(
+    subject: &str,
+    body: &[u8],
+    subject_kind: Option<&str>,
+    ids: &IdGen,
+) -> Result<Decoded, IngressError> {
     let mut de = rmp_serde::Deserializer::from_read_ref(body);
     // `rmp_serde` allows one container fewer than its depth; the envelope's map is one more.
     de.set_max_depth(MAX_MSGPACK_PAYLOAD_DEPTH + 2);
@@ -179,6 +195,7 @@ fn decode_msgpack(subject: &str, body: &[u8], subject_kind: Option<&str>, ids: &
         subject_kind,
         ids,
     )
+    .map(|event| (event, env.tenant))
 }
 
 /// Whether `bytes` are one MessagePack map and nothing else, as `rmp_serde` (the plugin SDK's and
@@ -238,7 +255,66 @@ mod tests {
     use crate::dead_letter::Reason;
 
     fn decode(subject: &str, body: &[u8]) -> Result<Event, IngressError> {
-        decode_envelope(subject, None, body, "events.", &IdGen::new())
+        decode_envelope(subject, None, body, "events.", &IdGen::new(), &Tenants::default())
+    }
+
+    proptest::proptest! {
+        /// What the hub publishes (`hub.events`, dead letters, a cluster's forwards) comes back
+        /// in as the same event, its tenant included.
+        #[test]
+        fn published_envelopes_decode_to_the_same_event_in_the_same_tenant(
+            tenant in proptest::option::of("[a-z0-9_-]{1,64}"),
+            actor in "[^\u{1f}]{1,64}",
+            id in "[^\u{1f}]{1,32}",
+            kind in "[a-z]{1,8}(\\.[a-z]{1,8}){0,3}",
+            time in 0..crate::limits::MAX_TIME_MS,
+            payload in proptest::collection::btree_map(
+                "[a-z]{1,8}",
+                crate::strategies::json_value(2, 8),
+                0..4,
+            ),
+        ) {
+            let event = Event {
+                id,
+                kind,
+                actor: crate::tenant::qualify(tenant.as_deref(), &actor),
+                time,
+                source: "p".into(),
+                payload: rmp_serde::to_vec_named(&payload).expect("msgpack"),
+            };
+            let json = event.to_json().expect("json");
+            let subject = format!("events.{}", event.kind);
+            let back = decode_envelope(&subject, None, &json, "events.", &IdGen::new(), &Tenants::open())
+                .expect("decodes");
+            proptest::prop_assert_eq!(&back.actor, &event.actor);
+            proptest::prop_assert_eq!(
+                (&back.id, &back.kind, back.time, &back.source),
+                (&event.id, &event.kind, event.time, &event.source)
+            );
+            let decoded: serde_json::Value = rmp_serde::from_slice(&back.payload).expect("payload");
+            proptest::prop_assert_eq!(decoded, serde_json::to_value(&payload).expect("value"));
+        }
+    }
+
+    #[test]
+    fn an_envelopes_tenant_puts_its_actor_in_that_tenant_and_an_undeclared_one_is_refused() {
+        let declared = [("acme".to_owned(), crate::tenant::TenantConfig::default())].into();
+        let tenants = Tenants::new(&declared).expect("valid");
+        let decode = |body: &[u8], headers: Option<&async_nats::HeaderMap>| {
+            decode_envelope("events.k", headers, body, "events.", &IdGen::new(), &tenants)
+        };
+        let e = decode(br#"{"actor":"alice","tenant":"acme"}"#, None).expect("declared");
+        assert_eq!(crate::tenant::split(&e.actor), (Some("acme"), "alice"));
+        let mut header = async_nats::HeaderMap::new();
+        header.insert(crate::tenant::HEADER, "acme");
+        let e = decode(br#"{"actor":"alice"}"#, Some(&header)).expect("from the header");
+        assert_eq!(crate::tenant::split(&e.actor), (Some("acme"), "alice"));
+        assert_eq!(decode(br#"{"actor":"alice"}"#, None).expect("default").actor, "alice");
+        let e = decode(br#"{"actor":"alice","tenant":"globex"}"#, None).expect_err("undeclared");
+        assert_eq!(e.reason, Reason::Invalid);
+        assert!(e.detail.contains("unknown tenant \"globex\""), "{}", e.detail);
+        let e = decode(br#"{"actor":"a\u001fb"}"#, None).expect_err("separator");
+        assert!(e.detail.contains("U+001F"), "{}", e.detail);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! Ingest rules: how a raw JSON message on a legacy subject becomes an event.
 //!
 //! A rule names the subject pattern it listens on, a kind template (`{N}` = Nth subject token,
-//! `{subject}` = the whole subject), and where the actor, id and time are (a header or a JSON
-//! pointer). Several rules may share a subject: the first that fits wins; if none fits, the
+//! `{subject}` = the whole subject), where the actor, id and time are (a header or a JSON
+//! pointer), and optionally the tenant (a template too: `{2}` of `clients.*.orders`). Several rules may share a subject: the first that fits wins; if none fits, the
 //! message is dead-lettered as `no_rule` with each rule's reason.
 
 use super::transcode::{Container, Encode};
 use super::{IdGen, IngressError};
 use crate::config::IngestRule;
 use crate::event::{Event, is_subject_safe};
+use crate::tenant::Tenants;
 use std::borrow::Cow;
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,7 @@ enum Locator {
 pub struct CompiledRule {
     subject: String,
     kind: Vec<Piece>,
+    tenant: Option<Vec<Piece>>,
     actor: Locator,
     id: Option<Locator>,
     time_pointer: Option<String>,
@@ -55,7 +57,8 @@ impl CompiledRule {
         let time_pointer = rule.time_pointer.as_deref().map(|p| pointer(p, &at)).transpose()?;
         Ok(CompiledRule {
             subject: rule.subject.clone(),
-            kind: template(&rule.kind, &at)?,
+            kind: template(&rule.kind, "kind", &at)?,
+            tenant: rule.tenant.as_deref().map(|t| template(t, "tenant", &at)).transpose()?,
             actor,
             id,
             time_pointer,
@@ -72,23 +75,12 @@ impl CompiledRule {
         headers: Option<&async_nats::HeaderMap>,
         body: &Body<'_>,
         ids: &IdGen,
-    ) -> Result<Event, String> {
+    ) -> Result<(Event, Option<String>), String> {
         if !hub_plugin_sdk::pattern::kind_matches(&self.subject, subject) {
             return Err("subject does not match".into());
         }
-        let mut kind = String::with_capacity(subject.len() + 32);
-        for piece in &self.kind {
-            match piece {
-                Piece::Text(t) => kind.push_str(t),
-                Piece::Subject => kind.push_str(subject),
-                Piece::Token(n) => kind.push_str(
-                    subject
-                        .split('.')
-                        .nth(n - 1)
-                        .ok_or_else(|| format!("subject has no token {n}"))?,
-                ),
-            }
-        }
+        let kind = render(&self.kind, subject)?;
+        let tenant = self.tenant.as_ref().map(|t| render(t, subject)).transpose()?;
         if !is_subject_safe(&kind) {
             return Err(format!("kind {kind:?} is not a valid event kind"));
         }
@@ -121,7 +113,7 @@ impl CompiledRule {
             },
             None => ids.time(),
         };
-        Ok(Event {
+        let event = Event {
             id,
             kind,
             actor,
@@ -129,8 +121,27 @@ impl CompiledRule {
             source: subject.to_owned(),
             // Filled in by `decode_raw` once a rule fits: the body's payload is moved, not copied.
             payload: Vec::new(),
-        })
+        };
+        Ok((event, tenant))
     }
+}
+
+/// A template filled in from `subject`.
+fn render(pieces: &[Piece], subject: &str) -> Result<String, String> {
+    let mut text = String::with_capacity(subject.len() + 32);
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => text.push_str(t),
+            Piece::Subject => text.push_str(subject),
+            Piece::Token(n) => text.push_str(
+                subject
+                    .split('.')
+                    .nth(n - 1)
+                    .ok_or_else(|| format!("subject has no token {n}"))?,
+            ),
+        }
+    }
+    Ok(text)
 }
 
 /// A header name as NATS carries it: the lookup of any other panics in `async_nats`, on every
@@ -152,7 +163,7 @@ fn pointer(p: &str, at: &str) -> Result<String, String> {
     }
 }
 
-fn template(t: &str, at: &str) -> Result<Vec<Piece>, String> {
+fn template(t: &str, what: &str, at: &str) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut rest = t;
     while let Some(open) = rest.find('{') {
@@ -161,14 +172,14 @@ fn template(t: &str, at: &str) -> Result<Vec<Piece>, String> {
         }
         let close = rest[open..]
             .find('}')
-            .ok_or_else(|| format!("{at}: unclosed '{{' in kind {t:?}"))?
+            .ok_or_else(|| format!("{at}: unclosed '{{' in {what} {t:?}"))?
             + open;
         let name = &rest[open + 1..close];
         pieces.push(match name {
             "subject" => Piece::Subject,
             n => match n.parse::<usize>() {
                 Ok(i) if i >= 1 => Piece::Token(i),
-                _ => return Err(format!("{at}: unknown placeholder {{{n}}} in kind {t:?}")),
+                _ => return Err(format!("{at}: unknown placeholder {{{n}}} in {what} {t:?}")),
             },
         });
         rest = &rest[close + 1..];
@@ -177,7 +188,7 @@ fn template(t: &str, at: &str) -> Result<Vec<Piece>, String> {
         pieces.push(Piece::Text(rest.to_owned()));
     }
     if pieces.is_empty() {
-        return Err(format!("{at}: empty kind"));
+        return Err(format!("{at}: empty {what}"));
     }
     Ok(pieces)
 }
@@ -417,6 +428,7 @@ pub fn decode_raw(
     headers: Option<&async_nats::HeaderMap>,
     raw: &[u8],
     ids: &IdGen,
+    tenants: &Tenants,
 ) -> Result<Event, IngressError> {
     let is_object = raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let body = match &rules.flat_keys {
@@ -427,9 +439,10 @@ pub fn decode_raw(
     let mut why = Vec::new();
     for rule in &rules.rules {
         match rule.apply(subject, headers, &body, ids) {
-            Ok(mut event) => {
+            Ok((mut event, tenant)) => {
                 // The rule fits; what it found must still be a valid event, as on every path.
                 event.check().map_err(IngressError::invalid)?;
+                super::assign_tenant(&mut event, tenant.as_deref(), headers, tenants)?;
                 event.payload = body
                     .into_payload()
                     .map_err(|e| IngressError::undecodable(format!("payload: {e}")))?;
@@ -461,6 +474,7 @@ mod tests {
             None,
             body,
             &IdGen::new(),
+            &Tenants::default(),
         )
         .expect("event");
         assert_eq!(
@@ -480,6 +494,7 @@ mod tests {
             id_header: None,
             id_pointer: None,
             time_pointer: None,
+            tenant: None,
         })
         .expect("valid");
         let mut h = async_nats::HeaderMap::new();
@@ -490,6 +505,7 @@ mod tests {
             Some(&h),
             b"[1,2]",
             &IdGen::new(),
+            &Tenants::default(),
         )
         .expect("event");
         assert_eq!((e.kind.as_str(), e.actor.as_str()), ("legacy.legacy.db.row", "c9"));
@@ -505,6 +521,7 @@ mod tests {
             None,
             br#"{"user":"u1"}"#,
             &IdGen::new(),
+            &Tenants::default(),
         )
         .expect_err("refused");
         assert_eq!(err.reason, crate::dead_letter::Reason::NoRule);
@@ -515,6 +532,7 @@ mod tests {
             None,
             b"<xml/>",
             &IdGen::new(),
+            &Tenants::default(),
         )
         .expect_err("refused");
         assert_eq!(err.reason, crate::dead_letter::Reason::Undecodable);
@@ -530,8 +548,8 @@ mod tests {
         let tree = RuleSet::new(vec![CompiledRule::compile(&nested).expect("valid")]);
         assert!(tree.flat_keys.is_none());
 
-        let a = decode_raw(&flat, "web.click", None, body, &IdGen::new()).expect("flat");
-        let b = decode_raw(&tree, "web.click", None, body, &IdGen::new()).expect("tree");
+        let a = decode_raw(&flat, "web.click", None, body, &IdGen::new(), &Tenants::default()).expect("flat");
+        let b = decode_raw(&tree, "web.click", None, body, &IdGen::new(), &Tenants::default()).expect("tree");
         assert_eq!(
             (a.actor.as_str(), a.id.as_str(), a.time),
             ("u\u{e9}", "7", 1_767_225_600_000)
@@ -557,7 +575,7 @@ mod tests {
         let tree = RuleSet::new(vec![web_rule(), CompiledRule::compile(&nested).expect("valid")]);
         assert!(tree.flat_keys.is_none());
         for rules in [&flat, &tree] {
-            let e = decode_raw(rules, "web.click", None, body, &IdGen::new()).expect("event");
+            let e = decode_raw(rules, "web.click", None, body, &IdGen::new(), &Tenants::default()).expect("event");
             assert_eq!((e.actor.as_str(), e.time), ("u2", 1_767_225_600_000));
             let p: serde_json::Value = rmp_serde::from_slice(&e.payload).expect("payload");
             assert_eq!(p["visitor"], "u2");
@@ -574,8 +592,15 @@ mod tests {
         let payload: serde_json::Value = rmp_serde::from_slice(&payload).expect("payload");
         let json: serde_json::Value = serde_json::from_slice(body).expect("json");
         assert_eq!(payload, json, "the one-pass reader encodes wanted non-scalars whole");
-        let e = decode_raw(&RuleSet::new(vec![web_rule()]), "web.click", None, body, &IdGen::new())
-            .expect_err("an id that is an array is refused, not replaced");
+        let e = decode_raw(
+            &RuleSet::new(vec![web_rule()]),
+            "web.click",
+            None,
+            body,
+            &IdGen::new(),
+            &Tenants::default(),
+        )
+        .expect_err("an id that is an array is refused, not replaced");
         assert!(e.detail.contains("/event_id is an array"), "{}", e.detail);
     }
 
@@ -589,6 +614,7 @@ mod tests {
             id_header: None,
             id_pointer: None,
             time_pointer: None,
+            tenant: None,
         };
         assert!(
             CompiledRule::compile(&rule)
@@ -624,6 +650,7 @@ mod tests {
                     id_header: None,
                     id_pointer: None,
                     time_pointer: None,
+                    tenant: None,
                 };
                 if id {
                     rule.actor_header = Some("X-Customer".into());
@@ -643,9 +670,10 @@ mod tests {
             id_header: Some("Msg-Id".into()),
             id_pointer: None,
             time_pointer: None,
+            tenant: None,
         };
         let rules = RuleSet::new(vec![CompiledRule::compile(&rule).expect("valid")]);
-        let e = decode_raw(&rules, "d", Some(&h), b"{}", &IdGen::new()).expect("event");
+        let e = decode_raw(&rules, "d", Some(&h), b"{}", &IdGen::new(), &Tenants::default()).expect("event");
         assert_eq!(e.actor, "c1");
     }
 
@@ -656,6 +684,7 @@ mod tests {
             None,
             body.as_bytes(),
             &IdGen::new(),
+            &Tenants::default(),
         )
     }
 
@@ -668,6 +697,7 @@ mod tests {
         // A nested pointer reads the whole tree: the same answers.
         let rule = CompiledRule::compile(&IngestRule {
             time_pointer: Some("/meta/ts".into()),
+            tenant: None,
             ..crate::config::Config::local_default().ingest[0].clone()
         })
         .expect("valid");
@@ -675,7 +705,15 @@ mod tests {
         for ts in ["[]", "{}", "null"] {
             let body = format!(r#"{{"visitor":"u1","meta":{{"ts":{ts}}}}}"#);
             assert!(
-                decode_raw(&rules, "web.x", None, body.as_bytes(), &IdGen::new()).is_err(),
+                decode_raw(
+                    &rules,
+                    "web.x",
+                    None,
+                    body.as_bytes(),
+                    &IdGen::new(),
+                    &Tenants::default()
+                )
+                .is_err(),
                 "nested ts {ts} was accepted"
             );
         }

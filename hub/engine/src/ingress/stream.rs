@@ -245,6 +245,7 @@ impl Consumer {
             partitions: None,
             arrivals: 0,
             acked: metrics::counter!(m::INPUTS_ACKED),
+            tenant_events: crate::tenant::Counted::new(m::TENANT_EVENTS_IN),
             unacked: metrics::gauge!(m::INPUTS_UNACKED),
             pending: metrics::gauge!(m::CONSUMER_PENDING),
         };
@@ -354,6 +355,7 @@ struct Reader {
     /// Inputs received so far (their places, with a stream per partition).
     arrivals: u64,
     acked: metrics::Counter,
+    tenant_events: crate::tenant::Counted,
     unacked: metrics::Gauge,
     pending: metrics::Gauge,
 }
@@ -574,8 +576,9 @@ impl Reader {
                     None => IdGen::for_stream_input(seq, stored),
                 };
                 let decoded = d.decode(subject, msg.headers.as_ref(), &msg.payload, &ids);
-                if matches!(decoded, Ok(Some(_))) {
+                if let Ok(Some(event)) = &decoded {
                     events_in.increment(1);
+                    self.tenant_events.count(&event.actor);
                 }
                 decoded
             }

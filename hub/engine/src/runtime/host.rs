@@ -208,13 +208,15 @@ impl clock::Host for HostState {
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {
-        let (plugin, actor) = (&*self.plugin, self.actor.as_str());
+        let plugin = &*self.plugin;
+        let tenant = crate::tenant::name_of(&self.actor);
+        let actor = crate::tenant::split(&self.actor).1;
         match level {
-            log::Level::Trace => tracing::trace!(plugin, actor, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin, actor, "{message}"),
-            log::Level::Info => tracing::info!(plugin, actor, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, actor, "{message}"),
-            log::Level::Error => tracing::error!(plugin, actor, "{message}"),
+            log::Level::Trace => tracing::trace!(plugin, tenant, actor, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, tenant, actor, "{message}"),
+            log::Level::Info => tracing::info!(plugin, tenant, actor, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, tenant, actor, "{message}"),
+            log::Level::Error => tracing::error!(plugin, tenant, actor, "{message}"),
         }
     }
 }

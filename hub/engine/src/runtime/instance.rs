@@ -159,7 +159,8 @@ impl PluginInstance {
         let arg = wit::Event {
             id: &event.id,
             kind: &event.kind,
-            actor: &event.actor,
+            // The plugin sees the id as given; its tenant scopes what the call touches.
+            actor: crate::tenant::split(&event.actor).1,
             time: event.time,
             source: &event.source,
             payload: &event.payload,
@@ -179,7 +180,7 @@ impl PluginInstance {
     ) -> Result<Vec<Output>, CallError> {
         let arg = wit::Timer {
             id: &timer.id,
-            actor: &timer.actor,
+            actor: crate::tenant::split(&timer.actor).1,
             due: timer.due,
             payload: &timer.payload,
         };

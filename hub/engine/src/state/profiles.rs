@@ -151,7 +151,8 @@ impl Profiles {
         if !input.is_object() {
             return Err(ProfileError::NotAnObject);
         }
-        crate::event::check_actor(actor).map_err(ProfileError::Invalid)?;
+        // The id as given (the key may name a tenant before it).
+        crate::event::check_actor(crate::tenant::split(actor).1).map_err(ProfileError::Invalid)?;
         loop {
             let old = self.tree.get(actor.as_bytes())?;
             let mut profile = match &old {

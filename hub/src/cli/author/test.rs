@@ -77,7 +77,14 @@ pub fn run(args: TestArgs, json: bool) -> anyhow::Result<()> {
         inputs += 1;
         let number = index + 1;
         let ids = IdGen::for_recorded(number, offline.clock().unwrap_or(0));
-        match decode_envelope(&source, None, line.as_bytes(), "events.", &ids) {
+        match decode_envelope(
+            &source,
+            None,
+            line.as_bytes(),
+            "events.",
+            &ids,
+            &hub::tenant::Tenants::open(),
+        ) {
             Ok(event) => offline.input(event, &mut out),
             Err(e) => out(offline.refused(number, &e)),
         }
