@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The kept letters of `reason`, once there are `n` of them (waits up to 10 s).
-async fn letters(api: &Api, reason: &str, n: usize) -> Vec<Value> {
+pub(crate) async fn letters(api: &Api, reason: &str, n: usize) -> Vec<Value> {
     for _ in 0..100 {
         let (status, body) = api.get(&format!("/api/dead-letters?reason={reason}")).await;
         assert_eq!(status, 200, "{body}");

@@ -5,6 +5,16 @@
 use crate::support::{Api, Env, header, json, next, nothing};
 use serde_json::json;
 
+/// Publish `body` on `subject` with a `Hub-Tenant` header naming `tenant`.
+async fn send_in_tenant(env: &Env, subject: &str, tenant: &str, body: &[u8]) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Hub-Tenant", tenant);
+    env.client
+        .publish_with_headers(subject.to_owned(), headers, body.to_vec().into())
+        .await
+        .expect("publish");
+}
+
 /// Publish a payment failure of `actor`, in `tenant` by its envelope's field.
 async fn fail_payment(env: &Env, actor: &str, tenant: Option<&str>) {
     let mut body = json!({"kind": "payment.failed", "actor": actor, "payload": {"amount": 20}});
@@ -46,13 +56,8 @@ async fn the_same_actor_id_in_two_tenants_is_two_actors_and_an_undeclared_tenant
     nothing(&mut callbacks, "a callback for two failures in each tenant", 500).await;
 
     // The third of acme's, named by a header this time.
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Hub-Tenant", "acme");
     let body = json!({"kind": "payment.failed", "actor": "u1", "payload": {"amount": 20}});
-    env.client
-        .publish_with_headers("events.payment.failed", headers, body.to_string().into())
-        .await
-        .expect("publish");
+    send_in_tenant(&env, "events.payment.failed", "acme", body.to_string().as_bytes()).await;
     let msg = next(&mut callbacks, "acme's callback", 5).await;
     let action = json(&msg);
     assert_eq!(
@@ -91,21 +96,13 @@ async fn the_same_actor_id_in_two_tenants_is_two_actors_and_an_undeclared_tenant
         let reason = header(&letter, "Hub-Dlq-Reason");
         assert!(reason.contains("unknown tenant \"initech\""), "{reason}");
     }
-    let mut globex = async_nats::HeaderMap::new();
-    globex.insert("Hub-Tenant", "globex");
     let body = json!({"kind": "payment.failed", "actor": "u1", "tenant": "acme"});
-    env.client
-        .publish_with_headers("events.payment.failed", globex.clone(), body.to_string().into())
-        .await
-        .expect("publish");
+    send_in_tenant(&env, "events.payment.failed", "globex", body.to_string().as_bytes()).await;
     let reason = header(&next(&mut dlq, "two tenants", 5).await, "Hub-Dlq-Reason");
     assert!(reason.contains("two tenants"), "{reason}");
 
     // Profiles: `profiles.<actor>` with a Hub-Tenant header, and the API with `?tenant=`.
-    env.client
-        .publish_with_headers("profiles.u1", globex, br#"{"name": "Gloria"}"#.as_slice().into())
-        .await
-        .expect("publish");
+    send_in_tenant(&env, "profiles.u1", "globex", br#"{"name": "Gloria"}"#).await;
     let (status, _) = api
         .request_raw_patch("/api/actors/u1/profile?tenant=acme", br#"{"name": "Ann"}"#)
         .await;
@@ -147,5 +144,312 @@ async fn the_same_actor_id_in_two_tenants_is_two_actors_and_an_undeclared_tenant
     );
     let (_, default) = api.get("/api/actors/u1").await;
     assert_eq!(default["actions"].as_array().map(Vec::len), Some(1), "{default}");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_loaded_for_named_tenants_takes_only_their_events_with_its_own_config() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.admin_token = Some("t".into());
+    for tenant in ["acme", "globex"] {
+        config.tenants.insert(tenant.into(), Default::default());
+    }
+    let hub = env.start(config).await;
+    let api = Api::new(&hub, Some("t"));
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    let wasm =
+        std::fs::read(std::path::Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built");
+
+    // acme's own copy of the scenario calls back at the first failure.
+    let query = [("tenants", "acme"), ("config", r#"{"threshold": 1}"#)];
+    let (status, change) = api.push_query("acme-trouble", wasm.clone(), &query).await;
+    assert_eq!(status, 200, "{change}");
+    let (_, listed) = api.get("/api/plugins/acme-trouble").await;
+    assert_eq!(listed["tenants"], json!(["acme"]), "{listed}");
+    for (query, refused) in [("initech", "unknown tenant"), ("", "at least one tenant")] {
+        let (status, body) = api.push_query("x", wasm.clone(), &[("tenants", query)]).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains(refused), "{body}");
+    }
+
+    fail_payment(&env, "u1", Some("acme")).await;
+    let action = json(&next(&mut callbacks, "acme's own plugin's callback", 5).await);
+    assert_eq!(
+        (action["plugin"].as_str(), action["tenant"].as_str()),
+        (Some("acme-trouble"), Some("acme")),
+        "{action}"
+    );
+    // The default tenant and globex are not acme's: one failure calls nobody back.
+    fail_payment(&env, "u1", None).await;
+    fail_payment(&env, "u1", Some("globex")).await;
+    nothing(&mut callbacks, "a callback from acme's plugin for another tenant", 500).await;
+
+    // Moved to globex in one switch: now globex's first failure is called back, acme's not.
+    let (status, change) = api
+        .put_json("/api/plugins/acme-trouble/tenants", r#"{"tenants": ["globex"]}"#)
+        .await;
+    assert_eq!(status, 200, "{change}");
+    fail_payment(&env, "u2", Some("acme")).await;
+    fail_payment(&env, "u2", Some("globex")).await;
+    let action = json(&next(&mut callbacks, "the plugin's callback for globex", 5).await);
+    assert_eq!(
+        (action["plugin"].as_str(), action["tenant"].as_str()),
+        (Some("acme-trouble"), Some("globex")),
+        "{action}"
+    );
+    nothing(&mut callbacks, "a callback for acme after the move", 500).await;
+    let (status, refused) = api.put_json("/api/plugins/acme-trouble/tenants", r#"[["acme"]]"#).await;
+    assert_eq!(status, 400, "{refused}");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_keep_the_tenant_and_a_replay_brings_it_back_to_the_same_tenant() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.tenants.insert("acme".into(), Default::default());
+    config
+        .plugins
+        .config
+        .insert("cart-abandonment".into(), json!({"window": "1s"}));
+    let hub = env.start(config).await;
+    let api = Api::new(&hub, None);
+    let mut offers = env.sub("hub.actions.offer.cart_reminder").await;
+
+    // A timer of acme's u1 comes due while its plugin is disabled.
+    let body =
+        json!({"kind": "cart.updated", "actor": "u1", "tenant": "acme", "payload": crate::support::shoes_cart()});
+    env.send_raw("events.cart.updated", body.to_string().as_bytes()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, body) = api.post("/api/plugins/cart-abandonment/disable", "").await;
+    assert_eq!(status, 200, "{body}");
+    let kept = crate::dead_letters::letters(&api, "disabled", 1).await;
+    assert_eq!(
+        (kept[0]["actor"].as_str(), kept[0]["tenant"].as_str()),
+        (Some("u1"), Some("acme")),
+        "{kept:?}"
+    );
+
+    // An input refused with a header naming the tenant keeps the header for its replay.
+    send_in_tenant(&env, "events.cart.updated", "acme", br#"{"kind": "cart.updated"}"#).await;
+    let invalid = crate::dead_letters::letters(&api, "invalid", 1).await;
+    assert_eq!(invalid[0]["tenant"], "acme", "{invalid:?}");
+
+    // Replayed, the timer fires for acme's u1, not for the default tenant's.
+    let (status, body) = api.post("/api/plugins/cart-abandonment/enable", "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, done) = api.post("/api/dead-letters/replay?reason=disabled", "").await;
+    assert_eq!((status, done["replayed"].as_u64()), (200, Some(1)), "{done}");
+    let offer = json(&next(&mut offers, "the replayed timer's offer", 10).await);
+    assert_eq!(
+        (offer["actor"].as_str(), offer["tenant"].as_str()),
+        (Some("u1"), Some("acme")),
+        "{offer}"
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_token_reaches_its_own_actors_plugins_and_dead_letters_and_nothing_else() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.admin_token = Some("admin-t".into());
+    for tenant in ["acme", "globex"] {
+        let tenant_config = hub::tenant::TenantConfig {
+            token: Some(format!("{tenant}-t")),
+        };
+        config.tenants.insert(tenant.into(), tenant_config);
+    }
+    let hub = env.start(config).await;
+    let admin = Api::new(&hub, Some("admin-t"));
+    let acme = Api::new(&hub, Some("acme-t"));
+    let globex = Api::new(&hub, Some("globex-t"));
+    let wasm =
+        std::fs::read(std::path::Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built");
+
+    // The platform's calls are the admin's.
+    for path in ["/api/policies", "/api/status", "/api/cluster"] {
+        let (status, body) = acme.get(path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    let (status, _) = Api::new(&hub, Some("nobody")).get("/api/plugins").await;
+    assert_eq!(status, 401);
+
+    // Actors: its own tenant's, without naming it; another's is refused.
+    let (status, profile) = acme
+        .request_raw_patch("/api/actors/u1/profile", br#"{"name": "Ann"}"#)
+        .await;
+    assert_eq!(status, 200, "{profile}");
+    let (_, seen) = admin.get("/api/actors/u1?tenant=acme").await;
+    assert_eq!(seen["profile"], json!({"name": "Ann"}), "{seen}");
+    let (_, theirs) = globex.get("/api/actors/u1").await;
+    assert_eq!(theirs["profile"], json!(null), "{theirs}");
+    let (status, body) = acme.get("/api/actors/u1?tenant=globex").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = acme.delete("/api/actors/u1?tenant=globex").await;
+    assert_eq!(status, 403, "{body}");
+
+    // Plugins: it loads its own (for itself alone) and sees and changes only those.
+    let (status, body) = acme.get("/api/plugins").await;
+    assert_eq!(
+        (status, body),
+        (200, json!([])),
+        "the examples run for every tenant: the platform's"
+    );
+    let (status, change) = acme
+        .push("acme-trouble", wasm.clone(), Some(r#"{"threshold": 1}"#))
+        .await;
+    assert_eq!(status, 200, "{change}");
+    let (_, listed) = admin.get("/api/plugins/acme-trouble").await;
+    assert_eq!(listed["tenants"], json!(["acme"]), "{listed}");
+    let (_, own) = acme.get("/api/plugins").await;
+    assert_eq!(own.as_array().map(|l| l.len()), Some(1), "{own}");
+    for (status, body) in [
+        globex.get("/api/plugins/acme-trouble").await,
+        globex
+            .put_json("/api/plugins/acme-trouble/config", r#"{"threshold": 2}"#)
+            .await,
+        globex.delete("/api/plugins/acme-trouble").await,
+        acme.put_json("/api/plugins/payment-trouble/config", r#"{"threshold": 1}"#)
+            .await,
+        acme.post("/api/plugins/payment-trouble/disable", "").await,
+    ] {
+        assert_eq!(status, 404, "{body}");
+    }
+    let (status, body) = globex.push("acme-trouble", wasm.clone(), None).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = acme.push_query("mine", wasm.clone(), &[("tenants", "globex")]).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = acme
+        .put_json("/api/plugins/acme-trouble/tenants", r#"{"tenants": null}"#)
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    // Dead letters: its own only.
+    send_in_tenant(&env, "events.payment.failed", "acme", br#"{"kind": "payment.failed"}"#).await;
+    let kept = crate::dead_letters::letters(&admin, "invalid", 1).await;
+    let seq = kept[0]["seq"].as_u64().expect("seq");
+    let (_, mine) = acme.get("/api/dead-letters").await;
+    assert_eq!(mine["letters"].as_array().map(Vec::len), Some(1), "{mine}");
+    let (_, none) = globex.get("/api/dead-letters").await;
+    assert_eq!(
+        (none["letters"].clone(), none["by_reason"].clone()),
+        (json!([]), json!({})),
+        "{none}"
+    );
+    let (status, body) = globex.get(&format!("/api/dead-letters/{seq}")).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = globex.post(&format!("/api/dead-letters/{seq}/replay"), "").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, done) = globex.post("/api/dead-letters/replay?reason=invalid", "").await;
+    assert_eq!((status, done["replayed"].as_u64()), (200, Some(0)), "{done}");
+    let (status, body) = acme.get(&format!("/api/dead-letters/{seq}")).await;
+    assert_eq!(status, 200, "{body}");
+    hub.shutdown().await;
+}
+
+/// The actors of an export (JSON lines; a single line reads as one object, none as "").
+fn exported(body: &serde_json::Value) -> Vec<serde_json::Value> {
+    match body {
+        serde_json::Value::String(text) => text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect(),
+        object => vec![object.clone()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_is_exported_and_erased_as_a_whole_and_the_others_keep_theirs() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.admin_token = Some("admin-t".into());
+    config
+        .plugins
+        .config
+        .insert("cart-abandonment".into(), json!({"window": "1h"}));
+    for tenant in ["acme", "globex"] {
+        let tenant_config = hub::tenant::TenantConfig {
+            token: Some(format!("{tenant}-t")),
+        };
+        config.tenants.insert(tenant.into(), tenant_config);
+    }
+    let hub = env.start(config).await;
+    let admin = Api::new(&hub, Some("admin-t"));
+    let acme = Api::new(&hub, Some("acme-t"));
+    let wasm =
+        std::fs::read(std::path::Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built");
+    let (status, change) = admin.push_query("acme-trouble", wasm, &[("tenants", "acme")]).await;
+    assert_eq!(status, 200, "{change}");
+
+    // acme: state for u1 and u2, a profile for u3, a pending timer for u4, a dead letter. The
+    // default tenant's and globex's u1 have state too.
+    for (actor, tenant) in [
+        ("u1", Some("acme")),
+        ("u2", Some("acme")),
+        ("u1", None),
+        ("u1", Some("globex")),
+    ] {
+        fail_payment(&env, actor, tenant).await;
+    }
+    let (status, _) = acme
+        .request_raw_patch("/api/actors/u3/profile", br#"{"name": "Ann"}"#)
+        .await;
+    assert_eq!(status, 200);
+    let cart =
+        json!({"kind": "cart.updated", "actor": "u4", "tenant": "acme", "payload": crate::support::shoes_cart()});
+    env.send_raw("events.cart.updated", cart.to_string().as_bytes()).await;
+    send_in_tenant(&env, "events.payment.failed", "acme", br#"{"kind": "payment.failed"}"#).await;
+    crate::dead_letters::letters(&admin, "invalid", 1).await;
+
+    // Its own token exports it; each actor once, with what the hub holds.
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        let (status, body) = acme.get("/api/tenants/acme/export").await;
+        assert_eq!(status, 200, "{body}");
+        lines = exported(&body);
+        if lines.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let actors: Vec<&str> = lines.iter().filter_map(|l| l["actor"].as_str()).collect();
+    assert_eq!(actors, ["u1", "u2", "u3", "u4"], "{lines:?}");
+    assert!(lines.iter().all(|l| l["tenant"] == "acme"), "{lines:?}");
+    assert!(lines[0]["state"]["payment-trouble"].is_object(), "{lines:?}");
+    assert_eq!(lines[2]["profile"], json!({"name": "Ann"}), "{lines:?}");
+    assert_eq!(lines[3]["timers"].as_array().map(Vec::len), Some(1), "{lines:?}");
+    for (status, body) in [
+        acme.get("/api/tenants/globex/export").await,
+        acme.delete("/api/tenants/acme").await,
+    ] {
+        assert_eq!(status, 403, "{body}");
+    }
+    let (status, body) = admin.delete("/api/tenants/default").await;
+    assert_eq!(status, 400, "{body}");
+
+    // Erased: its actors, its dead letter and its own plugin; nobody else's.
+    let (status, erased) = admin.delete("/api/tenants/acme").await;
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(
+        (
+            erased["actors"].as_u64(),
+            erased["profiles"].as_u64(),
+            erased["timers"].as_u64(),
+            erased["dead_letters"].as_u64()
+        ),
+        (Some(4), Some(1), Some(1), Some(1)),
+        "{erased}"
+    );
+    assert_eq!(erased["plugins"], json!(["acme-trouble"]), "{erased}");
+    let (_, body) = acme.get("/api/tenants/acme/export").await;
+    assert_eq!(body, json!(""), "nothing left of acme");
+    let (status, _) = admin.get("/api/plugins/acme-trouble").await;
+    assert_eq!(status, 404);
+    for path in ["/api/actors/u1", "/api/actors/u1?tenant=globex"] {
+        let (_, view) = admin.get(path).await;
+        assert!(view["state"]["payment-trouble"].is_object(), "{path}: {view}");
+    }
     hub.shutdown().await;
 }

@@ -15,10 +15,11 @@ pub mod dead_letters;
 pub mod plugins;
 pub mod policies;
 pub mod status;
+pub mod tenants;
 
 pub use crate::http_error::{ApiError, Failure, json_errors};
-pub use auth::Auth;
 use auth::BearerScheme;
+pub use auth::{Auth, Caller};
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -52,6 +53,8 @@ pub struct ApiState {
     pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
     /// The tenants actors may be named in (`?tenant=`).
     pub tenants: crate::tenant::Tenants,
+    /// The state database, for tenant-wide scans.
+    pub db: crate::state::Db,
 }
 
 /// The API's routes, for a server whose state `S` holds an [`ApiState`].
@@ -68,6 +71,7 @@ where
             put(plugins::push).get(plugins::show).delete(plugins::remove),
         )
         .route("/api/plugins/{name}/config", put(plugins::config))
+        .route("/api/plugins/{name}/tenants", put(plugins::tenants))
         .route("/api/plugins/{name}/backtest", post(backtest::run))
         .route("/api/plugins/{name}/promote", post(plugins::promote))
         .route("/api/plugins/{name}/shadow", delete(plugins::drop_shadow))
@@ -79,6 +83,8 @@ where
         .route("/api/cluster", get(status::cluster))
         .route("/api/status/history", get(status::history))
         .route("/api/status/stream", get(status::stream))
+        .route("/api/tenants/{name}", delete(tenants::erase))
+        .route("/api/tenants/{name}/export", get(tenants::export))
         .route("/api/dead-letters", get(dead_letters::list))
         .route("/api/dead-letters/replay", post(dead_letters::replay_reason))
         .route("/api/dead-letters/{seq}", get(dead_letters::show))
@@ -110,6 +116,7 @@ where
         plugins::push,
         plugins::show,
         plugins::config,
+        plugins::tenants,
         plugins::rollback,
         plugins::enable,
         plugins::disable,
@@ -121,6 +128,8 @@ where
         actors::put_profile,
         actors::patch_profile,
         actors::erase,
+        tenants::export,
+        tenants::erase,
         policies::show,
         policies::replace,
         status::cluster,

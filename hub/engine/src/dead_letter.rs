@@ -116,13 +116,22 @@ pub struct DeadLetter {
     actor: Option<String>,
     /// Where a rendered delivery was going.
     target: Option<String>,
+    /// The headers a message arrived with (its `Hub-Tenant`, an ingest rule's actor header),
+    /// kept so a replay sends it as it came.
+    original: Option<HeaderMap>,
     /// The original bytes, or the event's JSON envelope (replayable on `events.<kind>`).
     body: Bytes,
 }
 
 impl DeadLetter {
-    /// A message as it arrived on `subject`.
-    pub fn message(reason: Reason, detail: impl Into<String>, subject: &str, body: Bytes) -> DeadLetter {
+    /// A message as it arrived on `subject`, with its headers.
+    pub fn message(
+        reason: Reason,
+        detail: impl Into<String>,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        body: Bytes,
+    ) -> DeadLetter {
         DeadLetter {
             reason,
             detail: detail.into(),
@@ -131,6 +140,7 @@ impl DeadLetter {
             event_id: None,
             actor: None,
             target: None,
+            original: headers.cloned(),
             body,
         }
     }
@@ -145,6 +155,7 @@ impl DeadLetter {
             event_id: Some(event.id.clone()),
             actor: Some(event.actor.clone()),
             target: None,
+            original: None,
             body: event.to_json().map(Bytes::from).unwrap_or_default(),
         }
     }
@@ -159,6 +170,7 @@ impl DeadLetter {
             event_id: Some(id.to_owned()),
             actor: Some(actor.to_owned()),
             target: None,
+            original: None,
             body: Bytes::copy_from_slice(payload),
         }
     }
@@ -173,6 +185,7 @@ impl DeadLetter {
             event_id: Some(delivery.id.clone()),
             actor: Some(delivery.actor.clone()),
             target: Some(delivery.target.clone()),
+            original: None,
             body: delivery.body.clone(),
         }
     }
@@ -200,6 +213,15 @@ impl DeadLetter {
             "dead letter"
         );
         let mut h = HeaderMap::new();
+        // The message's own headers first (not the server's `Nats-…`: a `Nats-Msg-Id` would
+        // make the letter a duplicate of another); the hub's, set below, take precedence.
+        for (name, values) in self.original.iter().flat_map(HeaderMap::iter) {
+            if !AsRef::<str>::as_ref(name).starts_with("Nats-") {
+                for value in values {
+                    h.append(name.clone(), value.clone());
+                }
+            }
+        }
         h.insert(headers::DLQ_REASON, header_safe(&self.detail).as_str());
         h.insert(headers::DLQ_SUBJECT, header_safe(&self.subject).as_str());
         if let Some(p) = &self.plugin {
@@ -247,9 +269,15 @@ mod tests {
 
     #[test]
     fn a_letter_carries_its_reason_and_input() {
-        let out = DeadLetter::message(Reason::NoRule, "no rule\nfits", "web.x", Bytes::from_static(b"{}"))
-            .plugin("p")
-            .into_outbound();
+        let out = DeadLetter::message(
+            Reason::NoRule,
+            "no rule\nfits",
+            "web.x",
+            None,
+            Bytes::from_static(b"{}"),
+        )
+        .plugin("p")
+        .into_outbound();
         assert_eq!(out.subject, "hub.dlq.no_rule");
         let h = out.headers.expect("headers");
         assert_eq!(h.get(headers::DLQ_REASON).map(|v| v.as_str()), Some("no rule fits"));

@@ -126,7 +126,13 @@ fn assert_one_map(payload: &[u8]) {
 /// detail and subject (they become NATS headers).
 fn assert_dead_letter(e: &IngressError, subject: &str, body: &[u8]) {
     assert!(!e.detail.is_empty(), "an error without a detail: {e:?}");
-    let letter = DeadLetter::message(e.reason, e.detail.clone(), subject, bytes::Bytes::copy_from_slice(body));
+    let letter = DeadLetter::message(
+        e.reason,
+        e.detail.clone(),
+        subject,
+        None,
+        bytes::Bytes::copy_from_slice(body),
+    );
     let out = letter.into_outbound();
     assert_eq!(out.subject, format!("hub.dlq.{}", e.reason.as_str()));
 }
@@ -754,12 +760,13 @@ impl RestApi {
             nats: nats.clone(),
             api: ApiState {
                 tenants: crate::tenant::Tenants::default(),
+                db: db.clone(),
                 router,
                 registry: registry.clone(),
                 stats,
                 profiles: db.profiles.clone(),
                 policies: policies.clone(),
-                auth: Auth::Token(ADMIN_TOKEN.into()),
+                auth: Auth::token(ADMIN_TOKEN),
                 max_module_bytes,
                 // No server behind the client: the dead-letter calls answer 503.
                 dead_letters: None,

@@ -110,6 +110,9 @@ impl Hub {
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Config)?;
         let tenants = crate::tenant::Tenants::new(&config.tenants).map_err(StartError::Config)?;
+        let auth = crate::api::Auth::new(config.admin_token.clone(), config.http.listen)
+            .with_tenants(&config.tenants)
+            .map_err(StartError::Config)?;
         std::fs::create_dir_all(&config.data_dir)?;
         let db = Db::open(&config.data_dir, config.engine.commit_interval_ms)?;
 
@@ -432,12 +435,13 @@ impl Hub {
             nats: client.clone(),
             api: crate::api::ApiState {
                 tenants: tenants.clone(),
+                db: db.clone(),
                 router: router.clone(),
                 registry: registry.clone(),
                 stats,
                 profiles,
                 policies,
-                auth: crate::api::Auth::new(config.admin_token.clone(), config.http.listen),
+                auth: auth.clone(),
                 max_module_bytes: config.limits.max_module_bytes,
                 dead_letters,
                 nats: client.clone(),

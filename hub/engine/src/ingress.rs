@@ -496,7 +496,13 @@ impl Task {
     }
 
     async fn dead_letter(&self, msg: &async_nats::Message, e: IngressError) {
-        let letter = DeadLetter::message(e.reason, e.detail, &msg.subject, msg.payload.clone());
+        let letter = DeadLetter::message(
+            e.reason,
+            e.detail,
+            &msg.subject,
+            msg.headers.as_ref(),
+            msg.payload.clone(),
+        );
         self.egress.send(letter.into_outbound()).await;
     }
 }

@@ -301,11 +301,25 @@ impl Registry {
         wasm: bytes::Bytes,
         config: Option<serde_json::Value>,
     ) -> Result<Change, AdminError> {
+        self.upload_for(name, wasm, config, None).await
+    }
+
+    /// [`Registry::upload`], for the named `tenants` only when given (otherwise the tenants
+    /// stay as they were: every tenant's, for a new plugin). The version goes live with them
+    /// in one switch, so it never runs for another tenant.
+    pub async fn upload_for(
+        self: &Arc<Self>,
+        name: &str,
+        wasm: bytes::Bytes,
+        config: Option<serde_json::Value>,
+        tenants: Option<Vec<String>>,
+    ) -> Result<Change, AdminError> {
         if !valid_name(name) {
             return Err(AdminError::BadName(name.to_owned()));
         }
         let _one_at_a_time = self.changes.lock().await;
-        let existing = self.store.plugin(name)?;
+        let mut existing = self.store.plugin(name)?;
+        let retenanted = tenants.is_some() && existing.as_ref().map(|r| &r.tenants) != Some(&tenants);
         let config = match (config, existing.as_ref().and_then(PluginRecord::active)) {
             (Some(c), _) => c,
             (None, Some(active)) => active.config.clone(),
@@ -316,8 +330,13 @@ impl Registry {
             && let Some(active) = record.active()
             && active.sha256 == sha256
             && active.config == config
+            && !retenanted
         {
             return Ok(self.unchanged(record));
+        }
+        if tenants.is_some() {
+            let record = existing.get_or_insert_with(|| PluginRecord::new(name));
+            record.tenants = tenants;
         }
         let size = wasm.len();
         let this = self.clone();
@@ -421,6 +440,7 @@ impl Registry {
             version,
             module,
             shadow: Some(Arc::new(crate::shadow::ShadowBook::new(name, version))),
+            tenants: record.scope(),
         });
         self.change_shadow(&record, |running| {
             running.shadows.insert(name.to_owned(), shadow);
@@ -453,6 +473,7 @@ impl Registry {
             version,
             module,
             shadow: None,
+            tenants: record.scope(),
         });
         self.change_shadow(&record, |running| {
             running.live.insert(name.to_owned(), promoted);
@@ -538,6 +559,29 @@ impl Registry {
         self.store_and_go_live(record).await
     }
 
+    /// Run `name` for the named `tenants` only (`None`: for every tenant), in one switch.
+    pub async fn set_tenants(self: &Arc<Self>, name: &str, tenants: Option<Vec<String>>) -> Result<Change, AdminError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let mut record = self.plugin(name)?;
+        if record.tenants == tenants {
+            return Ok(self.unchanged(&record));
+        }
+        record.tenants = tenants;
+        let shadow = record.shadow;
+        let change = self.store_and_go_live(record.clone()).await?;
+        // A shadow runs for the same tenants as its active version.
+        if let (Some(version), true) = (shadow, record.enabled) {
+            let this = self.clone();
+            let r = record.clone();
+            let shadow = self.blocking(move || this.shadow_plugin(&r, version)).await?;
+            self.change_shadow(&record, |running| {
+                running.shadows.insert(record.name.clone(), shadow);
+            })
+            .await?;
+        }
+        Ok(change)
+    }
+
     pub async fn set_enabled(self: &Arc<Self>, name: &str, enabled: bool) -> Result<Change, AdminError> {
         let _one_at_a_time = self.changes.lock().await;
         let mut record = self.plugin(name)?;
@@ -611,6 +655,7 @@ impl Registry {
                 version: record.active,
                 module,
                 shadow: None,
+                tenants: record.scope(),
             })
         });
         Ok(self.go_live(&record, live).await)
@@ -695,6 +740,7 @@ impl Registry {
             version: v.version,
             module,
             shadow: None,
+            tenants: record.scope(),
         }))
     }
 
@@ -709,6 +755,7 @@ impl Registry {
             version,
             module: self.module(&v.sha256, None, &v.config)?,
             shadow: Some(Arc::new(crate::shadow::ShadowBook::new(&record.name, version))),
+            tenants: record.scope(),
         }))
     }
 
@@ -785,13 +832,7 @@ fn next_record(
     size: usize,
     source: &str,
 ) -> PluginRecord {
-    let mut record = existing.unwrap_or_else(|| PluginRecord {
-        name: name.to_owned(),
-        active: 0,
-        enabled: true,
-        versions: Vec::new(),
-        shadow: None,
-    });
+    let mut record = existing.unwrap_or_else(|| PluginRecord::new(name));
     let version = record.next_version();
     record.versions.push(VersionRecord {
         version,

@@ -21,6 +21,12 @@ pub enum ShardMsg {
     /// A partition's state was restored from a cluster's changelog: forget what the shard
     /// holds of its actors and take its timers and checkpoints.
     Adopt(Adopt),
+    /// The actors whose key starts with `prefix` (a tenant's) that the shard holds in memory:
+    /// pending timers, and state not yet committed.
+    Actors {
+        prefix: String,
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
     /// Finish what is queued, commit, and exit.
     Stop,
 }

@@ -209,6 +209,16 @@ impl Shard {
                     ShardMsg::Reload => {}
                     ShardMsg::Actor { actor, request } => self.answer(&actor, request),
                     ShardMsg::Adopt(adopt) => self.adopt(adopt),
+                    ShardMsg::Actors { prefix, reply } => {
+                        let stores = home(&mut self.stores);
+                        let actors = stores
+                            .timers
+                            .actors_with_prefix(&prefix)
+                            .chain(stores.state.actors_with_prefix(&prefix))
+                            .map(str::to_owned)
+                            .collect();
+                        let _ = reply.send(actors);
+                    }
                     ShardMsg::Stop => stopping = true,
                 }
             }
@@ -291,6 +301,7 @@ impl Shard {
                         .only
                         .as_deref()
                         .is_some_and(|only| **self.plugins.name(p) != *only)
+                        || !self.plugins.takes(p, &routed.event.actor)
                     {
                         continue;
                     }
@@ -496,7 +507,10 @@ impl Shard {
         if !takers.is_empty() {
             let routed = Dispatch::action_event(&action, kind, received);
             for &p in takers.iter() {
-                self.call(p, Cause::Event(&routed));
+                // A delivery plugin of other tenants does not deliver this one's actions.
+                if self.plugins.takes(p, &action.actor) {
+                    self.call(p, Cause::Event(&routed));
+                }
             }
         }
         if self.dispatch.made() == made

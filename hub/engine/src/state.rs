@@ -110,6 +110,25 @@ impl Db {
         Ok(self.db.open_tree(format!("state/{plugin}"))?)
     }
 
+    /// Every actor whose key starts with `prefix` (a tenant's) that has plugin state, an action
+    /// ledger or a profile in sled. A scan of every state tree: for tenant-wide operations.
+    pub fn actors_with_prefix(&self, prefix: &str) -> Result<std::collections::BTreeSet<String>, StateError> {
+        let mut found = std::collections::BTreeSet::new();
+        let mut trees = vec![self.actions.clone()];
+        for plugin in self.state_plugins() {
+            trees.push(self.state_tree(&plugin)?);
+        }
+        for tree in trees {
+            for key in tree.iter().keys() {
+                if let Some(actor) = keys::state_actor(&key?).filter(|a| a.starts_with(prefix)) {
+                    found.insert(actor.to_owned());
+                }
+            }
+        }
+        found.extend(self.profiles.actors_with_prefix(prefix)?);
+        Ok(found)
+    }
+
     /// Make everything committed so far durable.
     pub fn flush(&self) -> Result<(), StateError> {
         self.db.flush()?;

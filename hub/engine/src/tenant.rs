@@ -111,10 +111,35 @@ impl Counted {
     }
 }
 
-/// What a tenant is given (its rate, share and quotas come here).
+/// The tenants a plugin runs for: every one, or those named (`PluginRecord::tenants`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope(Option<Arc<[String]>>);
+
+impl Scope {
+    pub fn of(names: Option<&[String]>) -> Scope {
+        Scope(names.map(Arc::from))
+    }
+
+    /// Whether the plugin takes the events of actor `key`.
+    pub fn takes(&self, key: &str) -> bool {
+        match &self.0 {
+            None => true,
+            Some(names) => {
+                let tenant = name_of(key);
+                names.iter().any(|n| n == tenant)
+            }
+        }
+    }
+}
+
+/// What a tenant is given.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantConfig {}
+#[serde(default, deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant's own bearer token for the admin API: its actors, plugins and dead letters
+    /// only (`HUB_TENANTS__<NAME>__TOKEN`).
+    pub token: Option<String>,
+}
 
 /// The declared tenants, shared by everything that takes inputs.
 #[derive(Debug, Clone, Default)]

@@ -2,13 +2,13 @@
 //! timers), profile updates, and erasing everything about the actor (a privacy request). An
 //! actor of a tenant other than the default is named with `?tenant=<name>`.
 
-use super::ApiState;
 use super::{ApiError, Failure};
+use super::{ApiState, Caller};
 use crate::actor::{ActorRequest, ActorState, Erased};
 use crate::state::ProfileError;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -60,10 +60,11 @@ impl From<ProfileError> for Failure {
     responses((status = 200, body = ActorView), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn show(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(t): Query<InTenant>,
 ) -> Result<Json<ActorView>, Failure> {
-    let key = key(&s, &id, &t)?;
+    let (key, tenant) = key(&s, &caller, &id, &t)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.router
         .ask(&key, ActorRequest::Inspect(reply))
@@ -73,7 +74,7 @@ pub async fn show(
     Ok(Json(ActorView {
         profile: s.profiles.get(&key)?,
         actor: id,
-        tenant: t.tenant,
+        tenant,
         held,
     }))
 }
@@ -85,11 +86,12 @@ pub async fn show(
     responses((status = 200, body = Object, description = "The profile now"), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn put_profile(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(t): Query<InTenant>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Failure> {
-    let key = key(&s, &id, &t)?;
+    let (key, _) = key(&s, &caller, &id, &t)?;
     Ok(Json(s.profiles.replace(&key, &parse(&body)?)?))
 }
 
@@ -101,11 +103,12 @@ pub async fn put_profile(
     responses((status = 200, body = Object, description = "The profile now"), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn patch_profile(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(t): Query<InTenant>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Failure> {
-    let key = key(&s, &id, &t)?;
+    let (key, _) = key(&s, &caller, &id, &t)?;
     Ok(Json(s.profiles.merge(&key, &parse(&body)?)?))
 }
 
@@ -115,10 +118,11 @@ pub async fn patch_profile(
     responses((status = 200, body = ErasedView), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub async fn erase(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(t): Query<InTenant>,
 ) -> Result<Json<ErasedView>, Failure> {
-    let key = key(&s, &id, &t)?;
+    let (key, tenant) = key(&s, &caller, &id, &t)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.router.ask(&key, ActorRequest::Erase(reply)).await.map_err(stopped)?;
     let mut erased = answer
@@ -126,21 +130,23 @@ pub async fn erase(
         .map_err(stopped)?
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, format!("erase failed: {e}")))?;
     erased.profile = s.profiles.remove(&key)?;
-    tracing::info!(actor = id, tenant = t.tenant, ?erased, "actor erased");
+    tracing::info!(actor = id, tenant, ?erased, "actor erased");
     Ok(Json(ErasedView {
         actor: id,
-        tenant: t.tenant,
+        tenant,
         erased,
     }))
 }
 
-/// The key of actor `id` of the tenant asked for. Ids in paths meet the same limits as
-/// everywhere else (`event::check_actor`), and the tenant must be declared.
-fn key(s: &ApiState, id: &str, t: &InTenant) -> Result<String, Failure> {
+/// The key of actor `id` of the tenant asked for (a tenant's token: its own), and the tenant
+/// (`None`: the default one). Ids in paths meet the same limits as everywhere else
+/// (`event::check_actor`), and the tenant must be declared.
+fn key(s: &ApiState, caller: &Caller, id: &str, t: &InTenant) -> Result<(String, Option<String>), Failure> {
     let bad = |e| Failure::new(StatusCode::BAD_REQUEST, e);
     crate::event::check_actor(id).map_err(bad)?;
-    let tenant = s.tenants.resolve(t.tenant.as_deref(), None).map_err(bad)?;
-    Ok(crate::tenant::qualify(tenant, id))
+    let asked = caller.tenant(t.tenant.as_deref())?;
+    let tenant = s.tenants.resolve(asked, None).map_err(bad)?;
+    Ok((crate::tenant::qualify(tenant, id), tenant.map(str::to_owned)))
 }
 
 fn parse(body: &[u8]) -> Result<serde_json::Value, Failure> {
@@ -176,8 +182,13 @@ pub async fn at_owner(
     else {
         return next.run(request).await;
     };
-    // A tenant that cannot be read is refused by the handler, here or at the owner.
-    let tenant = Query::<InTenant>::try_from_uri(request.uri()).map_or(None, |q| q.0.tenant);
+    // A tenant that cannot be read is refused by the handler, here or at the owner; a tenant's
+    // token names its own.
+    let asked = Query::<InTenant>::try_from_uri(request.uri()).map_or(None, |q| q.0.tenant);
+    let tenant = match request.extensions().get::<Caller>() {
+        Some(Caller::Tenant(own)) => Some(own.to_string()),
+        _ => asked,
+    };
     let partition = cluster.partition_of(&crate::tenant::qualify(tenant.as_deref(), &id));
     if cluster.owns(partition) {
         return next.run(request).await;

@@ -1,17 +1,28 @@
-//! Bearer-token check for admin calls.
+//! Bearer-token check for admin calls, and who made them: the admin, or a tenant whose own
+//! token (`[tenants.<name>] token`) lets it reach its own actors, plugins and dead letters only.
 
 use super::Failure;
+use crate::tenant::TenantConfig;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-/// Who may call the admin API.
+/// Who may call the admin API: the admin (see [`Admin`]) and the tenants with a token.
 #[derive(Clone, Debug)]
-pub enum Auth {
+pub struct Auth {
+    admin: Admin,
+    /// (token, tenant).
+    tenants: Arc<[(Arc<str>, Arc<str>)]>,
+}
+
+/// How the admin is recognised.
+#[derive(Clone, Debug)]
+pub enum Admin {
     /// Callers must send this bearer token.
     Token(Arc<str>),
     /// No token configured, listening on loopback: open (the local default).
@@ -22,40 +33,137 @@ pub enum Auth {
 
 impl Auth {
     pub fn new(token: Option<String>, listen: SocketAddr) -> Auth {
-        match token.filter(|t| !t.is_empty()) {
-            Some(t) => Auth::Token(t.into()),
+        let admin = match token.filter(|t| !t.is_empty()) {
+            Some(t) => Admin::Token(t.into()),
             None if listen.ip().is_loopback() => {
                 tracing::warn!("admin API without a token (HUB_ADMIN_TOKEN unset): open to local callers only");
-                Auth::OpenOnLoopback
+                Admin::OpenOnLoopback
             }
             None => {
                 tracing::warn!(%listen, "admin API disabled: set HUB_ADMIN_TOKEN to use it on a non-loopback address");
-                Auth::Closed
+                Admin::Closed
             }
+        };
+        Auth {
+            admin,
+            tenants: Arc::from([]),
+        }
+    }
+
+    /// The admin with `token` (see [`Auth::new`]).
+    pub fn token(token: &str) -> Auth {
+        Auth {
+            admin: Admin::Token(token.into()),
+            tenants: Arc::from([]),
+        }
+    }
+
+    /// The tenants' own tokens, each different from the admin's and from one another.
+    pub fn with_tenants(mut self, tenants: &BTreeMap<String, TenantConfig>) -> Result<Auth, String> {
+        let mut tokens: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        for (name, config) in tenants {
+            let Some(token) = config.token.as_deref().filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            let taken = tokens.iter().any(|(t, _)| same(t.as_bytes(), token.as_bytes()))
+                || matches!(&self.admin, Admin::Token(admin) if same(admin.as_bytes(), token.as_bytes()));
+            if taken {
+                return Err(format!(
+                    "tenant {name:?} has the token of the admin or of another tenant; each needs its own"
+                ));
+            }
+            tokens.push((token.into(), name.as_str().into()));
+        }
+        self.tenants = tokens.into();
+        Ok(self)
+    }
+
+    /// Who presents `given`, or why the call is refused.
+    fn caller(&self, given: Option<&str>) -> Result<Caller, &'static str> {
+        if let Some(token) = given
+            && let Some((_, tenant)) = self.tenants.iter().find(|(t, _)| same(t.as_bytes(), token.as_bytes()))
+        {
+            return Ok(Caller::Tenant(tenant.clone()));
+        }
+        match (&self.admin, given) {
+            (Admin::OpenOnLoopback, _) => Ok(Caller::Admin),
+            (Admin::Closed, _) => {
+                Err("the admin API is disabled: the hub listens beyond loopback and HUB_ADMIN_TOKEN is unset")
+            }
+            (Admin::Token(expected), Some(t)) if same(t.as_bytes(), expected.as_bytes()) => Ok(Caller::Admin),
+            (Admin::Token(_), Some(_)) => Err("wrong bearer token"),
+            (Admin::Token(_), None) => Err("this call needs Authorization: Bearer <HUB_ADMIN_TOKEN>"),
         }
     }
 }
 
-pub async fn require_token(State(auth): State<Auth>, request: Request, next: Next) -> Response {
-    let denied = match &auth {
-        Auth::OpenOnLoopback => None,
-        Auth::Closed => Some("the admin API is disabled: the hub listens beyond loopback and HUB_ADMIN_TOKEN is unset"),
-        Auth::Token(expected) => {
-            let given = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_token);
-            match given {
-                Some(t) if same(t.as_bytes(), expected.as_bytes()) => None,
-                Some(_) => Some("wrong bearer token"),
-                None => Some("this call needs Authorization: Bearer <HUB_ADMIN_TOKEN>"),
-            }
+/// Who made an admin call (a request extension the handlers read).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Caller {
+    Admin,
+    Tenant(Arc<str>),
+}
+
+impl Caller {
+    /// The tenant an actor of the call belongs to, `asked` for (`?tenant=`): a tenant's token
+    /// reaches its own tenant's actors only, which it need not name.
+    pub fn tenant<'a>(&'a self, asked: Option<&'a str>) -> Result<Option<&'a str>, Failure> {
+        match (self, asked) {
+            (Caller::Admin, asked) => Ok(asked),
+            (Caller::Tenant(own), None) => Ok(Some(own)),
+            (Caller::Tenant(own), Some(asked)) if asked == &**own => Ok(Some(own)),
+            (Caller::Tenant(own), Some(asked)) => Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                format!("the token of tenant {own:?} does not reach tenant {asked:?}"),
+            )),
         }
-    };
-    match denied {
-        None => next.run(request).await,
-        Some(why) => {
+    }
+
+    /// Whether the call may see or change a plugin that runs for `tenants` (`None`: every
+    /// tenant): a tenant's token reaches the plugins that run for its tenant alone.
+    pub fn reaches(&self, tenants: Option<&[String]>) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Tenant(own) => matches!(tenants, Some([only]) if only == &**own),
+        }
+    }
+
+    /// Whether the call may see a dead letter of `tenant` (`None`: the default one, or none).
+    pub fn sees(&self, tenant: Option<&str>) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Tenant(own) => tenant == Some(&**own),
+        }
+    }
+}
+
+/// What a tenant's token may call: its actors, plugins and dead letters (each handler keeps it
+/// to its own tenant). Policies, status, the cluster and the history are the platform's.
+fn tenants_may_call(path: &str) -> bool {
+    ["/api/actors/", "/api/plugins", "/api/dead-letters", "/api/tenants/"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
+}
+
+pub async fn require_token(State(auth): State<Auth>, mut request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    match auth.caller(given) {
+        Ok(Caller::Tenant(tenant)) if !tenants_may_call(request.uri().path()) => Failure::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the token of tenant {tenant:?} reaches /api/actors, /api/plugins and /api/dead-letters of its own tenant only"
+            ),
+        )
+        .into_response(),
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(why) => {
             let mut response = Failure::new(StatusCode::UNAUTHORIZED, why).into_response();
             response
                 .headers_mut()

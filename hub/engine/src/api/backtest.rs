@@ -7,7 +7,7 @@ use crate::backtest::diff::Detail;
 use crate::backtest::{BacktestError, Bound, Report, Request};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
@@ -58,12 +58,20 @@ impl From<BacktestError> for Failure {
         (status = 422, body = ApiError, description = "The candidate was refused, or the range holds nothing")))]
 pub async fn run(
     State(s): State<ApiState>,
+    Extension(caller): Extension<super::Caller>,
     Path(name): Path<String>,
     Query(params): Query<BacktestParams>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Report>, Failure> {
     wasm_body(&headers)?;
+    // A backtest replays every tenant's inputs: the platform's to run.
+    if caller != super::Caller::Admin {
+        return Err(Failure::new(
+            StatusCode::FORBIDDEN,
+            "a backtest replays every tenant's inputs; ask the admin to run it",
+        ));
+    }
     let backtests = s.backtests.as_ref().ok_or_else(|| {
         Failure::new(
             StatusCode::CONFLICT,

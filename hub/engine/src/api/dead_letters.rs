@@ -1,11 +1,12 @@
 //! `/api/dead-letters`: the kept dead letters (see `dead_letter::kept`), listed by reason,
-//! inspected whole, and replayed into the hub once their cause is fixed.
+//! inspected whole, and replayed into the hub once their cause is fixed. A tenant's token sees
+//! and replays the letters of its own tenant only.
 
-use super::{ApiError, ApiState, Failure};
+use super::{ApiError, ApiState, Caller, Failure};
 use crate::actor::ActorRequest;
 use crate::dead_letter::{KeptError, KeptLetters, Letter, LetterSummary, Replay, Stored};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -60,13 +61,33 @@ fn kept(s: &ApiState) -> Result<&KeptLetters, Failure> {
 /// The newest dead letters (of one reason, if given), and how many are kept of each reason.
 #[utoipa::path(get, path = "/api/dead-letters", tag = "dead letters", params(ListQuery),
     responses((status = 200, body = LetterList), (status = 401, body = ApiError), (status = 503, body = ApiError)))]
-pub async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Result<Json<LetterList>, Failure> {
+pub async fn list(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<LetterList>, Failure> {
     let kept = kept(&s)?;
     let limit = q.limit.unwrap_or(50).min(MAX_LIST);
-    let letters = kept.list(q.reason.as_deref(), limit).await?;
+    if caller == Caller::Admin {
+        return Ok(Json(LetterList {
+            letters: kept.list(q.reason.as_deref(), limit).await?,
+            by_reason: kept.counts().await?,
+        }));
+    }
+    // A tenant's own, among the newest (the counts by reason are its own too).
+    let letters: Vec<LetterSummary> = kept
+        .list(q.reason.as_deref(), MAX_LIST)
+        .await?
+        .into_iter()
+        .filter(|l| caller.sees(l.tenant.as_deref()))
+        .collect();
+    let mut by_reason = BTreeMap::new();
+    for letter in &letters {
+        *by_reason.entry(letter.reason.clone()).or_default() += 1;
+    }
     Ok(Json(LetterList {
-        letters,
-        by_reason: kept.counts().await?,
+        letters: letters.into_iter().take(limit).collect(),
+        by_reason,
     }))
 }
 
@@ -74,17 +95,33 @@ pub async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Resu
 #[utoipa::path(get, path = "/api/dead-letters/{seq}", tag = "dead letters",
     params(("seq" = u64, Path, description = "The letter's sequence in the dead-letter stream")),
     responses((status = 200, body = Object), (status = 404, body = ApiError)))]
-pub async fn show(State(s): State<ApiState>, Path(seq): Path<u64>) -> Result<Json<Letter>, Failure> {
-    Ok(Json(kept(&s)?.get(seq).await?))
+pub async fn show(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(seq): Path<u64>,
+) -> Result<Json<Letter>, Failure> {
+    let letter = kept(&s)?.get(seq).await?;
+    if !caller.sees(letter.summary.tenant.as_deref()) {
+        return Err(KeptError::NotFound(seq).into());
+    }
+    Ok(Json(letter))
 }
 
 /// Replay one dead letter into the hub; it leaves the kept letters once replayed.
 #[utoipa::path(post, path = "/api/dead-letters/{seq}/replay", tag = "dead letters",
     params(("seq" = u64, Path, description = "The letter's sequence in the dead-letter stream")),
     responses((status = 200, body = Replayed), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
-pub async fn replay_one(State(s): State<ApiState>, Path(seq): Path<u64>) -> Result<Json<Replayed>, Failure> {
+pub async fn replay_one(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(seq): Path<u64>,
+) -> Result<Json<Replayed>, Failure> {
     let kept = kept(&s)?;
-    replay(&s, kept, &kept.stored(seq).await?).await?;
+    let letter = kept.stored(seq).await?;
+    if !caller.sees(letter.summary().tenant.as_deref()) {
+        return Err(KeptError::NotFound(seq).into());
+    }
+    replay(&s, kept, &letter).await?;
     Ok(Json(Replayed {
         replayed: 1,
         refused: Vec::new(),
@@ -100,9 +137,14 @@ pub struct ReasonQuery {
 /// Replay every kept letter of one reason (up to 1000 per call), oldest first.
 #[utoipa::path(post, path = "/api/dead-letters/replay", tag = "dead letters", params(ReasonQuery),
     responses((status = 200, body = Replayed), (status = 401, body = ApiError)))]
-pub async fn replay_reason(State(s): State<ApiState>, Query(q): Query<ReasonQuery>) -> Result<Json<Replayed>, Failure> {
+pub async fn replay_reason(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ReasonQuery>,
+) -> Result<Json<Replayed>, Failure> {
     let kept = kept(&s)?;
     let mut letters = kept.newest(Some(&q.reason), MAX_LIST).await?;
+    letters.retain(|l| caller.sees(l.summary().tenant.as_deref()));
     letters.reverse();
     let mut done = Replayed {
         replayed: 0,

@@ -1,7 +1,8 @@
-//! `/api/plugins`: list, upload (hot swap), show, configure, roll back, enable, disable, delete.
+//! `/api/plugins`: list, upload (hot swap), show, configure, roll back, enable, disable, delete,
+//! and the tenants a plugin runs for.
 
-use super::ApiState;
 use super::{ApiError, Failure};
+use super::{ApiState, Caller};
 use crate::event::rfc3339;
 use crate::registry::{Change, PluginRecord};
 use crate::runtime::Description;
@@ -9,7 +10,7 @@ use crate::shadow::ShadowStatus;
 use crate::stats::Summary;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,9 @@ pub struct PluginSummary {
     /// The version running as a shadow, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_version: Option<u32>,
+    /// The tenants whose events it takes; absent: every tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
     #[serde(flatten)]
     pub stats: Summary,
 }
@@ -37,6 +41,9 @@ pub struct PluginDetail {
     pub name: String,
     pub active_version: u32,
     pub enabled: bool,
+    /// The tenants whose events it takes; absent: every tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
     /// Oldest first.
     pub versions: Vec<VersionInfo>,
     pub stats: Summary,
@@ -67,6 +74,16 @@ pub struct PushParams {
     /// Run it as a shadow beside the active version (own state and timers, delivering
     /// nothing, its outputs compared) instead of making it active.
     shadow: Option<bool>,
+    /// Comma-separated declared tenants whose events it takes (`*`: every tenant's); default:
+    /// as before (every tenant's, for a new plugin).
+    tenants: Option<String>,
+}
+
+/// `PUT /api/plugins/{name}/tenants`.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct TenantsRequest {
+    /// Declared tenants whose events it takes; `null`: every tenant's.
+    pub tenants: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -85,6 +102,7 @@ fn summary(record: &PluginRecord, stats: Summary) -> PluginSummary {
         module_version: active.map(|v| v.description.version.clone()).unwrap_or_default(),
         subscribes: active.map(|v| v.description.subscribes.clone()).unwrap_or_default(),
         shadow_version: record.shadow,
+        tenants: record.tenants.clone(),
         stats,
     }
 }
@@ -92,10 +110,17 @@ fn summary(record: &PluginRecord, stats: Summary) -> PluginSummary {
 /// All plugins with their active version and call statistics.
 #[utoipa::path(get, path = "/api/plugins", tag = "plugins",
     responses((status = 200, body = [PluginSummary]), (status = 401, body = ApiError)))]
-pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<PluginSummary>>, Failure> {
+pub async fn list(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<PluginSummary>>, Failure> {
     let records = s.registry.plugins()?;
     Ok(Json(
-        records.iter().map(|r| summary(r, s.stats.summary(&r.name))).collect(),
+        records
+            .iter()
+            .filter(|r| caller.reaches(r.tenants.as_deref()))
+            .map(|r| summary(r, s.stats.summary(&r.name)))
+            .collect(),
     ))
 }
 
@@ -113,6 +138,7 @@ pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<PluginSummary>>,
         (status = 422, body = ApiError, description = "Module refused: not a component, wrong world, init rejected the config or trapped")))]
 pub async fn push(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(params): Query<PushParams>,
     headers: HeaderMap,
@@ -120,10 +146,119 @@ pub async fn push(
 ) -> Result<Json<Change>, Failure> {
     wasm_body(&headers)?;
     let config = params.config.map(|c| parse_config(c.as_bytes())).transpose()?;
+    let mut tenants = match params.tenants.as_deref() {
+        None => None,
+        Some("*") => Some(None),
+        Some(list) => Some(Some(declared(&s, list.split(',').map(str::to_owned).collect())?)),
+    };
+    if let Caller::Tenant(own) = &caller {
+        // A tenant's plugin runs for it alone; a name of another's is not its to replace.
+        let own = vec![own.to_string()];
+        if tenants.as_ref().is_some_and(|t| t.as_ref() != Some(&own)) {
+            return Err(forbidden(&caller));
+        }
+        match s.registry.plugin(&name) {
+            Ok(record) if !caller.reaches(record.tenants.as_deref()) => {
+                return Err(Failure::new(
+                    StatusCode::CONFLICT,
+                    format!("the plugin name {name:?} is taken; choose another"),
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => tenants = Some(Some(own)),
+        }
+    }
     if params.shadow == Some(true) {
+        if tenants.is_some() {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "a shadow runs for its active version's tenants; set them on the plugin",
+            ));
+        }
         return Ok(Json(s.registry.upload_shadow(&name, body, config).await?));
     }
-    Ok(Json(s.registry.upload(&name, body, config).await?))
+    match tenants {
+        // Every tenant's again: the upload, then the scope (the plugin took more, not less).
+        Some(None) => {
+            let change = s.registry.upload(&name, body, config).await?;
+            let scoped = s.registry.set_tenants(&name, None).await?;
+            Ok(Json(Change {
+                changed: change.changed || scoped.changed,
+                ..scoped
+            }))
+        }
+        Some(Some(named)) => Ok(Json(s.registry.upload_for(&name, body, config, Some(named)).await?)),
+        None => Ok(Json(s.registry.upload(&name, body, config).await?)),
+    }
+}
+
+/// Run the plugin for the named tenants only, or (`null`) for every tenant, in one switch.
+#[utoipa::path(put, path = "/api/plugins/{name}/tenants", tag = "plugins",
+    params(("name" = String, Path, description = "Plugin name")),
+    request_body = TenantsRequest,
+    responses((status = 200, body = Change), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 404, body = ApiError)))]
+pub async fn tenants(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Change>, Failure> {
+    if caller != Caller::Admin {
+        return Err(forbidden(&caller));
+    }
+    let request: TenantsRequest = super::from_json_object(&body).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"tenants\": [names] or null}}: {e}"),
+        )
+    })?;
+    let tenants = request.tenants.map(|named| declared(&s, named)).transpose()?;
+    Ok(Json(s.registry.set_tenants(&name, tenants).await?))
+}
+
+/// A plugin of `name` the caller reaches (a tenant's token: one that runs for its tenant
+/// alone); another tenant's is as good as absent.
+pub(super) fn reach(s: &ApiState, caller: &Caller, name: &str) -> Result<(), Failure> {
+    if let Caller::Tenant(own) = caller {
+        let record = s.registry.plugin(name)?;
+        if !caller.reaches(record.tenants.as_deref()) {
+            return Err(Failure::new(
+                StatusCode::NOT_FOUND,
+                format!("no plugin {name:?} of tenant {own:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a tenant's token may not do.
+fn forbidden(caller: &Caller) -> Failure {
+    let who = match caller {
+        Caller::Tenant(own) => format!("the token of tenant {own:?}"),
+        Caller::Admin => "the admin".into(),
+    };
+    Failure::new(
+        StatusCode::FORBIDDEN,
+        format!("{who} loads plugins for its own tenant only; the admin chooses a plugin's tenants"),
+    )
+}
+
+/// `names`, each a declared tenant, sorted, at least one.
+fn declared(s: &ApiState, mut names: Vec<String>) -> Result<Vec<String>, Failure> {
+    let bad = |e: String| Failure::new(StatusCode::BAD_REQUEST, e);
+    names.retain(|n| !n.is_empty());
+    if names.is_empty() {
+        return Err(bad(
+            "name at least one tenant (or every tenant: null, or * in a query)".into()
+        ));
+    }
+    for name in &names {
+        s.tenants.resolve(Some(name), None).map_err(bad)?;
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// Make the shadow the active version, in one switch as a swap is: it carries on with the
@@ -132,7 +267,12 @@ pub async fn push(
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError),
         (status = 409, body = ApiError, description = "No shadow runs")))]
-pub async fn promote(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
+pub async fn promote(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Change>, Failure> {
+    reach(&s, &caller, &name)?;
     Ok(Json(s.registry.promote(&name).await?))
 }
 
@@ -141,7 +281,12 @@ pub async fn promote(State(s): State<ApiState>, Path(name): Path<String>) -> Res
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError),
         (status = 409, body = ApiError, description = "No shadow runs")))]
-pub async fn drop_shadow(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
+pub async fn drop_shadow(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Change>, Failure> {
+    reach(&s, &caller, &name)?;
     Ok(Json(s.registry.drop_shadow(&name).await?))
 }
 
@@ -164,7 +309,12 @@ pub(super) fn wasm_body(headers: &HeaderMap) -> Result<(), Failure> {
 #[utoipa::path(get, path = "/api/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = PluginDetail), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
-pub async fn show(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<PluginDetail>, Failure> {
+pub async fn show(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<PluginDetail>, Failure> {
+    reach(&s, &caller, &name)?;
     let record = s.registry.plugin(&name)?;
     Ok(Json(PluginDetail {
         versions: record
@@ -186,6 +336,7 @@ pub async fn show(State(s): State<ApiState>, Path(name): Path<String>) -> Result
         name: record.name,
         active_version: record.active,
         enabled: record.enabled,
+        tenants: record.tenants,
     }))
 }
 
@@ -196,7 +347,13 @@ pub async fn show(State(s): State<ApiState>, Path(name): Path<String>) -> Result
     request_body(content = Object, content_type = "application/json"),
     responses((status = 200, body = Change), (status = 400, body = ApiError), (status = 401, body = ApiError),
         (status = 404, body = ApiError), (status = 422, body = ApiError, description = "init rejected the config")))]
-pub async fn config(State(s): State<ApiState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Change>, Failure> {
+pub async fn config(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Change>, Failure> {
+    reach(&s, &caller, &name)?;
     let config = parse_config(&body)?;
     Ok(Json(s.registry.set_config(&name, config).await?))
 }
@@ -209,9 +366,11 @@ pub async fn config(State(s): State<ApiState>, Path(name): Path<String>, body: B
         (status = 409, body = ApiError, description = "No earlier version")))]
 pub async fn rollback(
     State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Change>, Failure> {
+    reach(&s, &caller, &name)?;
     let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest::default()
     } else {
@@ -229,7 +388,12 @@ pub async fn rollback(
 #[utoipa::path(post, path = "/api/plugins/{name}/enable", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
-pub async fn enable(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
+pub async fn enable(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Change>, Failure> {
+    reach(&s, &caller, &name)?;
     Ok(Json(s.registry.set_enabled(&name, true).await?))
 }
 
@@ -238,7 +402,12 @@ pub async fn enable(State(s): State<ApiState>, Path(name): Path<String>) -> Resu
 #[utoipa::path(post, path = "/api/plugins/{name}/disable", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
-pub async fn disable(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
+pub async fn disable(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Change>, Failure> {
+    reach(&s, &caller, &name)?;
     Ok(Json(s.registry.set_enabled(&name, false).await?))
 }
 
@@ -246,7 +415,12 @@ pub async fn disable(State(s): State<ApiState>, Path(name): Path<String>) -> Res
 #[utoipa::path(delete, path = "/api/plugins/{name}", tag = "plugins",
     params(("name" = String, Path, description = "Plugin name")),
     responses((status = 200, body = Change), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
-pub async fn remove(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Change>, Failure> {
+pub async fn remove(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Change>, Failure> {
+    reach(&s, &caller, &name)?;
     Ok(Json(s.registry.delete(&name).await?))
 }
 

@@ -238,7 +238,14 @@ impl Forwarder {
                 }
             }
             Err(e) => {
-                let letter = DeadLetter::message(e.reason, e.detail, &msg.subject, msg.payload.clone()).into_outbound();
+                let letter = DeadLetter::message(
+                    e.reason,
+                    e.detail,
+                    &msg.subject,
+                    msg.headers.as_ref(),
+                    msg.payload.clone(),
+                )
+                .into_outbound();
                 let sent = match letter.headers {
                     Some(h) => {
                         self.client

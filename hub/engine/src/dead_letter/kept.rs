@@ -58,6 +58,9 @@ pub struct LetterSummary {
     pub subject: String,
     pub event_id: Option<String>,
     pub actor: Option<String>,
+    /// The actor's tenant, or the tenant the message named; absent: the default one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// When it was stored, ms since the epoch.
     pub at: i64,
     pub size: usize,
@@ -243,6 +246,41 @@ impl KeptLetters {
     }
 
     /// Forget letter `seq`: it was replayed.
+    /// Delete every kept letter of `tenant` (erasing it): read once through an ordered
+    /// consumer of its own, from the oldest. How many.
+    pub async fn remove_of_tenant(&self, tenant: &str) -> Result<usize, KeptError> {
+        use futures::StreamExt;
+        let read = |e: String| KeptError::Read(e);
+        let mut consumer = self
+            .stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .map_err(|e| read(e.to_string()))?;
+        if consumer.info().await.map_err(|e| read(e.to_string()))?.num_pending == 0 {
+            return Ok(0);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| read(e.to_string()))?;
+        let mut removed = 0;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| read(e.to_string()))?;
+            let info = message.info().map_err(|e| read(e.to_string()))?;
+            let (seq, left) = (info.stream_sequence, info.pending);
+            let theirs = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(crate::tenant::HEADER))
+                .is_some_and(|t| t.as_str() == tenant);
+            if theirs {
+                self.remove(seq).await?;
+                removed += 1;
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+
     pub async fn remove(&self, seq: u64) -> Result<(), KeptError> {
         self.stream
             .delete_message(seq)
@@ -272,9 +310,27 @@ fn summarize(message: &StreamMessage) -> LetterSummary {
         subject: header(h, headers::DLQ_SUBJECT).unwrap_or_default(),
         event_id: header(h, headers::EVENT_ID),
         actor: header(h, headers::ACTOR),
+        tenant: header(h, crate::tenant::HEADER),
         at: (message.time.unix_timestamp_nanos() / 1_000_000) as i64,
         size: message.payload.len(),
     }
+}
+
+/// The headers a dead-lettered message arrived with: the letter's, without the hub's own
+/// (`Hub-…`, but `Hub-Tenant`) and the server's (`Nats-…`: its id would make the replay a
+/// duplicate of the input).
+fn original_headers(letter: &HeaderMap) -> HeaderMap {
+    let mut original = HeaderMap::new();
+    for (name, values) in letter.iter() {
+        let name_text: &str = name.as_ref();
+        let hubs = name_text.starts_with("Hub-") && name_text != crate::tenant::HEADER;
+        if !hubs && !name_text.starts_with("Nats-") {
+            for value in values {
+                original.append(name.clone(), value.clone());
+            }
+        }
+    }
+    original
 }
 
 /// Where a stored letter goes when replayed (see the module docs).
@@ -296,7 +352,7 @@ fn replay_of(seq: u64, message: &StreamMessage, events_subject: &str) -> Result<
             };
             Ok(Replay::Timer {
                 plugin,
-                actor,
+                actor: crate::tenant::qualify(summary.tenant.as_deref(), &actor),
                 id,
                 payload: message.payload.to_vec(),
             })
@@ -307,7 +363,7 @@ fn replay_of(seq: u64, message: &StreamMessage, events_subject: &str) -> Result<
             }
             Ok(Replay::Publish {
                 subject: summary.subject,
-                headers: HeaderMap::new(),
+                headers: original_headers(&message.headers),
                 body,
             })
         }
@@ -327,7 +383,7 @@ fn replay_of(seq: u64, message: &StreamMessage, events_subject: &str) -> Result<
             };
             Ok(Replay::Deliver(Delivery {
                 id,
-                actor,
+                actor: crate::tenant::qualify(summary.tenant.as_deref(), &actor),
                 channel: channel.to_owned(),
                 target,
                 plugin: summary.plugin.unwrap_or_default(),
@@ -383,10 +439,11 @@ mod tests {
     proptest! {
         #[test]
         fn a_stored_letter_reads_back_as_it_was_written(
-            detail in text(), actor in "[a-z0-9]{1,20}", id in "[a-z0-9-]{1,20}", plugin in "[a-z-]{1,20}",
+            detail in text(), local in "[a-z0-9]{1,20}", id in "[a-z0-9-]{1,20}", plugin in "[a-z-]{1,20}",
             kind in "[a-z]{1,10}\\.[a-z]{1,10}", payload in proptest::collection::vec(any::<u8>(), 0..64),
-            seq in 1u64..u64::MAX,
+            seq in 1u64..u64::MAX, tenant in proptest::option::of("[a-z]{1,6}"),
         ) {
+            let actor = crate::tenant::qualify(tenant.as_deref(), &local);
             let event = Event { id: id.clone(), kind: kind.clone(), actor: actor.clone(), time: 1, source: "events.x".into(), payload: vec![0x80] };
             let message = stored(DeadLetter::event(Reason::Trap, detail.clone(), &event).plugin(&plugin), seq);
             let summary = summarize(&message);
@@ -394,7 +451,8 @@ mod tests {
             prop_assert_eq!(&summary.reason, "trap");
             prop_assert_eq!(summary.detail.trim(), detail.trim());
             prop_assert_eq!(summary.plugin.as_deref(), Some(plugin.as_str()));
-            prop_assert_eq!(summary.actor.as_deref(), Some(actor.as_str()));
+            prop_assert_eq!(summary.actor.as_deref(), Some(local.as_str()));
+            prop_assert_eq!(&summary.tenant, &tenant);
             prop_assert_eq!(summary.event_id.as_deref(), Some(id.as_str()));
             match replay_of(seq, &message, "events") {
                 Ok(Replay::Publish { subject, headers, .. }) => {

@@ -554,7 +554,13 @@ impl Reader {
                 msg.subject,
                 crate::cluster::headers::SUBJECT
             );
-            let letter = DeadLetter::message(Reason::Invalid, detail, &msg.subject, msg.payload.clone());
+            let letter = DeadLetter::message(
+                Reason::Invalid,
+                detail,
+                &msg.subject,
+                msg.headers.as_ref(),
+                msg.payload.clone(),
+            );
             self.wiring.egress.send(letter.into_outbound()).await;
             self.acks.handled(place, reply, self.wiring.clock.next());
             return true;
@@ -613,7 +619,8 @@ impl Reader {
                 true
             }
             Err(e) => {
-                let letter = DeadLetter::message(e.reason, e.detail, subject, msg.payload.clone());
+                let letter =
+                    DeadLetter::message(e.reason, e.detail, subject, msg.headers.as_ref(), msg.payload.clone());
                 self.wiring.egress.send(letter.into_outbound()).await;
                 self.acks.handled(place, reply, self.wiring.clock.next());
                 true

@@ -22,6 +22,8 @@ pub struct LivePlugin {
     pub module: Arc<PluginModule>,
     /// Set for a shadow (see `crate::shadow`): where its outputs are compared, instead of sent.
     pub shadow: Option<Arc<crate::shadow::ShadowBook>>,
+    /// The tenants whose events it takes.
+    pub tenants: crate::tenant::Scope,
 }
 
 /// Everything the shards should run, in a stable order.

@@ -50,9 +50,24 @@ pub struct PluginRecord {
     /// before shadows existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<u32>,
+    /// The tenants whose events it takes; absent: every tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
 }
 
 impl PluginRecord {
+    /// A plugin with no version yet, for every tenant.
+    pub fn new(name: &str) -> PluginRecord {
+        PluginRecord {
+            name: name.to_owned(),
+            active: 0,
+            enabled: true,
+            versions: Vec::new(),
+            shadow: None,
+            tenants: None,
+        }
+    }
+
     /// The stored form.
     pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)
@@ -68,6 +83,10 @@ impl PluginRecord {
 
     pub fn active(&self) -> Option<&VersionRecord> {
         self.version(self.active)
+    }
+
+    pub fn scope(&self) -> crate::tenant::Scope {
+        crate::tenant::Scope::of(self.tenants.as_deref())
     }
 
     pub fn next_version(&self) -> u32 {
@@ -242,6 +261,7 @@ mod tests {
                 config: json!({"label": "blue"}),
             }],
             shadow: None,
+            tenants: None,
         }
     }
 
@@ -333,8 +353,9 @@ mod tests {
             enabled in any::<bool>(),
             versions in proptest::collection::vec(version_record(), 0..3),
             shadow in proptest::option::of(any::<u32>()),
+            tenants in proptest::option::of(proptest::collection::vec(any::<String>(), 0..3)),
         ) -> PluginRecord {
-            PluginRecord { name, active, enabled, versions, shadow }
+            PluginRecord { name, active, enabled, versions, shadow, tenants }
         }
     }
 
@@ -352,9 +373,10 @@ mod tests {
             let mut old = serde_json::to_value(&record).expect("encode");
             if let Some(map) = old.as_object_mut() {
                 map.remove("shadow");
+                map.remove("tenants");
             }
             let read = PluginRecord::from_bytes(old.to_string().as_bytes()).expect("decode");
-            prop_assert_eq!(read, PluginRecord { shadow: None, ..record });
+            prop_assert_eq!(read, PluginRecord { shadow: None, tenants: None, ..record });
         }
     }
 

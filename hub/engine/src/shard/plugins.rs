@@ -297,6 +297,11 @@ impl Plugins {
         &self.loaded[p].name
     }
 
+    /// Whether plugin `p` runs for the tenant of actor `key`.
+    pub fn takes(&self, p: usize, key: &str) -> bool {
+        self.loaded[p].live.tenants.takes(key)
+    }
+
     /// What events plugin `p` emits carry as their `source`.
     pub fn source(&self, p: usize) -> &str {
         &self.loaded[p].source

@@ -45,6 +45,7 @@ fn harness(plugins: &[(&str, serde_json::Value)], policies: Policies) -> Harness
                 version: 1,
                 module: Arc::new(module),
                 shadow: None,
+                tenants: Default::default(),
             })
         })
         .collect();

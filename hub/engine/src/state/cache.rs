@@ -135,6 +135,16 @@ impl StateCache {
         Ok(entries)
     }
 
+    /// The actors of the cached entries whose key starts with `prefix` (a tenant's), written
+    /// or not yet committed.
+    pub fn actors_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> {
+        self.entries
+            .iter()
+            .filter(|(_, entry)| entry.value.is_some())
+            .filter_map(|(key, _)| keys::state_actor(key.get(2..)?))
+            .filter(move |a| a.starts_with(prefix))
+    }
+
     pub fn dirty_count(&self) -> usize {
         self.dirty.len()
     }

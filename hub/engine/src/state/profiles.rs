@@ -54,6 +54,17 @@ pub struct Profiles {
 }
 
 impl Profiles {
+    /// The actors with a profile whose key starts with `prefix` (a tenant's).
+    pub fn actors_with_prefix(&self, prefix: &str) -> Result<Vec<String>, sled::Error> {
+        let mut found = Vec::new();
+        for key in self.tree.scan_prefix(prefix.as_bytes()).keys() {
+            if let Ok(actor) = String::from_utf8(key?.to_vec()) {
+                found.push(actor);
+            }
+        }
+        Ok(found)
+    }
+
     pub fn new(tree: sled::Tree) -> Profiles {
         Profiles {
             tree,

@@ -100,6 +100,14 @@ impl TimerWheel {
         timers.len()
     }
 
+    /// The actors with a pending timer whose key starts with `prefix` (a tenant's).
+    pub fn actors_with_prefix(&self, prefix: &str) -> impl Iterator<Item = &str> {
+        self.timers
+            .keys()
+            .filter_map(|key| keys::timer_actor(key))
+            .filter(move |a| a.starts_with(prefix))
+    }
+
     /// The pending timers of `actor`, by due time. A scan of all pending timers: for inspection
     /// and erasure, not the hot path.
     pub fn of_actor(&self, actor: &str) -> Vec<DueTimer> {
