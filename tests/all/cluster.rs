@@ -669,3 +669,81 @@ async fn an_earlier_versions_shared_partition_stream_stops_the_start_while_it_ho
     callbacks_once_each(&env, &actors("after", 4)).await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_actors_spread_over_the_instances_are_exported_and_erased_through_any_one() {
+    let env = Env::new().await;
+    let with_acme = |name: &str| {
+        let mut config = member(&env, name);
+        config.tenants.insert("acme".into(), Default::default());
+        config
+    };
+    let a = env.start(with_acme("a")).await;
+    until_owned(&[a.http_addr()], Duration::from_secs(10)).await;
+    let b = env.start(with_acme("b")).await;
+    until_owned(&[a.http_addr(), b.http_addr()], Duration::from_secs(15)).await;
+
+    // acme's actors and the default tenant's of the same ids: each called back once.
+    let ids = actors("t", 8);
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    for id in &ids {
+        for _ in 0..3 {
+            let body = json!({"kind": "payment.failed", "actor": id, "tenant": "acme"});
+            env.send_raw("events.payment.failed", body.to_string().as_bytes()).await;
+            env.send("payment.failed", id, json!({})).await;
+        }
+    }
+    let mut called = BTreeSet::new();
+    for _ in 0..2 * ids.len() {
+        let callback = json(&next(&mut callbacks, "a callback", 10).await);
+        let who = (
+            callback["tenant"].as_str().unwrap_or("default").to_owned(),
+            callback["actor"].to_string(),
+        );
+        assert!(called.insert(who.clone()), "{who:?} called back twice");
+    }
+    nothing(&mut callbacks, "a callback more", 500).await;
+
+    // Asked of one instance, the export and the erasure cover the other's partitions too.
+    let export = reqwest::get(format!("http://{}/api/tenants/acme/export", a.http_addr()))
+        .await
+        .expect("export")
+        .text()
+        .await
+        .expect("body");
+    let mut exported: Vec<String> = export
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line")["actor"].to_string())
+        .collect();
+    exported.sort();
+    let mut expected: Vec<String> = ids.iter().map(|id| json!(id).to_string()).collect();
+    expected.sort();
+    assert_eq!(exported, expected, "{export}");
+    let erased: Value = reqwest::Client::new()
+        .delete(format!("http://{}/api/tenants/acme", b.http_addr()))
+        .send()
+        .await
+        .expect("erase")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(erased["actors"], 8, "{erased}");
+    assert!(erased.get("unreached").is_none(), "{erased}");
+    let left = reqwest::get(format!("http://{}/api/tenants/acme/export", b.http_addr()))
+        .await
+        .expect("export")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(left, "", "nothing left of acme");
+    for id in &ids {
+        let view = actor_view(a.http_addr(), id).await;
+        assert_eq!(
+            view["actions"].as_array().map(Vec::len),
+            Some(1),
+            "the default tenant's {id}: {view}"
+        );
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+}
