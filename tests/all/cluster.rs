@@ -747,3 +747,47 @@ async fn a_tenants_actors_spread_over_the_instances_are_exported_and_erased_thro
     b.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lettered_timers_replayed_through_one_instance_fire_on_the_owner_of_each_actor() {
+    let env = Env::new().await;
+    let with_short_window = |name: &str| {
+        let mut config = member(&env, name);
+        config
+            .plugins
+            .config
+            .insert("cart-abandonment".into(), json!({"window": "1s"}));
+        config
+    };
+    let a = env.start(with_short_window("a")).await;
+    until_owned(&[a.http_addr()], Duration::from_secs(10)).await;
+    let b = env.start(with_short_window("b")).await;
+    until_owned(&[a.http_addr(), b.http_addr()], Duration::from_secs(15)).await;
+    let api = crate::support::Api::new(&a, None);
+    let mut offers = env.sub("hub.actions.offer.cart_reminder").await;
+
+    // Carts on both instances; their timers come due while the plugin is disabled.
+    let ids = actors("c", 8);
+    for id in &ids {
+        env.send("cart.updated", id, crate::support::shoes_cart()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = api.post("/api/plugins/cart-abandonment/disable", "").await;
+    assert_eq!(status, 200, "{body}");
+    crate::dead_letters::letters(&api, "disabled", ids.len()).await;
+
+    // Replayed through a, each fires where its actor is processed: one offer per cart.
+    let (status, body) = api.post("/api/plugins/cart-abandonment/enable", "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, done) = api.post("/api/dead-letters/replay?reason=disabled", "").await;
+    assert_eq!((status, done["replayed"].as_u64()), (200, Some(8)), "{done}");
+    let mut offered = BTreeSet::new();
+    for _ in &ids {
+        let offer = json(&next(&mut offers, "a replayed timer's offer", 10).await);
+        offered.insert(offer["actor"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(offered, ids.iter().cloned().collect::<BTreeSet<_>>());
+    nothing(&mut offers, "an offer more", 500).await;
+    b.shutdown().await;
+    a.shutdown().await;
+}

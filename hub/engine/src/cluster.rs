@@ -142,6 +142,13 @@ impl Cluster {
         self.board.borrow().clone()
     }
 
+    /// The live member that holds `partition`'s lease, as last seen (`None`: nobody now).
+    pub fn owner_of(&self, partition: u16) -> Option<Member> {
+        let board = self.board.borrow();
+        let owner = board.owners.iter().find(|o| o.partition == partition)?;
+        board.members.iter().find(|m| m.instance == owner.instance).cloned()
+    }
+
     fn publish(&self, board: Board) {
         self.board.send_modify(|b| {
             let restores = std::mem::take(&mut b.restores);

@@ -193,13 +193,7 @@ pub async fn at_owner(
     if cluster.owns(partition) {
         return next.run(request).await;
     }
-    let board = cluster.board();
-    let owner = board
-        .owners
-        .iter()
-        .find(|o| o.partition == partition)
-        .and_then(|o| board.members.iter().find(|m| m.instance == o.instance));
-    match owner {
+    match cluster.owner_of(partition) {
         Some(member) if member.instance == cluster.instance => Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("actor {id:?} is in partition {partition}, whose state this instance is restoring; try again in a moment"),

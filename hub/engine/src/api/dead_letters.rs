@@ -7,7 +7,7 @@ use crate::actor::ActorRequest;
 use crate::dead_letter::{KeptError, KeptLetters, Letter, LetterSummary, Replay, Stored};
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -115,13 +115,14 @@ pub async fn replay_one(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(seq): Path<u64>,
+    headers: HeaderMap,
 ) -> Result<Json<Replayed>, Failure> {
     let kept = kept(&s)?;
     let letter = kept.stored(seq).await?;
     if !caller.sees(letter.summary().tenant.as_deref()) {
         return Err(KeptError::NotFound(seq).into());
     }
-    replay(&s, kept, &letter).await?;
+    replay(&s, &headers, kept, &letter).await?;
     Ok(Json(Replayed {
         replayed: 1,
         refused: Vec::new(),
@@ -141,6 +142,7 @@ pub async fn replay_reason(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<ReasonQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<Replayed>, Failure> {
     let kept = kept(&s)?;
     let mut letters = kept.newest(Some(&q.reason), MAX_LIST).await?;
@@ -151,7 +153,7 @@ pub async fn replay_reason(
         refused: Vec::new(),
     };
     for letter in &letters {
-        match replay(&s, kept, letter).await {
+        match replay(&s, &headers, kept, letter).await {
             Ok(()) => done.replayed += 1,
             Err(e @ (KeptError::NotReplayable { .. } | KeptError::NotFound(_))) => done.refused.push(e.to_string()),
             Err(e) => return Err(e.into()),
@@ -161,7 +163,7 @@ pub async fn replay_reason(
 }
 
 /// Send a letter where it goes (see `dead_letter::kept`), then forget it.
-async fn replay(s: &ApiState, kept: &KeptLetters, letter: &Stored) -> Result<(), KeptError> {
+async fn replay(s: &ApiState, headers: &HeaderMap, kept: &KeptLetters, letter: &Stored) -> Result<(), KeptError> {
     let seq = letter.seq();
     let failed = |detail: String| KeptError::Publish { seq, detail };
     let publish = |subject: String, headers: async_nats::HeaderMap, body: bytes::Bytes| async move {
@@ -186,6 +188,14 @@ async fn replay(s: &ApiState, kept: &KeptLetters, letter: &Stored) -> Result<(),
             id,
             payload,
         } => {
+            // In a cluster a timer is set where its actor's partition is processed: a timer
+            // set elsewhere would be left to the owner, which would never see it.
+            if let Some(cluster) = &s.cluster {
+                let partition = cluster.partition_of(&actor);
+                if !cluster.owns(partition) {
+                    return at_owner(cluster, partition, seq, headers).await;
+                }
+            }
             let (reply, done) = tokio::sync::oneshot::channel();
             let request = ActorRequest::Rearm {
                 plugin,
@@ -199,4 +209,40 @@ async fn replay(s: &ApiState, kept: &KeptLetters, letter: &Stored) -> Result<(),
         }
     }
     kept.remove(seq).await
+}
+
+/// Have the instance that processes `partition` replay letter `seq` (the dead-letter stream is
+/// shared), with the caller's credentials; it forgets the letter once replayed.
+async fn at_owner(
+    cluster: &crate::cluster::Cluster,
+    partition: u16,
+    seq: u64,
+    headers: &HeaderMap,
+) -> Result<(), KeptError> {
+    let refuse = |why: String| KeptError::NotReplayable { seq, why };
+    let owner = cluster.owner_of(partition).ok_or_else(|| {
+        refuse(format!(
+            "its timer's actor is in partition {partition}, which no instance processes at the moment; try again in a few seconds"
+        ))
+    })?;
+    let mut request = reqwest::Client::new().post(format!("http://{}/api/dead-letters/{seq}/replay", owner.http));
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        request = request.header(header::AUTHORIZATION, auth.clone());
+    }
+    match request.send().await {
+        Ok(answer) if answer.status().is_success() => Ok(()),
+        Ok(answer) => Err(refuse(format!(
+            "{} (which processes its timer's actor) answered {}: {}",
+            owner.instance,
+            answer.status(),
+            answer.text().await.unwrap_or_default()
+        ))),
+        Err(e) => Err(KeptError::Publish {
+            seq,
+            detail: format!(
+                "{} (which processes its timer's actor) cannot be reached: {e}",
+                owner.instance
+            ),
+        }),
+    }
 }
