@@ -212,16 +212,12 @@ impl DeadLetter {
             subject = self.subject,
             "dead letter"
         );
-        let mut h = HeaderMap::new();
         // The message's own headers first (not the server's `Nats-…`: a `Nats-Msg-Id` would
         // make the letter a duplicate of another); the hub's, set below, take precedence.
-        for (name, values) in self.original.iter().flat_map(HeaderMap::iter) {
-            if !AsRef::<str>::as_ref(name).starts_with("Nats-") {
-                for value in values {
-                    h.append(name.clone(), value.clone());
-                }
-            }
-        }
+        let mut h = match &self.original {
+            Some(original) => headers_where(original, |name| !name.starts_with("Nats-")),
+            None => HeaderMap::new(),
+        };
         h.insert(headers::DLQ_REASON, header_safe(&self.detail).as_str());
         h.insert(headers::DLQ_SUBJECT, header_safe(&self.subject).as_str());
         if let Some(p) = &self.plugin {
@@ -242,6 +238,17 @@ impl DeadLetter {
             payload: self.body,
         }
     }
+}
+
+/// The headers of `from` whose name `keep` takes, every value of each.
+pub(crate) fn headers_where(from: &HeaderMap, keep: impl Fn(&str) -> bool) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for (name, values) in from.iter().filter(|(name, _)| keep(name.as_ref())) {
+        for value in values {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
 }
 
 /// Header values are one line of printable text.

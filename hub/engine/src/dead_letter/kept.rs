@@ -320,17 +320,10 @@ fn summarize(message: &StreamMessage) -> LetterSummary {
 /// (`Hub-…`, but `Hub-Tenant`) and the server's (`Nats-…`: its id would make the replay a
 /// duplicate of the input).
 fn original_headers(letter: &HeaderMap) -> HeaderMap {
-    let mut original = HeaderMap::new();
-    for (name, values) in letter.iter() {
-        let name_text: &str = name.as_ref();
-        let hubs = name_text.starts_with("Hub-") && name_text != crate::tenant::HEADER;
-        if !hubs && !name_text.starts_with("Nats-") {
-            for value in values {
-                original.append(name.clone(), value.clone());
-            }
-        }
-    }
-    original
+    super::headers_where(letter, |name| {
+        let hubs = name.starts_with("Hub-") && name != crate::tenant::HEADER;
+        !hubs && !name.starts_with("Nats-")
+    })
 }
 
 /// Where a stored letter goes when replayed (see the module docs).
