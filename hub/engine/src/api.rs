@@ -147,6 +147,21 @@ where
 )]
 struct ApiDoc;
 
+/// Make the same call on another member of the cluster (at `http`), with the caller's
+/// credentials: how an instance passes on what another one holds.
+pub(crate) async fn on_member(
+    http: &str,
+    method: reqwest::Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let mut request = reqwest::Client::new().request(method, format!("http://{http}{path}"));
+    if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+        request = request.header(axum::http::header::AUTHORIZATION, auth.clone());
+    }
+    request.send().await
+}
+
 /// The OpenAPI description of this API, generated from the handlers.
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

@@ -7,7 +7,7 @@ use crate::actor::ActorRequest;
 use crate::dead_letter::{KeptError, KeptLetters, Letter, LetterSummary, Replay, Stored};
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -225,11 +225,8 @@ async fn at_owner(
             "its timer's actor is in partition {partition}, which no instance processes at the moment; try again in a few seconds"
         ))
     })?;
-    let mut request = reqwest::Client::new().post(format!("http://{}/api/dead-letters/{seq}/replay", owner.http));
-    if let Some(auth) = headers.get(header::AUTHORIZATION) {
-        request = request.header(header::AUTHORIZATION, auth.clone());
-    }
-    match request.send().await {
+    let path = format!("/api/dead-letters/{seq}/replay");
+    match super::on_member(&owner.http, reqwest::Method::POST, &path, headers).await {
         Ok(answer) if answer.status().is_success() => Ok(()),
         Ok(answer) => Err(refuse(format!(
             "{} (which processes its timer's actor) answered {}: {}",

@@ -258,7 +258,6 @@ async fn others(
     let Some(cluster) = &s.cluster else {
         return Vec::new();
     };
-    let client = reqwest::Client::new();
     let mut answers = Vec::new();
     for member in cluster
         .board()
@@ -266,11 +265,7 @@ async fn others(
         .iter()
         .filter(|m| m.instance != cluster.instance)
     {
-        let mut request = client.request(method.clone(), format!("http://{}{path}", member.http));
-        if let Some(auth) = headers.get(header::AUTHORIZATION) {
-            request = request.header(header::AUTHORIZATION, auth.clone());
-        }
-        let answer = match request.send().await {
+        let answer = match super::on_member(&member.http, method.clone(), path, headers).await {
             Ok(answer) if answer.status().is_success() => {
                 answer.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string())
             }
