@@ -443,7 +443,7 @@ struct Task {
 }
 
 impl Task {
-    async fn run(self, mut sub: async_nats::Subscriber, mut stopped: watch::Receiver<bool>) {
+    async fn run(mut self, mut sub: async_nats::Subscriber, mut stopped: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 msg = sub.next() => match msg {
@@ -469,7 +469,7 @@ impl Task {
     }
 
     /// Decode and route one message; false once the shards are gone.
-    async fn handle(&self, msg: async_nats::Message) -> bool {
+    async fn handle(&mut self, msg: async_nats::Message) -> bool {
         let received = Instant::now();
         match self
             .decoder

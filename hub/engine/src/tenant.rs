@@ -86,12 +86,12 @@ pub fn insert_actor(headers: &mut async_nats::HeaderMap, header: &str, key: &str
     }
 }
 
-/// One metric counted per tenant. The default tenant's counter is made once, so a hub without
-/// tenants pays nothing per event; another tenant's is looked up by name at each count.
-#[derive(Clone)]
+/// One metric counted per tenant, for one counting task: each tenant's counter is registered
+/// once, at its first count, so no count allocates or asks the registry.
 pub struct Counted {
     metric: &'static str,
     default: metrics::Counter,
+    others: std::collections::HashMap<String, metrics::Counter>,
 }
 
 impl Counted {
@@ -99,14 +99,23 @@ impl Counted {
         Counted {
             metric,
             default: metrics::counter!(metric, "tenant" => DEFAULT),
+            others: Default::default(),
         }
     }
 
     /// Count one for the tenant of actor `key`.
-    pub fn count(&self, key: &str) {
-        match split(key).0 {
-            None => self.default.increment(1),
-            Some(tenant) => metrics::counter!(self.metric, "tenant" => tenant.to_owned()).increment(1),
+    pub fn count(&mut self, key: &str) {
+        let Some(tenant) = split(key).0 else {
+            self.default.increment(1);
+            return;
+        };
+        match self.others.get(tenant) {
+            Some(counter) => counter.increment(1),
+            None => {
+                let counter = metrics::counter!(self.metric, "tenant" => tenant.to_owned());
+                counter.increment(1);
+                self.others.insert(tenant.to_owned(), counter);
+            }
         }
     }
 }
