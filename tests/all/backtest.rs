@@ -1,7 +1,7 @@
 //! Backtests over real NATS: the recorded inputs replayed through the active version and a
 //! candidate, on the hub's runtime, compared output by output — and nothing sent or changed live.
 
-use crate::support::{Api, Env, next, nothing};
+use crate::support::{Api, Env, next, nothing, payment_trouble_wasm};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
@@ -22,10 +22,6 @@ fn callbacks(threshold: usize) -> BTreeSet<(String, String)> {
                 .map(move |i| (format!("c{c}"), format!("c{c}-f{i}")))
         })
         .collect()
-}
-
-fn wasm() -> Vec<u8> {
-    std::fs::read(std::path::Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built")
 }
 
 /// Send every customer's failures (ids `c<n>-f<i>`), and wait for the live callbacks: the inputs
@@ -80,7 +76,7 @@ async fn a_lower_threshold_adds_exactly_the_callbacks_the_model_predicts_and_not
     let (status, report) = api
         .post_wasm(
             "/api/plugins/payment-trouble/backtest",
-            wasm(),
+            payment_trouble_wasm(),
             &[("from", "1"), ("config", r#"{"threshold": 2}"#), ("full", "true")],
         )
         .await;
@@ -133,7 +129,11 @@ async fn an_identical_candidate_shows_no_difference_and_the_cli_says_so() {
     record(&env).await;
 
     let (status, report) = api
-        .post_wasm("/api/plugins/payment-trouble/backtest", wasm(), &[("from", "10m")])
+        .post_wasm(
+            "/api/plugins/payment-trouble/backtest",
+            payment_trouble_wasm(),
+            &[("from", "10m")],
+        )
         .await;
     assert_eq!(status, 200, "{report:#}");
     assert_eq!(report["identical"], true, "{report:#}");
@@ -149,7 +149,11 @@ async fn an_identical_candidate_shows_no_difference_and_the_cli_says_so() {
 
     // Wrong requests say what is wrong.
     let (status, body) = api
-        .post_wasm("/api/plugins/payment-trouble/backtest", wasm(), &[("from", "soon")])
+        .post_wasm(
+            "/api/plugins/payment-trouble/backtest",
+            payment_trouble_wasm(),
+            &[("from", "soon")],
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().is_some_and(|e| e.contains("from")), "{body}");
@@ -162,7 +166,11 @@ async fn an_identical_candidate_shows_no_difference_and_the_cli_says_so() {
         .await;
     assert_eq!(status, 422, "{body}");
     let (status, body) = api
-        .post_wasm("/api/plugins/payment-trouble/backtest", wasm(), &[("from", "999999")])
+        .post_wasm(
+            "/api/plugins/payment-trouble/backtest",
+            payment_trouble_wasm(),
+            &[("from", "999999")],
+        )
         .await;
     assert_eq!(status, 422, "{body}");
 
@@ -189,7 +197,11 @@ async fn core_input_keeps_nothing_to_backtest_and_says_so() {
     let hub = env.start(config).await;
     let api = Api::new(&hub, None);
     let (status, body) = api
-        .post_wasm("/api/plugins/payment-trouble/backtest", wasm(), &[("from", "1")])
+        .post_wasm(
+            "/api/plugins/payment-trouble/backtest",
+            payment_trouble_wasm(),
+            &[("from", "1")],
+        )
         .await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().is_some_and(|e| e.contains("durable")), "{body}");

@@ -337,3 +337,8 @@ impl Api {
         self.push_query(name, wasm, &query).await
     }
 }
+
+/// The built payment-trouble example, to upload.
+pub fn payment_trouble_wasm() -> Vec<u8> {
+    std::fs::read(std::path::Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built")
+}

@@ -5,6 +5,16 @@
 use crate::support::{Api, Env, header, json, next, nothing};
 use serde_json::json;
 
+/// Declare tenants acme and globex, each with its own token `<name>-t` if `tokens`.
+fn declare(config: &mut hub::config::Config, tokens: bool) {
+    for tenant in ["acme", "globex"] {
+        let token = tokens.then(|| format!("{tenant}-t"));
+        config
+            .tenants
+            .insert(tenant.into(), hub::tenant::TenantConfig { token });
+    }
+}
+
 /// Publish `body` on `subject` with a `Hub-Tenant` header naming `tenant`.
 async fn send_in_tenant(env: &Env, subject: &str, tenant: &str, body: &[u8]) {
     let mut headers = async_nats::HeaderMap::new();
@@ -29,9 +39,7 @@ async fn the_same_actor_id_in_two_tenants_is_two_actors_and_an_undeclared_tenant
     let env = Env::new().await;
     let mut config = env.config();
     config.admin_token = Some("t".into());
-    for tenant in ["acme", "globex"] {
-        config.tenants.insert(tenant.into(), Default::default());
-    }
+    declare(&mut config, false);
     // A legacy system's subjects name the client: `clients.<tenant>.payment`.
     config.ingest.push(hub::config::IngestRule {
         subject: "clients.*.payment".into(),
@@ -152,14 +160,11 @@ async fn a_plugin_loaded_for_named_tenants_takes_only_their_events_with_its_own_
     let env = Env::new().await;
     let mut config = env.config();
     config.admin_token = Some("t".into());
-    for tenant in ["acme", "globex"] {
-        config.tenants.insert(tenant.into(), Default::default());
-    }
+    declare(&mut config, false);
     let hub = env.start(config).await;
     let api = Api::new(&hub, Some("t"));
     let mut callbacks = env.sub("hub.actions.support.callback").await;
-    let wasm =
-        std::fs::read(std::path::Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built");
+    let wasm = crate::support::payment_trouble_wasm();
 
     // acme's own copy of the scenario calls back at the first failure.
     let query = [("tenants", "acme"), ("config", r#"{"threshold": 1}"#)];
@@ -255,18 +260,12 @@ async fn a_tenants_token_reaches_its_own_actors_plugins_and_dead_letters_and_not
     let env = Env::new().await;
     let mut config = env.config();
     config.admin_token = Some("admin-t".into());
-    for tenant in ["acme", "globex"] {
-        let tenant_config = hub::tenant::TenantConfig {
-            token: Some(format!("{tenant}-t")),
-        };
-        config.tenants.insert(tenant.into(), tenant_config);
-    }
+    declare(&mut config, true);
     let hub = env.start(config).await;
     let admin = Api::new(&hub, Some("admin-t"));
     let acme = Api::new(&hub, Some("acme-t"));
     let globex = Api::new(&hub, Some("globex-t"));
-    let wasm =
-        std::fs::read(std::path::Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built");
+    let wasm = crate::support::payment_trouble_wasm();
 
     // The platform's calls are the admin's.
     for path in ["/api/policies", "/api/status", "/api/cluster"] {
@@ -369,17 +368,11 @@ async fn a_tenant_is_exported_and_erased_as_a_whole_and_the_others_keep_theirs()
         .plugins
         .config
         .insert("cart-abandonment".into(), json!({"window": "1h"}));
-    for tenant in ["acme", "globex"] {
-        let tenant_config = hub::tenant::TenantConfig {
-            token: Some(format!("{tenant}-t")),
-        };
-        config.tenants.insert(tenant.into(), tenant_config);
-    }
+    declare(&mut config, true);
     let hub = env.start(config).await;
     let admin = Api::new(&hub, Some("admin-t"));
     let acme = Api::new(&hub, Some("acme-t"));
-    let wasm =
-        std::fs::read(std::path::Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built");
+    let wasm = crate::support::payment_trouble_wasm();
     let (status, change) = admin.push_query("acme-trouble", wasm, &[("tenants", "acme")]).await;
     assert_eq!(status, 200, "{change}");
 
