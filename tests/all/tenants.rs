@@ -9,9 +9,13 @@ use serde_json::json;
 fn declare(config: &mut hub::config::Config, tokens: bool) {
     for tenant in ["acme", "globex"] {
         let token = tokens.then(|| format!("{tenant}-t"));
-        config
-            .tenants
-            .insert(tenant.into(), hub::tenant::TenantConfig { token });
+        config.tenants.insert(
+            tenant.into(),
+            hub::tenant::TenantConfig {
+                token,
+                ..Default::default()
+            },
+        );
     }
 }
 
@@ -32,6 +36,60 @@ async fn fail_payment(env: &Env, actor: &str, tenant: Option<&str>) {
         body["tenant"] = json!(tenant);
     }
     env.send_raw("events.payment.failed", body.to_string().as_bytes()).await;
+}
+
+/// `tenant`'s own subject standing for `events.payment.failed`.
+fn own_subject(tenant: &str) -> String {
+    format!("tenant.{tenant}.events.payment.failed")
+}
+
+/// Publish a payment failure of `actor` on `subject`, the envelope naming no tenant.
+async fn fail_payment_on(env: &Env, subject: &str, actor: &str) {
+    let body = json!({"kind": "payment.failed", "actor": actor, "payload": {"amount": 20}});
+    env.send_raw(subject, body.to_string().as_bytes()).await;
+}
+
+/// Two failures of alice in the default tenant and two on acme's own subject bring no callback
+/// (three are needed, so none comes unless the two alices were one actor); acme's third does:
+/// the callback, checked to be acme's alice's.
+async fn alice_of_acme_is_called_back_on_its_own_subject(
+    env: &Env,
+    callbacks: &mut async_nats::Subscriber,
+) -> async_nats::Message {
+    let acme = own_subject("acme");
+    for subject in ["events.payment.failed", &acme, "events.payment.failed", &acme] {
+        fail_payment_on(env, subject, "alice").await;
+    }
+    nothing(callbacks, "a callback for two failures in each tenant", 500).await;
+    fail_payment_on(env, &acme, "alice").await;
+    let msg = next(callbacks, "acme's callback", 5).await;
+    let action = json(&msg);
+    assert_eq!(
+        (action["actor"].as_str(), action["tenant"].as_str()),
+        (Some("alice"), Some("acme")),
+        "{action}"
+    );
+    msg
+}
+
+/// payment-trouble's failures held for `actor` (in the tenant `query` names, "" for the
+/// default tenant) and the length of its ledger, once they are `expected` (waits up to 5 s):
+/// what was seen last.
+async fn failures_and_ledger(api: &Api, actor: &str, query: &str, expected: (usize, usize)) -> (usize, usize) {
+    let mut seen = (usize::MAX, usize::MAX);
+    for _ in 0..100 {
+        let (status, view) = api.get(&format!("/api/actors/{actor}{query}")).await;
+        assert_eq!(status, 200, "{view}");
+        let failures = view["state"]["payment-trouble"]["failures"]
+            .as_array()
+            .map_or(0, Vec::len);
+        seen = (failures, view["actions"].as_array().map_or(0, Vec::len));
+        if seen == expected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,5 +502,214 @@ async fn a_tenant_is_exported_and_erased_as_a_whole_and_the_others_keep_theirs()
         let (_, view) = admin.get(path).await;
         assert!(view["state"]["payment-trouble"].is_object(), "{path}: {view}");
     }
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_on_a_tenants_own_subjects_are_its_own_and_applied_once_across_a_restart() {
+    let env = Env::new().await;
+    let js = async_nats::jetstream::new(env.client.clone());
+    let mut config = env.config();
+    config.tenants.insert("acme".into(), Default::default());
+    config
+        .plugins
+        .config
+        .insert("payment-trouble".into(), json!({"threshold": 3}));
+    // A second callback of acme's alice is delivered, not suppressed as a duplicate: so an input
+    // applied twice would show as a callback.
+    config.policies.dedup_window = std::time::Duration::ZERO;
+    let hub = env.start(config.clone()).await;
+    let api = Api::new(&hub, None);
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+
+    let msg = alice_of_acme_is_called_back_on_its_own_subject(&env, &mut callbacks).await;
+    let action = json(&msg);
+    let acme = own_subject("acme");
+    let acme = acme.as_str();
+    assert_eq!(action["payload"]["failures"], 3, "{action}");
+    assert_eq!(
+        (header(&msg, "Hub-Actor"), header(&msg, "Hub-Tenant")),
+        ("alice".into(), "acme".into())
+    );
+    // The default tenant's alice saw none of acme's: two failures of its own, nobody called.
+    let default = failures_and_ledger(&api, "alice", "", (2, 0)).await;
+    assert_eq!(default, (2, 0), "the default tenant's alice: (failures, actions)");
+
+    // Two more of acme's: held in its state across the restart.
+    for _ in 0..2 {
+        fail_payment_on(&env, acme, "alice").await;
+    }
+    let before = failures_and_ledger(&api, "alice", "?tenant=acme", (2, 1)).await;
+    assert_eq!(before, (2, 1), "acme's alice before the restart: (failures, actions)");
+
+    // acme's inputs are in its own stream, on its own subjects; the input stream has only the
+    // default tenant's.
+    let mut own = js.get_stream("HUB_INPUT_acme").await.expect("acme's own stream");
+    let info = own.info().await.expect("info").clone();
+    assert_eq!(info.state.messages, 5, "acme's five inputs: {:?}", info.state);
+    assert!(
+        info.config.subjects.contains(&"tenant.acme.events.>".to_owned()),
+        "{:?}",
+        info.config.subjects
+    );
+    let mut input = js.get_stream("HUB_INPUT").await.expect("the input stream");
+    let messages = input.info().await.expect("info").state.messages;
+    assert_eq!(messages, 2, "the default tenant's two inputs only");
+
+    // Stopped and started again on the same data and server: nothing applied again (two more
+    // failures would call alice back), the two failures carried over.
+    hub.shutdown().await;
+    let hub = env.start(config).await;
+    let api = Api::new(&hub, None);
+    nothing(
+        &mut callbacks,
+        "a callback after the restart from inputs applied again",
+        1000,
+    )
+    .await;
+    let after = failures_and_ledger(&api, "alice", "?tenant=acme", (2, 1)).await;
+    assert_eq!(after, (2, 1), "acme's alice after the restart: (failures, actions)");
+
+    // The next failure is the third.
+    fail_payment_on(&env, acme, "alice").await;
+    let msg = next(&mut callbacks, "acme's callback after the restart", 5).await;
+    let action = json(&msg);
+    assert_eq!(
+        (action["actor"].as_str(), action["tenant"].as_str()),
+        (Some("alice"), Some("acme")),
+        "{action}"
+    );
+    assert_eq!(action["payload"]["failures"], 3, "{action}");
+    assert_eq!(header(&msg, "Hub-Tenant"), "acme");
+    nothing(&mut callbacks, "a second callback after the restart", 500).await;
+    let default = failures_and_ledger(&api, "alice", "", (2, 0)).await;
+    assert_eq!(default, (2, 0), "the default tenant's alice after the restart");
+    let messages = own.info().await.expect("info").state.messages;
+    assert_eq!(messages, 6, "acme's six inputs in its own stream");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_on_a_tenants_subject_naming_another_tenant_is_dead_lettered() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    declare(&mut config, false);
+    let hub = env.start(config).await;
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    let mut dlq = env.sub("hub.dlq.>").await;
+
+    // On acme's subject, with a header naming globex.
+    let body = json!({"kind": "payment.failed", "actor": "u1", "payload": {"amount": 20}});
+    send_in_tenant(&env, &own_subject("acme"), "globex", body.to_string().as_bytes()).await;
+    let letter = next(&mut dlq, "an input naming two tenants", 5).await;
+    assert_eq!(letter.subject.as_str(), "hub.dlq.invalid");
+    let reason = header(&letter, "Hub-Dlq-Reason");
+    assert!(reason.contains("two tenants"), "{reason}");
+    assert_eq!(header(&letter, "Hub-Dlq-Subject"), own_subject("acme"));
+
+    // On the subject of a tenant nobody declared: no stream takes it, so a producer that
+    // publishes with JetStream acknowledgements is told at once.
+    let js = async_nats::jetstream::new(env.client.clone());
+    let body = json!({"kind": "payment.failed", "actor": "u1"}).to_string();
+    let refused = match js.publish(own_subject("nobody"), body.into()).await {
+        Ok(ack) => ack.await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a publish on an undeclared tenant's subject was stored");
+    nothing(&mut callbacks, "a callback for a refused input", 200).await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_mode_takes_inputs_on_tenants_own_subjects() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.input.mode = hub::config::InputMode::Core;
+    config.tenants.insert("acme".into(), Default::default());
+    config
+        .plugins
+        .config
+        .insert("payment-trouble".into(), json!({"threshold": 3}));
+    let hub = env.start(config).await;
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    let msg = alice_of_acme_is_called_back_on_its_own_subject(&env, &mut callbacks).await;
+    assert_eq!(header(&msg, "Hub-Tenant"), "acme");
+
+    // An undeclared tenant's subject is dead-lettered saying so.
+    let mut dlq = env.sub("hub.dlq.>").await;
+    fail_payment_on(&env, &own_subject("nobody"), "alice").await;
+    let letter = next(&mut dlq, "an input on an undeclared tenant's subject", 5).await;
+    assert_eq!(letter.subject.as_str(), "hub.dlq.invalid");
+    let reason = header(&letter, "Hub-Dlq-Reason");
+    assert!(reason.contains("unknown tenant \"nobody\""), "{reason}");
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_plugin_quota_is_refused_and_the_status_shows_each_tenant() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.admin_token = Some("t".into());
+    declare(&mut config, true);
+    if let Some(acme) = config.tenants.get_mut("acme") {
+        acme.max_plugins = Some(1);
+        acme.share = 2;
+        acme.rate = Some(500);
+    }
+    let hub = env.start(config).await;
+    let admin = Api::new(&hub, Some("t"));
+    let acme = Api::new(&hub, Some("acme-t"));
+    let wasm = crate::support::payment_trouble_wasm();
+
+    let (status, change) = acme.push_query("first", wasm.clone(), &[]).await;
+    assert_eq!(status, 200, "{change}");
+    // A second of acme's own, by its token or by the admin for it: past its quota.
+    let (status, refused) = acme.push_query("second", wasm.clone(), &[]).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused.to_string().contains("max_plugins = 1"), "{refused}");
+    let (status, refused) = admin.push_query("second", wasm.clone(), &[("tenants", "acme")]).await;
+    assert_eq!(status, 409, "{refused}");
+    // Replacing its one plugin is no new plugin; globex has no quota.
+    let (status, change) = acme.push_query("first", wasm.clone(), &[]).await;
+    assert_eq!(status, 200, "{change}");
+    let (status, change) = admin.push_query("second", wasm.clone(), &[("tenants", "globex")]).await;
+    assert_eq!(status, 200, "{change}");
+    // Nor may a move give acme a second.
+    let (status, refused) = admin
+        .put_json("/api/plugins/second/tenants", r#"{"tenants": ["acme", "globex"]}"#)
+        .await;
+    assert_eq!(status, 409, "{refused}");
+
+    fail_payment_on(&env, &own_subject("acme"), "u1").await;
+    // The status (sampled once a second) has a line per tenant, with its limits and refusals.
+    let mut line = json!(null);
+    for _ in 0..50 {
+        let (status, s) = admin.get("/api/status").await;
+        assert_eq!(status, 200, "{s}");
+        let tenants = s["tenants"].as_array().cloned().unwrap_or_default();
+        line = tenants
+            .iter()
+            .find(|t| t["name"] == "acme")
+            .cloned()
+            .unwrap_or_default();
+        let names: Vec<&str> = tenants.iter().filter_map(|t| t["name"].as_str()).collect();
+        assert_eq!(names, ["default", "acme", "globex"], "{s}");
+        // Tests share the process's metrics: other tests' acme inputs count too.
+        if line["events_in"].as_u64() >= Some(1) && line["quota_refusals"] == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (&line["plugins"], &line["max_plugins"], &line["quota_refusals"]),
+        (&json!(1), &json!(1), &json!(3)),
+        "{line}"
+    );
+    assert_eq!((&line["share"], &line["rate"]), (&json!(2), &json!(500)), "{line}");
+    assert!(line["events_in"].as_u64() >= Some(1), "{line}");
+    assert!(
+        line["backlog"].is_u64(),
+        "acme's own stream has a backlog figure: {line}"
+    );
     hub.shutdown().await;
 }

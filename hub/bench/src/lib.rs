@@ -55,6 +55,7 @@ pub mod cluster;
 mod cpu;
 pub mod crash;
 mod examples;
+mod fairness;
 mod mode;
 mod phase;
 mod progress;
@@ -150,6 +151,20 @@ pub struct BenchArgs {
     /// Print the whole report as one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Instead of the phases above: fairness between tenants. A quiet tenant at
+    /// `--quiet-rate` for `--seconds`, timed alone, then while another floods (see `fairness`)
+    #[arg(long)]
+    pub fairness: bool,
+    /// The quiet tenant's inputs per second with `--fairness`
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(3..))]
+    pub quiet_rate: u64,
+    /// The flooding tenant's configured rate (inputs/s) with `--fairness`, where it has one
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub flood_rate: u32,
+    /// Actors the flood's payment failures are spread over with `--fairness`: with millions,
+    /// each failure writes a new actor's state and almost none acts
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub flood_actors: u64,
     /// Where the logs of the bench and its hubs go (emptied first), so that they do not
     /// interleave with the progress and the report
     #[arg(long, default_value_os_t = std::env::temp_dir().join("hub-bench.log"))]
@@ -183,6 +198,9 @@ pub enum Mix {
 
 /// Run the bench, print the report, and fail if any output was lost.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.fairness {
+        return fairness::run(&args).await;
+    }
     let server = Server::for_args(&args).await?;
     let outcome = bench(&args, server.url(), server.pid()).await;
     let server_slow_consumers = server.slow_consumers();

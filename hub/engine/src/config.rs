@@ -185,6 +185,10 @@ pub struct InputConfig {
     pub max_ack_pending: i64,
     /// Inputs asked for per pull request.
     pub batch: usize,
+    /// With tenants' own streams: inputs of one stream queued ahead of the shards at most
+    /// (times its tenant's share). A flooding tenant's backlog stays in its stream, so another
+    /// tenant's input waits behind at most this many of its inputs.
+    pub tenant_window: usize,
 }
 
 /// The sink of one delivery channel.
@@ -266,6 +270,10 @@ pub struct NatsConfig {
     pub events_subject: String,
     /// Subject prefix for profile updates (`<prefix>.<actor>`, a JSON object merged in).
     pub profiles_subject: String,
+    /// Subject prefix of tenants' own subjects: `<prefix>.<tenant>.<input subject>` is an input
+    /// of that tenant, kept in its own stream (durable mode) so it never waits behind another
+    /// tenant's backlog.
+    pub tenants_subject: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -383,6 +391,7 @@ impl Default for InputConfig {
             ack_wait: Duration::from_secs(60),
             max_ack_pending: 50_000,
             batch: 1000,
+            tenant_window: 8,
         }
     }
 }
@@ -395,6 +404,7 @@ impl Default for NatsConfig {
             outbound_capacity: 1 << 16,
             events_subject: "events".into(),
             profiles_subject: "profiles".into(),
+            tenants_subject: "tenant".into(),
         }
     }
 }
@@ -534,8 +544,9 @@ pub mod duration_text {
 /// `HUB_*` variables that address this config (sections joined by `__`). Other `HUB_` variables
 /// (set by tools, or for other programs) are not ours to refuse.
 fn env_overrides() -> Env {
-    const SECTIONS: [&str; 12] = [
+    const SECTIONS: [&str; 13] = [
         "cluster__",
+        "tenants__",
         "dead_letters__",
         "nats__",
         "http__",
@@ -579,6 +590,20 @@ mod tests {
             assert_eq!(config.nats.url, "nats://10.0.0.1:4222");
             assert_eq!(config.plugins.config["cart-abandonment"]["window"], "5m");
             assert_eq!(config.engine.commit_interval_ms, 50);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's signature")]
+    fn tenants_are_declared_by_environment_variables_as_documented() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HUB_TENANTS__ACME__TOKEN", "acme-secret");
+            jail.set_env("HUB_TENANTS__GLOBEX__SHARE", "3");
+            let config = Config::load(None).expect("load");
+            assert_eq!(config.tenants["acme"].token.as_deref(), Some("acme-secret"));
+            assert_eq!(config.tenants["acme"].share, 1, "the default share");
+            assert_eq!(config.tenants["globex"].share, 3);
             Ok(())
         });
     }

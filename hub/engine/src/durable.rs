@@ -19,12 +19,14 @@
 //!   written with its cause's commit and removed with its own effects' ([`Handoffs`]).
 
 mod acks;
+mod admission;
 mod checkpoints;
 mod handoffs;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use acks::Acks;
+pub use admission::Admission;
 pub use checkpoints::{CheckpointError, Checkpoints, adopt_stream};
 pub use handoffs::{Handoff, HandoffError, HandoffKey, Handoffs};
 
@@ -34,6 +36,8 @@ pub use handoffs::{Handoff, HandoffError, HandoffKey, Handoffs};
 pub struct Ticket {
     pub seq: u64,
     pub ordinal: u64,
+    /// The stream it came from (see `Checkpoints::load`): 0 for the input stream.
+    pub source: u16,
 }
 
 /// What the committer reports once commits are flushed to disk: per shard, the ordinal of the

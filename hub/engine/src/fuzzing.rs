@@ -721,7 +721,8 @@ impl RestApi {
             engine: EngineConfig::default(),
             policies: policies.clone(),
             sinks: sinks.clone(),
-            checkpoints: crate::durable::Checkpoints::load(db.sled(), 1, |_| 0)
+            admission: Default::default(),
+            checkpoints: crate::durable::Checkpoints::load(db.sled(), 1, |_| 0, &[])
                 .expect("checkpoints")
                 .remove(0),
             handoffs: crate::durable::Handoffs::load(db.sled(), false, 1, |_| 0)
@@ -753,6 +754,7 @@ impl RestApi {
                 input: crate::config::InputMode::Core,
                 queue_capacity: 1024,
                 kept: None,
+                tenants: Default::default(),
             })
         };
         let app = crate::http::router(crate::http::HttpState {

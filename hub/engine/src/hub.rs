@@ -210,7 +210,25 @@ impl Hub {
             InputMode::Core => None,
             InputMode::Durable => {
                 let subjects = crate::ingress::stream_subjects(&config.nats, &rules);
-                let input = InputStream::ensure(&client, &config.input, subjects, Duration::ZERO).await?;
+                let prefix = &config.nats.tenants_subject;
+                // Each tenant's own subjects go to its own stream, read beside the input
+                // stream; in a cluster, to the input stream, which the ingest lease's holder
+                // partitions.
+                let mut own = Vec::new();
+                let mut input_subjects = subjects.clone();
+                if tenants.names().next().is_some() {
+                    match &cluster {
+                        Some(_) => input_subjects.extend(subjects.iter().map(|s| format!("{prefix}.*.{s}"))),
+                        None => {
+                            for tenant in tenants.names() {
+                                own.push(
+                                    InputStream::ensure_own(&client, &config.input, tenant, prefix, &subjects).await?,
+                                );
+                            }
+                        }
+                    }
+                }
+                let input = InputStream::ensure(&client, &config.input, input_subjects, Duration::ZERO).await?;
                 // The checkpoints count in the sequences of the stream the shards' inputs come
                 // from: in a cluster, the partition stream.
                 let parts = match &cluster {
@@ -222,10 +240,13 @@ impl Hub {
                 match &parts {
                     Some(_) => {
                         let streams = format!("{}_<partition>", config.cluster.stream);
-                        crate::durable::adopt_stream(db.sled(), &streams, "")?
+                        crate::durable::adopt_stream(db.sled(), None, &streams, "")?
                     }
-                    None => crate::durable::adopt_stream(db.sled(), input.name(), &input.created)?,
+                    None => crate::durable::adopt_stream(db.sled(), None, input.name(), &input.created)?,
                 };
+                for stream in &own {
+                    crate::durable::adopt_stream(db.sled(), stream.tenant.as_deref(), stream.name(), &stream.created)?;
+                }
                 let (flushed_tx, flushed) = flume::unbounded();
                 let clock = Arc::new(FlushClock::default());
                 let (confirm_client, runtime) = (client.clone(), tokio::runtime::Handle::current());
@@ -270,7 +291,7 @@ impl Hub {
                     changelog_every: config.cluster.changelog_every,
                     pending,
                 };
-                Some(((input, parts), durability, flushed, clock))
+                Some(((input, own, parts), durability, flushed, clock))
             }
         };
         let (durability, durable) = match durable {
@@ -282,7 +303,27 @@ impl Hub {
         let handoffs = Handoffs::load(db.sled(), durable.is_some(), shard_count, |actor| {
             router.shard_of(actor)
         })?;
-        let checkpoints = Checkpoints::load(db.sled(), shard_count, |p| router.shard_of_partition(p))?;
+        // Sources of the shards' inputs beyond the input stream: the tenants' own streams.
+        let own_streams: Vec<String> = match &durable {
+            Some(((_, own, _), _, _)) => own.iter().filter_map(|s| s.tenant.clone()).collect(),
+            None => Vec::new(),
+        };
+        let admission = Arc::new(match own_streams.is_empty() {
+            true => crate::durable::Admission::unlimited(),
+            false => {
+                let window = u32::try_from(config.input.tenant_window).unwrap_or(u32::MAX).max(1);
+                let own = own_streams.iter().map(|t| (tenants.share(t), tenants.rate(t)));
+                let sources = std::iter::once((1, None)).chain(own);
+                let pressure = commits.pressure();
+                crate::durable::Admission::new(
+                    sources
+                        .map(|(share, rate)| (window.saturating_mul(share), rate))
+                        .collect(),
+                    move || pressure.is_congested(),
+                )
+            }
+        });
+        let checkpoints = Checkpoints::load(db.sled(), shard_count, |p| router.shard_of_partition(p), &own_streams)?;
         let mut shards = Vec::with_capacity(shard_count);
         let stores = wheels.into_iter().zip(handoffs).zip(checkpoints);
         for (id, (rx, ((timers, handoffs), checkpoints))) in receivers.into_iter().zip(stores).enumerate() {
@@ -301,6 +342,7 @@ impl Hub {
                 sinks: sinks.clone(),
                 checkpoints,
                 handoffs,
+                admission: admission.clone(),
                 keep_events: config.actions.keep_events,
                 cluster: cluster.as_ref().map(|cluster| crate::shard::ClusterLink {
                     cluster: cluster.clone(),
@@ -339,7 +381,7 @@ impl Hub {
         let http_addr = listener.local_addr()?;
         let mut cluster_parts = None;
         let profiles = db.profiles.clone();
-        let backtests = durable.as_ref().map(|((input, _), _, _)| {
+        let backtests = durable.as_ref().map(|((input, _, _), _, _)| {
             Arc::new(crate::backtest::Backtester::new(
                 client.clone(),
                 input.name(),
@@ -362,12 +404,14 @@ impl Hub {
                 )
                 .await?
             }
-            Some(((input, parts), flushed, clock)) => {
+            Some(((input, own, parts), flushed, clock)) => {
                 let wiring = Wiring {
                     router: router.clone(),
                     egress: egress.clone(),
                     clock,
                     flushed,
+                    admission: admission.clone(),
+                    tenants_subject: tenants.names().next().map(|_| config.nats.tenants_subject.clone()),
                 };
                 let source = match (parts, &cluster) {
                     (Some(parts), Some(cluster)) => {
@@ -386,6 +430,7 @@ impl Hub {
                             cluster.clone(),
                             config.cluster.subject.clone(),
                             ingest,
+                            wiring.tenants_subject.clone(),
                         );
                         let plugins = shared_plugins
                             .as_ref()
@@ -416,7 +461,7 @@ impl Hub {
                             },
                         })
                     }
-                    _ => Source::Input(Box::new(input)),
+                    _ => Source::Streams(std::iter::once(input).chain(own).collect()),
                 };
                 Ingress::start_durable(&client, &config.nats, rules, &tenants, source, wiring, profiles.clone()).await?
             }
@@ -429,6 +474,7 @@ impl Hub {
             input: config.input.mode,
             queue_capacity: config.engine.queue_capacity,
             kept: dead_letters.clone(),
+            tenants: tenants.clone(),
         });
         let app = crate::http::router(crate::http::HttpState {
             metrics,

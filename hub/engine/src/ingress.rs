@@ -74,6 +74,50 @@ pub(crate) fn assign_tenant(
     Ok(())
 }
 
+/// Decode an input as what it stands for: one published on a tenant's own subjects
+/// (`<tenants_subject>.<tenant>.<subject>`, `prefix` the first part when tenants are declared)
+/// as `<subject>` with its tenant named as a `Hub-Tenant` header would name it (so its envelope,
+/// ingest rule or header may name it too, but no other one); any other as it came.
+pub(crate) fn decode_as_published<T>(
+    prefix: Option<&str>,
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    decode: impl FnOnce(&str, Option<&async_nats::HeaderMap>) -> Result<T, IngressError>,
+) -> Result<T, IngressError> {
+    match prefix
+        .map(|p| on_tenant_subject(p, subject, headers))
+        .transpose()?
+        .flatten()
+    {
+        Some((standing_for, headers)) => decode(standing_for, Some(&headers)),
+        None => decode(subject, headers),
+    }
+}
+
+/// The subject an input on a tenant's own subject stands for, and its headers naming its
+/// tenant; `None` for an input on the shared subjects.
+fn on_tenant_subject<'a>(
+    prefix: &str,
+    subject: &'a str,
+    headers: Option<&async_nats::HeaderMap>,
+) -> Result<Option<(&'a str, async_nats::HeaderMap)>, IngressError> {
+    let Some((tenant, standing_for)) = tenant::on_own_subject(prefix, subject) else {
+        return Ok(None);
+    };
+    let mut headers = headers.cloned().unwrap_or_default();
+    if let Some(named) = headers.get(tenant::HEADER)
+        && named.as_str() != tenant
+    {
+        return Err(IngressError::invalid(format!(
+            "the input names two tenants: {tenant:?} by its subject, and {:?} in its {} header",
+            named.as_str(),
+            tenant::HEADER
+        )));
+    }
+    headers.insert(tenant::HEADER, tenant);
+    Ok(Some((standing_for, headers)))
+}
+
 /// The plugin a replayed dead letter is for (`Hub-Replay-For`), if it is one.
 pub(crate) fn replayed_for(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
     headers
@@ -357,13 +401,27 @@ impl Ingress {
     ) -> Result<Ingress, async_nats::SubscribeError> {
         let (stop, stopped) = watch::channel(false);
         let ids = Arc::new(IdGen::new());
-        let subscriptions = decoders(nats, rules, tenants, Some(profiles));
+        let mut subscriptions: Vec<(String, Decoder, Option<String>)> =
+            decoders(nats, rules.clone(), tenants, Some(profiles.clone()))
+                .into_iter()
+                .map(|(subject, decoder)| (subject, decoder, None))
+                .collect();
+        // Each tenant's own subjects too, when tenants are declared.
+        if tenants.names().next().is_some() {
+            let prefix = &nats.tenants_subject;
+            subscriptions.extend(
+                decoders(nats, rules, tenants, Some(profiles))
+                    .into_iter()
+                    .map(|(subject, decoder)| (format!("{prefix}.*.{subject}"), decoder, Some(prefix.clone()))),
+            );
+        }
         let mut tasks = Vec::new();
-        for (subject, decoder) in subscriptions {
+        for (subject, decoder, tenants_subject) in subscriptions {
             let sub = client.subscribe(subject.clone()).await?;
             tracing::info!(subject, "ingress subscribed");
             let task = Task {
                 decoder,
+                tenants_subject,
                 router: router.clone(),
                 egress: egress.clone(),
                 ids: ids.clone(),
@@ -435,6 +493,8 @@ async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::Subsc
 
 struct Task {
     decoder: Decoder,
+    /// Set on a subscription to tenants' own subjects: their prefix.
+    tenants_subject: Option<String>,
     router: Router,
     egress: Egress,
     ids: Arc<IdGen>,
@@ -471,10 +531,14 @@ impl Task {
     /// Decode and route one message; false once the shards are gone.
     async fn handle(&mut self, msg: async_nats::Message) -> bool {
         let received = Instant::now();
-        match self
-            .decoder
-            .decode(&msg.subject, msg.headers.as_ref(), &msg.payload, &self.ids)
-        {
+        let (decoder, ids) = (&self.decoder, &self.ids);
+        let decoded = decode_as_published(
+            self.tenants_subject.as_deref(),
+            &msg.subject,
+            msg.headers.as_ref(),
+            |subject, headers| decoder.decode(subject, headers, &msg.payload, ids),
+        );
+        match decoded {
             Ok(Some(event)) => {
                 self.events_in.increment(1);
                 self.tenant_events.count(&event.actor);

@@ -61,6 +61,10 @@ pub const TENANT_EVENTS_IN: &str = "hub_tenant_events_in_total";
 pub const TENANT_ACTIONS: &str = "hub_tenant_actions_total";
 /// Dead letters of a known actor, per `tenant`.
 pub const TENANT_DEAD_LETTERS: &str = "hub_tenant_dead_letters_total";
+/// Inputs in a tenant's own stream not yet delivered to the hub, per `tenant`: its backlog.
+pub const TENANT_BACKLOG: &str = "hub_tenant_backlog";
+/// Requests refused for a tenant's quota, per `tenant` and `quota`.
+pub const TENANT_QUOTA_REFUSALS: &str = "hub_tenant_quota_refusals_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static UPKEEP: std::sync::Once = std::sync::Once::new();

@@ -59,6 +59,9 @@ pub struct ShardSetup {
     pub checkpoints: Checkpoints,
     /// Events emitted for other shards that cross through the `handoffs` tree (durable mode).
     pub handoffs: Handoffs,
+    /// Inputs of each stream queued ahead of the shards, against their windows (durable mode
+    /// with tenants' own streams).
+    pub admission: Arc<crate::durable::Admission>,
     /// Whether emitted events carry their id as `Nats-Msg-Id`, for the output stream that
     /// keeps them (`[actions] keep_events`).
     pub keep_events: bool,
@@ -136,6 +139,7 @@ pub struct Shard {
     /// The inputs applied so far, per partition: a stream input at or below its partition's
     /// checkpoint was applied already (see `durable`).
     checkpoints: Checkpoints,
+    admission: Arc<crate::durable::Admission>,
     /// The ordinal of the last stream input handled (reported with each commit).
     handled: u64,
     cluster: Option<ClusterLink>,
@@ -168,6 +172,7 @@ impl Shard {
             egress: Batcher::new(setup.egress),
             commits: ShardCommits::new(setup.id, setup.commits, commit_every),
             checkpoints: setup.checkpoints,
+            admission: setup.admission,
             keep_events: setup.keep_events,
             handled: 0,
             cluster: setup.cluster,
@@ -255,6 +260,7 @@ impl Shard {
     /// Run the plugin chain for one input event (unless it was applied before: see `durable`).
     fn process(&mut self, routed: Routed) {
         if let Some(ticket) = routed.input {
+            self.admission.taken(ticket.source);
             self.handled = ticket.ordinal;
             // A partition whose lease was lost since: its new owner reads the input again.
             if self
@@ -266,7 +272,7 @@ impl Shard {
                 return;
             }
             let partition = Router::partition_of(&routed.event.actor);
-            if !self.checkpoints.admit(partition, ticket.seq) {
+            if !self.checkpoints.admit(ticket.source, partition, ticket.seq) {
                 self.metrics.inputs_replayed.increment(1);
                 return;
             }

@@ -51,6 +51,31 @@ pub struct Status {
     /// Inputs in the stream not yet delivered to the hub (durable input).
     pub consumer_lag: Option<u64>,
     pub timers_pending: u64,
+    /// Per tenant: the default one, each declared one, and any other seen in the metrics.
+    #[serde(default)]
+    pub tenants: Vec<TenantStatus>,
+}
+
+/// One tenant's figures and limits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TenantStatus {
+    pub name: String,
+    /// Inputs that became events, per second over the last sample interval.
+    pub events_in_per_s: f64,
+    /// Since the hub started.
+    pub events_in: u64,
+    pub actions: u64,
+    pub dead_letters: u64,
+    /// Inputs in its own stream not yet delivered to the hub (durable mode, declared tenants).
+    pub backlog: Option<u64>,
+    /// Plugins that run for it alone.
+    pub plugins: u64,
+    pub share: u32,
+    /// Inputs/s read from its own stream at most.
+    pub rate: Option<u32>,
+    pub max_plugins: Option<u32>,
+    /// Requests refused for its quotas since the hub started.
+    pub quota_refusals: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -167,6 +192,7 @@ pub struct Sources {
     pub queue_capacity: usize,
     /// The kept dead letters, counted by reason at each sample.
     pub kept: Option<KeptLetters>,
+    pub tenants: crate::tenant::Tenants,
 }
 
 /// The latest snapshot and the recent history, shared with the API.
@@ -318,7 +344,9 @@ fn snapshot(
             }
         })
         .collect();
+    let tenants = tenant_figures(sources, figures, previous, now, &plugins_of_tenants(sources));
     Status {
+        tenants,
         at: crate::event::now_ms(),
         uptime_s: now.duration_since(started).as_secs(),
         input: match sources.input {
@@ -372,6 +400,74 @@ fn snapshot(
     }
 }
 
+/// Plugins that run for each named tenant alone (or among a few).
+fn plugins_of_tenants(sources: &Sources) -> BTreeMap<String, u64> {
+    let mut count = BTreeMap::new();
+    for record in sources.registry.plugins().unwrap_or_default() {
+        for tenant in record.tenants.iter().flatten() {
+            *count.entry(tenant.clone()).or_default() += 1;
+        }
+    }
+    count
+}
+
+/// Every tenant's line: the default, the declared ones, and any other the metrics name.
+fn tenant_figures(
+    sources: &Sources,
+    figures: &Figures,
+    previous: Option<&(Instant, Figures)>,
+    now: Instant,
+    plugins: &BTreeMap<String, u64>,
+) -> Vec<TenantStatus> {
+    let mut names: Vec<String> = std::iter::once(crate::tenant::DEFAULT.to_owned())
+        .chain(sources.tenants.names().map(str::to_owned))
+        .collect();
+    for name in figures.tenants.keys() {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let of = figures.tenants.get(&name);
+            let get = |f: fn(&TenantFigures) -> f64| of.map_or(0.0, f);
+            let events_in_per_s = match previous {
+                Some((then, before)) => {
+                    let earlier = before.tenants.get(&name).map_or(0.0, |t| t.events_in);
+                    let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
+                    ((get(|t| t.events_in) - earlier) / secs).max(0.0)
+                }
+                None => 0.0,
+            };
+            let config = sources.tenants.config(&name);
+            TenantStatus {
+                events_in_per_s,
+                events_in: get(|t| t.events_in) as u64,
+                actions: get(|t| t.actions) as u64,
+                dead_letters: get(|t| t.dead_letters) as u64,
+                backlog: of.and_then(|t| t.backlog).map(|b| b as u64),
+                plugins: plugins.get(&name).copied().unwrap_or(0),
+                share: config.map_or(1, |c| c.share),
+                rate: config.and_then(|c| c.rate),
+                max_plugins: config.and_then(|c| c.max_plugins),
+                quota_refusals: get(|t| t.quota_refusals) as u64,
+                name,
+            }
+        })
+        .collect()
+}
+
+/// One tenant's metrics.
+#[derive(Debug, Default)]
+struct TenantFigures {
+    events_in: f64,
+    actions: f64,
+    dead_letters: f64,
+    backlog: Option<f64>,
+    quota_refusals: f64,
+}
+
 /// What one rendering of the metrics says, summed over the labels the status does not show.
 #[derive(Debug, Default)]
 struct Figures {
@@ -386,6 +482,7 @@ struct Figures {
     consumer_pending: Option<f64>,
     timers_pending: f64,
     latency: Buckets,
+    tenants: BTreeMap<String, TenantFigures>,
 }
 
 impl Figures {
@@ -427,10 +524,19 @@ impl Figures {
                 }
                 m::CONSUMER_PENDING => f.consumer_pending = Some(value),
                 m::TIMERS_PENDING => f.timers_pending += value,
+                m::TENANT_EVENTS_IN => f.tenant(label("tenant")).events_in += value,
+                m::TENANT_ACTIONS => f.tenant(label("tenant")).actions += value,
+                m::TENANT_DEAD_LETTERS => f.tenant(label("tenant")).dead_letters += value,
+                m::TENANT_BACKLOG => f.tenant(label("tenant")).backlog = Some(value),
+                m::TENANT_QUOTA_REFUSALS => f.tenant(label("tenant")).quota_refusals += value,
                 _ => {}
             }
         }
         f
+    }
+
+    fn tenant(&mut self, name: String) -> &mut TenantFigures {
+        self.tenants.entry(name).or_default()
     }
 
     /// What left the hub: actions and emitted events.

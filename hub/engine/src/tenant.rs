@@ -142,12 +142,45 @@ impl Scope {
 }
 
 /// What a tenant is given.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantConfig {
     /// The tenant's own bearer token for the admin API: its actors, plugins and dead letters
     /// only (`HUB_TENANTS__<NAME>__TOKEN`).
     pub token: Option<String>,
+    /// The tenant's weight when tenants compete for the shards: inputs of its own stream
+    /// queued ahead of them at most, in units of `[input] tenant_window` (durable mode).
+    pub share: u32,
+    /// Inputs per second its own stream is read at, at most: beyond it they wait there, in
+    /// order, nothing dropped (durable mode). None: as fast as its share allows.
+    pub rate: Option<u32>,
+    /// Plugins that run for it alone, at most: an upload or a move past it is refused (409).
+    pub max_plugins: Option<u32>,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        TenantConfig {
+            token: None,
+            share: 1,
+            rate: None,
+            max_plugins: None,
+        }
+    }
+}
+
+/// An input published on a tenant's own subjects, `<prefix>.<tenant>.<subject>` (with the
+/// prefix `[nats] tenants_subject`): its tenant and the subject it stands for. Such inputs go
+/// to the tenant's own stream, where no other tenant's backlog is ahead of them.
+pub fn on_own_subject<'a>(prefix: &str, subject: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (tenant, subject) = rest.split_once('.')?;
+    (!tenant.is_empty() && !subject.is_empty()).then_some((tenant, subject))
+}
+
+/// The subjects of `tenant`'s own stream: each input subject under its prefix.
+pub fn own_subjects(prefix: &str, tenant: &str, subjects: &[String]) -> Vec<String> {
+    subjects.iter().map(|s| format!("{prefix}.{tenant}.{s}")).collect()
 }
 
 /// The declared tenants, shared by everything that takes inputs.
@@ -162,11 +195,19 @@ pub struct Tenants {
 impl Tenants {
     /// Check every name; `default` is implied and may not be declared.
     pub fn new(declared: &BTreeMap<String, TenantConfig>) -> Result<Tenants, String> {
-        for name in declared.keys() {
+        for (name, config) in declared {
             check_name(name)?;
             if name == DEFAULT {
                 return Err(format!(
                     "tenant {DEFAULT:?} is the tenant of inputs that name none; it is not declared"
+                ));
+            }
+            if config.share == 0 {
+                return Err(format!("tenant {name:?}: share must be at least 1"));
+            }
+            if config.rate == Some(0) {
+                return Err(format!(
+                    "tenant {name:?}: rate must be at least 1 input/s (leave it out for none)"
                 ));
             }
         }
@@ -192,6 +233,26 @@ impl Tenants {
     /// The declared names, without the default.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.declared.keys().map(String::as_str)
+    }
+
+    /// A tenant's share (1 for the default tenant and undeclared ones).
+    pub fn share(&self, tenant: &str) -> u32 {
+        self.declared.get(tenant).map_or(1, |c| c.share)
+    }
+
+    /// The most plugins of its own a tenant may have, if it is limited.
+    pub fn max_plugins(&self, tenant: &str) -> Option<u32> {
+        self.declared.get(tenant).and_then(|c| c.max_plugins)
+    }
+
+    /// A declared tenant's configuration.
+    pub fn config(&self, tenant: &str) -> Option<&TenantConfig> {
+        self.declared.get(tenant)
+    }
+
+    /// A tenant's rate of inputs per second from its own stream, if it has one.
+    pub fn rate(&self, tenant: &str) -> Option<u32> {
+        self.declared.get(tenant).and_then(|c| c.rate)
     }
 
     /// The tenant an input names, from its envelope or ingest rule (`claimed`) and its

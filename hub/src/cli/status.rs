@@ -72,6 +72,43 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     println!("{plugins}");
 
+    // Tenants, once the hub has more than the default one.
+    if s.tenants.len() > 1 {
+        let mut tenants = Table::new();
+        tenants.load_preset(UTF8_BORDERS_ONLY).set_header([
+            "tenant",
+            "events in/s",
+            "events in",
+            "actions",
+            "dead letters",
+            "backlog",
+            "share",
+            "rate/s",
+            "plugins",
+            "quota refusals",
+        ]);
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        for t in &s.tenants {
+            let plugins = match t.max_plugins {
+                Some(max) => format!("{}/{max}", t.plugins),
+                None => t.plugins.to_string(),
+            };
+            tenants.add_row([
+                t.name.clone(),
+                format!("{:.0}", t.events_in_per_s),
+                t.events_in.to_string(),
+                t.actions.to_string(),
+                t.dead_letters.to_string(),
+                or_dash(t.backlog.map(|b| b.to_string())),
+                t.share.to_string(),
+                or_dash(t.rate.map(|r| r.to_string())),
+                plugins,
+                t.quota_refusals.to_string(),
+            ]);
+        }
+        println!("{tenants}");
+    }
+
     let reasons = |counts: &std::collections::BTreeMap<String, u64>| {
         counts
             .iter()

@@ -187,7 +187,10 @@ pub async fn push(
                 ..scoped
             }))
         }
-        Some(Some(named)) => Ok(Json(s.registry.upload_for(&name, body, config, Some(named)).await?)),
+        Some(Some(named)) => {
+            within_plugin_quota(&s, &name, &named)?;
+            Ok(Json(s.registry.upload_for(&name, body, config, Some(named)).await?))
+        }
         None => Ok(Json(s.registry.upload(&name, body, config).await?)),
     }
 }
@@ -214,7 +217,36 @@ pub async fn tenants(
         )
     })?;
     let tenants = request.tenants.map(|named| declared(&s, named)).transpose()?;
+    if let Some(named) = &tenants {
+        within_plugin_quota(&s, &name, named)?;
+    }
     Ok(Json(s.registry.set_tenants(&name, tenants).await?))
+}
+
+/// Refuse to make plugin `name` run for `tenants` when one of them would have more plugins of
+/// its own than its `max_plugins`.
+fn within_plugin_quota(s: &ApiState, name: &str, tenants: &[String]) -> Result<(), Failure> {
+    let records = s.registry.plugins()?;
+    for tenant in tenants {
+        let Some(max) = s.tenants.max_plugins(tenant) else {
+            continue;
+        };
+        let others = records
+            .iter()
+            .filter(|r| r.name != name && r.tenants.as_ref().is_some_and(|t| t.contains(tenant)))
+            .count();
+        if others >= max as usize {
+            metrics::counter!(crate::metrics::TENANT_QUOTA_REFUSALS, "tenant" => tenant.clone(), "quota" => "max_plugins")
+                .increment(1);
+            return Err(Failure::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "tenant {tenant:?} has {others} plugins of its own, its quota ([tenants.{tenant}] max_plugins = {max}); remove one first"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A plugin of `name` the caller reaches (a tenant's token: one that runs for its tenant

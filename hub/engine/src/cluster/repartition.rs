@@ -46,6 +46,8 @@ struct Forwarder {
     ingest: watch::Receiver<Option<u64>>,
     stopped: watch::Receiver<bool>,
     forwarded: metrics::Counter,
+    /// The prefix of tenants' own subjects, when tenants are declared.
+    tenants_subject: Option<String>,
 }
 
 enum Ended {
@@ -64,6 +66,7 @@ impl Repartitioner {
         cluster: Arc<Cluster>,
         subject: String,
         ingest: watch::Receiver<Option<u64>>,
+        tenants_subject: Option<String>,
     ) -> Repartitioner {
         let (stop, stopped) = watch::channel(false);
         let forwarder = Forwarder {
@@ -76,6 +79,7 @@ impl Repartitioner {
             ingest,
             stopped,
             forwarded: metrics::counter!(m::INPUTS_PARTITIONED),
+            tenants_subject,
         };
         Repartitioner {
             stop,
@@ -211,10 +215,16 @@ impl Forwarder {
         );
         let reply = msg.reply.clone()?;
         let ids = IdGen::for_stream_input(seq, stored_ms);
-        let actor = match self.decoders.iter().find(|(p, _)| kind_matches(p, &msg.subject)) {
-            Some((_, decoder)) => decoder.actor_of(&msg.subject, msg.headers.as_ref(), &msg.payload, &ids),
-            None => Err(IngressError::no_rule_now(&msg.subject)),
-        };
+        // An input on a tenant's own subject keeps it: its partition's owner reads it as such.
+        let actor = crate::ingress::decode_as_published(
+            self.tenants_subject.as_deref(),
+            &msg.subject,
+            msg.headers.as_ref(),
+            |subject, headers| match self.decoders.iter().find(|(p, _)| kind_matches(p, subject)) {
+                Some((_, decoder)) => decoder.actor_of(subject, headers, &msg.payload, &ids),
+                None => Err(IngressError::no_rule_now(subject)),
+            },
+        );
         match actor {
             Ok(actor) => {
                 let partition = self.cluster.partition_of(&actor);

@@ -396,6 +396,7 @@
     renderReasons(s.dead_letters || {});
     renderDecisions(s.decisions || []);
     renderShards(s.shards || []);
+    renderTenants(s.tenants || []);
     lettersMayHaveChanged(s);
   }
 
@@ -953,6 +954,31 @@
     });
     box.replaceChildren(...rows);
     if (rows.length === 0) box.textContent = 'No shards reported.';
+  }
+
+  /** One row per tenant, once the hub has more than the default one. */
+  function renderTenants(tenants) {
+    $('tenants-panel').hidden = tenants.length < 2;
+    const orDash = (v) => (isNumber(v) ? fmtCount(v) : '—');
+    syncRows($('tenants').tBodies[0], tenants, (t) => t.name, () => {
+      const tr = document.createElement('tr');
+      tr.append(cell());
+      for (let i = 0; i < 8; i += 1) tr.append(cell('', 'num'));
+      return tr;
+    }, (tr, t) => {
+      const [name, rate, backlog, actions, letters, share, limit, plugins, refused] = tr.cells;
+      name.textContent = t.name;
+      rate.textContent = fmtRate(t.events_in_per_s);
+      backlog.textContent = orDash(t.backlog);
+      backlog.classList.toggle('alert', t.backlog > 0);
+      actions.textContent = fmtCount(t.actions);
+      letters.textContent = fmtCount(t.dead_letters);
+      share.textContent = fmtCount(t.share);
+      limit.textContent = orDash(t.rate);
+      plugins.textContent = isNumber(t.max_plugins) ? `${fmtCount(t.plugins)} / ${fmtCount(t.max_plugins)}` : fmtCount(t.plugins);
+      refused.textContent = fmtCount(t.quota_refusals);
+      refused.classList.toggle('alert', t.quota_refusals > 0);
+    });
   }
 
   // ---------------------------------------------------------------- dialogs

@@ -69,7 +69,11 @@ impl<R> Acks<R> {
         self.next[shard] += 1;
         self.routed[shard].push_back((ordinal, place));
         self.received(place, reply);
-        Ticket { seq, ordinal }
+        Ticket {
+            seq,
+            ordinal,
+            source: 0,
+        }
     }
 
     /// An input (at `place`, as in [`Acks::route`]) was handled without a shard, before flush
@@ -163,7 +167,14 @@ mod tests {
         let a = acks.route(0, 1, 1, "r1");
         acks.route(1, 2, 2, "r2");
         acks.route(0, 3, 3, "r3");
-        assert_eq!(a, Ticket { seq: 1, ordinal: 1 });
+        assert_eq!(
+            a,
+            Ticket {
+                seq: 1,
+                ordinal: 1,
+                source: 0
+            }
+        );
         acks.flushed(&flushed(&[(0, 2)], 0));
         assert_eq!(acks.to_ack(), Some((1, "r1")), "2 is not durable yet, so 3 waits");
         acks.flushed(&flushed(&[(1, 1)], 0));

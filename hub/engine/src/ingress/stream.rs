@@ -14,7 +14,7 @@ use crate::cluster::leases::Pulls;
 use crate::cluster::streams::PartitionStreams;
 use crate::config::InputConfig;
 use crate::dead_letter::{DeadLetter, Reason};
-use crate::durable::{Acks, FlushClock, Flushed, Ticket};
+use crate::durable::{Acks, Admission, FlushClock, Flushed, Ticket};
 use crate::egress::Egress;
 use crate::event::Routed;
 use crate::metrics as m;
@@ -31,6 +31,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamMap;
 
+/// How often a stream waiting for its rate or for the committer is looked at again.
+const PAUSED_RECHECK: std::time::Duration = std::time::Duration::from_millis(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("cannot create or update the input stream {stream} on {subjects:?}: {source}")]
@@ -43,12 +46,14 @@ pub enum StreamError {
     Consumer { consumer: String, detail: String },
 }
 
-/// The input stream, as found or created at start.
+/// The input stream, or a tenant's own stream, as found or created at start.
 pub struct InputStream {
     stream: js_stream::Stream,
     config: InputConfig,
     /// When the stream was created (in ns): sequences count anew in a stream created again.
     pub created: String,
+    /// The tenant whose own subjects the stream captures; `None` for the input stream.
+    pub tenant: Option<String>,
 }
 
 impl InputStream {
@@ -86,7 +91,27 @@ impl InputStream {
             stream,
             config: config.clone(),
             created,
+            tenant: None,
         })
+    }
+
+    /// Create `tenant`'s own stream (`<stream>_<tenant>`) on its own subjects (`subjects` under
+    /// `<prefix>.<tenant>.`), or bring it up to date. Same limits as the input stream.
+    pub async fn ensure_own(
+        client: &async_nats::Client,
+        config: &InputConfig,
+        tenant: &str,
+        prefix: &str,
+        subjects: &[String],
+    ) -> Result<InputStream, StreamError> {
+        let own = InputConfig {
+            stream: format!("{}_{tenant}", config.stream),
+            ..config.clone()
+        };
+        let subjects = crate::tenant::own_subjects(prefix, tenant, subjects);
+        let mut stream = InputStream::ensure(client, &own, subjects, std::time::Duration::ZERO).await?;
+        stream.tenant = Some(tenant.to_owned());
+        Ok(stream)
     }
 
     pub fn name(&self) -> &str {
@@ -182,12 +207,17 @@ pub struct Wiring {
     pub clock: Arc<FlushClock>,
     /// The committer's reports: what is on disk.
     pub flushed: flume::Receiver<Flushed>,
+    /// The windows of the streams read (shared with the shards, which report inputs taken).
+    pub admission: Arc<Admission>,
+    /// The prefix of tenants' own subjects, when tenants are declared.
+    pub tenants_subject: Option<String>,
 }
 
 /// Where the reader's inputs come from.
 pub enum Source {
-    /// The input stream, through the hub's durable consumer.
-    Input(Box<InputStream>),
+    /// The input stream, then each tenant's own stream (sources 0, 1…: see
+    /// `Checkpoints::load`), each through the hub's durable consumer.
+    Streams(Vec<InputStream>),
     /// The partitions this instance holds leases on (cluster mode).
     Partitions(PartitionSource),
 }
@@ -230,7 +260,7 @@ impl Consumer {
             })
             .collect();
         let batch = match &source {
-            Source::Input(input) => input.config.batch,
+            Source::Streams(streams) => streams.first().map_or(1, |s| s.config.batch),
             Source::Partitions(p) => p.streams.batch(),
         }
         .max(1);
@@ -242,6 +272,14 @@ impl Consumer {
             wiring,
             consumers: BTreeMap::new(),
             pulls: StreamMap::new(),
+            paused: BTreeMap::new(),
+            several: false,
+            recheck: {
+                let mut recheck = tokio::time::interval(PAUSED_RECHECK);
+                recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                recheck
+            },
+            backlogs: Vec::new(),
             partitions: None,
             arrivals: 0,
             acked: metrics::counter!(m::INPUTS_ACKED),
@@ -250,14 +288,22 @@ impl Consumer {
             pending: metrics::gauge!(m::CONSUMER_PENDING),
         };
         match source {
-            Source::Input(input) => {
-                let consumer = input.consumer().await?;
-                let messages = pull(&consumer, batch).await.map_err(|e| StreamError::Consumer {
-                    consumer: input.config.consumer.clone(),
-                    detail: e.to_string(),
-                })?;
-                reader.consumers.insert(0, consumer);
-                reader.pulls.insert(0, messages);
+            Source::Streams(streams) => {
+                reader.several = streams.len() > 1;
+                for (key, input) in (0u16..).zip(&streams) {
+                    let consumer = input.consumer().await?;
+                    let messages = pull(&consumer, batch).await.map_err(|e| StreamError::Consumer {
+                        consumer: format!("{} of {}", input.config.consumer, input.name()),
+                        detail: e.to_string(),
+                    })?;
+                    reader.consumers.insert(key, consumer);
+                    reader.pulls.insert(key, messages);
+                    if let Some(tenant) = &input.tenant {
+                        reader
+                            .backlogs
+                            .push(metrics::gauge!(m::TENANT_BACKLOG, "tenant" => tenant.clone()));
+                    }
+                }
             }
             Source::Partitions(source) => {
                 reader.partitions = Some(Partitioned {
@@ -351,6 +397,15 @@ struct Reader {
     /// The consumers read, by key: 0 for the input stream's, the partition in cluster mode.
     consumers: BTreeMap<u16, consumer::PullConsumer>,
     pulls: StreamMap<u16, Pull>,
+    /// Streams at their window (see [`Admission`]): not read until a shard takes one of their
+    /// inputs.
+    paused: BTreeMap<u16, Pull>,
+    /// Whether several streams feed the reader (the input stream and tenants' own streams).
+    several: bool,
+    /// How often streams that wait are looked at again.
+    recheck: tokio::time::Interval,
+    /// Tenants' own streams: inputs not yet delivered, by source from 1.
+    backlogs: Vec<metrics::Gauge>,
     partitions: Option<Partitioned>,
     /// Inputs received so far (their places, with a stream per partition).
     arrivals: u64,
@@ -390,6 +445,7 @@ impl Reader {
                 _ = stopped.changed(), if pulling => {
                     pulling = false;
                     self.pulls.clear();
+                    self.paused.clear();
                     // Its commit queue must go for the committer to finish.
                     self.partitions = None;
                     if let Some(d) = drained.take() {
@@ -397,11 +453,15 @@ impl Reader {
                     }
                 }
                 _ = pulls_changed(&mut self.partitions), if pulling => self.reconcile().await,
+                _ = self.wiring.admission.room(), if pulling && !self.paused.is_empty() => self.resume_paused(),
+                // A rate's tokens, and the committer catching up, come without a wake-up.
+                _ = self.recheck.tick(), if pulling && !self.paused.is_empty() => self.resume_paused(),
                 Some((key, item)) = self.pulls.next(), if pulling => match item {
                     Some(Ok(msg)) => {
                         if !self.handle(key, msg).await {
                             pulling = false;
                             self.pulls.clear();
+                            self.paused.clear();
                             self.partitions = None;
                             if let Some(d) = drained.take() {
                                 let _ = d.send(());
@@ -526,19 +586,21 @@ impl Reader {
                 return true;
             }
         };
-        self.pending.set(pending as f64);
+        match key.checked_sub(1).and_then(|i| self.backlogs.get(usize::from(i))) {
+            Some(backlog) => backlog.set(pending as f64),
+            None => self.pending.set(pending as f64),
+        }
         let Some(reply) = msg.reply.clone() else {
             return true;
         };
         let reply = (key, reply);
         // The input's place among this reader's, for the acknowledgements: its stream sequence,
         // or with a stream per partition (each counting from 1), its arrival.
-        let place = match self.partitions {
-            Some(_) => {
-                self.arrivals += 1;
-                self.arrivals
-            }
-            None => seq,
+        let place = if self.partitions.is_some() || self.several {
+            self.arrivals += 1;
+            self.arrivals
+        } else {
+            seq
         };
         // A partition's input is decoded as if from the subject it names: the one the ingest
         // lease's holder read it on, with the ids and time its place in the input stream gives,
@@ -566,30 +628,32 @@ impl Reader {
             return true;
         }
         let subject = forwarded.as_ref().map_or(msg.subject.as_str(), |f| f.subject.as_str());
-        let decoder = self
-            .decoders
-            .iter()
-            .find(|(pattern, _, _)| kind_matches(pattern, subject));
-        let decoded = match decoder {
-            Some((_, d, events_in)) => {
-                let ids = match &forwarded {
-                    Some(Forwarded {
-                        input: Some((seq, stored)),
-                        ..
-                    }) => IdGen::for_stream_input(*seq, *stored),
-                    // Published to its partition directly: ids from its place there.
-                    Some(_) => IdGen::for_partition_input(key, seq, stored),
-                    None => IdGen::for_stream_input(seq, stored),
-                };
-                let decoded = d.decode(subject, msg.headers.as_ref(), &msg.payload, &ids);
-                if let Ok(Some(event)) = &decoded {
-                    events_in.increment(1);
-                    self.tenant_events.count(&event.actor);
+        let (decoders, tenant_events) = (&self.decoders, &mut self.tenant_events);
+        let decoded = super::decode_as_published(
+            self.wiring.tenants_subject.as_deref(),
+            subject,
+            msg.headers.as_ref(),
+            |standing_for, headers| match decoders.iter().find(|(p, _, _)| kind_matches(p, standing_for)) {
+                Some((_, d, events_in)) => {
+                    let ids = match &forwarded {
+                        Some(Forwarded {
+                            input: Some((seq, stored)),
+                            ..
+                        }) => IdGen::for_stream_input(*seq, *stored),
+                        // Published to its partition directly: ids from its place there.
+                        Some(_) => IdGen::for_partition_input(key, seq, stored),
+                        None => IdGen::for_stream_input(seq, stored),
+                    };
+                    let decoded = d.decode(standing_for, headers, &msg.payload, &ids);
+                    if let Ok(Some(event)) = &decoded {
+                        events_in.increment(1);
+                        tenant_events.count(&event.actor);
+                    }
+                    decoded
                 }
-                decoded
-            }
-            None => Err(IngressError::no_rule_now(subject)),
-        };
+                None => Err(IngressError::no_rule_now(standing_for)),
+            },
+        );
         match decoded {
             Ok(Some(event)) => {
                 if let Some(partitioned) = &self.partitions {
@@ -603,7 +667,16 @@ impl Reader {
                     }
                 }
                 let shard = self.wiring.router.shard_of(&event.actor);
-                let ticket: Ticket = self.acks.route(shard, place, seq, reply);
+                let source = if self.several { key } else { 0 };
+                let ticket = Ticket {
+                    source,
+                    ..self.acks.route(shard, place, seq, reply)
+                };
+                if self.wiring.admission.routed(source)
+                    && let Some(pull) = self.pulls.remove(&key)
+                {
+                    self.paused.insert(key, pull);
+                }
                 let routed = Routed {
                     event,
                     hops: forwarded.as_ref().map_or(0, |f| f.hops),
@@ -668,6 +741,17 @@ impl Reader {
         )
         .await
         .is_some()
+    }
+
+    /// Read again the streams at their window that have room now.
+    fn resume_paused(&mut self) {
+        let admission = &self.wiring.admission;
+        let ready: Vec<u16> = self.paused.keys().copied().filter(|&k| admission.has_room(k)).collect();
+        for key in ready {
+            if let Some(pull) = self.paused.remove(&key) {
+                self.pulls.insert(key, pull);
+            }
+        }
     }
 
     /// A new pull of consumer `key` after the last one ended, retried with back-off while NATS

@@ -67,7 +67,8 @@ fn harness(plugins: &[(&str, serde_json::Value)], policies: Policies) -> Harness
         live,
         stats: Arc::new(PluginStats::new(1)),
         policies: crate::arbiter::PolicyStore::open(db.sled(), &policies).expect("policies"),
-        checkpoints: crate::durable::Checkpoints::load(db.sled(), 1, |_| 0)
+        admission: Default::default(),
+        checkpoints: crate::durable::Checkpoints::load(db.sled(), 1, |_| 0, &[])
             .expect("checkpoints")
             .remove(0),
         handoffs: crate::durable::Handoffs::load(db.sled(), false, 1, |_| 0)

@@ -70,12 +70,31 @@ impl CommitQueue {
         }
     }
 
+    /// How far the committer is behind, as something that does not keep it running.
+    pub fn pressure(&self) -> CommitPressure {
+        CommitPressure(self.tx.downgrade())
+    }
+
     /// Hand a commit to the committer, waiting while its queue is full.
     pub fn send(&self, commit: Commit) {
         if let Err(flume::SendError(commit)) = self.tx.send(commit) {
             // Only at shutdown after the committer stopped: apply here rather than lose it.
             apply(commit);
         }
+    }
+}
+
+/// Whether the committer falls behind. Weak: the committer stops once every [`CommitQueue`] is
+/// dropped, and whoever looks at its pressure must not keep it waiting.
+pub struct CommitPressure(flume::WeakSender<Commit>);
+
+impl CommitPressure {
+    /// Half its queue or more is waiting: shards that hand it more would soon wait for it,
+    /// every input in their queues with them.
+    pub fn is_congested(&self) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|tx| tx.capacity().is_some_and(|capacity| tx.len() * 2 >= capacity))
     }
 }
 

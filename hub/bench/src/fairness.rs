@@ -1,0 +1,347 @@
+//! `hub bench --fairness`: one tenant's flood never slows another's. A quiet tenant publishes
+//! payment failures at `--quiet-rate` on its own subjects (`tenant.quiet.events.payment.failed`;
+//! every third failure of an actor makes payment-trouble act) and its event→action latency is
+//! timed, on a fresh nats-server and `hub up` process per run:
+//!
+//! - `alone`: nothing else runs;
+//! - `backlog`: a second tenant has a backlog of payment failures in its own stream (each for
+//!   another of millions of actors, so each writes state and almost none acts), more than the
+//!   hub gets through during the measurement; the tenant's `rate` is `--flood-rate`, so the
+//!   hub reads its stream at that rate and the rest waits there;
+//! - `live`: the same, with the flooding tenant also publishing unpaced throughout;
+//! - `unlimited`: `backlog` without a rate: the hub drains the flood at its full speed, the
+//!   tenants sharing the shards by their shares;
+//! - `shared`: for contrast, `unlimited` with both tenants on the shared subjects, each naming
+//!   itself in a `Hub-Tenant` header: one stream, where the quiet tenant's inputs wait behind
+//!   the flood's.
+//!
+//! Per run: the quiet tenant's p50 and p99, the p99's ratio to `alone`'s, and how many flood
+//! inputs per second the hub processed meanwhile (from `hub_tenant_events_in_total`).
+
+use super::BenchArgs;
+use super::crash::HubProcess;
+use super::progress::Step;
+use anyhow::{Context, bail};
+use async_nats::{Client, HeaderMap};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use hub::nats_server::{LocalNats, free_port};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const QUIET: &str = "quiet";
+const FLOOD: &str = "flood";
+/// Flood inputs stored before the quiet tenant starts, per second it publishes: more than the
+/// hub processes in that time, so the hub is draining the flood from first to last.
+const BACKLOG_PER_SECOND: u64 = 100_000;
+/// How long the quiet tenant's last actions may take to come.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// What the flooding tenant does during a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Flood {
+    None,
+    Backlog,
+    Live,
+    Unlimited,
+    Shared,
+}
+
+impl Flood {
+    fn name(self) -> &'static str {
+        match self {
+            Flood::None => "alone",
+            Flood::Backlog => "backlog",
+            Flood::Live => "live",
+            Flood::Unlimited => "unlimited",
+            Flood::Shared => "shared",
+        }
+    }
+
+    /// Whether the flooding tenant has its rate.
+    fn rated(self) -> bool {
+        matches!(self, Flood::Backlog | Flood::Live)
+    }
+
+    /// Where a tenant publishes, and the headers it adds.
+    fn route(self, tenant: &str) -> (String, HeaderMap) {
+        let mut headers = HeaderMap::new();
+        match self {
+            Flood::Shared => {
+                headers.insert(hub::tenant::HEADER, tenant);
+                ("events.payment.failed".to_owned(), headers)
+            }
+            _ => (format!("tenant.{tenant}.events.payment.failed"), headers),
+        }
+    }
+}
+
+/// One run's figures.
+struct Run {
+    flood: Flood,
+    p50_ms: f64,
+    p99_ms: f64,
+    actions: u64,
+    expected: u64,
+    /// Flood inputs the hub processed per second while the quiet tenant was timed.
+    flood_per_s: Option<f64>,
+}
+
+pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let backlog = BACKLOG_PER_SECOND * args.seconds;
+    println!(
+        "fairness bench: tenant {QUIET} at {}/s for {} s on its own subjects (every third input acts); tenant {FLOOD}: a backlog of {backlog} inputs, its rate {}/s where it has one; {} run(s), medians",
+        args.quiet_rate, args.seconds, args.flood_rate, args.runs
+    );
+    let plugins = tempfile::tempdir()?;
+    std::fs::copy(
+        Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm"),
+        plugins.path().join("payment_trouble.wasm"),
+    )
+    .context("payment_trouble.wasm is built with the workspace (cargo build --release)")?;
+    let floods = [
+        Flood::None,
+        Flood::Backlog,
+        Flood::Live,
+        Flood::Unlimited,
+        Flood::Shared,
+    ];
+    let mut runs: Vec<Run> = Vec::new();
+    for round in 0..args.runs {
+        // Alternate the order, so a slow spell of the machine does not always hit one kind.
+        let mut order = floods.to_vec();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for flood in order {
+            runs.push(measure(args, plugins.path(), flood, backlog).await?);
+        }
+    }
+    print_runs(&floods, &runs);
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+fn print_runs(floods: &[Flood], runs: &[Run]) {
+    let of = |flood: Flood| runs.iter().filter(move |r| r.flood == flood);
+    let alone = median(of(Flood::None).map(|r| r.p99_ms).collect());
+    println!(
+        "{:<10} {:>10} {:>10} {:>12} {:>15} {:>18}",
+        "run", "quiet p50", "quiet p99", "p99 / alone", "quiet actions", "flood inputs/s"
+    );
+    for &flood in floods {
+        let p50 = median(of(flood).map(|r| r.p50_ms).collect()).unwrap_or(f64::NAN);
+        let p99 = median(of(flood).map(|r| r.p99_ms).collect()).unwrap_or(f64::NAN);
+        let ratio = alone.map_or(f64::NAN, |a| p99 / a);
+        let actions: u64 = of(flood).map(|r| r.actions).sum();
+        let expected: u64 = of(flood).map(|r| r.expected).sum();
+        let rate = median(of(flood).filter_map(|r| r.flood_per_s).collect())
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"));
+        println!(
+            "{:<10} {:>7.2} ms {:>7.2} ms {:>12.2} {:>15} {:>18}",
+            flood.name(),
+            p50,
+            p99,
+            ratio,
+            format!("{actions}/{expected}"),
+            rate
+        );
+    }
+}
+
+async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -> anyhow::Result<Run> {
+    let step = Step::waiting(format!("fairness bench · {} · starting", flood.name()));
+    let dir = tempfile::tempdir()?;
+    let nats = LocalNats::start(free_port()?, &dir.path().join("nats")).await?;
+    let exe = std::env::current_exe().context("cannot find the hub binary")?;
+    let rate = args.flood_rate.to_string();
+    let mut env = vec![("HUB_TENANTS__QUIET__SHARE", "1"), ("HUB_TENANTS__FLOOD__SHARE", "1")];
+    if flood.rated() {
+        env.push(("HUB_TENANTS__FLOOD__RATE", rate.as_str()));
+    }
+    let hub =
+        HubProcess::start_logging(&exe, &nats.url, &dir.path().join("data"), plugins, &env, &args.log_file).await?;
+    // A connection each, so the quiet tenant's inputs never queue behind the flood's in a
+    // client buffer of the bench's own.
+    let publisher = async_nats::connect(&nats.url).await?;
+    let flooder = async_nats::connect(&nats.url).await?;
+    let receiver = async_nats::connect(&nats.url).await?;
+    drop(step);
+
+    if flood != Flood::None {
+        let step = Step::counting(
+            format!("fairness bench · {} · the flood's backlog", flood.name()),
+            backlog,
+            "inputs",
+        );
+        publish_flood(&flooder, flood, args.flood_actors, 0..backlog, None, Some(&step)).await?;
+    }
+    let (stop_flood, flood_stopped) = watch::channel(false);
+    let live = (flood == Flood::Live).then(|| {
+        let (client, actors) = (flooder.clone(), args.flood_actors);
+        tokio::spawn(async move { publish_flood(&client, flood, actors, backlog.., Some(flood_stopped), None).await })
+    });
+
+    let step = Step::waiting(format!("fairness bench · {} · timing the quiet tenant", flood.name()));
+    let flood_before = flood_events(hub.http()).await;
+    let started = Instant::now();
+    let timed = time_quiet(args, &publisher, &receiver, flood).await;
+    let flood_after = flood_events(hub.http()).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop_flood.send(true);
+    if let Some(live) = live {
+        live.await.context("the live flood")??;
+    }
+    drop(step);
+    let (latency, actions, expected) = timed?;
+    hub.kill();
+    nats.stop().await;
+    let flood_per_s = match (flood_before, flood_after) {
+        (Some(before), Some(after)) if flood != Flood::None => Some((after - before) / elapsed),
+        _ => None,
+    };
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Run {
+        flood,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        actions,
+        expected,
+        flood_per_s,
+    })
+}
+
+/// Publish the flood's inputs numbered `seqs` (until `stop` says so, if given).
+async fn publish_flood(
+    client: &Client,
+    flood: Flood,
+    actors: u64,
+    seqs: impl Iterator<Item = u64>,
+    stop: Option<watch::Receiver<bool>>,
+    step: Option<&Step>,
+) -> anyhow::Result<()> {
+    let (subject, headers) = flood.route(FLOOD);
+    for (done, seq) in seqs.enumerate() {
+        if stop.as_ref().is_some_and(|s| *s.borrow()) {
+            break;
+        }
+        let actor = super::workload::mix64(seq) % actors;
+        let body = format!(r#"{{"id":"f{seq}","kind":"payment.failed","actor":"f{actor}","payload":{{"amount":20}}}}"#);
+        client
+            .publish_with_headers(subject.clone(), headers.clone(), body.into())
+            .await
+            .context("cannot publish a flood input")?;
+        if done % 4096 == 0 {
+            if let Some(step) = step {
+                step.advance(done);
+            }
+            // Let the other tasks run: the flood must not starve the quiet tenant's publisher.
+            tokio::task::yield_now().await;
+        }
+    }
+    client.flush().await.context("cannot flush the flood")?;
+    Ok(())
+}
+
+/// The flood's inputs that became events so far, from the hub's metrics.
+async fn flood_events(http: SocketAddr) -> Option<f64> {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let wanted = format!("{}{{tenant=\"{FLOOD}\"}}", hub::metrics::TENANT_EVENTS_IN);
+    text.lines()
+        .find_map(|line| line.strip_prefix(wanted.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+        .or(Some(0.0))
+}
+
+/// Publish the quiet tenant's inputs at its rate and time each action from the publish of the
+/// input that caused it: the histogram (µs), the actions timed and those expected.
+async fn time_quiet(
+    args: &BenchArgs,
+    publisher: &Client,
+    receiver: &Client,
+    flood: Flood,
+) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+    let total = args.quiet_rate * args.seconds;
+    let expected = total / 3;
+    let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total as usize]));
+    let mut actions = receiver.subscribe("hub.actions.>").await?;
+    receiver.flush().await?;
+    let publishing = Duration::from_secs(args.seconds);
+    let collect = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+            let mut timed = 0u64;
+            let deadline = tokio::time::sleep(publishing + PATIENCE);
+            tokio::pin!(deadline);
+            while timed < expected {
+                let msg = tokio::select! {
+                    msg = actions.next() => match msg {
+                        Some(msg) => msg,
+                        None => break,
+                    },
+                    _ = &mut deadline => break,
+                };
+                let arrived = Instant::now();
+                let cause = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(hub::egress::headers::CAUSE))
+                    .map(|v| v.as_str().to_owned());
+                let Some(seq) = cause.and_then(|c| c.strip_prefix('q')?.parse::<usize>().ok()) else {
+                    continue;
+                };
+                let at = sent.lock().ok().and_then(|s| s.get(seq).copied().flatten());
+                if let Some(at) = at {
+                    latency.saturating_record(arrived.saturating_duration_since(at).as_micros() as u64);
+                    timed += 1;
+                }
+            }
+            anyhow::Ok((latency, timed))
+        })
+    };
+    let (subject, headers) = flood.route(QUIET);
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = Instant::now();
+    let mut seq = 0u64;
+    while seq < total {
+        ticker.tick().await;
+        let due = super::phase::due_by_now(started, args.quiet_rate, total as usize) as u64;
+        while seq < due {
+            // Three failures per actor, the third of which acts.
+            let body = format!(
+                r#"{{"id":"q{seq}","kind":"payment.failed","actor":"q{}","payload":{{"amount":20}}}}"#,
+                seq / 3
+            );
+            if let Ok(mut s) = sent.lock()
+                && let Some(slot) = s.get_mut(seq as usize)
+            {
+                *slot = Some(Instant::now());
+            }
+            publisher
+                .publish_with_headers(subject.clone(), headers.clone(), body.into())
+                .await
+                .context("cannot publish a quiet input")?;
+            seq += 1;
+        }
+    }
+    publisher.flush().await?;
+    let (latency, timed) = collect.await.context("the action receiver")??;
+    if timed == 0 {
+        bail!("no action of the quiet tenant came");
+    }
+    Ok((latency, timed, expected))
+}
