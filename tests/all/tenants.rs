@@ -713,3 +713,30 @@ async fn a_tenant_past_its_plugin_quota_is_refused_and_the_status_shows_each_ten
     );
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_without_ids_at_the_same_place_of_two_streams_get_ids_of_their_own() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.tenants.insert("acme".into(), Default::default());
+    config
+        .plugins
+        .config
+        .insert("payment-trouble".into(), json!({"threshold": 3}));
+    let hub = env.start(config).await;
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    // Three failures each, without ids, at sequences 1 to 3 of the input stream and of acme's.
+    for _ in 0..3 {
+        fail_payment_on(&env, "events.payment.failed", "bob").await;
+        fail_payment_on(&env, &own_subject("acme"), "bob").await;
+    }
+    let first = next(&mut callbacks, "a callback", 5).await;
+    let second = next(&mut callbacks, "the other tenant's callback", 5).await;
+    let (a, b) = (json(&first), json(&second));
+    let tenants = [a["tenant"].as_str(), b["tenant"].as_str()];
+    assert!(tenants.contains(&None) && tenants.contains(&Some("acme")), "{a} {b}");
+    assert_ne!(header(&first, "Hub-Cause"), header(&second, "Hub-Cause"));
+    // Equal ids would make the action stream keep only one of them.
+    assert_ne!(a["id"], b["id"], "{a} {b}");
+    hub.shutdown().await;
+}

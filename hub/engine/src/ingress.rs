@@ -153,6 +153,17 @@ impl IdGen {
         }
     }
 
+    /// For the input at sequence `seq` of `tenant`'s own stream: a prefix of its own, apart
+    /// from the input stream's sequences (or two tenants' inputs without ids, at the same
+    /// sequence of their streams, would get the same ids, and so would their outputs).
+    pub fn for_tenant_stream_input(tenant: &str, seq: u64, stored: i64) -> IdGen {
+        IdGen {
+            prefix: format!("{tenant}.in{seq}"),
+            seq: AtomicU64::new(0),
+            time: Some(stored),
+        }
+    }
+
     /// For an input a producer published to `partition` (cluster mode), at sequence `seq` of
     /// that partition's stream: a prefix of its own, apart from the input stream's sequences.
     pub fn for_partition_input(partition: u16, seq: u64, stored: i64) -> IdGen {

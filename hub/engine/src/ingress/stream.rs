@@ -279,6 +279,7 @@ impl Consumer {
                 recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 recheck
             },
+            own: Vec::new(),
             backlogs: Vec::new(),
             partitions: None,
             arrivals: 0,
@@ -302,6 +303,7 @@ impl Consumer {
                         reader
                             .backlogs
                             .push(metrics::gauge!(m::TENANT_BACKLOG, "tenant" => tenant.clone()));
+                        reader.own.push(tenant.clone());
                     }
                 }
             }
@@ -404,7 +406,9 @@ struct Reader {
     several: bool,
     /// How often streams that wait are looked at again.
     recheck: tokio::time::Interval,
-    /// Tenants' own streams: inputs not yet delivered, by source from 1.
+    /// Tenants' own streams, by source from 1: their tenants, and their inputs not yet
+    /// delivered.
+    own: Vec<String>,
     backlogs: Vec<metrics::Gauge>,
     partitions: Option<Partitioned>,
     /// Inputs received so far (their places, with a stream per partition).
@@ -629,6 +633,7 @@ impl Reader {
         }
         let subject = forwarded.as_ref().map_or(msg.subject.as_str(), |f| f.subject.as_str());
         let (decoders, tenant_events) = (&self.decoders, &mut self.tenant_events);
+        let own = key.checked_sub(1).and_then(|i| self.own.get(usize::from(i)));
         let decoded = super::decode_as_published(
             self.wiring.tenants_subject.as_deref(),
             subject,
@@ -642,7 +647,10 @@ impl Reader {
                         }) => IdGen::for_stream_input(*seq, *stored),
                         // Published to its partition directly: ids from its place there.
                         Some(_) => IdGen::for_partition_input(key, seq, stored),
-                        None => IdGen::for_stream_input(seq, stored),
+                        None => match own {
+                            Some(tenant) => IdGen::for_tenant_stream_input(tenant, seq, stored),
+                            None => IdGen::for_stream_input(seq, stored),
+                        },
                     };
                     let decoded = d.decode(standing_for, headers, &msg.payload, &ids);
                     if let Ok(Some(event)) = &decoded {
