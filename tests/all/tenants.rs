@@ -29,13 +29,31 @@ async fn send_in_tenant(env: &Env, subject: &str, tenant: &str, body: &[u8]) {
         .expect("publish");
 }
 
-/// Publish a payment failure of `actor`, in `tenant` by its envelope's field.
-async fn fail_payment(env: &Env, actor: &str, tenant: Option<&str>) {
+/// A payment failure of `actor`, naming `tenant` in its envelope if given.
+fn failure(actor: &str, tenant: Option<&str>) -> String {
     let mut body = json!({"kind": "payment.failed", "actor": actor, "payload": {"amount": 20}});
     if let Some(tenant) = tenant {
         body["tenant"] = json!(tenant);
     }
-    env.send_raw("events.payment.failed", body.to_string().as_bytes()).await;
+    body.to_string()
+}
+
+/// Publish a payment failure of `actor`, in `tenant` by its envelope's field.
+async fn fail_payment(env: &Env, actor: &str, tenant: Option<&str>) {
+    env.send_raw("events.payment.failed", failure(actor, tenant).as_bytes())
+        .await;
+}
+
+/// A configuration with tenant `acme` declared, payment-trouble calling back at the third
+/// failure.
+fn acme_config(env: &Env) -> hub::config::Config {
+    let mut config = env.config();
+    config.tenants.insert("acme".into(), Default::default());
+    config
+        .plugins
+        .config
+        .insert("payment-trouble".into(), json!({"threshold": 3}));
+    config
 }
 
 /// `tenant`'s own subject standing for `events.payment.failed`.
@@ -45,8 +63,7 @@ fn own_subject(tenant: &str) -> String {
 
 /// Publish a payment failure of `actor` on `subject`, the envelope naming no tenant.
 async fn fail_payment_on(env: &Env, subject: &str, actor: &str) {
-    let body = json!({"kind": "payment.failed", "actor": actor, "payload": {"amount": 20}});
-    env.send_raw(subject, body.to_string().as_bytes()).await;
+    env.send_raw(subject, failure(actor, None).as_bytes()).await;
 }
 
 /// Two failures of alice in the default tenant and two on acme's own subject bring no callback
@@ -509,12 +526,7 @@ async fn a_tenant_is_exported_and_erased_as_a_whole_and_the_others_keep_theirs()
 async fn inputs_on_a_tenants_own_subjects_are_its_own_and_applied_once_across_a_restart() {
     let env = Env::new().await;
     let js = async_nats::jetstream::new(env.client.clone());
-    let mut config = env.config();
-    config.tenants.insert("acme".into(), Default::default());
-    config
-        .plugins
-        .config
-        .insert("payment-trouble".into(), json!({"threshold": 3}));
+    let mut config = acme_config(&env);
     // A second callback of acme's alice is delivered, not suppressed as a duplicate: so an input
     // applied twice would show as a callback.
     config.policies.dedup_window = std::time::Duration::ZERO;
@@ -623,13 +635,8 @@ async fn an_input_on_a_tenants_subject_naming_another_tenant_is_dead_lettered() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_mode_takes_inputs_on_tenants_own_subjects() {
     let env = Env::new().await;
-    let mut config = env.config();
+    let mut config = acme_config(&env);
     config.input.mode = hub::config::InputMode::Core;
-    config.tenants.insert("acme".into(), Default::default());
-    config
-        .plugins
-        .config
-        .insert("payment-trouble".into(), json!({"threshold": 3}));
     let hub = env.start(config).await;
     let mut callbacks = env.sub("hub.actions.support.callback").await;
     let msg = alice_of_acme_is_called_back_on_its_own_subject(&env, &mut callbacks).await;
@@ -717,13 +724,7 @@ async fn a_tenant_past_its_plugin_quota_is_refused_and_the_status_shows_each_ten
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_without_ids_at_the_same_place_of_two_streams_get_ids_of_their_own() {
     let env = Env::new().await;
-    let mut config = env.config();
-    config.tenants.insert("acme".into(), Default::default());
-    config
-        .plugins
-        .config
-        .insert("payment-trouble".into(), json!({"threshold": 3}));
-    let hub = env.start(config).await;
+    let hub = env.start(acme_config(&env)).await;
     let mut callbacks = env.sub("hub.actions.support.callback").await;
     // Three failures each, without ids, at sequences 1 to 3 of the input stream and of acme's.
     for _ in 0..3 {
