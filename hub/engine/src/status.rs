@@ -295,13 +295,7 @@ fn snapshot(
     now: Instant,
     started: Instant,
 ) -> Status {
-    let rate = |f: fn(&Figures) -> f64| match previous {
-        Some((then, before)) => {
-            let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
-            ((f(figures) - f(before)) / secs).max(0.0)
-        }
-        None => 0.0,
-    };
+    let rate = |f: fn(&Figures) -> f64| per_second(figures, previous, now, f);
     let recent = match previous {
         Some((_, before)) => figures.latency.since(&before.latency),
         None => figures.latency.clone(),
@@ -400,6 +394,23 @@ fn snapshot(
     }
 }
 
+/// How fast what `of` reads from the figures grew since the previous sample, per second (0
+/// without one).
+fn per_second(
+    figures: &Figures,
+    previous: Option<&(Instant, Figures)>,
+    now: Instant,
+    of: impl Fn(&Figures) -> f64,
+) -> f64 {
+    match previous {
+        Some((then, before)) => {
+            let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
+            ((of(figures) - of(before)) / secs).max(0.0)
+        }
+        None => 0.0,
+    }
+}
+
 /// Plugins that run for each named tenant alone (or among a few).
 fn plugins_of_tenants(sources: &Sources) -> BTreeMap<String, u64> {
     let mut count = BTreeMap::new();
@@ -432,14 +443,9 @@ fn tenant_figures(
         .map(|name| {
             let of = figures.tenants.get(&name);
             let get = |f: fn(&TenantFigures) -> f64| of.map_or(0.0, f);
-            let events_in_per_s = match previous {
-                Some((then, before)) => {
-                    let earlier = before.tenants.get(&name).map_or(0.0, |t| t.events_in);
-                    let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
-                    ((get(|t| t.events_in) - earlier) / secs).max(0.0)
-                }
-                None => 0.0,
-            };
+            let events_in_per_s = per_second(figures, previous, now, |f| {
+                f.tenants.get(&name).map_or(0.0, |t| t.events_in)
+            });
             let config = sources.tenants.config(&name);
             TenantStatus {
                 events_in_per_s,

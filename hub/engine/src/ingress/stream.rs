@@ -280,7 +280,6 @@ impl Consumer {
                 recheck
             },
             own: Vec::new(),
-            backlogs: Vec::new(),
             partitions: None,
             arrivals: 0,
             acked: metrics::counter!(m::INPUTS_ACKED),
@@ -300,10 +299,10 @@ impl Consumer {
                     reader.consumers.insert(key, consumer);
                     reader.pulls.insert(key, messages);
                     if let Some(tenant) = &input.tenant {
-                        reader
-                            .backlogs
-                            .push(metrics::gauge!(m::TENANT_BACKLOG, "tenant" => tenant.clone()));
-                        reader.own.push(tenant.clone());
+                        reader.own.push(OwnStream {
+                            tenant: tenant.clone(),
+                            backlog: metrics::gauge!(m::TENANT_BACKLOG, "tenant" => tenant.clone()),
+                        });
                     }
                 }
             }
@@ -387,6 +386,13 @@ struct Partitioned {
     moved: u64,
 }
 
+/// A tenant's own stream, as the reader reads it.
+struct OwnStream {
+    tenant: String,
+    /// Its inputs not yet delivered.
+    backlog: metrics::Gauge,
+}
+
 /// A reply subject, and the consumer (key) it acknowledges.
 type Reply = (u16, Subject);
 
@@ -406,10 +412,8 @@ struct Reader {
     several: bool,
     /// How often streams that wait are looked at again.
     recheck: tokio::time::Interval,
-    /// Tenants' own streams, by source from 1: their tenants, and their inputs not yet
-    /// delivered.
-    own: Vec<String>,
-    backlogs: Vec<metrics::Gauge>,
+    /// Tenants' own streams, by source from 1.
+    own: Vec<OwnStream>,
     partitions: Option<Partitioned>,
     /// Inputs received so far (their places, with a stream per partition).
     arrivals: u64,
@@ -590,8 +594,9 @@ impl Reader {
                 return true;
             }
         };
-        match key.checked_sub(1).and_then(|i| self.backlogs.get(usize::from(i))) {
-            Some(backlog) => backlog.set(pending as f64),
+        let own = key.checked_sub(1).and_then(|i| self.own.get(usize::from(i)));
+        match own {
+            Some(own) => own.backlog.set(pending as f64),
             None => self.pending.set(pending as f64),
         }
         let Some(reply) = msg.reply.clone() else {
@@ -633,7 +638,7 @@ impl Reader {
         }
         let subject = forwarded.as_ref().map_or(msg.subject.as_str(), |f| f.subject.as_str());
         let (decoders, tenant_events) = (&self.decoders, &mut self.tenant_events);
-        let own = key.checked_sub(1).and_then(|i| self.own.get(usize::from(i)));
+        let own = own.map(|o| o.tenant.as_str());
         let decoded = super::decode_as_published(
             self.wiring.tenants_subject.as_deref(),
             subject,
