@@ -652,6 +652,27 @@ async fn core_mode_takes_inputs_on_tenants_own_subjects() {
     hub.shutdown().await;
 }
 
+/// `tenant`'s line of the status once `ready` holds (the status is sampled once a second), or
+/// as it is after 5 s.
+async fn tenant_status(api: &Api, tenant: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut line = json!(null);
+    for _ in 0..50 {
+        let (status, s) = api.get("/api/status").await;
+        assert_eq!(status, 200, "{s}");
+        let tenants = s["tenants"].as_array().cloned().unwrap_or_default();
+        line = tenants
+            .iter()
+            .find(|t| t["name"] == tenant)
+            .cloned()
+            .unwrap_or_default();
+        if ready(&line) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    line
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_past_its_plugin_quota_is_refused_and_the_status_shows_each_tenant() {
     let env = Env::new().await;
@@ -688,25 +709,12 @@ async fn a_tenant_past_its_plugin_quota_is_refused_and_the_status_shows_each_ten
     assert_eq!(status, 409, "{refused}");
 
     fail_payment_on(&env, &own_subject("acme"), "u1").await;
-    // The status (sampled once a second) has a line per tenant, with its limits and refusals.
-    let mut line = json!(null);
-    for _ in 0..50 {
-        let (status, s) = admin.get("/api/status").await;
-        assert_eq!(status, 200, "{s}");
-        let tenants = s["tenants"].as_array().cloned().unwrap_or_default();
-        line = tenants
-            .iter()
-            .find(|t| t["name"] == "acme")
-            .cloned()
-            .unwrap_or_default();
-        let names: Vec<&str> = tenants.iter().filter_map(|t| t["name"].as_str()).collect();
-        assert_eq!(names, ["default", "acme", "globex"], "{s}");
-        // Tests share the process's metrics: other tests' acme inputs count too.
-        if line["events_in"].as_u64() >= Some(1) && line["quota_refusals"] == 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    // The status has a line per tenant, with its limits and refusals. (Tests share the
+    // process's metrics: other tests' acme inputs count too.)
+    let line = tenant_status(&admin, "acme", |line| {
+        line["events_in"].as_u64() >= Some(1) && line["quota_refusals"] == 3
+    })
+    .await;
     assert_eq!(
         (&line["plugins"], &line["max_plugins"], &line["quota_refusals"]),
         (&json!(1), &json!(1), &json!(3)),
@@ -739,5 +747,122 @@ async fn inputs_without_ids_at_the_same_place_of_two_streams_get_ids_of_their_ow
     assert_ne!(header(&first, "Hub-Cause"), header(&second, "Hub-Cause"));
     // Equal ids would make the action stream keep only one of them.
     assert_ne!(a["id"], b["id"], "{a} {b}");
+    hub.shutdown().await;
+}
+
+/// An input of `kind` for `actor` in `tenant`, named by its envelope.
+async fn send_to_tenant(env: &Env, tenant: &str, kind: &str, actor: &str, payload: serde_json::Value) {
+    let body = json!({"kind": kind, "actor": actor, "tenant": tenant, "payload": payload});
+    env.send_raw(&format!("events.{kind}"), body.to_string().as_bytes())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_a_tenants_state_or_timer_quota_are_dead_lettered_and_replayed_once_there_is_room() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    // Names of their own: tests share the process's metrics.
+    let quotas = [
+        ("timerbound", None, Some(2)),
+        ("statebound", Some(1), None),
+        ("roomy", Some(100_000), None),
+    ];
+    for (tenant, max_state_bytes, max_timers) in quotas {
+        let quota = hub::tenant::TenantConfig {
+            max_state_bytes,
+            max_timers,
+            ..Default::default()
+        };
+        config.tenants.insert(tenant.into(), quota);
+    }
+    let hub = env.start(config.clone()).await;
+    let api = Api::new(&hub, None);
+    let cart = crate::support::shoes_cart();
+
+    // cart-abandonment sets a timer per cart: a third is one past timerbound's two.
+    for actor in ["c1", "c2"] {
+        send_to_tenant(&env, "timerbound", "cart.updated", actor, cart.clone()).await;
+    }
+    let line = tenant_status(&api, "timerbound", |line| line["timers"] == 2).await;
+    assert_eq!(line["timers"], 2, "{line}");
+    send_to_tenant(&env, "timerbound", "cart.updated", "c3", cart.clone()).await;
+    let refused = crate::dead_letters::letters(&api, "quota", 1).await;
+    assert_eq!(
+        (refused[0]["actor"].as_str(), refused[0]["tenant"].as_str()),
+        (Some("c3"), Some("timerbound")),
+        "{refused:?}"
+    );
+    assert!(
+        refused[0].to_string().contains("[tenants.timerbound] max_timers = 2"),
+        "{refused:?}"
+    );
+    let (_, c3) = api.get("/api/actors/c3?tenant=timerbound").await;
+    assert_eq!(c3["timers"], json!([]), "nothing of the refused call stays: {c3}");
+    // Another tenant's carts are not limited by it.
+    send_to_tenant(&env, "roomy", "cart.updated", "c3", cart.clone()).await;
+
+    // A checkout cancels c1's timer; the replay of c3's cart then fits, once.
+    send_to_tenant(
+        &env,
+        "timerbound",
+        "checkout.completed",
+        "c1",
+        json!({"order_id": "o1"}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, done) = api.post("/api/dead-letters/replay?reason=quota", "").await;
+    assert_eq!((status, done["replayed"].as_u64()), (200, Some(1)), "{done}");
+    let line = tenant_status(&api, "timerbound", |line| {
+        line["timers"] == 2 && line["quota_refusals"].as_u64() >= Some(1)
+    })
+    .await;
+    assert_eq!((&line["timers"], &line["max_timers"]), (&json!(2), &json!(2)), "{line}");
+    assert!(line["quota_refusals"].as_u64() >= Some(1), "{line}");
+    let (_, c3) = api.get("/api/actors/c3?tenant=timerbound").await;
+    assert_eq!(
+        c3["timers"].as_array().map(Vec::len),
+        Some(1),
+        "the replayed cart's timer: {c3}"
+    );
+
+    // A payment failure is stored state: none fits in statebound's one byte, and roomy's is
+    // counted.
+    send_to_tenant(&env, "statebound", "payment.failed", "p1", json!({"amount": 20})).await;
+    send_to_tenant(&env, "roomy", "payment.failed", "p1", json!({"amount": 20})).await;
+    // (A replayed letter is no longer kept: c3's is gone.)
+    let refused = crate::dead_letters::letters(&api, "quota", 1).await;
+    assert!(
+        refused
+            .iter()
+            .any(|l| l["tenant"] == "statebound" && l.to_string().contains("max_state_bytes = 1")),
+        "{refused:?}"
+    );
+    let line = tenant_status(&api, "statebound", |line| line["quota_refusals"].as_u64() >= Some(1)).await;
+    assert_eq!(
+        (&line["state_bytes"], &line["max_state_bytes"]),
+        (&json!(0), &json!(1)),
+        "{line}"
+    );
+    let roomy = tenant_status(&api, "roomy", |line| line["state_bytes"].as_u64() > Some(0)).await;
+    let stored = roomy["state_bytes"].as_u64().expect("roomy's stored bytes are counted");
+    assert!(stored > 0 && stored < 100_000, "{roomy}");
+
+    // Started again on the same data, the counts start from what was stored.
+    hub.shutdown().await;
+    let hub = env.start(config).await;
+    let api = Api::new(&hub, None);
+    let line = tenant_status(&api, "timerbound", |line| line["timers"] == 2).await;
+    assert_eq!(line["timers"], 2, "timerbound's timers after the restart: {line}");
+    let roomy = tenant_status(&api, "roomy", |line| line["state_bytes"].as_u64() == Some(stored)).await;
+    assert_eq!(
+        roomy["state_bytes"].as_u64(),
+        Some(stored),
+        "roomy's bytes after the restart: {roomy}"
+    );
+    // And they keep being enforced: a third cart is still one too many.
+    send_to_tenant(&env, "timerbound", "cart.updated", "c4", cart).await;
+    let refused = crate::dead_letters::letters(&api, "quota", 2).await;
+    assert!(refused.iter().any(|l| l["actor"] == "c4"), "{refused:?}");
     hub.shutdown().await;
 }

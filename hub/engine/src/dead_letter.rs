@@ -34,6 +34,8 @@ pub enum Reason {
     PluginError,
     /// A call returned an output the hub cannot route or publish.
     InvalidOutput,
+    /// A call would have taken its tenant past a quota on stored state or pending timers.
+    Quota,
     /// A chain of emitted events longer than the hop limit.
     HopLimit,
     /// The plugin is quarantined after repeated traps.
@@ -52,7 +54,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Undecodable,
         Reason::Invalid,
         Reason::NoRule,
@@ -63,6 +65,7 @@ impl Reason {
         Reason::Trap,
         Reason::PluginError,
         Reason::InvalidOutput,
+        Reason::Quota,
         Reason::HopLimit,
         Reason::Quarantined,
         Reason::NoPlugin,
@@ -85,6 +88,7 @@ impl Reason {
             Reason::Trap => "trap",
             Reason::PluginError => "plugin_error",
             Reason::InvalidOutput => "invalid_output",
+            Reason::Quota => "quota",
             Reason::HopLimit => "hop_limit",
             Reason::Quarantined => "quarantined",
             Reason::NoPlugin => "no_plugin",

@@ -717,6 +717,7 @@ impl RestApi {
             stats: stats.clone(),
             db: db.clone(),
             timers: wheels.remove(0),
+            quotas: Default::default(),
             commits,
             engine: EngineConfig::default(),
             policies: policies.clone(),

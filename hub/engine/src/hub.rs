@@ -115,6 +115,8 @@ impl Hub {
             .map_err(StartError::Config)?;
         std::fs::create_dir_all(&config.data_dir)?;
         let db = Db::open(&config.data_dir, config.engine.commit_interval_ms)?;
+        let quotas = Arc::new(crate::quota::Quotas::new(&tenants));
+        quotas.count_stored(db.sled()).map_err(StateError::from)?;
 
         let client = async_nats::ConnectOptions::new()
             .name("hub")
@@ -335,7 +337,8 @@ impl Hub {
                 live: registry.live().clone(),
                 stats: stats.clone(),
                 db: db.clone(),
-                timers,
+                timers: timers.counting(quotas.clone()),
+                quotas: quotas.clone(),
                 commits: commits.clone(),
                 engine: config.engine.clone(),
                 policies: policies.clone(),
@@ -458,6 +461,7 @@ impl Hub {
                                 profiles: db.profiles.clone(),
                                 router: router.clone(),
                                 cluster: cluster.clone(),
+                                quotas: quotas.clone(),
                             },
                         })
                     }

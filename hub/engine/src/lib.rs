@@ -41,6 +41,7 @@ pub mod limits;
 pub mod metrics;
 pub mod nats_server;
 pub mod offline;
+pub mod quota;
 pub mod registry;
 pub mod router;
 pub mod runtime;

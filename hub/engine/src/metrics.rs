@@ -63,8 +63,12 @@ pub const TENANT_ACTIONS: &str = "hub_tenant_actions_total";
 pub const TENANT_DEAD_LETTERS: &str = "hub_tenant_dead_letters_total";
 /// Inputs in a tenant's own stream not yet delivered to the hub, per `tenant`: its backlog.
 pub const TENANT_BACKLOG: &str = "hub_tenant_backlog";
-/// Requests refused for a tenant's quota, per `tenant` and `quota`.
+/// Requests and plugin calls refused for a tenant's quota, per `tenant` and `quota`.
 pub const TENANT_QUOTA_REFUSALS: &str = "hub_tenant_quota_refusals_total";
+/// Bytes of stored state of a tenant with a quota on them, per `tenant` (see `quota`).
+pub const TENANT_STATE_BYTES: &str = "hub_tenant_state_bytes";
+/// Pending timers of a tenant with a quota on them, per `tenant`.
+pub const TENANT_TIMERS: &str = "hub_tenant_timers_pending";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static UPKEEP: std::sync::Once = std::sync::Once::new();

@@ -51,6 +51,8 @@ pub struct ShardSetup {
     pub stats: Arc<PluginStats>,
     pub db: Db,
     pub timers: TimerWheel,
+    /// Where the stored state and timers of tenants with quotas on them are counted.
+    pub quotas: Arc<crate::quota::Quotas>,
     pub commits: CommitQueue,
     pub engine: crate::config::EngineConfig,
     pub policies: PolicyStore,
@@ -150,7 +152,7 @@ impl Shard {
     /// Set up the shard and instantiate the live plugins. Runs on the shard's own thread.
     pub fn new(setup: ShardSetup) -> Shard {
         let label = setup.id.to_string();
-        let mut state = StateCache::new(setup.engine.cache_entries);
+        let mut state = StateCache::new(setup.engine.cache_entries).counting(setup.quotas);
         let judge = Judge::new(setup.policies, &setup.db, &mut state, setup.id);
         let commit_every = Duration::from_millis(setup.engine.commit_interval_ms.max(1));
         let mut shard = Shard {

@@ -58,6 +58,12 @@ pub(crate) fn open_when_unlocked(config: &sled::Config) -> Result<sled::Db, sled
     }
 }
 
+/// Whether a tree's keys begin with an actor and hold what the actor stores as it is: plugin
+/// state (`state/<plugin>`) and the arbiter's ledgers (`actions`).
+pub fn holds_actor_state(tree: &str) -> bool {
+    tree.starts_with("state/") || tree == "actions"
+}
+
 /// The hub's database and its fixed trees.
 #[derive(Clone)]
 pub struct Db {

@@ -74,7 +74,17 @@ pub struct TenantStatus {
     /// Inputs/s read from its own stream at most.
     pub rate: Option<u32>,
     pub max_plugins: Option<u32>,
-    /// Requests refused for its quotas since the hub started.
+    /// Bytes of state it stores (counted for a tenant with a quota on them).
+    #[serde(default)]
+    pub state_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_state_bytes: Option<u64>,
+    /// Its pending timers (counted for a tenant with a quota on them).
+    #[serde(default)]
+    pub timers: Option<u64>,
+    #[serde(default)]
+    pub max_timers: Option<u64>,
+    /// Requests and plugin calls refused for its quotas since the hub started.
     pub quota_refusals: u64,
 }
 
@@ -457,6 +467,10 @@ fn tenant_figures(
                 share: config.map_or(1, |c| c.share),
                 rate: config.and_then(|c| c.rate),
                 max_plugins: config.and_then(|c| c.max_plugins),
+                state_bytes: of.and_then(|t| t.state_bytes).map(|b| b.max(0.0) as u64),
+                max_state_bytes: config.and_then(|c| c.max_state_bytes),
+                timers: of.and_then(|t| t.timers).map(|n| n.max(0.0) as u64),
+                max_timers: config.and_then(|c| c.max_timers),
                 quota_refusals: get(|t| t.quota_refusals) as u64,
                 name,
             }
@@ -471,6 +485,8 @@ struct TenantFigures {
     actions: f64,
     dead_letters: f64,
     backlog: Option<f64>,
+    state_bytes: Option<f64>,
+    timers: Option<f64>,
     quota_refusals: f64,
 }
 
@@ -535,6 +551,8 @@ impl Figures {
                 m::TENANT_DEAD_LETTERS => f.tenant(label("tenant")).dead_letters += value,
                 m::TENANT_BACKLOG => f.tenant(label("tenant")).backlog = Some(value),
                 m::TENANT_QUOTA_REFUSALS => f.tenant(label("tenant")).quota_refusals += value,
+                m::TENANT_STATE_BYTES => f.tenant(label("tenant")).state_bytes = Some(value),
+                m::TENANT_TIMERS => f.tenant(label("tenant")).timers = Some(value),
                 _ => {}
             }
         }

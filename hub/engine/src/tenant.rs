@@ -156,6 +156,11 @@ pub struct TenantConfig {
     pub rate: Option<u32>,
     /// Plugins that run for it alone, at most: an upload or a move past it is refused (409).
     pub max_plugins: Option<u32>,
+    /// Bytes of stored state (plugin state and ledgers) at most: a plugin call that would
+    /// store more is refused and its input dead-lettered as `quota` (see `crate::quota`).
+    pub max_state_bytes: Option<u64>,
+    /// Pending timers at most, likewise.
+    pub max_timers: Option<u64>,
 }
 
 impl Default for TenantConfig {
@@ -165,6 +170,8 @@ impl Default for TenantConfig {
             share: 1,
             rate: None,
             max_plugins: None,
+            max_state_bytes: None,
+            max_timers: None,
         }
     }
 }

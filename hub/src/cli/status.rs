@@ -85,14 +85,17 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             "share",
             "rate/s",
             "plugins",
+            "state bytes",
+            "timers",
             "quota refusals",
         ]);
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        // What is used against a limit, `used/max`, or what is used.
+        let used_of = |used: Option<u64>, max: Option<u64>| match (used, max) {
+            (used, Some(max)) => format!("{}/{max}", used.unwrap_or(0)),
+            (used, None) => or_dash(used.map(|u| u.to_string())),
+        };
         for t in &s.tenants {
-            let plugins = match t.max_plugins {
-                Some(max) => format!("{}/{max}", t.plugins),
-                None => t.plugins.to_string(),
-            };
             tenants.add_row([
                 t.name.clone(),
                 format!("{:.0}", t.events_in_per_s),
@@ -102,7 +105,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                 or_dash(t.backlog.map(|b| b.to_string())),
                 t.share.to_string(),
                 or_dash(t.rate.map(|r| r.to_string())),
-                plugins,
+                used_of(Some(t.plugins), t.max_plugins.map(u64::from)),
+                used_of(t.state_bytes, t.max_state_bytes),
+                used_of(t.timers, t.max_timers),
                 t.quota_refusals.to_string(),
             ]);
         }

@@ -22,13 +22,16 @@ pub struct Takeover {
     pub profiles: crate::state::Profiles,
     pub router: Router,
     pub cluster: Arc<Cluster>,
+    /// Where tenants' stored state is counted: the partition's stale copy goes, its restored
+    /// state comes.
+    pub quotas: Arc<crate::quota::Quotas>,
 }
 
-/// Whether a tree's keys begin with an actor, and its records are restored into sled as they
-/// are: plugin state and the arbiter's ledgers. (Nothing else in the changelog is written to
-/// sled as it is: it cannot name another tree.)
+/// Whether a tree's records are restored into sled as they are: plugin state and the arbiter's
+/// ledgers. (Nothing else in the changelog is written to sled as it is: it cannot name another
+/// tree.)
 fn restored_as_is(tree: &str) -> bool {
-    tree.starts_with("state/") || tree == "actions"
+    crate::state::holds_actor_state(tree)
 }
 
 impl Takeover {
@@ -46,14 +49,14 @@ impl Takeover {
             );
         }
         let batches = {
-            let (db, cluster) = (self.db.clone(), self.cluster.clone());
+            let (db, cluster, quotas) = (self.db.clone(), self.cluster.clone(), self.quotas.clone());
             let entries: Vec<(Arc<str>, Vec<u8>, Vec<u8>)> = restored
                 .entries
                 .iter()
                 .filter(|((tree, _), _)| restored_as_is(tree))
                 .map(|((tree, key), value)| (tree.clone(), key.clone(), value.clone()))
                 .collect();
-            tokio::task::spawn_blocking(move || reset_trees(&db, &cluster, partition, entries))
+            tokio::task::spawn_blocking(move || reset_trees(&db, &cluster, &quotas, partition, entries))
                 .await
                 .map_err(|e| fail(e.to_string()))?
                 .map_err(|e| fail(e.to_string()))?
@@ -140,10 +143,12 @@ impl Takeover {
 }
 
 /// Batches that remove from every plugin-state and ledger tree the keys of the partition's
-/// actors, and write the restored ones.
+/// actors, and write the restored ones; the tenants' stored state is counted for what they
+/// will hold.
 fn reset_trees(
     db: &sled::Db,
     cluster: &Cluster,
+    quotas: &crate::quota::Quotas,
     partition: u16,
     entries: Vec<(Arc<str>, Vec<u8>, Vec<u8>)>,
 ) -> Result<Vec<(sled::Tree, sled::Batch)>, sled::Error> {
@@ -155,14 +160,20 @@ fn reset_trees(
         }
         let tree = db.open_tree(&name)?;
         let batch = batches.entry(name).or_default();
-        for key in tree.iter().keys() {
-            let key = key?;
+        for entry in tree.iter() {
+            let (key, value) = entry?;
             if keys::state_actor(&key).is_some_and(|actor| cluster.partition_of(actor) == partition) {
+                if let Some((usage, bytes)) = quotas.of_state_entry(&key, value.len()) {
+                    usage.add_state_bytes(-bytes);
+                }
                 batch.remove(key);
             }
         }
     }
     for (tree, key, value) in entries {
+        if let Some((usage, bytes)) = quotas.of_state_entry(&key, value.len()) {
+            usage.add_state_bytes(bytes);
+        }
         batches.entry(tree.to_string()).or_default().insert(key, value);
     }
     batches

@@ -32,6 +32,20 @@
     return x < 10 ? x.toFixed(1) : integer.format(Math.round(x));
   }
 
+  function fmtBytes(x) {
+    if (!isNumber(x)) return '—';
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    while (x >= 1024 && i < units.length - 1) {
+      x /= 1024;
+      i += 1;
+    }
+    return i === 0 ? `${x} B` : `${x.toFixed(1)} ${units[i]}`;
+  }
+
+  /** What is used against a limit (`used / max`), or what is used when there is no limit. */
+  const usedOf = (used, max, fmt) => (isNumber(max) ? `${fmt(used ?? 0)} / ${fmt(max)}` : fmt(used));
+
   function fmtMs(x) {
     if (!isNumber(x)) return '—';
     if (x === 0) return '0';
@@ -963,10 +977,10 @@
     syncRows($('tenants').tBodies[0], tenants, (t) => t.name, () => {
       const tr = document.createElement('tr');
       tr.append(cell());
-      for (let i = 0; i < 8; i += 1) tr.append(cell('', 'num'));
+      for (let i = 0; i < 10; i += 1) tr.append(cell('', 'num'));
       return tr;
     }, (tr, t) => {
-      const [name, rate, backlog, actions, letters, share, limit, plugins, refused] = tr.cells;
+      const [name, rate, backlog, actions, letters, share, limit, plugins, state, timers, refused] = tr.cells;
       name.textContent = t.name;
       rate.textContent = fmtRate(t.events_in_per_s);
       backlog.textContent = orDash(t.backlog);
@@ -975,7 +989,9 @@
       letters.textContent = fmtCount(t.dead_letters);
       share.textContent = fmtCount(t.share);
       limit.textContent = orDash(t.rate);
-      plugins.textContent = isNumber(t.max_plugins) ? `${fmtCount(t.plugins)} / ${fmtCount(t.max_plugins)}` : fmtCount(t.plugins);
+      plugins.textContent = usedOf(t.plugins, t.max_plugins, fmtCount);
+      state.textContent = usedOf(t.state_bytes, t.max_state_bytes, fmtBytes);
+      timers.textContent = usedOf(t.timers, t.max_timers, fmtCount);
       refused.textContent = fmtCount(t.quota_refusals);
       refused.classList.toggle('alert', t.quota_refusals > 0);
     });

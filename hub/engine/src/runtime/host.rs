@@ -13,7 +13,8 @@
 //! applies the event once.
 
 use super::bindings::hub::plugin::{clock, log, profile, state, timers, types};
-use super::stores::Stores;
+use super::stores::{StoreError, Stores};
+use crate::quota::{self, Exceeded, Growth};
 use crate::state::PluginSlot;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
@@ -67,6 +68,44 @@ impl CallWrites {
             Some(entry) => entry.1 = value,
             None => self.state.push((key, value)),
         }
+    }
+
+    /// Whether the journal may apply: refused when it would take the actor's tenant past its
+    /// quota on stored state or pending timers (see `crate::quota`). Tenants without such a
+    /// quota pass at the cost of one lookup.
+    pub(super) fn within_quota(
+        &self,
+        stores: &mut dyn Stores,
+        plugin: &str,
+        slot: PluginSlot,
+        actor: &str,
+    ) -> Result<Result<(), Exceeded>, StoreError> {
+        let Some(usage) = stores.quota(actor) else {
+            return Ok(Ok(()));
+        };
+        let mut growth = Growth::default();
+        let size = |key: &str, len: Option<usize>| len.map_or(0, |len| quota::state_entry_bytes(actor, key, len));
+        for (key, value) in &self.state {
+            let old = stores.state(slot, actor, key)?.map(<[u8]>::len);
+            growth.state_bytes += size(key, value.as_ref().map(Vec::len)) - size(key, old);
+        }
+        // Each timer id ends set or cancelled by its last change; it adds one if it was not
+        // pending before and ends set, frees one if it was and ends cancelled.
+        let mut last: Vec<(&str, bool)> = Vec::new();
+        for change in &self.timers {
+            let (id, set) = match change {
+                TimerWrite::Set { id, .. } => (id.as_str(), true),
+                TimerWrite::Cancel { id } => (id.as_str(), false),
+            };
+            match last.iter_mut().find(|(seen, _)| *seen == id) {
+                Some(entry) => entry.1 = set,
+                None => last.push((id, set)),
+            }
+        }
+        for (id, set) in last {
+            growth.timers += i64::from(set) - i64::from(stores.has_timer(plugin, actor, id));
+        }
+        Ok(usage.admit(growth))
     }
 
     /// Apply the journal to the stores, for plugin `plugin` in `slot` and `actor`.
@@ -218,5 +257,111 @@ impl log::Host for HostState {
             log::Level::Warn => tracing::warn!(plugin, tenant, actor, "{message}"),
             log::Level::Error => tracing::error!(plugin, tenant, actor, "{message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::{Kind, Quotas, Usage};
+    use crate::runtime::stores::MemoryStores;
+
+    /// Memory stores whose actors all belong to tenant `capped`.
+    struct Capped {
+        memory: MemoryStores,
+        quotas: Quotas,
+    }
+
+    impl Stores for Capped {
+        fn state(&mut self, slot: PluginSlot, actor: &str, key: &str) -> Result<Option<&[u8]>, StoreError> {
+            self.memory.state(slot, actor, key)
+        }
+        fn set_state(&mut self, slot: PluginSlot, actor: &str, key: &str, value: Option<Vec<u8>>) {
+            self.memory.set_state(slot, actor, key, value);
+        }
+        fn set_timer(&mut self, plugin: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>) {
+            self.memory.set_timer(plugin, actor, id, due, payload);
+        }
+        fn cancel_timer(&mut self, plugin: &str, actor: &str, id: &str) {
+            self.memory.cancel_timer(plugin, actor, id);
+        }
+        fn has_timer(&mut self, plugin: &str, actor: &str, id: &str) -> bool {
+            self.memory.has_timer(plugin, actor, id)
+        }
+        fn quota(&self, actor: &str) -> Option<Arc<Usage>> {
+            self.quotas.of(actor).cloned()
+        }
+        fn profile(&mut self, actor: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.memory.profile(actor)
+        }
+        fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+            self
+        }
+    }
+
+    #[test]
+    fn a_calls_growth_counts_each_key_and_timer_by_its_last_write() {
+        const ACTOR: &str = "capped\u{1f}ann";
+        let slot = PluginSlot(0);
+        let mut stores = Capped {
+            memory: MemoryStores::default(),
+            quotas: crate::quota::tests::quotas(Some(1_000), Some(2)),
+        };
+        stores.set_state(slot, ACTOR, "k", Some(vec![0; 10]));
+        stores.set_timer("p", ACTOR, "old", 5, vec![]);
+        stores.set_timer("p", ACTOR, "kept", 5, vec![]);
+        let usage = stores.quota(ACTOR).expect("counted");
+        usage.add_timers(2);
+
+        // A new timer set twice, one set then cancelled (which adds nothing) and a pending one
+        // set again: one more pending, three in all, past the quota of two.
+        let mut writes = CallWrites::default();
+        for change in [
+            TimerWrite::Set {
+                id: "new".into(),
+                due: 1,
+                payload: vec![],
+            },
+            TimerWrite::Set {
+                id: "new".into(),
+                due: 2,
+                payload: vec![],
+            },
+            TimerWrite::Set {
+                id: "brief".into(),
+                due: 1,
+                payload: vec![],
+            },
+            TimerWrite::Cancel { id: "brief".into() },
+            TimerWrite::Set {
+                id: "kept".into(),
+                due: 9,
+                payload: vec![],
+            },
+        ] {
+            writes.timers.push(change);
+        }
+        let refused = writes
+            .within_quota(&mut stores, "p", slot, ACTOR)
+            .expect("stores answer");
+        let refused = refused.expect_err("three timers where two may be");
+        assert_eq!((refused.kind, refused.used, refused.adding), (Kind::Timers, 2, 1));
+
+        // With a pending one cancelled it fits; a value grown by 5 bytes counts 5.
+        writes.timers.push(TimerWrite::Cancel { id: "old".into() });
+        writes.write("k".into(), Some(vec![0; 15]));
+        writes.write("gone".into(), None);
+        // 996 bytes held: 5 more reach 1,001, past 1,000.
+        usage.add_state_bytes(996 - usage.state_bytes());
+        let refused = writes
+            .within_quota(&mut stores, "p", slot, ACTOR)
+            .expect("stores answer");
+        let refused = refused.expect_err("past the state quota");
+        assert_eq!((refused.kind, refused.adding), (Kind::StateBytes, 5));
+        writes.write("k".into(), Some(vec![0; 14]));
+        let fits = writes
+            .within_quota(&mut stores, "p", slot, ACTOR)
+            .expect("stores answer");
+        assert_eq!(fits, Ok(()), "4 more reach 1,000 exactly");
     }
 }

@@ -36,6 +36,12 @@ pub enum CallError {
     /// The call returned outputs the hub cannot take (see `runtime::outputs`).
     #[error("{0}")]
     Output(String),
+    /// The call's writes would take its tenant past a quota on what it stores.
+    #[error("{0}")]
+    Quota(#[from] crate::quota::Exceeded),
+    /// The stores could not answer what the quota check asked (sled failed).
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl CallError {
@@ -48,12 +54,17 @@ impl CallError {
             CallError::Trap(_) => Reason::Trap,
             CallError::Plugin(_) => Reason::PluginError,
             CallError::Output(_) => Reason::InvalidOutput,
+            CallError::Quota(_) => Reason::Quota,
+            CallError::Storage(_) => Reason::Trap,
         }
     }
 
-    /// A trap poisons the instance; a returned error does not.
+    /// A trap poisons the instance; a returned error, or a refusal by the hub, does not.
     pub fn is_trap(&self) -> bool {
-        !matches!(self, CallError::Plugin(_) | CallError::Output(_))
+        !matches!(
+            self,
+            CallError::Plugin(_) | CallError::Output(_) | CallError::Quota(_) | CallError::Storage(_)
+        )
     }
 }
 
@@ -225,9 +236,21 @@ impl PluginInstance {
             }
         };
         let data = self.store.data_mut();
-        match (&outcome, stores.as_deref_mut()) {
-            (Ok(_), Some(stores)) => data.writes.apply(stores, &data.plugin, data.slot, &data.actor),
-            _ => data.writes.discard(),
+        let outcome = match (outcome, stores.as_deref_mut()) {
+            (Ok(outputs), Some(stores)) => {
+                match data.writes.within_quota(stores, &data.plugin, data.slot, &data.actor) {
+                    Ok(Ok(())) => {
+                        data.writes.apply(stores, &data.plugin, data.slot, &data.actor);
+                        Ok(outputs)
+                    }
+                    Ok(Err(exceeded)) => Err(CallError::Quota(exceeded)),
+                    Err(e) => Err(CallError::Storage(e.to_string())),
+                }
+            }
+            (outcome, _) => outcome,
+        };
+        if outcome.is_err() {
+            data.writes.discard();
         }
         outcome
     }

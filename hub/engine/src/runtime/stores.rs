@@ -4,9 +4,11 @@
 //! profiles) on a running hub, or [`MemoryStores`] for a plugin run offline on a virtual clock (the
 //! plugin test runner, backtests, shadow runs). Either way the plugin runs in the same sandbox.
 
+use crate::quota::Usage;
 use crate::state::{DueTimer, PluginSlot, ProfileCache, StateCache, TimerWheel};
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Why a store could not answer an import; the call traps with it.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,13 @@ pub trait Stores: Any + Send {
     fn set_state(&mut self, slot: PluginSlot, actor: &str, key: &str, value: Option<Vec<u8>>);
     fn set_timer(&mut self, plugin: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>);
     fn cancel_timer(&mut self, plugin: &str, actor: &str, id: &str);
+    fn has_timer(&mut self, plugin: &str, actor: &str, id: &str) -> bool;
+    /// The quotas of the actor's tenant on stored state and timers, and what it holds against
+    /// them, if it has such quotas (offline runs have none).
+    fn quota(&self, actor: &str) -> Option<Arc<Usage>> {
+        let _ = actor;
+        None
+    }
     /// The actor's profile as a MessagePack map.
     fn profile(&mut self, actor: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// For handing the concrete stores back to their owner after a call.
@@ -48,6 +57,14 @@ impl Stores for ShardStores {
 
     fn cancel_timer(&mut self, plugin: &str, actor: &str, id: &str) {
         self.timers.cancel(plugin, actor, id);
+    }
+
+    fn has_timer(&mut self, plugin: &str, actor: &str, id: &str) -> bool {
+        self.timers.contains(plugin, actor, id)
+    }
+
+    fn quota(&self, actor: &str) -> Option<Arc<Usage>> {
+        self.state.quotas().of(actor).cloned()
     }
 
     fn profile(&mut self, actor: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -180,6 +197,11 @@ impl Stores for MemoryStores {
         if let Some((due, _)) = self.timers.remove(&key) {
             self.by_due.remove(&(due, key));
         }
+    }
+
+    fn has_timer(&mut self, plugin: &str, actor: &str, id: &str) -> bool {
+        let key = (plugin.to_owned(), actor.to_owned(), id.to_owned());
+        self.timers.contains_key(&key)
     }
 
     fn profile(&mut self, actor: &str) -> Result<Option<Vec<u8>>, StoreError> {

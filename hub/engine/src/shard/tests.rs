@@ -78,6 +78,7 @@ fn harness(plugins: &[(&str, serde_json::Value)], policies: Policies) -> Harness
         cluster: None,
         db,
         timers: wheels.remove(0),
+        quotas: Default::default(),
         commits,
         engine: EngineConfig::default(),
         sinks: Sinks::start(&BTreeMap::new(), push, egress),

@@ -9,6 +9,7 @@
 //! hashes the key once and allocates nothing (hashbrown's `entry_ref`).
 
 use super::keys;
+use crate::quota::{self, Quotas};
 use hashbrown::hash_map::EntryRef;
 use rustc_hash::FxBuildHasher;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct StateCache {
     dirty: Vec<Key>,
     capacity: usize,
     key: Vec<u8>,
+    /// Where the stored bytes of tenants with a quota are counted.
+    quotas: Arc<Quotas>,
 }
 
 impl StateCache {
@@ -48,7 +51,19 @@ impl StateCache {
             dirty: Vec::new(),
             capacity,
             key: Vec::with_capacity(128),
+            quotas: Arc::default(),
         }
+    }
+
+    /// Count the writes of tenants with a quota on stored state in `quotas`.
+    pub fn counting(mut self, quotas: Arc<Quotas>) -> StateCache {
+        self.quotas = quotas;
+        self
+    }
+
+    /// The quotas this cache counts writes in.
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
     }
 
     /// Register a plugin's state tree; the returned slot addresses it.
@@ -85,6 +100,18 @@ impl StateCache {
 
     /// Set (`Some`) or delete (`None`) a key.
     pub fn set(&mut self, slot: PluginSlot, actor: &str, key: &str, value: Option<Vec<u8>>) {
+        if let Some(usage) = self.quotas.of(actor).cloned() {
+            // The old value is read (and so cached) first, to count the difference.
+            let old = match self.get(slot, actor, key) {
+                Ok(old) => old.map(<[u8]>::len),
+                Err(e) => {
+                    tracing::warn!(error = %e, "state read failed; the quota counts the key as new");
+                    None
+                }
+            };
+            let size = |len: Option<usize>| len.map_or(0, |len| quota::state_entry_bytes(actor, key, len));
+            usage.add_state_bytes(size(value.as_ref().map(Vec::len)) - size(old));
+        }
         self.build_key(slot, actor, key);
         match self.entries.entry_ref(self.key.as_slice()) {
             EntryRef::Occupied(mut e) => {
@@ -275,6 +302,48 @@ mod tests {
             [("k".to_owned(), b"v".to_vec())],
             "an erase must see it too"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever the writes, commits and evictions, a tenant's counted bytes are those of
+        /// its live entries, and a count of sled once all is committed finds the same.
+        #[test]
+        fn a_tenants_stored_bytes_follow_every_write(
+            ops in proptest::collection::vec((0u8..3, 0u8..3, proptest::option::of(0usize..20), 0u8..4), 0..60),
+        ) {
+            let db = sled::Config::new().temporary(true).open().expect("sled");
+            let quotas = Arc::new(crate::quota::tests::quotas(Some(1000), None));
+            let mut cache = StateCache::new(2).counting(quotas.clone());
+            let slot = cache.add_plugin(db.open_tree("state/p").expect("tree"));
+            let mut model = std::collections::BTreeMap::new();
+            let mut seq = 0;
+            for (actor, key, value, then) in ops {
+                let actor = ["capped\u{1f}a1", "capped\u{1f}a2", "free\u{1f}a1"][usize::from(actor)];
+                let key = format!("k{key}");
+                let value = value.map(|len| vec![7u8; len]);
+                match &value {
+                    Some(v) => model.insert((actor, key.clone()), v.len()),
+                    None => model.remove(&(actor, key.clone())),
+                };
+                cache.set(slot, actor, &key, value);
+                if then == 0 {
+                    seq += 1;
+                    apply(cache.take_commit(seq));
+                    cache.evict(seq);
+                }
+            }
+            let expected: i64 = model
+                .iter()
+                .filter(|((actor, _), _)| actor.starts_with("capped"))
+                .map(|((actor, key), len)| crate::quota::state_entry_bytes(actor, key, *len))
+                .sum();
+            let usage = quotas.of("capped\u{1f}a1").expect("counted");
+            proptest::prop_assert_eq!(usage.state_bytes(), expected);
+            apply(cache.take_commit(seq + 1));
+            let recounted = crate::quota::tests::quotas(Some(1000), None);
+            recounted.count_stored(&db).expect("count");
+            proptest::prop_assert_eq!(recounted.of("capped\u{1f}a1").expect("counted").state_bytes(), expected);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use super::keys;
 use super::timer_log::TimerLog;
+use crate::quota::Quotas;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct TimerWheel {
     /// Keys changed since the last commit.
     dirty: FxHashSet<Key>,
     key: Vec<u8>,
+    /// Where the pending timers of tenants with a quota on them are counted.
+    quotas: Arc<Quotas>,
 }
 
 impl TimerWheel {
@@ -53,13 +56,49 @@ impl TimerWheel {
             timers: FxHashMap::default(),
             dirty: FxHashSet::default(),
             key: Vec::with_capacity(128),
+            quotas: Arc::default(),
+        }
+    }
+
+    /// Count the pending timers of tenants with a quota on them in `quotas`, from those the
+    /// wheel holds now on.
+    pub fn counting(mut self, quotas: Arc<Quotas>) -> TimerWheel {
+        self.quotas = quotas;
+        if !self.quotas.is_empty() {
+            for key in self.timers.keys() {
+                self.count(key, 1);
+            }
+        }
+        self
+    }
+
+    /// A timer of `key` was added (1) or removed (-1).
+    fn count(&self, key: &[u8], delta: i64) {
+        if self.quotas.is_empty() {
+            return;
+        }
+        if let Some(usage) = keys::timer_actor(key).and_then(|actor| self.quotas.of(actor)) {
+            usage.add_timers(delta);
         }
     }
 
     /// Put back a timer read from sled at start (not dirty).
     pub fn restore(&mut self, key: Key, due: i64, payload: Vec<u8>) {
         self.queue.insert((due, key.clone()));
-        self.timers.insert(key, (due, payload));
+        match self.timers.insert(key.clone(), (due, payload)) {
+            Some((old_due, _)) if old_due != due => {
+                self.queue.remove(&(old_due, key));
+            }
+            Some(_) => {}
+            None => self.count(&key, 1),
+        }
+    }
+
+    /// Whether a timer `id` of `owner` for `actor` is pending.
+    pub fn contains(&mut self, owner: &str, actor: &str, id: &str) -> bool {
+        self.key.clear();
+        keys::timer_key(&mut self.key, owner, actor, id);
+        self.timers.contains_key(self.key.as_slice())
     }
 
     pub fn set(&mut self, owner: &str, actor: &str, id: &str, due: i64, payload: Vec<u8>) {
@@ -71,7 +110,11 @@ impl TimerWheel {
                 self.queue.remove(&(*old_due, key.clone()));
                 key
             }
-            None => Key::from(self.key.as_slice()),
+            None => {
+                let key = Key::from(self.key.as_slice());
+                self.count(&key, 1);
+                key
+            }
         };
         self.queue.insert((due, key.clone()));
         self.dirty.insert(key.clone());
@@ -83,6 +126,7 @@ impl TimerWheel {
         keys::timer_key(&mut self.key, owner, actor, id);
         if let Some((key, (due, _))) = self.timers.remove_entry(self.key.as_slice()) {
             self.queue.remove(&(due, key.clone()));
+            self.count(&key, -1);
             self.dirty.insert(key);
         }
     }
@@ -148,7 +192,13 @@ impl TimerWheel {
             return None;
         }
         let (due, key) = self.queue.pop_first()?;
-        let payload = self.timers.remove(&key).map(|(_, payload)| payload).unwrap_or_default();
+        let payload = match self.timers.remove(&key) {
+            Some((_, payload)) => {
+                self.count(&key, -1);
+                payload
+            }
+            None => Vec::new(),
+        };
         let timer = keys::split_timer_key(&key).map(|(owner, actor, id)| DueTimer {
             owner: owner.to_owned(),
             actor: actor.to_owned(),
@@ -195,6 +245,7 @@ impl TimerWheel {
         for key in gone {
             if let Some((due, _)) = self.timers.remove(&key) {
                 self.queue.remove(&(due, key.clone()));
+                self.count(&key, -1);
             }
             self.dirty.remove(&key);
         }
@@ -272,6 +323,43 @@ mod tests {
     fn commit(w: &mut TimerWheel) {
         let (tree, batch) = w.take_commit().expect("changes");
         tree.apply_batch(batch).expect("apply");
+    }
+
+    proptest::proptest! {
+        /// Whatever sets, cancels, firings and erasures a tenant's timers go through, its
+        /// counted timers are those pending; a wheel counting from a restart finds the same.
+        #[test]
+        fn a_tenants_pending_timers_follow_every_change(
+            ops in proptest::collection::vec((0u8..5, 0u8..3, 0u8..3, 0i64..50), 0..60),
+        ) {
+            let quotas = std::sync::Arc::new(crate::quota::tests::quotas(None, Some(100)));
+            let (_db, wheel) = wheel();
+            let mut wheel = wheel.counting(quotas.clone());
+            let actors = ["capped\u{1f}a1", "capped\u{1f}a2", "free\u{1f}a1"];
+            for (op, actor, id, due) in ops {
+                let (actor, id) = (actors[usize::from(actor)], format!("t{id}"));
+                match op {
+                    0 | 1 => wheel.set("p", actor, &id, due, vec![]),
+                    2 => wheel.cancel("p", actor, &id),
+                    3 => while wheel.pop_due(due).is_some() {},
+                    _ => {
+                        wheel.erase_actor(actor);
+                    }
+                }
+            }
+            let pending = |wheel: &TimerWheel| {
+                actors[..2].iter().map(|a| wheel.of_actor(a).len() as i64).sum::<i64>()
+            };
+            let usage = quotas.of("capped\u{1f}a1").expect("counted");
+            proptest::prop_assert_eq!(usage.timers(), pending(&wheel));
+            let recounted = std::sync::Arc::new(crate::quota::tests::quotas(None, Some(100)));
+            let (_db2, mut restarted) = super::tests::wheel();
+            for (key, (due, payload)) in &wheel.timers {
+                restarted.restore(key.clone(), *due, payload.clone());
+            }
+            let restarted = restarted.counting(recounted.clone());
+            proptest::prop_assert_eq!(recounted.of("capped\u{1f}a1").expect("counted").timers(), pending(&restarted));
+        }
     }
 
     #[test]
