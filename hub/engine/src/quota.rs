@@ -169,14 +169,16 @@ impl Quotas {
         self.tenants.get(crate::tenant::split(actor).0?)
     }
 
-    /// The usage of the tenant whose actor begins a state key (actor ‖ user key), if it has a
-    /// quota, with the entry's size.
-    pub fn of_state_entry(&self, key: &[u8], value_len: usize) -> Option<(&Arc<Usage>, i64)> {
+    /// Count a state entry written to sled directly (`stored`) or removed from it, by its
+    /// stored key (actor ‖ user key), if its actor's tenant has a quota.
+    pub fn count_state_entry(&self, key: &[u8], value_len: usize, stored: bool) {
         if self.tenants.is_empty() {
-            return None;
+            return;
         }
-        let usage = self.of(crate::state::keys::state_actor(key)?)?;
-        Some((usage, entry_bytes(key.len(), value_len)))
+        if let Some(usage) = crate::state::keys::state_actor(key).and_then(|actor| self.of(actor)) {
+            let bytes = entry_bytes(key.len(), value_len);
+            usage.add_state_bytes(if stored { bytes } else { -bytes });
+        }
     }
 
     /// Count what sled holds already: every entry of the plugin-state and ledger trees under
@@ -192,9 +194,7 @@ impl Quotas {
             }
             for entry in db.open_tree(&name)?.iter() {
                 let (key, value) = entry?;
-                if let Some((usage, bytes)) = self.of_state_entry(&key, value.len()) {
-                    usage.add_state_bytes(bytes);
-                }
+                self.count_state_entry(&key, value.len(), true);
             }
         }
         Ok(())
@@ -202,13 +202,14 @@ impl Quotas {
 }
 
 /// The size a state entry counts for: its stored key (actor and user key) and its value.
-pub fn entry_bytes(key_len: usize, value_len: usize) -> i64 {
+fn entry_bytes(key_len: usize, value_len: usize) -> i64 {
     i64::try_from(key_len.saturating_add(value_len)).unwrap_or(i64::MAX)
 }
 
-/// The size of the entry of `key` of `actor` holding `value_len` bytes (see [`entry_bytes`]).
-pub fn state_entry_bytes(actor: &str, key: &str, value_len: usize) -> i64 {
-    entry_bytes(2 + actor.len() + key.len(), value_len)
+/// The size of the entry of `key` of `actor` holding `value_len` bytes (see [`entry_bytes`]);
+/// 0 for no entry.
+pub fn state_entry_bytes(actor: &str, key: &str, value_len: Option<usize>) -> i64 {
+    value_len.map_or(0, |len| entry_bytes(2 + actor.len() + key.len(), len))
 }
 
 #[cfg(test)]
@@ -266,8 +267,10 @@ pub(crate) mod tests {
         let mut key = Vec::new();
         crate::state::keys::state_key(&mut key, "capped\u{1f}ann", "count");
         let quotas = quotas(Some(100), None);
-        let (_, bytes) = quotas.of_state_entry(&key, 3).expect("counted");
-        assert_eq!(bytes, state_entry_bytes("capped\u{1f}ann", "count", 3));
+        quotas.count_state_entry(&key, 3, true);
+        let bytes = quotas.of("capped\u{1f}ann").expect("counted").state_bytes();
+        assert_eq!(bytes, state_entry_bytes("capped\u{1f}ann", "count", Some(3)));
         assert_eq!(bytes, (key.len() + 3) as i64);
+        assert_eq!(state_entry_bytes("capped\u{1f}ann", "count", None), 0);
     }
 }

@@ -63,15 +63,12 @@ pub(crate) fn erase(db: &Db, stores: &mut ShardStores, slots: &Slots, actor: &st
             }
             None => {
                 let tree = db.state_tree(&plugin).map_err(|e| e.to_string())?;
-                let usage = stores.state.quotas().of(actor);
                 for (key, value) in scan_actor(&tree, actor).map_err(|e| e.to_string())? {
                     let mut full = Vec::new();
                     keys::state_key(&mut full, actor, &key);
-                    tree.remove(full).map_err(|e| e.to_string())?;
+                    tree.remove(&full).map_err(|e| e.to_string())?;
                     erased.state_keys += 1;
-                    if let Some(usage) = usage {
-                        usage.add_state_bytes(-crate::quota::state_entry_bytes(actor, &key, value.len()));
-                    }
+                    stores.state.quotas().count_state_entry(&full, value.len(), false);
                 }
             }
         }

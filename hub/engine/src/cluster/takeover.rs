@@ -163,17 +163,13 @@ fn reset_trees(
         for entry in tree.iter() {
             let (key, value) = entry?;
             if keys::state_actor(&key).is_some_and(|actor| cluster.partition_of(actor) == partition) {
-                if let Some((usage, bytes)) = quotas.of_state_entry(&key, value.len()) {
-                    usage.add_state_bytes(-bytes);
-                }
+                quotas.count_state_entry(&key, value.len(), false);
                 batch.remove(key);
             }
         }
     }
     for (tree, key, value) in entries {
-        if let Some((usage, bytes)) = quotas.of_state_entry(&key, value.len()) {
-            usage.add_state_bytes(bytes);
-        }
+        quotas.count_state_entry(&key, value.len(), true);
         batches.entry(tree.to_string()).or_default().insert(key, value);
     }
     batches

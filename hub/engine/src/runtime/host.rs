@@ -13,8 +13,9 @@
 //! applies the event once.
 
 use super::bindings::hub::plugin::{clock, log, profile, state, timers, types};
-use super::stores::{StoreError, Stores};
-use crate::quota::{self, Exceeded, Growth};
+use super::instance::CallError;
+use super::stores::Stores;
+use crate::quota::{self, Growth};
 use crate::state::PluginSlot;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
@@ -79,15 +80,18 @@ impl CallWrites {
         plugin: &str,
         slot: PluginSlot,
         actor: &str,
-    ) -> Result<Result<(), Exceeded>, StoreError> {
+    ) -> Result<(), CallError> {
         let Some(usage) = stores.quota(actor) else {
-            return Ok(Ok(()));
+            return Ok(());
         };
         let mut growth = Growth::default();
-        let size = |key: &str, len: Option<usize>| len.map_or(0, |len| quota::state_entry_bytes(actor, key, len));
         for (key, value) in &self.state {
-            let old = stores.state(slot, actor, key)?.map(<[u8]>::len);
-            growth.state_bytes += size(key, value.as_ref().map(Vec::len)) - size(key, old);
+            let old = stores
+                .state(slot, actor, key)
+                .map_err(|e| CallError::Storage(e.to_string()))?
+                .map(<[u8]>::len);
+            let new = value.as_ref().map(Vec::len);
+            growth.state_bytes += quota::state_entry_bytes(actor, key, new) - quota::state_entry_bytes(actor, key, old);
         }
         // Each timer id ends set or cancelled by its last change; it adds one if it was not
         // pending before and ends set, frees one if it was and ends cancelled.
@@ -105,7 +109,7 @@ impl CallWrites {
         for (id, set) in last {
             growth.timers += i64::from(set) - i64::from(stores.has_timer(plugin, actor, id));
         }
-        Ok(usage.admit(growth))
+        Ok(usage.admit(growth)?)
     }
 
     /// Apply the journal to the stores, for plugin `plugin` in `slot` and `actor`.
@@ -263,8 +267,16 @@ impl log::Host for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::{Kind, Quotas, Usage};
-    use crate::runtime::stores::MemoryStores;
+    use crate::quota::{Exceeded, Kind, Quotas, Usage};
+    use crate::runtime::stores::{MemoryStores, StoreError};
+
+    /// The quota a call was refused for.
+    fn refusal(result: Result<(), CallError>, what: &str) -> Exceeded {
+        match result {
+            Err(CallError::Quota(exceeded)) => exceeded,
+            other => panic!("{what}: {other:?}"),
+        }
+    }
 
     /// Memory stores whose actors all belong to tenant `capped`.
     struct Capped {
@@ -341,10 +353,10 @@ mod tests {
         ] {
             writes.timers.push(change);
         }
-        let refused = writes
-            .within_quota(&mut stores, "p", slot, ACTOR)
-            .expect("stores answer");
-        let refused = refused.expect_err("three timers where two may be");
+        let refused = refusal(
+            writes.within_quota(&mut stores, "p", slot, ACTOR),
+            "three timers where two may be",
+        );
         assert_eq!((refused.kind, refused.used, refused.adding), (Kind::Timers, 2, 1));
 
         // With a pending one cancelled it fits; a value grown by 5 bytes counts 5.
@@ -353,15 +365,13 @@ mod tests {
         writes.write("gone".into(), None);
         // 996 bytes held: 5 more reach 1,001, past 1,000.
         usage.add_state_bytes(996 - usage.state_bytes());
-        let refused = writes
-            .within_quota(&mut stores, "p", slot, ACTOR)
-            .expect("stores answer");
-        let refused = refused.expect_err("past the state quota");
+        let refused = refusal(
+            writes.within_quota(&mut stores, "p", slot, ACTOR),
+            "past the state quota",
+        );
         assert_eq!((refused.kind, refused.adding), (Kind::StateBytes, 5));
         writes.write("k".into(), Some(vec![0; 14]));
-        let fits = writes
-            .within_quota(&mut stores, "p", slot, ACTOR)
-            .expect("stores answer");
+        let fits = writes.within_quota(&mut stores, "p", slot, ACTOR);
         assert_eq!(fits, Ok(()), "4 more reach 1,000 exactly");
     }
 }

@@ -237,16 +237,13 @@ impl PluginInstance {
         };
         let data = self.store.data_mut();
         let outcome = match (outcome, stores.as_deref_mut()) {
-            (Ok(outputs), Some(stores)) => {
-                match data.writes.within_quota(stores, &data.plugin, data.slot, &data.actor) {
-                    Ok(Ok(())) => {
-                        data.writes.apply(stores, &data.plugin, data.slot, &data.actor);
-                        Ok(outputs)
-                    }
-                    Ok(Err(exceeded)) => Err(CallError::Quota(exceeded)),
-                    Err(e) => Err(CallError::Storage(e.to_string())),
-                }
-            }
+            (Ok(outputs), Some(stores)) => data
+                .writes
+                .within_quota(stores, &data.plugin, data.slot, &data.actor)
+                .map(|()| {
+                    data.writes.apply(stores, &data.plugin, data.slot, &data.actor);
+                    outputs
+                }),
             (outcome, _) => outcome,
         };
         if outcome.is_err() {

@@ -109,8 +109,9 @@ impl StateCache {
                     None
                 }
             };
-            let size = |len: Option<usize>| len.map_or(0, |len| quota::state_entry_bytes(actor, key, len));
-            usage.add_state_bytes(size(value.as_ref().map(Vec::len)) - size(old));
+            let new = value.as_ref().map(Vec::len);
+            usage
+                .add_state_bytes(quota::state_entry_bytes(actor, key, new) - quota::state_entry_bytes(actor, key, old));
         }
         self.build_key(slot, actor, key);
         match self.entries.entry_ref(self.key.as_slice()) {
@@ -335,7 +336,7 @@ mod tests {
             let expected: i64 = model
                 .iter()
                 .filter(|((actor, _), _)| actor.starts_with("capped"))
-                .map(|((actor, key), len)| crate::quota::state_entry_bytes(actor, key, *len))
+                .map(|((actor, key), len)| crate::quota::state_entry_bytes(actor, key, Some(*len)))
                 .sum();
             let usage = quotas.of("capped\u{1f}a1").expect("counted");
             proptest::prop_assert_eq!(usage.state_bytes(), expected);
