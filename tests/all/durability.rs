@@ -1,6 +1,6 @@
 //! What survives a restart: plugin state and pending durable timers.
 
-use crate::support::{Env, json, next, nothing};
+use crate::support::{Env, json, metric, next, nothing};
 use hub_bench::crash::HubProcess;
 use serde_json::json;
 
@@ -160,20 +160,6 @@ async fn a_hub_killed_twice_mid_stream_loses_no_input_and_doubles_no_action() {
     }
     eprintln!("inputs delivered again and skipped after the kills: {replayed}");
     hub.kill();
-}
-
-/// The sum of a counter's series on the `/metrics` of the hub at `http`.
-async fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -342,3 +342,18 @@ impl Api {
 pub fn payment_trouble_wasm() -> Vec<u8> {
     std::fs::read(std::path::Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built")
 }
+
+/// The sum of the series on the `/metrics` of the hub at `http` whose line starts with `name`
+/// (a metric's name, or its name and labels: `hub_tenant_backlog{tenant="acme"}`).
+pub async fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

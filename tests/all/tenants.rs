@@ -2,7 +2,7 @@
 //! names its tenant in its envelope, a `Hub-Tenant` header or through an ingest rule, actions
 //! say whose they are, and an undeclared tenant is dead-lettered.
 
-use crate::support::{Api, Env, header, json, next, nothing};
+use crate::support::{Api, Env, header, json, metric, next, nothing};
 use serde_json::json;
 
 /// Declare tenants acme and globex, each with its own token `<name>-t` if `tokens`.
@@ -864,5 +864,81 @@ async fn calls_past_a_tenants_state_or_timer_quota_are_dead_lettered_and_replaye
     send_to_tenant(&env, "timerbound", "cart.updated", "c4", cart).await;
     let refused = crate::dead_letters::letters(&api, "quota", 2).await;
     assert!(refused.iter().any(|l| l["actor"] == "c4"), "{refused:?}");
+    hub.shutdown().await;
+}
+
+/// The latency guard: while tenant `guardflood` has a backlog in its own stream and
+/// `guardquiet` publishes on its own, the backlog is read under a limit (first the least, while
+/// the quiet tenant's unloaded lag is measured); once the quiet tenant stops, the limit goes
+/// and the whole backlog is processed: slowed, nothing dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_read_under_a_limit_while_another_tenant_publishes_and_all_of_it_is_processed() {
+    const FLOOD: usize = 30_000;
+    let env = Env::new().await;
+    let mut config = env.config();
+    for tenant in ["guardflood", "guardquiet"] {
+        config.tenants.insert(tenant.into(), Default::default());
+    }
+    let hub = env.start(config).await;
+    let http = hub.http_addr();
+    let limit = r#"hub_stream_read_limit{stream="HUB_INPUT_guardflood"}"#;
+    let flood_in = r#"hub_tenant_events_in_total{tenant="guardflood"}"#;
+
+    // The quiet tenant publishes every 2 ms until told to stop.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let quiet = {
+        let client = env.client.clone();
+        let subject = own_subject("guardquiet");
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !*stopped.borrow() {
+                let body = failure(&format!("q{}", sent / 3), None);
+                client.publish(subject.clone(), body.into()).await.expect("publish");
+                sent += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The flood: faster than the hub takes it in, each failure another actor's.
+    let subject = own_subject("guardflood");
+    for i in 0..FLOOD {
+        let body = failure(&format!("f{i}"), None);
+        env.client.publish(subject.clone(), body.into()).await.expect("publish");
+    }
+    env.client.flush().await.expect("flush");
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut limited = None;
+    while limited.is_none() && tokio::time::Instant::now() < deadline {
+        let now = metric(http, limit).await;
+        if now > 0.0 {
+            limited = Some(now);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(true);
+    let sent = quiet.await.expect("the quiet publisher");
+    let limited = limited.expect("the flood's stream was read under a limit while the quiet tenant published");
+    assert!(
+        limited >= hub::durable::guard::MIN_RATE,
+        "a limit of {limited} inputs/s"
+    );
+
+    // Nobody else waits on the hub now: the limit goes, and every flood input is processed.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (mut processed, mut left) = (0.0, f64::NAN);
+    while tokio::time::Instant::now() < deadline {
+        (processed, left) = (metric(http, flood_in).await, metric(http, limit).await);
+        if processed >= FLOOD as f64 && left == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(processed, FLOOD as f64, "every flood input processed once");
+    assert_eq!(left, 0.0, "no limit once the quiet tenant stopped");
+    let quiet_in = metric(http, r#"hub_tenant_events_in_total{tenant="guardquiet"}"#).await;
+    assert_eq!(quiet_in, sent as f64, "every quiet input processed");
     hub.shutdown().await;
 }

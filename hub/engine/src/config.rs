@@ -189,6 +189,12 @@ pub struct InputConfig {
     /// (times its tenant's share). A flooding tenant's backlog stays in its stream, so another
     /// tenant's input waits behind at most this many of its inputs.
     pub tenant_window: usize,
+    /// With tenants' own streams: the latency guard reads streams with a backlog more slowly
+    /// while the other streams' inputs wait longer than this factor of their unloaded lag
+    /// (measured by holding the backlogged streams back for a moment). 0 turns it off: a
+    /// backlog is then drained at the shards' full speed, and the other tenants' latency rises
+    /// with the machine's load.
+    pub latency_guard: f64,
 }
 
 /// The sink of one delivery channel.
@@ -392,6 +398,7 @@ impl Default for InputConfig {
             max_ack_pending: 50_000,
             batch: 1000,
             tenant_window: 8,
+            latency_guard: 1.5,
         }
     }
 }

@@ -21,6 +21,7 @@
 mod acks;
 mod admission;
 mod checkpoints;
+pub mod guard;
 mod handoffs;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +39,8 @@ pub struct Ticket {
     pub ordinal: u64,
     /// The stream it came from (see `Checkpoints::load`): 0 for the input stream.
     pub source: u16,
+    /// When the stream stored it (ns since the Unix epoch, by nats-server's clock).
+    pub stored_ns: i64,
 }
 
 /// What the committer reports once commits are flushed to disk: per shard, the ordinal of the

@@ -310,6 +310,11 @@ impl Hub {
             Some(((_, own, _), _, _)) => own.iter().filter_map(|s| s.tenant.clone()).collect(),
             None => Vec::new(),
         };
+        // The streams' names, in source order, for the guard's metrics.
+        let stream_names: Vec<String> = match &durable {
+            Some(((input, own, _), _, _)) => std::iter::once(input).chain(own).map(|s| s.name().to_owned()).collect(),
+            None => Vec::new(),
+        };
         let admission = Arc::new(match own_streams.is_empty() {
             true => crate::durable::Admission::unlimited(),
             false => {
@@ -317,12 +322,16 @@ impl Hub {
                 let own = own_streams.iter().map(|t| (tenants.share(t), tenants.rate(t)));
                 let sources = std::iter::once((1, None)).chain(own);
                 let pressure = commits.pressure();
-                crate::durable::Admission::new(
+                let admission = crate::durable::Admission::new(
                     sources
                         .map(|(share, rate)| (window.saturating_mul(share), rate))
                         .collect(),
                     move || pressure.is_congested(),
-                )
+                );
+                match config.input.latency_guard {
+                    tolerance if tolerance > 0.0 => admission.guarded(tolerance.max(1.0), &stream_names),
+                    _ => admission,
+                }
             }
         });
         let checkpoints = Checkpoints::load(db.sled(), shard_count, |p| router.shard_of_partition(p), &own_streams)?;

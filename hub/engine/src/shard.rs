@@ -261,7 +261,8 @@ impl Shard {
 
     /// Run the plugin chain for one input event (unless it was applied before: see `durable`).
     fn process(&mut self, routed: Routed) {
-        if let Some(ticket) = routed.input {
+        let ticket = routed.input;
+        if let Some(ticket) = ticket {
             self.admission.taken(ticket.source);
             self.handled = ticket.ordinal;
             // A partition whose lease was lost since: its new owner reads the input again.
@@ -286,6 +287,9 @@ impl Shard {
         }
         self.chain.push_local(routed);
         self.run_chain();
+        if let Some(ticket) = ticket {
+            self.admission.processed(ticket.source, ticket.stored_ns);
+        }
     }
 
     /// Run an event another shard emitted for one of this shard's actors; its record in the

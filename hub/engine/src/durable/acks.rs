@@ -73,6 +73,7 @@ impl<R> Acks<R> {
             seq,
             ordinal,
             source: 0,
+            stored_ns: 0,
         }
     }
 
@@ -172,7 +173,8 @@ mod tests {
             Ticket {
                 seq: 1,
                 ordinal: 1,
-                source: 0
+                source: 0,
+                stored_ns: 0
             }
         );
         acks.flushed(&flushed(&[(0, 2)], 0));

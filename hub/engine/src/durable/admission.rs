@@ -9,28 +9,34 @@
 //! A tenant with a `rate` is read at that many inputs per second at most (a bucket holding a
 //! second's worth): beyond it, its inputs wait in its stream.
 //!
+//! Beyond windows and rates, the [`Guard`] slows streams with a backlog while other tenants'
+//! inputs wait longer than they do without it (see `guard`).
+//!
 //! The committer is shared too: when half its queue waits, each stream may have one input queued
 //! at most, until it catches up. Otherwise a flood that the shards take fast enough fills the
 //! commit queue, the shards then wait for the committer, and every tenant's inputs with them.
 
+use super::guard::{self, Guard, Sample};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
-/// One source's allowance of inputs per second: up to a second's worth saved up.
+/// One source's allowance of inputs per second: up to `burst` seconds' worth saved up.
 #[derive(Debug)]
 struct Bucket {
     rate: f64,
+    burst: f64,
     tokens: f64,
     refilled: Instant,
 }
 
 impl Bucket {
-    fn new(rate: u32) -> Bucket {
+    fn new(rate: f64, burst: f64) -> Bucket {
         Bucket {
-            rate: f64::from(rate),
-            tokens: f64::from(rate),
+            rate,
+            burst,
+            tokens: (rate * burst).max(1.0),
             refilled: Instant::now(),
         }
     }
@@ -38,7 +44,7 @@ impl Bucket {
     fn refill(&mut self) {
         let now = Instant::now();
         let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.rate.max(1.0));
+        self.tokens = (self.tokens + earned).min((self.rate * self.burst).max(1.0));
         self.refilled = now;
     }
 
@@ -55,6 +61,47 @@ impl Bucket {
     }
 }
 
+/// How a source's reading is paced: by its tenant's `rate`, and by the guard's limit.
+#[derive(Debug, Default)]
+struct Pace {
+    rate: Option<Bucket>,
+    guard: Option<Bucket>,
+}
+
+impl Pace {
+    fn buckets(&mut self) -> impl Iterator<Item = &mut Bucket> {
+        self.rate.iter_mut().chain(self.guard.iter_mut())
+    }
+}
+
+/// What the shards tell the guard of one source between two of its ticks.
+#[derive(Debug, Default)]
+struct Tally {
+    taken: AtomicU32,
+    lag_ns: AtomicI64,
+    pressed: AtomicBool,
+}
+
+impl Tally {
+    fn take(&self) -> Sample {
+        Sample {
+            taken: self.taken.swap(0, Ordering::AcqRel),
+            lag_ns: self.lag_ns.swap(0, Ordering::AcqRel),
+            pressed: self.pressed.swap(false, Ordering::AcqRel),
+        }
+    }
+}
+
+/// The guard with what it needs between ticks.
+struct Guarded {
+    guard: Mutex<(Guard, Instant)>,
+    tallies: Box<[Tally]>,
+    /// By source: its limit (inputs/s, 0 for none).
+    limits: Box<[metrics::Gauge]>,
+    lag: metrics::Gauge,
+    baseline: metrics::Gauge,
+}
+
 /// Inputs of each source queued ahead of the shards, against its window (see the module).
 #[derive(Default)]
 pub struct Admission {
@@ -63,8 +110,9 @@ pub struct Admission {
     room: Notify,
     /// Whether the committer falls behind (see the module).
     congested: Option<Box<dyn Fn() -> bool + Send + Sync>>,
-    /// By source: its rate, if it has one.
-    buckets: Mutex<Vec<Option<Bucket>>>,
+    /// By source: how its reading is paced.
+    paces: Mutex<Vec<Pace>>,
+    guarded: Option<Guarded>,
 }
 
 impl Admission {
@@ -82,14 +130,88 @@ impl Admission {
             windows: sources.iter().map(|(w, _)| (*w).max(1)).collect(),
             room: Notify::new(),
             congested: Some(Box::new(congested)),
-            buckets: Mutex::new(sources.iter().map(|(_, rate)| rate.map(Bucket::new)).collect()),
+            paces: Mutex::new(
+                sources
+                    .iter()
+                    .map(|(_, rate)| Pace {
+                        rate: rate.map(|r| Bucket::new(f64::from(r), 1.0)),
+                        guard: None,
+                    })
+                    .collect(),
+            ),
+            guarded: None,
         }
     }
 
-    /// Run `f` on the bucket of source `i`, if it has a rate.
-    fn bucket<T>(&self, i: usize, f: impl FnOnce(&mut Bucket) -> T) -> Option<T> {
-        let mut buckets = self.buckets.lock().ok()?;
-        buckets.get_mut(i)?.as_mut().map(f)
+    /// With the latency guard (see `guard`): `tolerance` is the factor of their unloaded lag
+    /// the other sources' inputs may wait; `streams` names the sources, in order, for metrics.
+    pub fn guarded(mut self, tolerance: f64, streams: &[String]) -> Admission {
+        use crate::metrics as m;
+        self.guarded = Some(Guarded {
+            guard: Mutex::new((Guard::new(self.windows.len(), tolerance), Instant::now())),
+            tallies: self.windows.iter().map(|_| Tally::default()).collect(),
+            limits: streams
+                .iter()
+                .map(|s| metrics::gauge!(m::STREAM_READ_LIMIT, "stream" => s.clone()))
+                .collect(),
+            lag: metrics::gauge!(m::INPUT_LAG_SECONDS),
+            baseline: metrics::gauge!(m::INPUT_LAG_BASELINE_SECONDS),
+        });
+        self
+    }
+
+    /// Whether the guard runs: the reader then calls [`Admission::steer`] every [`guard::TICK`].
+    pub fn is_guarded(&self) -> bool {
+        self.guarded.is_some()
+    }
+
+    /// Whether source `i` may be read by its rate and the guard's limit; takes a token when
+    /// `take`.
+    fn paced(&self, i: usize, take: bool) -> bool {
+        let Ok(mut paces) = self.paces.lock() else {
+            return true;
+        };
+        let Some(pace) = paces.get_mut(i) else {
+            return true;
+        };
+        pace.buckets().fold(true, |more, bucket| {
+            let has = match take {
+                true => bucket.take(),
+                false => bucket.has_room(),
+            };
+            more && has
+        })
+    }
+
+    /// One tick of the guard: the sources' samples since the last, the limits it sets.
+    pub fn steer(&self) {
+        let Some(guarded) = &self.guarded else {
+            return;
+        };
+        let samples: Vec<Sample> = guarded.tallies.iter().map(Tally::take).collect();
+        let Ok(mut guard) = guarded.guard.lock() else {
+            return;
+        };
+        let (guard, last) = &mut *guard;
+        let now = Instant::now();
+        guard.tick(now, now.duration_since(*last), &samples);
+        *last = now;
+        if let Ok(mut paces) = self.paces.lock() {
+            for (pace, limit) in paces.iter_mut().zip(guard.limits()) {
+                match (limit, &mut pace.guard) {
+                    (None, bucket) => *bucket = None,
+                    (Some(rate), Some(bucket)) => bucket.rate = *rate,
+                    (Some(rate), bucket @ None) => *bucket = Some(Bucket::new(*rate, guard::TICK.as_secs_f64())),
+                }
+            }
+        }
+        for (gauge, limit) in guarded.limits.iter().zip(guard.limits()) {
+            gauge.set(limit.unwrap_or(0.0));
+        }
+        let seconds = |ns: f64| ns / 1e9;
+        guarded.lag.set(guard.lag_ns().map_or(0.0, seconds));
+        guarded.baseline.set(guard.baseline_ns().map_or(0.0, seconds));
+        tracing::trace!(?samples, limits = ?guard.limits(), lag_ns = ?guard.lag_ns(), baseline_ns = ?guard.baseline_ns(), "latency guard");
     }
 
     /// The window of a source now: one input while the committer falls behind.
@@ -105,17 +227,38 @@ impl Admission {
         !self.windows.is_empty()
     }
 
-    /// An input of `source` was routed to a shard: whether the source must wait now (at its
-    /// window, or its rate).
-    pub fn routed(&self, source: u16) -> bool {
+    /// An input of `source` was routed to a shard, with `pending` more in its stream behind
+    /// it: whether the source must wait now (at its window, or its rate).
+    pub fn routed(&self, source: u16, pending: u64) -> bool {
         let i = usize::from(source);
-        match self.queued.get(i) {
-            Some(queued) => {
-                let now = queued.fetch_add(1, Ordering::AcqRel) + 1;
-                let more = self.bucket(i, Bucket::take).unwrap_or(true);
-                !more || self.window(i).is_some_and(|window| now >= window)
-            }
-            None => false,
+        let Some(queued) = self.queued.get(i) else {
+            return false;
+        };
+        let now = queued.fetch_add(1, Ordering::AcqRel) + 1;
+        let more = self.paced(i, true);
+        // A backlog: the stream has more to give than it is let (the guard slows it), not just
+        // inputs held up on their way (the guard protects those).
+        if let Some(tally) = self.guarded.as_ref().and_then(|g| g.tallies.get(i))
+            && pending > guard::BACKLOG
+        {
+            tally.pressed.store(true, Ordering::Release);
+        }
+        !more || self.window(i).is_some_and(|window| now >= window)
+    }
+
+    /// A shard processed an input of `source` (its plugins ran, its outputs are on their way)
+    /// that the stream stored at `stored_ns` (ns since the Unix epoch): its lag, for the guard.
+    /// Measured to the end of processing, so what slows the shards (a busy disk, the cores)
+    /// counts too, not only the wait to get there.
+    pub fn processed(&self, source: u16, stored_ns: i64) {
+        if let Some(tally) = self.guarded.as_ref().and_then(|g| g.tallies.get(usize::from(source))) {
+            let now_ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            tally.taken.fetch_add(1, Ordering::AcqRel);
+            tally
+                .lag_ns
+                .fetch_add(now_ns.saturating_sub(stored_ns), Ordering::AcqRel);
         }
     }
 
@@ -139,7 +282,7 @@ impl Admission {
             (Some(queued), Some(window)) => queued.load(Ordering::Acquire) < window,
             _ => true,
         };
-        below && self.bucket(i, Bucket::has_room).unwrap_or(true)
+        below && self.paced(i, false)
     }
 
     /// Resolves once a source at its window may have room again.
@@ -162,10 +305,10 @@ mod tests {
     #[tokio::test]
     async fn a_source_at_its_window_waits_until_a_shard_takes_one_of_its_inputs() {
         let admission = Admission::new(vec![(2, None), (1, None)], || false);
-        assert!(!admission.routed(0));
-        assert!(admission.routed(0), "at its window");
+        assert!(!admission.routed(0, 0));
+        assert!(admission.routed(0, 0), "at its window");
         assert!(!admission.has_room(0));
-        assert!(admission.routed(1), "a window of one");
+        assert!(admission.routed(1, 0), "a window of one");
         admission.taken(0);
         tokio::time::timeout(std::time::Duration::from_secs(1), admission.room())
             .await
@@ -180,7 +323,7 @@ mod tests {
         let congested = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let flag = congested.clone();
         let admission = Admission::new(vec![(8, None)], move || flag.load(Ordering::Acquire));
-        assert!(admission.routed(0), "one is its window now");
+        assert!(admission.routed(0, 0), "one is its window now");
         assert!(!admission.has_room(0));
         congested.store(false, Ordering::Release);
         assert!(admission.has_room(0), "the full window again");
@@ -189,9 +332,9 @@ mod tests {
     #[test]
     fn a_source_with_a_rate_waits_once_its_seconds_worth_is_read() {
         let admission = Admission::new(vec![(100, Some(3))], || false);
-        assert!(!admission.routed(0));
-        assert!(!admission.routed(0));
-        assert!(admission.routed(0), "the third is the last of its second's worth");
+        assert!(!admission.routed(0, 0));
+        assert!(!admission.routed(0, 0));
+        assert!(admission.routed(0, 0), "the third is the last of its second's worth");
         for _ in 0..3 {
             admission.taken(0);
         }
@@ -201,10 +344,40 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_with_a_backlog_is_held_back_while_another_waits_on_the_hub() {
+        let streams = ["HUB_INPUT".to_owned(), "HUB_INPUT_flood".to_owned()];
+        let admission = Admission::new(vec![(8, None), (8, None)], || false).guarded(1.25, &streams);
+        assert!(admission.is_guarded());
+        let stored = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos() as i64;
+        for _ in 0..4 {
+            admission.routed(0, 0);
+            admission.taken(0);
+            admission.processed(0, stored);
+            admission.routed(1, 1_000_000);
+            admission.taken(1);
+            admission.processed(1, 0);
+        }
+        admission.steer();
+        // The first tick with someone waiting holds the backlog to its least while the other
+        // stream's unloaded lag is measured.
+        let mut read = 0;
+        while admission.has_room(1) && read < 100 {
+            admission.routed(1, 1_000_000);
+            admission.taken(1);
+            read += 1;
+        }
+        assert!(read < 10, "held back after {read}");
+        assert!(admission.has_room(0), "the stream without a backlog is not limited");
+    }
+
+    #[test]
     fn without_windows_nothing_is_counted() {
         let admission = Admission::unlimited();
         assert!(!admission.is_limited());
-        assert!(!admission.routed(0));
+        assert!(!admission.routed(0, 0));
         admission.taken(0);
         assert!(admission.has_room(0));
     }

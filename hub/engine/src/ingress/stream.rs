@@ -279,6 +279,11 @@ impl Consumer {
                 recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 recheck
             },
+            guard_tick: {
+                let mut tick = tokio::time::interval(crate::durable::guard::TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            },
             own: Vec::new(),
             partitions: None,
             arrivals: 0,
@@ -412,6 +417,8 @@ struct Reader {
     several: bool,
     /// How often streams that wait are looked at again.
     recheck: tokio::time::Interval,
+    /// When the latency guard steers (see `durable::guard`).
+    guard_tick: tokio::time::Interval,
     /// Tenants' own streams, by source from 1.
     own: Vec<OwnStream>,
     partitions: Option<Partitioned>,
@@ -464,6 +471,10 @@ impl Reader {
                 _ = self.wiring.admission.room(), if pulling && !self.paused.is_empty() => self.resume_paused(),
                 // A rate's tokens, and the committer catching up, come without a wake-up.
                 _ = self.recheck.tick(), if pulling && !self.paused.is_empty() => self.resume_paused(),
+                _ = self.guard_tick.tick(), if pulling && self.wiring.admission.is_guarded() => {
+                    self.wiring.admission.steer();
+                    self.resume_paused();
+                }
                 Some((key, item)) = self.pulls.next(), if pulling => match item {
                     Some(Ok(msg)) => {
                         if !self.handle(key, msg).await {
@@ -583,17 +594,18 @@ impl Reader {
     /// Decode and route one input; false once the shards are gone.
     async fn handle(&mut self, key: u16, msg: jetstream::Message) -> bool {
         let received = Instant::now();
-        let (seq, pending, stored) = match msg.info() {
+        let (seq, pending, stored_ns) = match msg.info() {
             Ok(info) => (
                 info.stream_sequence,
                 info.pending,
-                (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
+                i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0),
             ),
             Err(e) => {
                 tracing::warn!(error = %e, subject = %msg.subject, "input without stream metadata; skipped");
                 return true;
             }
         };
+        let stored = stored_ns / 1_000_000;
         let own = key.checked_sub(1).and_then(|i| self.own.get(usize::from(i)));
         match own {
             Some(own) => own.backlog.set(pending as f64),
@@ -683,9 +695,10 @@ impl Reader {
                 let source = if self.several { key } else { 0 };
                 let ticket = Ticket {
                     source,
+                    stored_ns,
                     ..self.acks.route(shard, place, seq, reply)
                 };
-                if self.wiring.admission.routed(source)
+                if self.wiring.admission.routed(source, pending)
                     && let Some(pull) = self.pulls.remove(&key)
                 {
                     self.paused.insert(key, pull);
