@@ -4,16 +4,17 @@
 //! timed, on a fresh nats-server and `hub up` process per run:
 //!
 //! - `alone`: nothing else runs;
-//! - `backlog`: a second tenant has a backlog of payment failures in its own stream (each for
+//! - `guarded`: a second tenant has a backlog of payment failures in its own stream (each for
 //!   another of millions of actors, so each writes state and almost none acts), more than the
-//!   hub gets through during the measurement; the tenant's `rate` is `--flood-rate`, so the
-//!   hub reads its stream at that rate and the rest waits there;
-//! - `live`: the same, with the flooding tenant also publishing unpaced throughout;
-//! - `unlimited`: `backlog` without a rate: the hub drains the flood at its full speed, the
-//!   tenants sharing the shards by their shares;
-//! - `shared`: for contrast, `unlimited` with both tenants on the shared subjects, each naming
-//!   itself in a `Hub-Tenant` header: one stream, where the quiet tenant's inputs wait behind
-//!   the flood's.
+//!   hub gets through during the measurement, and the hub's defaults: the latency guard reads
+//!   the backlog as fast as the quiet tenant's latency allows;
+//! - `guarded live`: the same, with the flooding tenant also publishing unpaced throughout;
+//! - `rate`: the backlog without the guard, read at the flooding tenant's `rate`
+//!   (`--flood-rate`);
+//! - `unguarded`: the backlog without the guard or a rate: drained at the shards' full speed,
+//!   the tenants sharing the shards by their shares;
+//! - `shared`: for contrast, both tenants on the shared subjects, each naming itself in a
+//!   `Hub-Tenant` header: one stream, where the quiet tenant's inputs wait behind the flood's.
 //!
 //! Per run: the quiet tenant's p50 and p99, the p99's ratio to `alone`'s, and how many flood
 //! inputs per second the hub processed meanwhile (from `hub_tenant_events_in_total`).
@@ -44,9 +45,10 @@ const PATIENCE: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Flood {
     None,
-    Backlog,
-    Live,
-    Unlimited,
+    Guarded,
+    GuardedLive,
+    Rated,
+    Unguarded,
     Shared,
 }
 
@@ -54,16 +56,22 @@ impl Flood {
     fn name(self) -> &'static str {
         match self {
             Flood::None => "alone",
-            Flood::Backlog => "backlog",
-            Flood::Live => "live",
-            Flood::Unlimited => "unlimited",
+            Flood::Guarded => "guarded",
+            Flood::GuardedLive => "guarded live",
+            Flood::Rated => "rate",
+            Flood::Unguarded => "unguarded",
             Flood::Shared => "shared",
         }
     }
 
-    /// Whether the flooding tenant has its rate.
-    fn rated(self) -> bool {
-        matches!(self, Flood::Backlog | Flood::Live)
+    /// The hub's settings for the run, beyond the tenants' shares.
+    fn settings(self, rate: &str) -> Vec<(&'static str, String)> {
+        let off = ("HUB_INPUT__LATENCY_GUARD", "0".to_owned());
+        match self {
+            Flood::Rated => vec![off, ("HUB_TENANTS__FLOOD__RATE", rate.to_owned())],
+            Flood::Unguarded => vec![off],
+            _ => Vec::new(),
+        }
     }
 
     /// Where a tenant publishes, and the headers it adds.
@@ -104,9 +112,10 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     .context("payment_trouble.wasm is built with the workspace (cargo build --release)")?;
     let floods = [
         Flood::None,
-        Flood::Backlog,
-        Flood::Live,
-        Flood::Unlimited,
+        Flood::Guarded,
+        Flood::GuardedLive,
+        Flood::Rated,
+        Flood::Unguarded,
         Flood::Shared,
     ];
     let mut runs: Vec<Run> = Vec::new();
@@ -117,7 +126,16 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             order.reverse();
         }
         for flood in order {
-            runs.push(measure(args, plugins.path(), flood, backlog).await?);
+            let run = measure(args, plugins.path(), flood, backlog).await?;
+            // Each run as it ends, so a long bench shows its figures so far.
+            println!(
+                "  {}: quiet p50 {:.2} ms, p99 {:.2} ms; flood {} inputs/s",
+                flood.name(),
+                run.p50_ms,
+                run.p99_ms,
+                run.flood_per_s.map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"))
+            );
+            runs.push(run);
         }
     }
     print_runs(&floods, &runs);
@@ -133,7 +151,7 @@ fn print_runs(floods: &[Flood], runs: &[Run]) {
     let of = |flood: Flood| runs.iter().filter(move |r| r.flood == flood);
     let alone = median(of(Flood::None).map(|r| r.p99_ms).collect());
     println!(
-        "{:<10} {:>10} {:>10} {:>12} {:>15} {:>18}",
+        "{:<13} {:>10} {:>10} {:>12} {:>15} {:>18}",
         "run", "quiet p50", "quiet p99", "p99 / alone", "quiet actions", "flood inputs/s"
     );
     for &flood in floods {
@@ -145,7 +163,7 @@ fn print_runs(floods: &[Flood], runs: &[Run]) {
         let rate = median(of(flood).filter_map(|r| r.flood_per_s).collect())
             .map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"));
         println!(
-            "{:<10} {:>7.2} ms {:>7.2} ms {:>12.2} {:>15} {:>18}",
+            "{:<13} {:>7.2} ms {:>7.2} ms {:>12.2} {:>15} {:>18}",
             flood.name(),
             p50,
             p99,
@@ -161,11 +179,9 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
     let dir = tempfile::tempdir()?;
     let nats = LocalNats::start(free_port()?, &dir.path().join("nats")).await?;
     let exe = std::env::current_exe().context("cannot find the hub binary")?;
-    let rate = args.flood_rate.to_string();
+    let settings = flood.settings(&args.flood_rate.to_string());
     let mut env = vec![("HUB_TENANTS__QUIET__SHARE", "1"), ("HUB_TENANTS__FLOOD__SHARE", "1")];
-    if flood.rated() {
-        env.push(("HUB_TENANTS__FLOOD__RATE", rate.as_str()));
-    }
+    env.extend(settings.iter().map(|(k, v)| (*k, v.as_str())));
     let hub =
         HubProcess::start_logging(&exe, &nats.url, &dir.path().join("data"), plugins, &env, &args.log_file).await?;
     // A connection each, so the quiet tenant's inputs never queue behind the flood's in a
@@ -184,7 +200,7 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         publish_flood(&flooder, flood, args.flood_actors, 0..backlog, None, Some(&step)).await?;
     }
     let (stop_flood, flood_stopped) = watch::channel(false);
-    let live = (flood == Flood::Live).then(|| {
+    let live = (flood == Flood::GuardedLive).then(|| {
         let (client, actors) = (flooder.clone(), args.flood_actors);
         tokio::spawn(async move { publish_flood(&client, flood, actors, backlog.., Some(flood_stopped), None).await })
     });
