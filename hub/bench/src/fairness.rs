@@ -133,13 +133,18 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 flood.name(),
                 run.p50_ms,
                 run.p99_ms,
-                run.flood_per_s.map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"))
+                inputs_per_s(run.flood_per_s)
             );
             runs.push(run);
         }
     }
     print_runs(&floods, &runs);
     Ok(())
+}
+
+/// Inputs per second as shown, or "-" for none.
+fn inputs_per_s(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"))
 }
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
@@ -160,8 +165,7 @@ fn print_runs(floods: &[Flood], runs: &[Run]) {
         let ratio = alone.map_or(f64::NAN, |a| p99 / a);
         let actions: u64 = of(flood).map(|r| r.actions).sum();
         let expected: u64 = of(flood).map(|r| r.expected).sum();
-        let rate = median(of(flood).filter_map(|r| r.flood_per_s).collect())
-            .map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"));
+        let rate = inputs_per_s(median(of(flood).filter_map(|r| r.flood_per_s).collect()));
         println!(
             "{:<13} {:>7.2} ms {:>7.2} ms {:>12.2} {:>15} {:>18}",
             flood.name(),

@@ -305,15 +305,14 @@ impl Hub {
         let handoffs = Handoffs::load(db.sled(), durable.is_some(), shard_count, |actor| {
             router.shard_of(actor)
         })?;
-        // Sources of the shards' inputs beyond the input stream: the tenants' own streams.
-        let own_streams: Vec<String> = match &durable {
-            Some(((_, own, _), _, _)) => own.iter().filter_map(|s| s.tenant.clone()).collect(),
-            None => Vec::new(),
-        };
-        // The streams' names, in source order, for the guard's metrics.
-        let stream_names: Vec<String> = match &durable {
-            Some(((input, own, _), _, _)) => std::iter::once(input).chain(own).map(|s| s.name().to_owned()).collect(),
-            None => Vec::new(),
+        // Sources of the shards' inputs beyond the input stream: the tenants' own streams; and
+        // the names of every stream read, in source order, for the guard's metrics.
+        let (own_streams, stream_names): (Vec<String>, Vec<String>) = match &durable {
+            Some(((input, own, _), _, _)) => (
+                own.iter().filter_map(|s| s.tenant.clone()).collect(),
+                std::iter::once(input).chain(own).map(|s| s.name().to_owned()).collect(),
+            ),
+            None => Default::default(),
         };
         let admission = Arc::new(match own_streams.is_empty() {
             true => crate::durable::Admission::unlimited(),

@@ -58,7 +58,7 @@ pub struct Sample {
     pub taken: u32,
     /// The sum of their lags (ns; may be negative when the clocks disagree).
     pub lag_ns: i64,
-    /// Whether the source had a backlog beyond its window.
+    /// Whether the source had a backlog of more than [`BACKLOG`] inputs.
     pub pressed: bool,
 }
 
@@ -158,6 +158,7 @@ impl Guard {
                 *limit = None;
             }
         }
+        let per_second = 1.0 / elapsed.as_secs_f64().max(1e-3);
         match &mut self.phase {
             Phase::Probing {
                 started,
@@ -181,15 +182,10 @@ impl Guard {
                     self.phase = Phase::Steering;
                     self.next_probe = now + PROBE_EVERY;
                 } else {
-                    for (limit, sample) in self.limits.iter_mut().zip(samples) {
-                        if sample.pressed {
-                            *limit = Some(MIN_RATE);
-                        }
-                    }
+                    hold_pressing(&mut self.limits, samples);
                 }
             }
             Phase::Steering if newly_waiting || now >= self.next_probe || self.baseline_ns.is_none() => {
-                let per_second = 1.0 / elapsed.as_secs_f64().max(1e-3);
                 // Back to what each pressing source was allowed after the probe; one read at
                 // full speed starts at half of it, so the others' lag need not climb all the
                 // way from there.
@@ -202,11 +198,7 @@ impl Guard {
                         false => None,
                     })
                     .collect();
-                for (limit, sample) in self.limits.iter_mut().zip(samples) {
-                    if sample.pressed {
-                        *limit = Some(MIN_RATE);
-                    }
-                }
+                hold_pressing(&mut self.limits, samples);
                 self.phase = Phase::Probing {
                     started: now,
                     lag_ns: 0,
@@ -218,7 +210,6 @@ impl Guard {
                 let (Some(baseline), Some(lag), true) = (self.baseline_ns, self.last_lag_ns, taken > 0) else {
                     return;
                 };
-                let per_second = 1.0 / elapsed.as_secs_f64().max(1e-3);
                 let over = lag > baseline * self.tolerance + SLACK_NS;
                 for (limit, sample) in self.limits.iter_mut().zip(samples) {
                     if !sample.pressed {
@@ -234,6 +225,15 @@ impl Guard {
                     });
                 }
             }
+        }
+    }
+}
+
+/// Hold each pressing source to [`MIN_RATE`], for a probe.
+fn hold_pressing(limits: &mut [Option<f64>], samples: &[Sample]) {
+    for (limit, sample) in limits.iter_mut().zip(samples) {
+        if sample.pressed {
+            *limit = Some(MIN_RATE);
         }
     }
 }
