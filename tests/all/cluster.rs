@@ -89,7 +89,9 @@ async fn start_member(env: &Env, exe: &Path, url: &str, plugins: &Path, name: &s
         lease_ttl: TTL,
     };
     let data = env.dir.path().join(name);
-    HubProcess::start_member(exe, url, &data, plugins, &member, &[], &data.with_extension("log"))
+    // Hand-offs and restores are logged, for a failure's folder kept with `HUB_TEST_KEEP=1`.
+    let log = [("RUST_LOG", "warn,hub::cluster=info")];
+    HubProcess::start_member(exe, url, &data, plugins, &member, &log, &data.with_extension("log"))
         .await
         .expect("hub up answers /healthz")
 }

@@ -18,7 +18,13 @@ pub struct Env {
 
 impl Env {
     pub async fn new() -> Env {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let mut dir = tempfile::tempdir().expect("temp dir");
+        // `HUB_TEST_KEEP=1` keeps the test's folder (NATS store, data, instances' logs) to
+        // read after a failure.
+        if std::env::var_os("HUB_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("test folder kept: {}", dir.path().display());
+        }
         let port = free_port().expect("free port");
         let nats = LocalNats::start(port, &dir.path().join("nats"))
             .await

@@ -13,8 +13,9 @@
 //!   the lease was lost), stop touching a partition whose lease they could not renew within half
 //!   its life, and balance: each aims at an equal share and gives back what it holds above it.
 //! - **Fencing.** A partition's consumer is named after the lease revision that created it, and
-//!   a new owner deletes its predecessor's, so acknowledgements of an instance that lost the
-//!   lease reach nothing.
+//!   a new owner deletes its predecessor's before it restores the partition's state, so
+//!   acknowledgements of an instance that lost the lease reach nothing, and every input
+//!   acknowledged before has its changes in what is restored.
 
 pub mod changelog;
 pub mod leases;

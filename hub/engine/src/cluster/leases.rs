@@ -263,6 +263,8 @@ impl Leases {
     }
 
     async fn tick(&mut self) {
+        // Leases first: they expire, a late member key only delays a balance.
+        self.renew().await;
         let member = serde_json::to_vec(&self.me).unwrap_or_default();
         if let Err(e) = self
             .kv
@@ -271,7 +273,6 @@ impl Leases {
         {
             tracing::warn!(error = %e, "cluster: cannot announce this instance");
         }
-        self.renew().await;
         self.rebalance().await;
     }
 
@@ -294,12 +295,23 @@ impl Leases {
     /// Renew every lease held; drop the ones lost or not renewed for half their life.
     async fn renew(&mut self) {
         let instance = bytes::Bytes::from(self.me.instance.clone());
-        let mut lost = Vec::new();
-        for (&partition, held) in self.held.iter_mut() {
-            if !renew_one(&self.kv, &part_key(partition), &instance, held, self.ttl).await {
-                lost.push(partition);
+        // All at once: one after the other, a slow server made the last renewals late enough
+        // for their leases to expire while this instance still worked on the partitions.
+        let (kv, ttl) = (&self.kv, self.ttl);
+        let renewals = self.held.iter_mut().map(|(&partition, held)| {
+            let instance = instance.clone();
+            async move {
+                (
+                    partition,
+                    renew_one(kv, &part_key(partition), &instance, held, ttl).await,
+                )
             }
-        }
+        });
+        let lost: Vec<u16> = futures::future::join_all(renewals)
+            .await
+            .into_iter()
+            .filter_map(|(partition, renewed)| (!renewed).then_some(partition))
+            .collect();
         for partition in lost {
             self.lose(partition);
         }

@@ -530,12 +530,6 @@ impl Reader {
                 continue;
             }
             partitioned.releasing.remove(&partition);
-            if !partitioned.source.cluster.owns(partition)
-                && let Err(e) = partitioned.source.takeover.run(partition, revision).await
-            {
-                tracing::error!(partition, error = %e, "cannot restore a partition's state; it is not processed here until its lease changes");
-                continue;
-            }
             let Some(stream) = partitioned.source.streams.get(partition) else {
                 tracing::error!(
                     partition,
@@ -546,6 +540,12 @@ impl Reader {
             let family = format!("{}-p{partition}", stream.config.consumer);
             let name = format!("{family}-{revision}");
             let started = Instant::now();
+            // The consumer first, the state after: creating it deletes the previous owner's,
+            // whose acknowledgements then reach nothing, so every input below the point it
+            // resumes from was acknowledged after its changes reached the changelog, and the
+            // restore reads them. Restoring first let a previous owner still at work (its lease
+            // expired while it was starved of CPU) log and acknowledge inputs in between: they
+            // were skipped here, and their changes missing from the restored state.
             let consumer = match stream
                 .resume(
                     &family,
@@ -561,6 +561,12 @@ impl Reader {
                     continue;
                 }
             };
+            if !partitioned.source.cluster.owns(partition)
+                && let Err(e) = partitioned.source.takeover.run(partition, revision).await
+            {
+                tracing::error!(partition, error = %e, "cannot restore a partition's state; it is not processed here until its lease changes");
+                continue;
+            }
             match pull(&consumer, self.batch).await {
                 Ok(messages) => {
                     tracing::info!(partition, revision, took = ?started.elapsed(), "reading a partition");
@@ -799,7 +805,14 @@ impl Reader {
 
     /// Acknowledge up to the watermark, if it moved: one acknowledgement per consumer.
     async fn acknowledge(&mut self) {
-        for (_, (_, reply)) in self.acks.to_ack_by(|(key, _)| *key) {
+        let cluster = self.partitions.as_ref().map(|p| p.source.cluster.clone());
+        for (_, (key, reply)) in self.acks.to_ack_by(|(key, _)| *key) {
+            // A partition whose lease was lost after its inputs were handled: their changes
+            // were kept out of the changelog (its new owner may have restored already), so the
+            // inputs are left to the new owner rather than acknowledged past it.
+            if cluster.as_ref().is_some_and(|c| !c.owns(key)) {
+                continue;
+            }
             if let Err(e) = self.client.publish(reply, bytes::Bytes::new()).await {
                 tracing::warn!(error = %e, "input acknowledgement not sent; the inputs come again and are skipped");
             }
