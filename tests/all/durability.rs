@@ -3,6 +3,7 @@
 use crate::support::{Env, json, metric, next, nothing};
 use hub_bench::crash::HubProcess;
 use serde_json::json;
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_and_pending_timers_survive_a_restart() {
@@ -71,6 +72,51 @@ async fn inputs_published_while_the_hub_is_down_are_processed_when_it_is_back() 
     let callback = json(&next(&mut callbacks, "the callback once the hub is back", 10).await);
     assert_eq!(callback["actor"], "down1");
     assert_eq!(callback["payload"]["failures"], 3);
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_read_with_a_small_pull_batch_while_it_grows_never_waits_for_the_clients_30_s_pull_expiry() {
+    const INPUTS: usize = 150_000;
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.input.batch = 16;
+    let hub = env.start(config).await;
+    let client = env.client.clone();
+    let publisher = tokio::spawn(async move {
+        for i in 0..INPUTS {
+            // Payment failures of ever new actors: each one a state write, as in production.
+            let body = json!({"kind": "payment.failed", "actor": format!("b{}", i * 7919 % 1_000_000), "payload": {}});
+            client
+                .publish("events.payment.failed", body.to_string().into())
+                .await
+                .expect("publish");
+            // Paced (some 20k/s), so that the hub reads at the stream's end as it grows.
+            if i % 32 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        client.flush().await.expect("flush");
+    });
+
+    // Read 16 at a time while the stream grows, the client's pull requests fall out of step
+    // with the server's, and reading stops until the client starts over, 5 s past a request's
+    // expiry: that was 35 s; with requests expiring after a second it is 6 s.
+    let (mut seen, mut moved, mut longest) = (0.0, Instant::now(), Duration::ZERO);
+    while seen < INPUTS as f64 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = metric(hub.http_addr(), "hub_events_in_total").await;
+        if now > seen {
+            longest = longest.max(moved.elapsed());
+            (seen, moved) = (now, Instant::now());
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(12),
+            "reading stopped for 12 s at {seen} of {INPUTS} inputs"
+        );
+    }
+    eprintln!("the longest wait for an input: {longest:?}");
+    publisher.await.expect("publisher");
     hub.shutdown().await;
 }
 
