@@ -818,12 +818,12 @@ impl Reader {
 
     /// Acknowledge up to the watermark, if it moved: one acknowledgement per consumer.
     async fn acknowledge(&mut self) {
-        let cluster = self.partitions.as_ref().map(|p| p.source.cluster.clone());
+        let cluster = self.partitions.as_ref().map(|p| &*p.source.cluster);
         for (_, (key, reply)) in self.acks.to_ack_by(|(key, _)| *key) {
             // A partition whose lease was lost after its inputs were handled: their changes
             // were kept out of the changelog (its new owner may have restored already), so the
             // inputs are left to the new owner rather than acknowledged past it.
-            if cluster.as_ref().is_some_and(|c| !c.owns(key)) {
+            if cluster.is_some_and(|c| !c.owns(key)) {
                 continue;
             }
             if let Err(e) = self.client.publish(reply, bytes::Bytes::new()).await {
