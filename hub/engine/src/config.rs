@@ -183,9 +183,8 @@ pub struct InputConfig {
     /// Inputs delivered but not yet acknowledged, at most: what bounds the hub's memory when
     /// shards are saturated (the server stops delivering until acknowledgements catch up).
     pub max_ack_pending: i64,
-    /// Inputs asked for per pull request. Below a few hundred, reading can stop for seconds
-    /// at a time while the stream grows (the client's count of requested messages drifts from
-    /// the server's; seen at 16 and 64 on nats-server 2.9, not at 256 or 1000).
+    /// Inputs asked for per pull request, at most, and buffered per stream ahead of the
+    /// shards: a request asks for no more than the buffer has room for.
     pub batch: usize,
     /// With tenants' own streams: inputs of one stream queued ahead of the shards at most
     /// (times its tenant's share). A flooding tenant's backlog stays in its stream, so another

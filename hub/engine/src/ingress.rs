@@ -5,6 +5,7 @@
 //! decoded goes to `hub.dlq.<reason>` with the reason, so nothing is dropped silently.
 
 mod envelope;
+pub mod pull;
 mod rules;
 pub mod stream;
 mod transcode;

@@ -133,7 +133,7 @@ impl Forwarder {
                 return Ended::Again;
             }
         };
-        let mut messages = match consumer.stream().max_messages_per_batch(batch).messages().await {
+        let mut messages = match crate::ingress::pull::pull(&self.client, &consumer, batch).await {
             Ok(messages) => messages,
             Err(e) => {
                 tracing::error!(error = %e, "cannot pull the input stream; trying again");
@@ -169,13 +169,13 @@ impl Forwarder {
                     break Ended::Again;
                 },
                 msg = messages.next(), if stored.len() < IN_FLIGHT => match msg {
-                    Some(Ok(msg)) => {
+                    Some(Some(Ok(msg))) => {
                         if let Some(forward) = self.forward_one(msg).await {
                             stored.push_back(forward);
                         }
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "input stream"),
-                    None => break Ended::Again,
+                    Some(Some(Err(e))) => tracing::warn!(error = %e, "input stream"),
+                    Some(None) | None => break Ended::Again,
                 },
             }
         };

@@ -8,6 +8,7 @@
 //! afresh right after the last acknowledged input, so inputs delivered to a hub that crashed
 //! come again at once, in order, instead of after the server's redelivery timer.
 
+use super::pull::{Pull, pull};
 use super::{Decoder, IdGen, IngressError};
 use crate::cluster::Cluster;
 use crate::cluster::leases::Pulls;
@@ -21,10 +22,9 @@ use crate::metrics as m;
 use crate::router::Router;
 use async_nats::jetstream::{self, consumer, stream as js_stream};
 use async_nats::subject::Subject;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use hub_plugin_sdk::pattern::kind_matches;
 use std::collections::{BTreeMap, BTreeSet};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -297,10 +297,12 @@ impl Consumer {
                 reader.several = streams.len() > 1;
                 for (key, input) in (0u16..).zip(&streams) {
                     let consumer = input.consumer().await?;
-                    let messages = pull(&consumer, batch).await.map_err(|e| StreamError::Consumer {
-                        consumer: format!("{} of {}", input.config.consumer, input.name()),
-                        detail: e.to_string(),
-                    })?;
+                    let messages = pull(client, &consumer, batch)
+                        .await
+                        .map_err(|e| StreamError::Consumer {
+                            consumer: format!("{} of {}", input.config.consumer, input.name()),
+                            detail: e.to_string(),
+                        })?;
                     reader.consumers.insert(key, consumer);
                     reader.pulls.insert(key, messages);
                     if let Some(tenant) = &input.tenant {
@@ -363,31 +365,6 @@ where
             return None;
         }
     }
-}
-
-/// How long a pull request waits on the server. With small batches the client's count of
-/// messages still to come can drift from the server's (seen with batches of 16 and 64 on
-/// nats-server 2.9 while the stream grew: no request waiting on the server, the client waiting
-/// for messages). The client starts over once a request is 5 s past its expiry; with its 30 s
-/// default that was a 35 s stop, with a second it is 6 s, for one request a second on an idle
-/// consumer. Batches of 256 and 1000 did not stop.
-const PULL_EXPIRES: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// One consumer's messages, pulled `batch` at a time, ending with `None` when the pull ends (a
-/// stream map forgets a stream that ends, and the reader must pull again).
-type Pull = Pin<Box<dyn Stream<Item = Option<Result<jetstream::Message, PullError>>> + Send>>;
-type PullError = consumer::pull::MessagesError;
-
-async fn pull(consumer: &consumer::PullConsumer, batch: usize) -> Result<Pull, consumer::StreamError> {
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .expires(PULL_EXPIRES)
-        .messages()
-        .await?;
-    Ok(Box::pin(
-        messages.map(Some).chain(futures::stream::once(async { None })),
-    ))
 }
 
 /// The reader's state of the partitions it reads (cluster mode).
@@ -580,7 +557,7 @@ impl Reader {
                 tracing::error!(partition, error = %e, "cannot restore a partition's state; it is not processed here until its lease changes");
                 continue;
             }
-            match pull(&consumer, self.batch).await {
+            match pull(&self.client, &consumer, self.batch).await {
                 Ok(messages) => {
                     tracing::info!(partition, revision, took = ?started.elapsed(), "reading a partition");
                     self.pulls.insert(partition, messages);
@@ -805,8 +782,8 @@ impl Reader {
         let Some(consumer) = self.consumers.get(&key) else {
             return true;
         };
-        let (flushed, batch) = (&self.wiring.flushed, self.batch);
-        let again = || async { pull(consumer, batch).await.map_err(|e| e.to_string()) };
+        let (flushed, batch, client) = (&self.wiring.flushed, self.batch, &self.client);
+        let again = || async { pull(client, consumer, batch).await.map_err(|e| e.to_string()) };
         match retry_while_running("input consumer: cannot pull", || flushed.is_disconnected(), again).await {
             Some(messages) => {
                 self.pulls.insert(key, messages);
