@@ -5,17 +5,16 @@
 //! small batches that count drifted from the server's while the stream grew: no request waited
 //! on the server, the client waited for messages it believed were coming, and reading stopped
 //! until the client started over, 5 s past a request's expiry (seen with batches of 16 and 64 on
-//! nats-server 2.9). Its
-//! one-shot `batch()` does not drift, but when its own timer fires it drops what its
-//! subscription holds: inputs already delivered, which the `AckPolicy::All` acknowledgement of
-//! a later input would then cover, and which would be lost.
+//! nats-server 2.9). Its one-shot `batch()` does not drift, but when its own timer fires it
+//! drops what its subscription holds: inputs already delivered, which the `AckPolicy::All`
+//! acknowledgement of a later input would then cover, and which would be lost.
 //!
 //! So a task per consumer keeps one inbox subscribed for as long as it reads, and sends a
 //! request only once the previous one ended (all its inputs came, the server said it expired,
-//! or its expiry passed), for at most the room left in a buffer of `batch` inputs. Everything the server
-//! delivers fits in the buffer, so the task never stops reading its subscription, and while the
-//! reader leaves a stream aside (at its window, its rate, the guard's limit) the rest of that
-//! stream's inputs stay in the stream, not in the hub.
+//! or its expiry passed), for at most the room left in a buffer of `batch` inputs. Everything
+//! the server delivers fits in the buffer, so the task never stops reading its subscription,
+//! and while the reader leaves a stream aside (at its window, its rate, the guard's limit) the
+//! rest of that stream's inputs stay in the stream, not in the hub.
 //!
 //! A request's end is awaited only [`END_WAIT`] past its expiry: nats-server 2.9 at times
 //! forgets an expired request that had delivered part of its inputs without saying so (no 408;
@@ -34,7 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 /// How long a request waits on the server for inputs: an idle consumer costs one request per
 /// expiry.
-pub const EXPIRES: Duration = Duration::from_secs(1);
+const EXPIRES: Duration = Duration::from_secs(1);
 /// How long past its expiry a request's end is awaited (a round trip to the server, with room
 /// for a busy machine): in the rare case that it never comes, inputs published meanwhile wait
 /// this long at most.
