@@ -183,8 +183,8 @@ pub struct InputConfig {
     /// Inputs delivered but not yet acknowledged, at most: what bounds the hub's memory when
     /// shards are saturated (the server stops delivering until acknowledgements catch up).
     pub max_ack_pending: i64,
-    /// Inputs asked for per pull request, at most, and buffered per stream ahead of the
-    /// shards: a request asks for no more than the buffer has room for.
+    /// Inputs asked for per pull request: a stream has at most this many on their way to the
+    /// hub or waiting in it ahead of the shards (keep it below `[nats] subscription_capacity`).
     pub batch: usize,
     /// With tenants' own streams: inputs of one stream queued ahead of the shards at most
     /// (times its tenant's share). A flooding tenant's backlog stays in its stream, so another

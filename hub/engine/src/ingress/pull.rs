@@ -1,5 +1,4 @@
-//! Reading a pull consumer one request at a time, each for no more inputs than the reader has
-//! room for.
+//! Reading a pull consumer one request at a time, each for at most a batch of inputs.
 //!
 //! async-nats's `stream()` keeps requests going by counting the messages it asked for. With
 //! small batches that count drifted from the server's while the stream grew: no request waited
@@ -9,12 +8,12 @@
 //! drops what its subscription holds: inputs already delivered, which the `AckPolicy::All`
 //! acknowledgement of a later input would then cover, and which would be lost.
 //!
-//! So a task per consumer keeps one inbox subscribed for as long as it reads, and sends a
-//! request only once the previous one ended (all its inputs came, the server said it expired,
-//! or its expiry passed), for at most the room left in a buffer of `batch` inputs. Everything
-//! the server delivers fits in the buffer, so the task never stops reading its subscription,
-//! and while the reader leaves a stream aside (at its window, its rate, the guard's limit) the
-//! rest of that stream's inputs stay in the stream, not in the hub.
+//! So each consumer keeps one inbox subscribed for as long as it is read, and a request is sent
+//! only once the previous one ended (all its inputs came, the server said it expired, or its
+//! expiry passed), for at most `batch` inputs. At most one batch is ever on its way or waiting in
+//! the subscription, and while the reader leaves a stream aside (at its window, its rate, the
+//! guard's limit) the rest of that stream's inputs stay in the stream, not in the hub. The reader
+//! polls the subscription itself, with no task in between to hand each input on.
 //!
 //! A request's end is awaited only [`END_WAIT`] past its expiry: nats-server 2.9 at times
 //! forgets an expired request that had delivered part of its inputs without saying so (no 408;
@@ -28,8 +27,7 @@ use async_nats::{StatusCode, Subject};
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::time::{Instant, Sleep};
 
 /// How long a request waits on the server for inputs: an idle consumer costs one request per
 /// expiry.
@@ -51,7 +49,8 @@ pub enum PullError {
 }
 
 /// One consumer's inputs. Errors are reported as they happen and reading goes on (after a
-/// back-off); the stream ends with `None` only if its task stopped, and the reader pulls again.
+/// back-off); the stream ends with `None` only if its subscription closed, and the reader pulls
+/// again.
 pub type Pull = Pin<Box<dyn Stream<Item = Option<Result<jetstream::Message, PullError>>> + Send>>;
 
 /// Read `consumer` with requests of at most `batch` inputs (see the module).
@@ -60,24 +59,24 @@ pub async fn pull(
     consumer: &consumer::PullConsumer,
     batch: usize,
 ) -> Result<Pull, async_nats::SubscribeError> {
-    let batch = batch.max(1);
     let inbox = Subject::from(client.new_inbox());
     let subscription = client.subscribe(inbox.clone()).await?;
-    let (tx, rx) = mpsc::channel(batch);
     let puller = Puller {
         context: jetstream::new(client.clone()),
         consumer: consumer.clone(),
         inbox,
         subscription,
-        tx,
-        batch,
+        batch: batch.max(1),
+        wanted: 0,
+        deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        retry_at: None,
+        backoff: BACKOFF_MIN,
     };
-    tokio::spawn(puller.run());
-    Ok(Box::pin(
-        ReceiverStream::new(rx)
-            .map(Some)
-            .chain(futures::stream::once(async { None })),
-    ))
+    let inputs = futures::stream::unfold(puller, |mut puller| async move {
+        let item = puller.next().await?;
+        Some((item, puller))
+    });
+    Ok(Box::pin(inputs.map(Some).chain(futures::stream::once(async { None }))))
 }
 
 struct Puller {
@@ -85,99 +84,83 @@ struct Puller {
     consumer: consumer::PullConsumer,
     inbox: Subject,
     subscription: async_nats::Subscriber,
-    tx: mpsc::Sender<Result<jetstream::Message, PullError>>,
     batch: usize,
-}
-
-/// How a request ended.
-enum Ended {
-    /// All its inputs came, or it expired: request again.
-    Done,
-    /// The server refused or ended it: request again after a back-off.
-    Refused,
-    /// The reader no longer reads this consumer.
-    Closed,
+    /// Inputs the current request may still deliver; 0 once it ended.
+    wanted: usize,
+    /// When the current request is given up on (its expiry and [`END_WAIT`]).
+    deadline: Pin<Box<Sleep>>,
+    /// No request before this, after a refused one.
+    retry_at: Option<Instant>,
+    backoff: Duration,
 }
 
 impl Puller {
-    async fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
+    /// The next input or error; `None` once the subscription closed.
+    async fn next(&mut self) -> Option<Result<jetstream::Message, PullError>> {
         loop {
-            // Half a buffer's room at least, so a busy reader is not sent a request per input.
-            let Ok(room) = self.tx.reserve_many(self.batch.div_ceil(2)).await else {
-                return;
-            };
-            drop(room);
-            let wanted = self.tx.capacity();
-            let request = consumer::pull::BatchConfig {
-                batch: wanted,
-                expires: Some(EXPIRES),
-                ..Default::default()
-            };
-            let ended = match self.consumer.request_batch(request, self.inbox.clone()).await {
-                Ok(()) => self.receive(wanted).await,
-                Err(e) => match self.tx.send(Err(e.into())).await {
-                    Ok(()) => Ended::Refused,
-                    Err(_) => Ended::Closed,
-                },
-            };
-            match ended {
-                Ended::Done => backoff = BACKOFF_MIN,
-                Ended::Refused => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.tx.closed() => return,
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+            if self.wanted == 0
+                && let Err(e) = self.request().await
+            {
+                return Some(Err(e));
+            }
+            let message = tokio::select! {
+                // What already came is read before the request is given up on, so that inputs
+                // that waited in the subscription (a paused stream) count against the request
+                // that brought them.
+                biased;
+                message = self.subscription.next() => message?,
+                _ = &mut self.deadline => {
+                    tracing::debug!(left = self.wanted, "a pull request expired without its end");
+                    self.wanted = 0;
+                    continue;
                 }
-                Ended::Closed => return,
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => {
+                    self.wanted = self.wanted.saturating_sub(1);
+                    self.backoff = BACKOFF_MIN;
+                    return Some(Ok(jetstream::Message {
+                        message,
+                        context: self.context.clone(),
+                    }));
+                }
+                // The request expired, or (with no wait) found nothing.
+                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => self.wanted = 0,
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                Some(status) => {
+                    self.refused();
+                    return Some(Err(PullError::Ended {
+                        status,
+                        description: message.description.unwrap_or_default(),
+                    }));
+                }
             }
         }
     }
 
-    /// Forward the inputs of a request for `wanted` until it ends.
-    async fn receive(&mut self, mut wanted: usize) -> Ended {
-        let deadline = tokio::time::sleep(EXPIRES + END_WAIT);
-        tokio::pin!(deadline);
-        while wanted > 0 {
-            let message = tokio::select! {
-                message = self.subscription.next() => match message {
-                    Some(message) => message,
-                    None => return Ended::Closed,
-                },
-                _ = &mut deadline => {
-                    tracing::debug!(left = wanted, "a pull request expired without its end");
-                    return Ended::Done;
-                }
-                _ = self.tx.closed() => return Ended::Closed,
-            };
-            let item = match message.status {
-                None | Some(StatusCode::OK) => {
-                    wanted -= 1;
-                    Ok(jetstream::Message {
-                        message,
-                        context: self.context.clone(),
-                    })
-                }
-                // The request expired, or (with no wait) found nothing.
-                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => return Ended::Done,
-                Some(StatusCode::IDLE_HEARTBEAT) => continue,
-                Some(status) => Err(PullError::Ended {
-                    status,
-                    description: message.description.unwrap_or_default(),
-                }),
-            };
-            let refused = item.is_err();
-            // Never waits in practice: the request asked for no more than the room left. (A
-            // lost request's inputs arriving late may wait here; they wait in the subscription
-            // meanwhile.)
-            if self.tx.send(item).await.is_err() {
-                return Ended::Closed;
-            }
-            if refused {
-                return Ended::Refused;
-            }
+    /// Ask for the next batch, once the back-off after a refused request has passed.
+    async fn request(&mut self) -> Result<(), PullError> {
+        if let Some(at) = self.retry_at.take() {
+            tokio::time::sleep_until(at).await;
         }
-        Ended::Done
+        let request = consumer::pull::BatchConfig {
+            batch: self.batch,
+            expires: Some(EXPIRES),
+            ..Default::default()
+        };
+        if let Err(e) = self.consumer.request_batch(request, self.inbox.clone()).await {
+            self.refused();
+            return Err(e.into());
+        }
+        self.wanted = self.batch;
+        self.deadline.as_mut().reset(Instant::now() + EXPIRES + END_WAIT);
+        Ok(())
+    }
+
+    /// The request ended in an error: the next one waits a back-off, doubling each time.
+    fn refused(&mut self) {
+        self.wanted = 0;
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 }
