@@ -111,7 +111,7 @@ impl Puller {
                 message = self.subscription.next() => message?,
                 _ = &mut self.deadline => {
                     tracing::debug!(left = self.wanted, "a pull request expired without its end");
-                    self.wanted = 0;
+                    self.ended();
                     continue;
                 }
             };
@@ -125,7 +125,7 @@ impl Puller {
                     }));
                 }
                 // The request expired, or (with no wait) found nothing.
-                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => self.wanted = 0,
+                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => self.ended(),
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 Some(status) => {
                     self.refused();
@@ -155,6 +155,13 @@ impl Puller {
         self.wanted = self.batch;
         self.deadline.as_mut().reset(Instant::now() + EXPIRES + END_WAIT);
         Ok(())
+    }
+
+    /// The request ended without an error (expired, or found nothing): the next one is sent at
+    /// once, and a later refusal's back-off starts over.
+    fn ended(&mut self) {
+        self.wanted = 0;
+        self.backoff = BACKOFF_MIN;
     }
 
     /// The request ended in an error: the next one waits a back-off, doubling each time.
