@@ -96,6 +96,7 @@ struct Run {
     expected: u64,
     /// Flood inputs the hub processed per second while the quiet tenant was timed.
     flood_per_s: Option<f64>,
+    guard: GuardSeen,
 }
 
 pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -135,6 +136,9 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 run.p99_ms,
                 inputs_per_s(run.flood_per_s)
             );
+            if let Some(guard) = run.guard.describe() {
+                println!("    {guard}");
+            }
             runs.push(run);
         }
     }
@@ -211,11 +215,13 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
 
     let step = Step::waiting(format!("fairness bench · {} · timing the quiet tenant", flood.name()));
     let flood_before = flood_events(hub.http()).await;
+    let guard_seen = tokio::spawn(GuardSeen::watch(hub.http(), stop_flood.subscribe()));
     let started = Instant::now();
     let timed = time_quiet(args, &publisher, &receiver, flood).await;
     let flood_after = flood_events(hub.http()).await;
     let elapsed = started.elapsed().as_secs_f64();
     let _ = stop_flood.send(true);
+    let guard = guard_seen.await.context("the guard's watch")?;
     if let Some(live) = live {
         live.await.context("the live flood")??;
     }
@@ -235,6 +241,7 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         actions,
         expected,
         flood_per_s,
+        guard,
     })
 }
 
@@ -270,19 +277,80 @@ async fn publish_flood(
     Ok(())
 }
 
-/// The flood's inputs that became events so far, from the hub's metrics.
-async fn flood_events(http: SocketAddr) -> Option<f64> {
-    let text = reqwest::get(format!("http://{http}/metrics"))
+/// The hub's metrics, as text.
+async fn metrics(http: SocketAddr) -> Option<String> {
+    reqwest::get(format!("http://{http}/metrics"))
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
-    let wanted = format!("{}{{tenant=\"{FLOOD}\"}}", hub::metrics::TENANT_EVENTS_IN);
-    text.lines()
-        .find_map(|line| line.strip_prefix(wanted.as_str()))
+        .ok()
+}
+
+/// The value of the first series whose line starts with `series` (name and labels).
+fn value_of(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|rest| rest.rsplit(' ').next())
         .and_then(|value| value.trim().parse().ok())
-        .or(Some(0.0))
+}
+
+/// The flood's inputs that became events so far, from the hub's metrics.
+async fn flood_events(http: SocketAddr) -> Option<f64> {
+    let text = metrics(http).await?;
+    let wanted = format!("{}{{tenant=\"{FLOOD}\"}}", hub::metrics::TENANT_EVENTS_IN);
+    value_of(&text, &wanted).or(Some(0.0))
+}
+
+/// What the latency guard saw and did while the quiet tenant was timed: medians of samples.
+#[derive(Debug, Default)]
+struct GuardSeen {
+    /// The quiet inputs' lag (its 99th percentile over the guard's last ticks), ms.
+    lag_ms: Vec<f64>,
+    /// That lag with the flood held back, ms.
+    baseline_ms: Vec<f64>,
+    /// The flood's read limit, inputs/s.
+    limit: Vec<f64>,
+}
+
+impl GuardSeen {
+    /// Sample the guard's metrics every quarter second until `stop`.
+    async fn watch(http: SocketAddr, mut stop: watch::Receiver<bool>) -> GuardSeen {
+        use hub::metrics as m;
+        let mut seen = GuardSeen::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let limit = format!("{}{{stream=\"", m::STREAM_READ_LIMIT);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return seen,
+            }
+            let Some(text) = metrics(http).await else { continue };
+            let ms = |s: f64| s * 1000.0;
+            seen.lag_ms
+                .extend(value_of(&text, &format!("{} ", m::INPUT_LAG_SECONDS)).map(ms));
+            seen.baseline_ms
+                .extend(value_of(&text, &format!("{} ", m::INPUT_LAG_BASELINE_SECONDS)).map(ms));
+            // The flood's stream is the one with a limit.
+            let limits = text.lines().filter(|l| l.starts_with(&limit));
+            seen.limit.extend(
+                limits
+                    .filter_map(|l| value_of(l, ""))
+                    .filter(|v| *v > 0.0)
+                    .max_by(f64::total_cmp),
+            );
+        }
+    }
+
+    fn describe(&self) -> Option<String> {
+        let lag = median(self.lag_ms.clone())?;
+        let baseline = median(self.baseline_ms.clone()).unwrap_or(f64::NAN);
+        let limit = inputs_per_s(median(self.limit.clone()));
+        Some(format!(
+            "guard: lag p99 {lag:.2} ms against its baseline {baseline:.2} ms, flood read limit {limit}/s (medians)"
+        ))
+    }
 }
 
 /// Publish the quiet tenant's inputs at its rate and time each action from the publish of the

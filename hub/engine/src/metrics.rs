@@ -71,8 +71,8 @@ pub const TENANT_STATE_BYTES: &str = "hub_tenant_state_bytes";
 pub const TENANT_TIMERS: &str = "hub_tenant_timers_pending";
 /// The latency guard's read limit on a stream with a backlog (inputs/s; 0: none), per `stream`.
 pub const STREAM_READ_LIMIT: &str = "hub_stream_read_limit";
-/// The mean lag (stored in a stream → processed by a shard) of the inputs of streams read
-/// without a backlog, per guard tick, smoothed over a few.
+/// The 99th percentile of the lag (stored in a stream → processed by a shard) of the inputs of
+/// streams read without a backlog, over the guard's last ticks.
 pub const INPUT_LAG_SECONDS: &str = "hub_input_lag_seconds";
 /// The same lag while streams with a backlog were held back: what the guard keeps it near.
 pub const INPUT_LAG_BASELINE_SECONDS: &str = "hub_input_lag_baseline_seconds";

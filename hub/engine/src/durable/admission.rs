@@ -10,15 +10,16 @@
 //! second's worth): beyond it, its inputs wait in its stream.
 //!
 //! Beyond windows and rates, the [`Guard`] slows streams with a backlog while other tenants'
-//! inputs wait longer than they do without it (see `guard`).
+//! inputs wait longer than they do without it (by their 99th percentile; see `guard`).
 //!
 //! The committer is shared too: when half its queue waits, each stream may have one input queued
 //! at most, until it catches up. Otherwise a flood that the shards take fast enough fills the
 //! commit queue, the shards then wait for the committer, and every tenant's inputs with them.
 
 use super::guard::{self, Guard, Sample};
+use hdrhistogram::Histogram;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
@@ -75,18 +76,31 @@ impl Pace {
 }
 
 /// What the shards tell the guard of one source between two of its ticks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tally {
-    taken: AtomicU32,
-    lag_ns: AtomicI64,
+    /// The lags of the inputs processed (see `guard::record_lag`); a lock per source, taken by
+    /// one shard at a time for a few nanoseconds.
+    lags: Mutex<Histogram<u32>>,
     pressed: AtomicBool,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            lags: Mutex::new(guard::lag_histogram()),
+            pressed: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Tally {
     fn take(&self) -> Sample {
+        let lags = match self.lags.lock() {
+            Ok(mut lags) => std::mem::replace(&mut *lags, guard::lag_histogram()),
+            Err(_) => guard::lag_histogram(),
+        };
         Sample {
-            taken: self.taken.swap(0, Ordering::AcqRel),
-            lag_ns: self.lag_ns.swap(0, Ordering::AcqRel),
+            lags,
             pressed: self.pressed.swap(false, Ordering::AcqRel),
         }
     }
@@ -143,8 +157,9 @@ impl Admission {
         }
     }
 
-    /// With the latency guard (see `guard`): `tolerance` is the factor of their unloaded lag
-    /// the other sources' inputs may wait; `streams` names the sources, in order, for metrics.
+    /// With the latency guard (see `guard`): `tolerance` is the factor of their unloaded lag (its
+    /// 99th percentile) the other sources' inputs may wait; `streams` names the sources, in
+    /// order, for metrics.
     pub fn guarded(mut self, tolerance: f64, streams: &[String]) -> Admission {
         use crate::metrics as m;
         self.guarded = Some(Guarded {
@@ -211,7 +226,8 @@ impl Admission {
         let seconds = |ns: f64| ns / 1e9;
         guarded.lag.set(guard.lag_ns().map_or(0.0, seconds));
         guarded.baseline.set(guard.baseline_ns().map_or(0.0, seconds));
-        tracing::trace!(?samples, limits = ?guard.limits(), lag_ns = ?guard.lag_ns(), baseline_ns = ?guard.baseline_ns(), "latency guard");
+        let taken: Vec<(u64, bool)> = samples.iter().map(|s| (s.taken(), s.pressed)).collect();
+        tracing::trace!(?taken, limits = ?guard.limits(), lag_ns = ?guard.lag_ns(), baseline_ns = ?guard.baseline_ns(), "latency guard");
     }
 
     /// The window of a source now: one input while the committer falls behind.
@@ -255,10 +271,9 @@ impl Admission {
             let now_ns = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-            tally.taken.fetch_add(1, Ordering::AcqRel);
-            tally
-                .lag_ns
-                .fetch_add(now_ns.saturating_sub(stored_ns), Ordering::AcqRel);
+            if let Ok(mut lags) = tally.lags.lock() {
+                guard::record_lag(&mut lags, now_ns.saturating_sub(stored_ns));
+            }
         }
     }
 

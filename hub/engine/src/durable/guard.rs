@@ -2,30 +2,41 @@
 //! shards take it, every process on the machine competes for the cores (the hub's threads,
 //! nats-server's, the producers'), and the other tenants' inputs wait longer for each thread
 //! they cross, even though admission keeps them at the head of every queue. The guard keeps
-//! those tenants near their unloaded latency by reading the backlogged streams more slowly.
+//! those tenants' tail latency near its unloaded value by reading the backlogged streams more
+//! slowly.
 //!
 //! - A stream holding a backlog of more than [`BACKLOG`] inputs during a tick is *pressing*:
 //!   it has more to give than it is let. A stream read without such a backlog, with inputs in
 //!   the last second, is *waiting on the hub*: its inputs' lag (from being stored in the stream
 //!   to being processed by a shard) is what the guard keeps low.
-//! - Every tick it takes their mean lag, smoothed over a few ticks (one slow input moves a
-//!   tick's mean; a tick's longest lag follows the machine's hiccups more than the load), and
-//!   compares it with a baseline: above `baseline × tolerance` the pressing streams' read
-//!   rates are cut by a third, below it they grow by a tenth (AIMD, as TCP does with a
-//!   congestion window), so the guard settles just below the rate at which the others' lag
-//!   rises.
+//! - It steers by the [`QUANTILE`] of that lag over the last [`WINDOW`] ticks, not the mean:
+//!   a flood read at a rate the mean hardly notices still delays one input in fifty by a
+//!   whole time slice of a busy core, and the tail is what a tenant's p99 is made of.
+//! - Each tick it compares that quantile with a baseline: above `baseline × tolerance` the
+//!   pressing streams' read rates are cut by a third, below it they grow by a twentieth (AIMD,
+//!   as TCP does with a congestion window), so the guard settles just below the rate at which
+//!   the others' tail rises. After a cut the window starts afresh and the guard waits for
+//!   [`SETTLE_TICKS`] ticks of new lags before it decides again: the lags from before the cut
+//!   would cut again for the same excess.
 //! - The baseline is measured, not configured: when a stream starts waiting on the hub, and
-//!   every [`PROBE_EVERY`] after, the pressing streams are held to [`MIN_RATE`] for [`PROBE`]
-//!   and the lag meanwhile is the baseline (as BBR measures a path's round trip). Measuring it
-//!   again tracks a machine that got busier or quieter, and the lag's clock offset between
-//!   nats-server's host and the hub's cancels out.
+//!   again after [`FIRST_PROBE_GAP`], twice that, and so on up to every [`PROBE_EVERY`], the
+//!   pressing streams are held to [`MIN_RATE`] for [`PROBE`] and the lag's quantile meanwhile
+//!   is measured; the least of the last [`PROBES_KEPT`] is the baseline (as BBR takes the least
+//!   round trip of a window), so the first inputs of a tenant (its plugin instances made, its
+//!   state trees opened) or one probe during a hiccup do not raise it. Measuring it again
+//!   tracks a machine that got busier or quieter.
 //! - With nobody waiting on the hub, or nobody pressing, nothing is limited: a backlog alone is
 //!   drained at full speed.
 //!
 //! What it cannot see or help: the way out (an action from the shard through NATS to its
 //! subscriber), and load the hub does not cause: a producer publishing a flood costs
-//! nats-server's cores and its own however slowly the hub reads it.
+//! nats-server's cores and its own however slowly the hub reads it. The lag spans two clocks
+//! (nats-server's host stores, the hub's processes): on two hosts they must agree to well within
+//! the lag (NTP on a LAN does); a lag that reads negative counts as the least, so a clock far
+//! off makes the guard limit less, never more.
 
+use hdrhistogram::Histogram;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// A stream holding more inputs than this not yet read is pressing (see the module): many
@@ -36,30 +47,101 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// A pressing stream is read at this many inputs per second at least, so it always progresses.
 pub const MIN_RATE: f64 = 50.0;
 /// How long a probe holds the pressing streams to [`MIN_RATE`].
-pub const PROBE: Duration = Duration::from_millis(300);
+pub const PROBE: Duration = Duration::from_millis(500);
 /// The first part of a probe is not measured: what the pressing streams had queued drains.
 const PROBE_SETTLE: Duration = Duration::from_millis(100);
-/// How often the baseline is measured again.
+/// How long after the first probe the second comes; each gap after is twice the last.
+pub const FIRST_PROBE_GAP: Duration = Duration::from_secs(1);
+/// How often the baseline is measured again, at most.
 pub const PROBE_EVERY: Duration = Duration::from_secs(10);
+/// The baseline is the least of this many probes' quantiles: one probe of a source at 1,000
+/// inputs/s holds 400 lags, whose 99th percentile is the fourth longest, too few to trust alone.
+pub const PROBES_KEPT: usize = 4;
+/// The quantile of the lag the guard keeps within `tolerance` of its baseline.
+pub const QUANTILE: f64 = 0.99;
+/// The ticks whose lags the guard steers by.
+pub const WINDOW: usize = 10;
+/// Ticks of lags the guard waits for after a cut (or a probe) before it decides again.
+const SETTLE_TICKS: usize = 4;
 /// A stream that had inputs within this time still counts as waiting on the hub.
 const WAITING_MEMORY: Duration = Duration::from_secs(1);
 /// Lag within this much of the baseline is never a reason to slow anyone: the noise of a
 /// sub-millisecond baseline.
 const SLACK_NS: f64 = 50_000.0;
-/// The weight of a tick's mean lag in the smoothed lag the guard steers by.
-const SMOOTHING: f64 = 0.3;
 const DECREASE: f64 = 0.67;
-const INCREASE: f64 = 1.1;
+const INCREASE: f64 = 1.05;
+/// Lags are kept in µs, from 1 µs to a minute, to two significant digits.
+const LAG_MAX_US: u64 = 60_000_000;
+
+/// A histogram of lags (µs), for [`Sample`].
+pub fn lag_histogram() -> Histogram<u32> {
+    // The bounds are constants that hdrhistogram accepts (low ≥ 1, high ≥ 2 × low, 2 digits).
+    Histogram::new_with_bounds(1, LAG_MAX_US, 2).unwrap_or_else(|_| unreachable!("valid constant bounds"))
+}
+
+/// Record a lag (ns; negative when the clocks disagree) in a [`lag_histogram`].
+pub fn record_lag(lags: &mut Histogram<u32>, lag_ns: i64) {
+    let us = u64::try_from(lag_ns / 1_000).unwrap_or(0).clamp(1, LAG_MAX_US);
+    lags.saturating_record(us);
+}
 
 /// What one source did during a tick.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Sample {
-    /// Inputs the shards processed.
-    pub taken: u32,
-    /// The sum of their lags (ns; may be negative when the clocks disagree).
-    pub lag_ns: i64,
+    /// The lags of the inputs the shards processed (µs; see [`record_lag`]).
+    pub lags: Histogram<u32>,
     /// Whether the source had a backlog of more than [`BACKLOG`] inputs.
     pub pressed: bool,
+}
+
+impl Sample {
+    /// Inputs the shards processed.
+    pub fn taken(&self) -> u64 {
+        self.lags.len()
+    }
+}
+
+/// The lags of the last ticks, added up (see [`WINDOW`]).
+#[derive(Debug)]
+struct Window {
+    ticks: VecDeque<Histogram<u32>>,
+    sum: Histogram<u32>,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            ticks: VecDeque::with_capacity(WINDOW + 1),
+            sum: lag_histogram(),
+        }
+    }
+
+    fn push(&mut self, tick: Histogram<u32>) {
+        // Same bounds on both sides: adding and subtracting cannot fail.
+        let _ = self.sum.add(&tick);
+        self.ticks.push_back(tick);
+        if self.ticks.len() > WINDOW
+            && let Some(old) = self.ticks.pop_front()
+        {
+            let _ = self.sum.subtract(&old);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ticks.clear();
+        self.sum.reset();
+    }
+
+    /// The quantile in ns, once the window holds lags of [`SETTLE_TICKS`] ticks.
+    fn settled_quantile_ns(&self) -> Option<f64> {
+        (self.ticks.len() >= SETTLE_TICKS).then_some(())?;
+        quantile_ns(&self.sum)
+    }
+}
+
+/// The [`QUANTILE`] of a histogram of lags, in ns.
+fn quantile_ns(lags: &Histogram<u32>) -> Option<f64> {
+    (!lags.is_empty()).then(|| lags.value_at_quantile(QUANTILE) as f64 * 1_000.0)
 }
 
 #[derive(Debug)]
@@ -67,9 +149,8 @@ enum Phase {
     Steering,
     Probing {
         started: Instant,
-        /// The sum of the lags measured, and of the inputs.
-        lag_ns: i64,
-        taken: u64,
+        /// The lags measured.
+        lags: Histogram<u32>,
         /// The limits to go back to.
         saved: Vec<Option<f64>>,
     },
@@ -83,11 +164,15 @@ pub struct Guard {
     limits: Vec<Option<f64>>,
     /// By source: when it last waited on the hub.
     waiting: Vec<Option<Instant>>,
+    /// The lag's quantile in each of the last probes (ns).
+    probes: VecDeque<f64>,
     baseline_ns: Option<f64>,
-    /// The waiting sources' mean lag, smoothed over the ticks that had their inputs.
-    last_lag_ns: Option<f64>,
+    /// The waiting sources' lags over the last ticks.
+    window: Window,
     phase: Phase,
     next_probe: Instant,
+    /// The time from the last probe to the next.
+    probe_gap: Duration,
 }
 
 impl Guard {
@@ -96,10 +181,12 @@ impl Guard {
             tolerance,
             limits: vec![None; sources],
             waiting: vec![None; sources],
+            probes: VecDeque::with_capacity(PROBES_KEPT + 1),
             baseline_ns: None,
-            last_lag_ns: None,
+            window: Window::new(),
             phase: Phase::Steering,
             next_probe: Instant::now(),
+            probe_gap: FIRST_PROBE_GAP,
         }
     }
 
@@ -108,14 +195,15 @@ impl Guard {
         &self.limits
     }
 
-    /// The lag the waiting sources' inputs had when nobody pressed (ns), once measured.
+    /// The [`QUANTILE`] of the lag the waiting sources' inputs had when nobody pressed (ns),
+    /// once measured.
     pub fn baseline_ns(&self) -> Option<f64> {
         self.baseline_ns
     }
 
-    /// The waiting sources' mean lag, smoothed over the last ticks that had their inputs (ns).
+    /// The [`QUANTILE`] of the waiting sources' lag over the last ticks (ns).
     pub fn lag_ns(&self) -> Option<f64> {
-        self.last_lag_ns
+        quantile_ns(&self.window.sum)
     }
 
     /// One tick of `elapsed`, ending `now`, with each source's sample (in source order).
@@ -124,7 +212,7 @@ impl Guard {
         for (waiting, sample) in self.waiting.iter_mut().zip(samples) {
             if sample.pressed {
                 *waiting = None;
-            } else if sample.taken > 0 {
+            } else if sample.taken() > 0 {
                 let recent = waiting.is_some_and(|at| now.duration_since(at) < WAITING_MEMORY);
                 newly_waiting |= !recent;
                 *waiting = Some(now);
@@ -135,20 +223,15 @@ impl Guard {
             .iter()
             .any(|w| w.is_some_and(|at| now.duration_since(at) < WAITING_MEMORY));
         let anyone_pressing = samples.iter().any(|s| s.pressed);
-        let (lag_ns, taken) = samples
-            .iter()
-            .filter(|s| !s.pressed)
-            .fold((0i64, 0u64), |(lag, n), s| (lag + s.lag_ns, n + u64::from(s.taken)));
-        if taken > 0 {
-            let lag = lag_ns as f64 / taken as f64;
-            self.last_lag_ns = Some(match self.last_lag_ns {
-                Some(smoothed) => smoothed + SMOOTHING * (lag - smoothed),
-                None => lag,
-            });
+        let mut lags = lag_histogram();
+        for sample in samples.iter().filter(|s| !s.pressed) {
+            let _ = lags.add(&sample.lags);
         }
+        let taken = lags.len();
         if !anyone_waiting || !anyone_pressing {
             self.phase = Phase::Steering;
             self.limits.iter_mut().for_each(|l| *l = None);
+            self.window.push(lags);
             return;
         }
         // A source that does not press has nothing held back: a limit would only hide a
@@ -162,30 +245,37 @@ impl Guard {
         match &mut self.phase {
             Phase::Probing {
                 started,
-                lag_ns: probe_lag,
-                taken: probe_taken,
+                lags: probe_lags,
                 saved,
             } => {
                 if now.duration_since(*started) > PROBE_SETTLE {
-                    *probe_lag += lag_ns;
-                    *probe_taken += taken;
+                    let _ = probe_lags.add(&lags);
                 }
                 if now.duration_since(*started) >= PROBE {
-                    if *probe_taken > 0 {
-                        let baseline = *probe_lag as f64 / *probe_taken as f64;
-                        self.baseline_ns = Some(baseline);
-                        self.last_lag_ns = Some(baseline);
+                    if let Some(quantile) = quantile_ns(probe_lags) {
+                        self.probes.push_back(quantile);
+                        if self.probes.len() > PROBES_KEPT {
+                            self.probes.pop_front();
+                        }
+                        self.baseline_ns = self.probes.iter().copied().reduce(f64::min);
                     }
                     for ((limit, saved), sample) in self.limits.iter_mut().zip(saved.iter()).zip(samples) {
                         *limit = if sample.pressed { *saved } else { None };
                     }
                     self.phase = Phase::Steering;
-                    self.next_probe = now + PROBE_EVERY;
+                    self.next_probe = now + self.probe_gap;
+                    self.probe_gap = (self.probe_gap * 2).min(PROBE_EVERY);
+                    // The lags with the backlogs held say nothing of the limits now.
+                    self.window.clear();
                 } else {
                     hold_pressing(&mut self.limits, samples);
+                    self.window.push(lags);
                 }
             }
             Phase::Steering if newly_waiting || now >= self.next_probe || self.baseline_ns.is_none() => {
+                if newly_waiting {
+                    self.probe_gap = FIRST_PROBE_GAP;
+                }
                 // Back to what each pressing source was allowed after the probe; one read at
                 // full speed starts at half of it, so the others' lag need not climb all the
                 // way from there.
@@ -194,20 +284,23 @@ impl Guard {
                     .iter()
                     .zip(samples)
                     .map(|(limit, s)| match s.pressed {
-                        true => Some(limit.unwrap_or(f64::from(s.taken) * per_second / 2.0).max(MIN_RATE)),
+                        true => Some(limit.unwrap_or(s.taken() as f64 * per_second / 2.0).max(MIN_RATE)),
                         false => None,
                     })
                     .collect();
                 hold_pressing(&mut self.limits, samples);
                 self.phase = Phase::Probing {
                     started: now,
-                    lag_ns: 0,
-                    taken: 0,
+                    lags: lag_histogram(),
                     saved,
                 };
+                self.window.push(lags);
             }
             Phase::Steering => {
-                let (Some(baseline), Some(lag), true) = (self.baseline_ns, self.last_lag_ns, taken > 0) else {
+                self.window.push(lags);
+                let (Some(baseline), Some(lag), true) =
+                    (self.baseline_ns, self.window.settled_quantile_ns(), taken > 0)
+                else {
                     return;
                 };
                 let over = lag > baseline * self.tolerance + SLACK_NS;
@@ -215,7 +308,7 @@ impl Guard {
                     if !sample.pressed {
                         continue;
                     }
-                    let read = f64::from(sample.taken) * per_second;
+                    let read = sample.taken() as f64 * per_second;
                     let now_allowed = limit.unwrap_or(f64::INFINITY);
                     *limit = Some(match over {
                         true => (now_allowed.min(read) * DECREASE).max(MIN_RATE),
@@ -223,6 +316,9 @@ impl Guard {
                         // within reach, a cut takes effect at once.
                         false => (now_allowed * INCREASE).min((read * 2.0).max(MIN_RATE * 2.0)),
                     });
+                }
+                if over {
+                    self.window.clear();
                 }
             }
         }
@@ -245,44 +341,38 @@ mod tests {
     const QUIET: usize = 0;
     const FLOOD: usize = 1;
 
-    /// A tick with the flood's backlog read and nothing of the quiet source.
-    const FLOOD_ONLY: [Sample; 2] = [
-        Sample {
-            taken: 0,
-            lag_ns: 0,
-            pressed: false,
-        },
-        Sample {
-            taken: 1000,
-            lag_ns: 0,
-            pressed: true,
-        },
-    ];
-
-    fn samples(quiet_lag_us: i64, flood_taken: u32) -> [Sample; 2] {
-        [
-            Sample {
-                taken: 50,
-                lag_ns: 50 * quiet_lag_us * 1000,
-                pressed: false,
-            },
-            Sample {
-                taken: flood_taken,
-                lag_ns: 0,
-                pressed: true,
-            },
-        ]
+    fn sample(lags_us: &[(u64, u32)], pressed: bool) -> Sample {
+        let mut lags = lag_histogram();
+        for &(lag_us, count) in lags_us {
+            lags.saturating_record_n(lag_us, count);
+        }
+        Sample { lags, pressed }
     }
 
-    /// Runs ticks from `at` with the quiet source's lag given by `lag(flood's limit)`; the
-    /// flood is read at its limit (or 1,000 per tick without one).
-    fn run(guard: &mut Guard, at: &mut Instant, ticks: usize, lag_us: impl Fn(Option<f64>) -> i64) {
+    /// A tick with the flood's backlog read and nothing of the quiet source.
+    fn flood_only() -> [Sample; 2] {
+        [sample(&[], false), sample(&[(1, 1000)], true)]
+    }
+
+    /// Runs ticks from `at` in which the quiet source has 50 inputs with the lags (µs, count)
+    /// given by `lags(flood's limit)`; the flood is read at its limit (or 1,000 per tick
+    /// without one).
+    fn run(guard: &mut Guard, at: &mut Instant, ticks: usize, lags: impl Fn(Option<f64>) -> Vec<(u64, u32)>) {
         for _ in 0..ticks {
             *at += TICK;
             let limit = guard.limits()[FLOOD];
             let flood = limit.map_or(1000, |l| (l * TICK.as_secs_f64()) as u32);
-            guard.tick(*at, TICK, &samples(lag_us(limit), flood));
+            guard.tick(*at, TICK, &[sample(&lags(limit), false), sample(&[(1, flood)], true)]);
         }
+    }
+
+    /// Every quiet input of a tick has the same lag.
+    fn all(lag_us: u64) -> Vec<(u64, u32)> {
+        vec![(lag_us, 50)]
+    }
+
+    fn probe_ticks() -> usize {
+        (PROBE.as_millis() / TICK.as_millis()) as usize + 1
     }
 
     #[test]
@@ -290,7 +380,7 @@ mod tests {
         let mut guard = Guard::new(2, 1.25);
         let at = Instant::now();
         for i in 1..100 {
-            guard.tick(at + TICK * i, TICK, &FLOOD_ONLY);
+            guard.tick(at + TICK * i, TICK, &flood_only());
         }
         assert_eq!(guard.limits(), &[None, None]);
     }
@@ -299,16 +389,16 @@ mod tests {
     fn a_stream_starting_to_wait_on_the_hub_first_measures_its_baseline_with_the_flood_held() {
         let mut guard = Guard::new(2, 1.25);
         let mut at = Instant::now();
-        run(&mut guard, &mut at, 1, |_| 900);
+        run(&mut guard, &mut at, 1, |_| all(900));
         assert_eq!(guard.limits()[FLOOD], Some(MIN_RATE), "probing");
         assert_eq!(guard.limits()[QUIET], None);
         // Held back, the flood leaves the quiet source at 200 µs.
-        run(
-            &mut guard,
-            &mut at,
-            6,
-            |limit| if limit == Some(MIN_RATE) { 200 } else { 900 },
-        );
+        run(&mut guard, &mut at, probe_ticks(), |limit| {
+            match limit == Some(MIN_RATE) {
+                true => all(200),
+                false => all(900),
+            }
+        });
         assert_eq!(guard.baseline_ns(), Some(200_000.0));
         assert_eq!(guard.limits()[FLOOD], Some(10_000.0), "half what it was read at");
     }
@@ -318,35 +408,88 @@ mod tests {
         let mut guard = Guard::new(2, 1.25);
         let mut at = Instant::now();
         // Lag grows with the flood's rate: 200 µs alone, doubling by 10,000/s.
-        let lag = |limit: Option<f64>| 200 + (limit.unwrap_or(20_000.0) / 50.0) as i64;
+        let lag = |limit: Option<f64>| all(200 + (limit.unwrap_or(20_000.0) / 50.0) as u64);
         run(&mut guard, &mut at, 150, lag);
         let limit = guard.limits()[FLOOD].expect("limited");
         // At most 250 µs + 50 µs of slack: 5,000/s; the cuts take it somewhat below.
-        assert!((2_000.0..=5_600.0).contains(&limit), "{limit}");
+        assert!((3_000.0..=5_600.0).contains(&limit), "{limit}");
         assert!(guard.lag_ns().is_some());
+    }
+
+    #[test]
+    fn a_flood_that_delays_one_input_in_fifty_is_limited_though_the_mean_hardly_moves() {
+        let mut guard = Guard::new(2, 1.5);
+        let mut at = Instant::now();
+        // Above 3,000/s one quiet input in fifty waits 1 ms instead of 200 µs: the mean rises
+        // by a twelfth, the 99th percentile fivefold.
+        let lags = |limit: Option<f64>| match limit.unwrap_or(f64::INFINITY) > 3_000.0 {
+            true => vec![(200, 49), (1_000, 1)],
+            false => all(200),
+        };
+        run(&mut guard, &mut at, 150, lags);
+        let limit = guard.limits()[FLOOD].expect("limited");
+        assert!((1_500.0..=3_300.0).contains(&limit), "{limit}");
     }
 
     #[test]
     fn the_baseline_is_measured_again_and_follows_the_machine() {
         let mut guard = Guard::new(2, 1.25);
         let mut at = Instant::now();
-        run(&mut guard, &mut at, 10, |_| 200);
+        run(&mut guard, &mut at, 20, |_| all(200));
         assert_eq!(guard.baseline_ns(), Some(200_000.0));
-        let ticks = (PROBE_EVERY.as_millis() / TICK.as_millis()) as usize + 10;
-        run(&mut guard, &mut at, ticks, |_| 400);
-        assert_eq!(guard.baseline_ns(), Some(400_000.0));
+        // Probes after 1, 2, 4 and 8 s, then every 10 s: the least of the last four is kept,
+        // so a busier machine raises it once the probes before are gone.
+        let seconds = |s: u64| (s * 1000 / TICK.as_millis() as u64) as usize;
+        run(&mut guard, &mut at, seconds(20), |_| all(200));
+        run(&mut guard, &mut at, seconds(25), |_| all(400));
+        assert_eq!(guard.baseline_ns(), Some(200_000.0), "{:?}", guard.probes);
+        run(&mut guard, &mut at, seconds(25), |_| all(400));
+        // 400 µs is kept to two digits: within a 2 µs step.
+        assert_eq!(guard.baseline_ns(), Some(401_000.0));
+        // A quieter machine lowers it at the next probe.
+        run(&mut guard, &mut at, seconds(11), |_| all(100));
+        assert_eq!(guard.baseline_ns(), Some(100_000.0));
+    }
+
+    #[test]
+    fn a_slow_first_probe_does_not_stay_the_baseline() {
+        let mut guard = Guard::new(2, 1.25);
+        let mut at = Instant::now();
+        // A tenant's first inputs are slow (its plugin instances are made): 2 ms, then 200 µs.
+        let mut ticks = 0;
+        let mut step = |guard: &mut Guard, at: &mut Instant| {
+            ticks += 1;
+            run(guard, at, 1, |_| all(if ticks <= 12 { 2_000 } else { 200 }));
+        };
+        for _ in 0..12 {
+            step(&mut guard, &mut at);
+        }
+        assert_eq!(guard.baseline_ns(), Some(2_007_000.0), "2 ms to two digits");
+        for _ in 0..(FIRST_PROBE_GAP + PROBE).as_millis() / TICK.as_millis() + 1 {
+            step(&mut guard, &mut at);
+        }
+        assert_eq!(guard.baseline_ns(), Some(200_000.0), "measured again a second later");
     }
 
     #[test]
     fn once_nobody_waits_on_the_hub_the_limits_go() {
         let mut guard = Guard::new(2, 1.25);
         let mut at = Instant::now();
-        run(&mut guard, &mut at, 20, |_| 2_000);
+        run(&mut guard, &mut at, 20, |_| all(2_000));
         assert!(guard.limits()[FLOOD].is_some());
         for _ in 0..(WAITING_MEMORY.as_millis() / TICK.as_millis() + 1) {
             at += TICK;
-            guard.tick(at, TICK, &FLOOD_ONLY);
+            guard.tick(at, TICK, &flood_only());
         }
         assert_eq!(guard.limits()[FLOOD], None);
+    }
+
+    #[test]
+    fn a_lag_that_reads_negative_counts_as_the_least() {
+        let mut lags = lag_histogram();
+        record_lag(&mut lags, -5_000_000);
+        record_lag(&mut lags, i64::MAX);
+        assert_eq!(lags.min(), 1);
+        assert!(lags.max() >= LAG_MAX_US);
     }
 }
