@@ -869,7 +869,8 @@ async fn calls_past_a_tenants_state_or_timer_quota_are_dead_lettered_and_replaye
 
 /// The latency guard: while tenant `guardflood` has a backlog in its own stream and
 /// `guardquiet` publishes on its own, the backlog is read under a limit (first the least, while
-/// the quiet tenant's unloaded lag is measured); once the quiet tenant stops, the limit goes
+/// the quiet tenant's unloaded lag is measured) and round trips through nats-server are timed;
+/// once the quiet tenant stops, the limit goes
 /// and the whole backlog is processed: slowed, nothing dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_read_under_a_limit_while_another_tenant_publishes_and_all_of_it_is_processed() {
@@ -918,9 +919,19 @@ async fn a_backlog_is_read_under_a_limit_while_another_tenant_publishes_and_all_
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    // While it limits, the guard times round trips through nats-server too.
+    let mut round_trip = 0.0;
+    while limited.is_some() && round_trip == 0.0 && tokio::time::Instant::now() < deadline {
+        round_trip = metric(http, "hub_nats_round_trip_seconds").await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let _ = stop.send(true);
     let sent = quiet.await.expect("the quiet publisher");
     let limited = limited.expect("the flood's stream was read under a limit while the quiet tenant published");
+    assert!(
+        round_trip > 0.0,
+        "no round trip through nats-server timed while limited"
+    );
     assert!(
         limited >= hub::durable::guard::MIN_RATE,
         "a limit of {limited} inputs/s"

@@ -191,7 +191,8 @@ pub struct InputConfig {
     /// tenant's input waits behind at most this many of its inputs.
     pub tenant_window: usize,
     /// With tenants' own streams: the latency guard reads streams with a backlog more slowly
-    /// while the 99th percentile of the other streams' lag exceeds this factor of its unloaded
+    /// while the 99th percentile of the other streams' lag (with a round trip through
+    /// nats-server, the way in and out of the hub) exceeds this factor of its unloaded
     /// value (measured by holding the backlogged streams back for a moment); a factor below 1
     /// counts as 1. 0 turns it off: a backlog is then drained at the shards' full speed, and
     /// the other tenants' latency rises with the machine's load.

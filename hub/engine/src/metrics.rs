@@ -71,11 +71,15 @@ pub const TENANT_STATE_BYTES: &str = "hub_tenant_state_bytes";
 pub const TENANT_TIMERS: &str = "hub_tenant_timers_pending";
 /// The latency guard's read limit on a stream with a backlog (inputs/s; 0: none), per `stream`.
 pub const STREAM_READ_LIMIT: &str = "hub_stream_read_limit";
-/// The 99th percentile of the lag (stored in a stream → processed by a shard) of the inputs of
-/// streams read without a backlog, over the guard's last ticks.
+/// What the latency guard steers by, over its last ticks: the 99th percentile of the lag
+/// (stored in a stream → outputs handed to NATS) of the inputs of streams read without a
+/// backlog, plus that of a round trip through nats-server while a stream is limited.
 pub const INPUT_LAG_SECONDS: &str = "hub_input_lag_seconds";
-/// The same lag while streams with a backlog were held back: what the guard keeps it near.
+/// The same while streams with a backlog were held back: what the guard keeps it near.
 pub const INPUT_LAG_BASELINE_SECONDS: &str = "hub_input_lag_baseline_seconds";
+/// The 99th percentile of a message's round trip from the hub through nats-server, timed while
+/// the latency guard limits a stream (0 otherwise).
+pub const NATS_ROUND_TRIP_SECONDS: &str = "hub_nats_round_trip_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static UPKEEP: std::sync::Once = std::sync::Once::new();

@@ -142,6 +142,10 @@ pub struct Shard {
     /// checkpoint was applied already (see `durable`).
     checkpoints: Checkpoints,
     admission: Arc<crate::durable::Admission>,
+    /// The stream inputs this turn processed, (source, stored_ns): their lag ends when the turn
+    /// hands its outputs to NATS, not when their own plugins return, so the guard also sees the
+    /// rest of the turn they wait for.
+    departing: Vec<(u16, i64)>,
     /// The ordinal of the last stream input handled (reported with each commit).
     handled: u64,
     cluster: Option<ClusterLink>,
@@ -175,6 +179,7 @@ impl Shard {
             commits: ShardCommits::new(setup.id, setup.commits, commit_every),
             checkpoints: setup.checkpoints,
             admission: setup.admission,
+            departing: Vec::new(),
             keep_events: setup.keep_events,
             handled: 0,
             cluster: setup.cluster,
@@ -232,6 +237,7 @@ impl Shard {
             self.fire_due_timers();
             self.chain.flush_outbox(self.commits.applied());
             self.egress.flush();
+            self.departed();
             self.metrics.queue_depth.set(self.rx.len() as f64);
             if Instant::now() >= self.commits.next() {
                 self.commit();
@@ -242,6 +248,7 @@ impl Shard {
         }
         self.commit();
         self.egress.flush();
+        self.departed();
         tracing::debug!(shard = self.id, "shard stopped");
     }
 
@@ -288,7 +295,14 @@ impl Shard {
         self.chain.push_local(routed);
         self.run_chain();
         if let Some(ticket) = ticket {
-            self.admission.processed(ticket.source, ticket.stored_ns);
+            self.departing.push((ticket.source, ticket.stored_ns));
+        }
+    }
+
+    /// The turn's outputs are with NATS: the inputs that caused them are done.
+    fn departed(&mut self) {
+        for (source, stored_ns) in self.departing.drain(..) {
+            self.admission.processed(source, stored_ns);
         }
     }
 

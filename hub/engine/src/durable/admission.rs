@@ -20,7 +20,7 @@ use super::guard::{self, Guard, Sample};
 use hdrhistogram::Histogram;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 /// One source's allowance of inputs per second: up to `burst` seconds' worth saved up.
@@ -110,10 +110,15 @@ impl Tally {
 struct Guarded {
     guard: Mutex<(Guard, Instant)>,
     tallies: Box<[Tally]>,
+    /// Round trips through nats-server timed since the last tick (µs; see `guard`).
+    round_trips: Mutex<Histogram<u32>>,
+    /// Whether the guard limits some source: round trips are timed only then.
+    engaged: AtomicBool,
     /// By source: its limit (inputs/s, 0 for none).
     limits: Box<[metrics::Gauge]>,
     lag: metrics::Gauge,
     baseline: metrics::Gauge,
+    round_trip: metrics::Gauge,
 }
 
 /// Inputs of each source queued ahead of the shards, against its window (see the module).
@@ -165,12 +170,15 @@ impl Admission {
         self.guarded = Some(Guarded {
             guard: Mutex::new((Guard::new(self.windows.len(), tolerance), Instant::now())),
             tallies: self.windows.iter().map(|_| Tally::default()).collect(),
+            round_trips: Mutex::new(guard::lag_histogram()),
+            engaged: AtomicBool::new(false),
             limits: streams
                 .iter()
                 .map(|s| metrics::gauge!(m::STREAM_READ_LIMIT, "stream" => s.clone()))
                 .collect(),
             lag: metrics::gauge!(m::INPUT_LAG_SECONDS),
             baseline: metrics::gauge!(m::INPUT_LAG_BASELINE_SECONDS),
+            round_trip: metrics::gauge!(m::NATS_ROUND_TRIP_SECONDS),
         });
         self
     }
@@ -178,6 +186,22 @@ impl Admission {
     /// Whether the guard runs: the reader then calls [`Admission::steer`] every [`guard::TICK`].
     pub fn is_guarded(&self) -> bool {
         self.guarded.is_some()
+    }
+
+    /// Whether the guard limits some source now: the reader then times round trips through
+    /// nats-server every [`guard::ROUND_TRIP_EVERY`] and reports them to [`Admission::round_trip`].
+    pub fn guard_engaged(&self) -> bool {
+        self.guarded.as_ref().is_some_and(|g| g.engaged.load(Ordering::Acquire))
+    }
+
+    /// A message went from the hub through nats-server and back in `took`, for the guard.
+    pub fn round_trip(&self, took: Duration) {
+        if let Some(guarded) = &self.guarded
+            && let Ok(mut round_trips) = guarded.round_trips.lock()
+        {
+            let ns = i64::try_from(took.as_nanos()).unwrap_or(i64::MAX);
+            guard::record_lag(&mut round_trips, ns);
+        }
     }
 
     /// Whether source `i` may be read by its rate and the guard's limit; takes a token when
@@ -204,13 +228,18 @@ impl Admission {
             return;
         };
         let samples: Vec<Sample> = guarded.tallies.iter().map(Tally::take).collect();
+        let round_trips = match guarded.round_trips.lock() {
+            Ok(mut round_trips) => std::mem::replace(&mut *round_trips, guard::lag_histogram()),
+            Err(_) => guard::lag_histogram(),
+        };
         let Ok(mut guard) = guarded.guard.lock() else {
             return;
         };
         let (guard, last) = &mut *guard;
         let now = Instant::now();
-        guard.tick(now, now.duration_since(*last), &samples);
+        guard.tick(now, now.duration_since(*last), &samples, round_trips);
         *last = now;
+        guarded.engaged.store(guard.engaged(), Ordering::Release);
         if let Ok(mut paces) = self.paces.lock() {
             for (pace, limit) in paces.iter_mut().zip(guard.limits()) {
                 match (limit, &mut pace.guard) {
@@ -226,6 +255,7 @@ impl Admission {
         let seconds = |ns: f64| ns / 1e9;
         guarded.lag.set(guard.lag_ns().map_or(0.0, seconds));
         guarded.baseline.set(guard.baseline_ns().map_or(0.0, seconds));
+        guarded.round_trip.set(guard.round_trip_ns().map_or(0.0, seconds));
         let taken: Vec<(u64, bool)> = samples.iter().map(|s| (s.taken(), s.pressed)).collect();
         tracing::trace!(?taken, limits = ?guard.limits(), lag_ns = ?guard.lag_ns(), baseline_ns = ?guard.baseline_ns(), "latency guard");
     }
@@ -262,10 +292,10 @@ impl Admission {
         !more || self.window(i).is_some_and(|window| now >= window)
     }
 
-    /// A shard processed an input of `source` (its plugins ran, its outputs are on their way)
-    /// that the stream stored at `stored_ns` (ns since the Unix epoch): its lag, for the guard.
-    /// Measured to the end of processing, so what slows the shards (a busy disk, the cores)
-    /// counts too, not only the wait to get there.
+    /// A shard processed an input of `source` (its plugins ran and the turn handed its outputs
+    /// to NATS) that the stream stored at `stored_ns` (ns since the Unix epoch): its lag, for
+    /// the guard. Measured to the end of processing, so what slows the shards (a busy disk, the
+    /// cores, the other inputs of the same turn) counts too, not only the wait to get there.
     pub fn processed(&self, source: u16, stored_ns: i64) {
         if let Some(tally) = self.guarded.as_ref().and_then(|g| g.tallies.get(usize::from(source))) {
             let now_ns = SystemTime::now()

@@ -12,6 +12,13 @@
 //! - It steers by the [`QUANTILE`] of that lag over the last [`WINDOW`] ticks, not the mean:
 //!   a flood read at a rate the mean hardly notices still delays one input in fifty by a
 //!   whole time slice of a busy core, and the tail is what a tenant's p99 is made of.
+//! - To that it adds the [`QUANTILE`] of a message's round trip from the hub through
+//!   nats-server and back, timed every [`ROUND_TRIP_EVERY`] on the hub's connection while a
+//!   source is limited: the lag starts when nats-server stores an input and ends when the hub
+//!   hands its actions to NATS, but a tenant's latency also holds the way in (its producer to
+//!   the stream) and out (nats-server to its subscriber). Reading a backlog makes nats-server
+//!   work too (deliveries, acknowledgements), and on a machine whose cores they share, those
+//!   ways slow with the flood while the hub's own part barely moves.
 //! - Each tick it compares that quantile with a baseline: above `baseline × tolerance` the
 //!   pressing streams' read rates are cut by a third, below it they grow by a twentieth (AIMD,
 //!   as TCP does with a congestion window), so the guard settles just below the rate at which
@@ -28,9 +35,9 @@
 //! - With nobody waiting on the hub, or nobody pressing, nothing is limited: a backlog alone is
 //!   drained at full speed.
 //!
-//! What it cannot see or help: the way out (an action from the shard through NATS to its
-//! subscriber), and load the hub does not cause: a producer publishing a flood costs
-//! nats-server's cores and its own however slowly the hub reads it. The lag spans two clocks
+//! What it cannot see or help: the producers' and subscribers' own processes, and load the hub
+//! does not cause: a producer publishing a flood costs nats-server's cores and its own however
+//! slowly the hub reads it. The lag spans two clocks
 //! (nats-server's host stores, the hub's processes): on two hosts they must agree to well within
 //! the lag (NTP on a LAN does); a lag that reads negative counts as the least, so a clock far
 //! off makes the guard limit less, never more.
@@ -72,6 +79,10 @@ const DECREASE: f64 = 0.67;
 const INCREASE: f64 = 1.05;
 /// Lags are kept in µs, from 1 µs to a minute, to two significant digits.
 const LAG_MAX_US: u64 = 60_000_000;
+/// How often a message's round trip through nats-server is timed while a source is limited:
+/// a window of [`WINDOW`] ticks then holds 250, against one nats-server message in a few
+/// thousand of what the limited sources cost it.
+pub const ROUND_TRIP_EVERY: Duration = Duration::from_millis(2);
 
 /// A histogram of lags (µs), for [`Sample`].
 pub fn lag_histogram() -> Histogram<u32> {
@@ -101,29 +112,67 @@ impl Sample {
     }
 }
 
+/// What the guard steers by over one tick or several: the waiting sources' lags and the round
+/// trips through nats-server (µs each; see the module).
+#[derive(Debug)]
+struct Lags {
+    inputs: Histogram<u32>,
+    round_trips: Histogram<u32>,
+}
+
+impl Lags {
+    fn new() -> Lags {
+        Lags {
+            inputs: lag_histogram(),
+            round_trips: lag_histogram(),
+        }
+    }
+
+    // Every histogram here has the same bounds: adding and subtracting cannot fail.
+    fn add(&mut self, other: &Lags) {
+        let _ = self.inputs.add(&other.inputs);
+        let _ = self.round_trips.add(&other.round_trips);
+    }
+
+    fn subtract(&mut self, other: &Lags) {
+        let _ = self.inputs.subtract(&other.inputs);
+        let _ = self.round_trips.subtract(&other.round_trips);
+    }
+
+    fn reset(&mut self) {
+        self.inputs.reset();
+        self.round_trips.reset();
+    }
+
+    /// The [`QUANTILE`] of the inputs' lag plus that of the round trips (none timed count as
+    /// none taken), in ns; nothing without inputs.
+    fn quantile_ns(&self) -> Option<f64> {
+        Some(quantile_ns(&self.inputs)? + quantile_ns(&self.round_trips).unwrap_or(0.0))
+    }
+}
+
 /// The lags of the last ticks, added up (see [`WINDOW`]).
 #[derive(Debug)]
 struct Window {
-    ticks: VecDeque<Histogram<u32>>,
-    sum: Histogram<u32>,
+    ticks: VecDeque<Lags>,
+    sum: Lags,
 }
 
 impl Window {
     fn new() -> Window {
         Window {
             ticks: VecDeque::with_capacity(WINDOW + 1),
-            sum: lag_histogram(),
+            sum: Lags::new(),
         }
     }
 
-    fn push(&mut self, tick: Histogram<u32>) {
-        // Same bounds on both sides: adding and subtracting cannot fail.
-        let _ = self.sum.add(&tick);
+    fn push(&mut self, tick: Lags) {
+        self.sum.add(&tick);
         self.ticks.push_back(tick);
         if self.ticks.len() > WINDOW
             && let Some(old) = self.ticks.pop_front()
         {
-            let _ = self.sum.subtract(&old);
+            self.sum.subtract(&old);
         }
     }
 
@@ -135,7 +184,7 @@ impl Window {
     /// The quantile in ns, once the window holds lags of [`SETTLE_TICKS`] ticks.
     fn settled_quantile_ns(&self) -> Option<f64> {
         (self.ticks.len() >= SETTLE_TICKS).then_some(())?;
-        quantile_ns(&self.sum)
+        self.sum.quantile_ns()
     }
 }
 
@@ -149,8 +198,8 @@ enum Phase {
     Steering,
     Probing {
         started: Instant,
-        /// The lags measured.
-        lags: Histogram<u32>,
+        /// The lags measured (boxed: two histograms are large beside `Steering`).
+        lags: Box<Lags>,
         /// The limits to go back to.
         saved: Vec<Option<f64>>,
     },
@@ -201,13 +250,25 @@ impl Guard {
         self.baseline_ns
     }
 
-    /// The [`QUANTILE`] of the waiting sources' lag over the last ticks (ns).
+    /// What the guard steers by over the last ticks (ns): the [`QUANTILE`] of the waiting
+    /// sources' lag plus that of the round trips through nats-server.
     pub fn lag_ns(&self) -> Option<f64> {
-        quantile_ns(&self.window.sum)
+        self.window.sum.quantile_ns()
     }
 
-    /// One tick of `elapsed`, ending `now`, with each source's sample (in source order).
-    pub fn tick(&mut self, now: Instant, elapsed: Duration, samples: &[Sample]) {
+    /// The [`QUANTILE`] of the round trips through nats-server over the last ticks (ns).
+    pub fn round_trip_ns(&self) -> Option<f64> {
+        quantile_ns(&self.window.sum.round_trips)
+    }
+
+    /// Whether some source is limited: the round trips through nats-server are then timed.
+    pub fn engaged(&self) -> bool {
+        self.limits.iter().any(Option::is_some)
+    }
+
+    /// One tick of `elapsed`, ending `now`, with each source's sample (in source order) and the
+    /// round trips through nats-server timed meanwhile (see [`ROUND_TRIP_EVERY`]).
+    pub fn tick(&mut self, now: Instant, elapsed: Duration, samples: &[Sample], round_trips: Histogram<u32>) {
         let mut newly_waiting = false;
         for (waiting, sample) in self.waiting.iter_mut().zip(samples) {
             if sample.pressed {
@@ -223,11 +284,14 @@ impl Guard {
             .iter()
             .any(|w| w.is_some_and(|at| now.duration_since(at) < WAITING_MEMORY));
         let anyone_pressing = samples.iter().any(|s| s.pressed);
-        let mut lags = lag_histogram();
+        let mut lags = Lags {
+            inputs: lag_histogram(),
+            round_trips,
+        };
         for sample in samples.iter().filter(|s| !s.pressed) {
-            let _ = lags.add(&sample.lags);
+            let _ = lags.inputs.add(&sample.lags);
         }
-        let taken = lags.len();
+        let taken = lags.inputs.len();
         if !anyone_waiting || !anyone_pressing {
             self.phase = Phase::Steering;
             self.limits.iter_mut().for_each(|l| *l = None);
@@ -249,10 +313,10 @@ impl Guard {
                 saved,
             } => {
                 if now.duration_since(*started) > PROBE_SETTLE {
-                    let _ = probe_lags.add(&lags);
+                    probe_lags.add(&lags);
                 }
                 if now.duration_since(*started) >= PROBE {
-                    if let Some(quantile) = quantile_ns(probe_lags) {
+                    if let Some(quantile) = probe_lags.quantile_ns() {
                         self.probes.push_back(quantile);
                         if self.probes.len() > PROBES_KEPT {
                             self.probes.pop_front();
@@ -291,7 +355,7 @@ impl Guard {
                 hold_pressing(&mut self.limits, samples);
                 self.phase = Phase::Probing {
                     started: now,
-                    lags: lag_histogram(),
+                    lags: Box::new(Lags::new()),
                     saved,
                 };
                 self.window.push(lags);
@@ -341,12 +405,19 @@ mod tests {
     const QUIET: usize = 0;
     const FLOOD: usize = 1;
 
-    fn sample(lags_us: &[(u64, u32)], pressed: bool) -> Sample {
+    fn histogram(lags_us: &[(u64, u32)]) -> Histogram<u32> {
         let mut lags = lag_histogram();
         for &(lag_us, count) in lags_us {
             lags.saturating_record_n(lag_us, count);
         }
-        Sample { lags, pressed }
+        lags
+    }
+
+    fn sample(lags_us: &[(u64, u32)], pressed: bool) -> Sample {
+        Sample {
+            lags: histogram(lags_us),
+            pressed,
+        }
     }
 
     /// A tick with the flood's backlog read and nothing of the quiet source.
@@ -358,11 +429,24 @@ mod tests {
     /// given by `lags(flood's limit)`; the flood is read at its limit (or 1,000 per tick
     /// without one).
     fn run(guard: &mut Guard, at: &mut Instant, ticks: usize, lags: impl Fn(Option<f64>) -> Vec<(u64, u32)>) {
+        run_timing_round_trips(guard, at, ticks, &lags, &|_| Vec::new());
+    }
+
+    /// As [`run`], with the round trips through nats-server of each tick given by
+    /// `round_trips(flood's limit)`.
+    fn run_timing_round_trips(
+        guard: &mut Guard,
+        at: &mut Instant,
+        ticks: usize,
+        lags: &impl Fn(Option<f64>) -> Vec<(u64, u32)>,
+        round_trips: &impl Fn(Option<f64>) -> Vec<(u64, u32)>,
+    ) {
         for _ in 0..ticks {
             *at += TICK;
             let limit = guard.limits()[FLOOD];
             let flood = limit.map_or(1000, |l| (l * TICK.as_secs_f64()) as u32);
-            guard.tick(*at, TICK, &[sample(&lags(limit), false), sample(&[(1, flood)], true)]);
+            let samples = [sample(&lags(limit), false), sample(&[(1, flood)], true)];
+            guard.tick(*at, TICK, &samples, histogram(&round_trips(limit)));
         }
     }
 
@@ -380,7 +464,7 @@ mod tests {
         let mut guard = Guard::new(2, 1.25);
         let at = Instant::now();
         for i in 1..100 {
-            guard.tick(at + TICK * i, TICK, &flood_only());
+            guard.tick(at + TICK * i, TICK, &flood_only(), lag_histogram());
         }
         assert_eq!(guard.limits(), &[None, None]);
     }
@@ -432,6 +516,24 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_that_slows_nats_server_is_limited_though_the_hubs_own_lag_holds() {
+        let mut guard = Guard::new(2, 1.5);
+        let mut at = Instant::now();
+        // The hub's part stays at 200 µs; a round trip through nats-server takes 100 µs, and
+        // 1 ms for one in fifty once the flood is read faster than 2,000/s.
+        let round_trips = |limit: Option<f64>| match limit.unwrap_or(f64::INFINITY) > 2_000.0 {
+            true => vec![(100, 24), (1_000, 1)],
+            false => vec![(100, 25)],
+        };
+        run_timing_round_trips(&mut guard, &mut at, 150, &|_| all(200), &round_trips);
+        assert_eq!(guard.baseline_ns(), Some(300_000.0), "both parts, with the flood held");
+        let limit = guard.limits()[FLOOD].expect("limited");
+        assert!((1_000.0..=2_200.0).contains(&limit), "{limit}");
+        assert!(guard.engaged());
+        assert!(guard.round_trip_ns().is_some());
+    }
+
+    #[test]
     fn the_baseline_is_measured_again_and_follows_the_machine() {
         let mut guard = Guard::new(2, 1.25);
         let mut at = Instant::now();
@@ -479,7 +581,7 @@ mod tests {
         assert!(guard.limits()[FLOOD].is_some());
         for _ in 0..(WAITING_MEMORY.as_millis() / TICK.as_millis() + 1) {
             at += TICK;
-            guard.tick(at, TICK, &flood_only());
+            guard.tick(at, TICK, &flood_only(), lag_histogram());
         }
         assert_eq!(guard.limits()[FLOOD], None);
     }

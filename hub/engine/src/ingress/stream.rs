@@ -324,6 +324,10 @@ impl Consumer {
                 reader.reconcile().await;
             }
         }
+        if reader.wiring.admission.is_guarded() {
+            let admission = reader.wiring.admission.clone();
+            tokio::spawn(time_round_trips(client.clone(), admission, stopped.clone()));
+        }
         let task = tokio::spawn(reader.run(stopped, drained_tx));
         Ok(Consumer {
             task: Some(task),
@@ -418,6 +422,60 @@ struct Reader {
     tenant_events: crate::tenant::Counted,
     unacked: metrics::Gauge,
     pending: metrics::Gauge,
+}
+
+/// A round trip not back within this time is not waited for (the connection is down or
+/// reconnecting: that says nothing of the machine's load).
+const ROUND_TRIP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// While the latency guard limits a stream, send a message to a subject of the hub's own on the
+/// connection that reads the inputs and carries the outputs, every `guard::ROUND_TRIP_EVERY`,
+/// and report how long it took to come back: the part of a tenant's latency that is
+/// nats-server's (see `durable::guard`). Ends when the hub stops.
+async fn time_round_trips(client: async_nats::Client, admission: Arc<Admission>, mut stopped: watch::Receiver<bool>) {
+    let subject = client.new_inbox();
+    let mut echoes = match client.subscribe(subject.clone()).await {
+        Ok(echoes) => echoes,
+        Err(e) => {
+            tracing::warn!(error = %e, "the latency guard cannot time round trips through nats-server");
+            return;
+        }
+    };
+    let mut every = tokio::time::interval(crate::durable::guard::ROUND_TRIP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if !admission.guard_engaged() {
+            continue;
+        }
+        seq += 1;
+        let sent = Instant::now();
+        if client
+            .publish(subject.clone(), seq.to_be_bytes().to_vec().into())
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        // An echo of an earlier round trip that outlived its patience is passed over.
+        let back = async {
+            while let Some(echo) = echoes.next().await {
+                if echo.payload.as_ref() == seq.to_be_bytes() {
+                    return true;
+                }
+            }
+            false
+        };
+        match tokio::time::timeout(ROUND_TRIP_PATIENCE, back).await {
+            Ok(true) => admission.round_trip(sent.elapsed()),
+            Ok(false) => return,
+            Err(_) => {}
+        }
+    }
 }
 
 /// Resolves when the partitions to read change; never without partitions.
