@@ -58,3 +58,68 @@ impl ConnectionWatch {
         }
     }
 }
+
+/// Times a message's round trip from a client through nats-server and back to the same
+/// client: how long nats-server, and the machine it shares, takes to pass a message on.
+pub struct RoundTrips {
+    client: async_nats::Client,
+    subject: async_nats::Subject,
+    echoes: async_nats::Subscriber,
+    seq: u64,
+}
+
+/// How one round trip went.
+#[derive(Debug, PartialEq)]
+pub enum RoundTrip {
+    Back(std::time::Duration),
+    /// Not back within its patience, or not sent: the connection is down or reconnecting,
+    /// which says nothing of the load.
+    Lost,
+    /// The subscription ended: the client is gone.
+    Closed,
+}
+
+impl RoundTrips {
+    /// Subscribe `client` to an inbox of its own to send the messages to.
+    pub async fn new(client: async_nats::Client) -> Result<RoundTrips, async_nats::SubscribeError> {
+        let subject = async_nats::Subject::from(client.new_inbox());
+        let echoes = client.subscribe(subject.clone()).await?;
+        Ok(RoundTrips {
+            client,
+            subject,
+            echoes,
+            seq: 0,
+        })
+    }
+
+    /// Send a message and wait up to `patience` for it to come back.
+    pub async fn time(&mut self, patience: std::time::Duration) -> RoundTrip {
+        use futures::StreamExt;
+        self.seq += 1;
+        let seq = self.seq.to_be_bytes();
+        let sent = Instant::now();
+        if self
+            .client
+            .publish(self.subject.clone(), seq.to_vec().into())
+            .await
+            .is_err()
+        {
+            return RoundTrip::Lost;
+        }
+        // An echo of an earlier round trip that outlived its patience is passed over.
+        let echoes = &mut self.echoes;
+        let back = async {
+            while let Some(echo) = echoes.next().await {
+                if echo.payload.as_ref() == seq {
+                    return true;
+                }
+            }
+            false
+        };
+        match tokio::time::timeout(patience, back).await {
+            Ok(true) => RoundTrip::Back(sent.elapsed()),
+            Ok(false) => RoundTrip::Closed,
+            Err(_) => RoundTrip::Lost,
+        }
+    }
+}

@@ -75,32 +75,45 @@ impl Pace {
     }
 }
 
-/// What the shards tell the guard of one source between two of its ticks.
+/// Lags recorded between two of the guard's ticks (see `guard::record_lag`), behind a lock
+/// taken for a few nanoseconds at a time.
 #[derive(Debug)]
-struct Tally {
-    /// The lags of the inputs processed (see `guard::record_lag`); a lock per source, taken by
-    /// one shard at a time for a few nanoseconds.
-    lags: Mutex<Histogram<u32>>,
-    pressed: AtomicBool,
+struct Lagged(Mutex<Histogram<u32>>);
+
+impl Default for Lagged {
+    fn default() -> Lagged {
+        Lagged(Mutex::new(guard::lag_histogram()))
+    }
 }
 
-impl Default for Tally {
-    fn default() -> Tally {
-        Tally {
-            lags: Mutex::new(guard::lag_histogram()),
-            pressed: AtomicBool::new(false),
+impl Lagged {
+    fn record(&self, lag_ns: i64) {
+        if let Ok(mut lags) = self.0.lock() {
+            guard::record_lag(&mut lags, lag_ns);
+        }
+    }
+
+    /// The lags recorded since the last call.
+    fn take(&self) -> Histogram<u32> {
+        match self.0.lock() {
+            Ok(mut lags) => std::mem::replace(&mut *lags, guard::lag_histogram()),
+            Err(_) => guard::lag_histogram(),
         }
     }
 }
 
+/// What the shards tell the guard of one source between two of its ticks.
+#[derive(Debug, Default)]
+struct Tally {
+    /// The lags of the inputs processed; one lock per source, taken by one shard at a time.
+    lags: Lagged,
+    pressed: AtomicBool,
+}
+
 impl Tally {
     fn take(&self) -> Sample {
-        let lags = match self.lags.lock() {
-            Ok(mut lags) => std::mem::replace(&mut *lags, guard::lag_histogram()),
-            Err(_) => guard::lag_histogram(),
-        };
         Sample {
-            lags,
+            lags: self.lags.take(),
             pressed: self.pressed.swap(false, Ordering::AcqRel),
         }
     }
@@ -110,10 +123,8 @@ impl Tally {
 struct Guarded {
     guard: Mutex<(Guard, Instant)>,
     tallies: Box<[Tally]>,
-    /// Round trips through nats-server timed since the last tick (µs; see `guard`).
-    round_trips: Mutex<Histogram<u32>>,
-    /// Whether the guard limits some source: round trips are timed only then.
-    engaged: AtomicBool,
+    /// Round trips through nats-server timed since the last tick (see `guard`).
+    round_trips: Lagged,
     /// By source: its limit (inputs/s, 0 for none).
     limits: Box<[metrics::Gauge]>,
     lag: metrics::Gauge,
@@ -170,8 +181,7 @@ impl Admission {
         self.guarded = Some(Guarded {
             guard: Mutex::new((Guard::new(self.windows.len(), tolerance), Instant::now())),
             tallies: self.windows.iter().map(|_| Tally::default()).collect(),
-            round_trips: Mutex::new(guard::lag_histogram()),
-            engaged: AtomicBool::new(false),
+            round_trips: Lagged::default(),
             limits: streams
                 .iter()
                 .map(|s| metrics::gauge!(m::STREAM_READ_LIMIT, "stream" => s.clone()))
@@ -191,16 +201,17 @@ impl Admission {
     /// Whether the guard limits some source now: the reader then times round trips through
     /// nats-server every [`guard::ROUND_TRIP_EVERY`] and reports them to [`Admission::round_trip`].
     pub fn guard_engaged(&self) -> bool {
-        self.guarded.as_ref().is_some_and(|g| g.engaged.load(Ordering::Acquire))
+        self.guarded
+            .as_ref()
+            .is_some_and(|g| g.guard.lock().is_ok_and(|guard| guard.0.engaged()))
     }
 
     /// A message went from the hub through nats-server and back in `took`, for the guard.
     pub fn round_trip(&self, took: Duration) {
-        if let Some(guarded) = &self.guarded
-            && let Ok(mut round_trips) = guarded.round_trips.lock()
-        {
-            let ns = i64::try_from(took.as_nanos()).unwrap_or(i64::MAX);
-            guard::record_lag(&mut round_trips, ns);
+        if let Some(guarded) = &self.guarded {
+            guarded
+                .round_trips
+                .record(i64::try_from(took.as_nanos()).unwrap_or(i64::MAX));
         }
     }
 
@@ -228,10 +239,7 @@ impl Admission {
             return;
         };
         let samples: Vec<Sample> = guarded.tallies.iter().map(Tally::take).collect();
-        let round_trips = match guarded.round_trips.lock() {
-            Ok(mut round_trips) => std::mem::replace(&mut *round_trips, guard::lag_histogram()),
-            Err(_) => guard::lag_histogram(),
-        };
+        let round_trips = guarded.round_trips.take();
         let Ok(mut guard) = guarded.guard.lock() else {
             return;
         };
@@ -239,7 +247,6 @@ impl Admission {
         let now = Instant::now();
         guard.tick(now, now.duration_since(*last), &samples, round_trips);
         *last = now;
-        guarded.engaged.store(guard.engaged(), Ordering::Release);
         if let Ok(mut paces) = self.paces.lock() {
             for (pace, limit) in paces.iter_mut().zip(guard.limits()) {
                 match (limit, &mut pace.guard) {
@@ -301,9 +308,7 @@ impl Admission {
             let now_ns = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-            if let Ok(mut lags) = tally.lags.lock() {
-                guard::record_lag(&mut lags, now_ns.saturating_sub(stored_ns));
-            }
+            tally.lags.record(now_ns.saturating_sub(stored_ns));
         }
     }
 

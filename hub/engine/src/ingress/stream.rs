@@ -424,8 +424,7 @@ struct Reader {
     pending: metrics::Gauge,
 }
 
-/// A round trip not back within this time is not waited for (the connection is down or
-/// reconnecting: that says nothing of the machine's load).
+/// A round trip not back within this time is not waited for (see `RoundTrip::Lost`).
 const ROUND_TRIP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// While the latency guard limits a stream, send a message to a subject of the hub's own on the
@@ -433,9 +432,9 @@ const ROUND_TRIP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(
 /// and report how long it took to come back: the part of a tenant's latency that is
 /// nats-server's (see `durable::guard`). Ends when the hub stops.
 async fn time_round_trips(client: async_nats::Client, admission: Arc<Admission>, mut stopped: watch::Receiver<bool>) {
-    let subject = client.new_inbox();
-    let mut echoes = match client.subscribe(subject.clone()).await {
-        Ok(echoes) => echoes,
+    use crate::connection::{RoundTrip, RoundTrips};
+    let mut round_trips = match RoundTrips::new(client).await {
+        Ok(round_trips) => round_trips,
         Err(e) => {
             tracing::warn!(error = %e, "the latency guard cannot time round trips through nats-server");
             return;
@@ -443,7 +442,6 @@ async fn time_round_trips(client: async_nats::Client, admission: Arc<Admission>,
     };
     let mut every = tokio::time::interval(crate::durable::guard::ROUND_TRIP_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = 0u64;
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -452,28 +450,10 @@ async fn time_round_trips(client: async_nats::Client, admission: Arc<Admission>,
         if !admission.guard_engaged() {
             continue;
         }
-        seq += 1;
-        let sent = Instant::now();
-        if client
-            .publish(subject.clone(), seq.to_be_bytes().to_vec().into())
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        // An echo of an earlier round trip that outlived its patience is passed over.
-        let back = async {
-            while let Some(echo) = echoes.next().await {
-                if echo.payload.as_ref() == seq.to_be_bytes() {
-                    return true;
-                }
-            }
-            false
-        };
-        match tokio::time::timeout(ROUND_TRIP_PATIENCE, back).await {
-            Ok(true) => admission.round_trip(sent.elapsed()),
-            Ok(false) => return,
-            Err(_) => {}
+        match round_trips.time(ROUND_TRIP_PATIENCE).await {
+            RoundTrip::Back(took) => admission.round_trip(took),
+            RoundTrip::Lost => {}
+            RoundTrip::Closed => return,
         }
     }
 }
