@@ -16,6 +16,11 @@
 //! - `shared`: for contrast, both tenants on the shared subjects, each naming itself in a
 //!   `Hub-Tenant` header: one stream, where the quiet tenant's inputs wait behind the flood's.
 //!
+//! The quiet tenant publishes for `--warmup` seconds before it is timed: the latency guard
+//! measures its unloaded lag and settles meanwhile. What those arriving inputs took is reported
+//! apart (the residue of the flood read at full speed before anyone waited slows them for a few
+//! seconds, whatever the guard does), and so is the p99 of each timed second.
+//!
 //! Per run: the quiet tenant's p50 and p99, the p99's ratio to `alone`'s, how many flood
 //! inputs per second the hub processed meanwhile (from `hub_tenant_events_in_total`), the p99
 //! of a message's round trip through nats-server (how busy nats-server and the machine were,
@@ -44,11 +49,13 @@ const BACKLOG_PER_SECOND: u64 = 100_000;
 const PATIENCE: Duration = Duration::from_secs(120);
 
 /// What the flooding tenant does during a run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Flood {
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum Flood {
+    #[value(name = "alone")]
     None,
     Guarded,
     GuardedLive,
+    #[value(name = "rate")]
     Rated,
     Unguarded,
     Shared,
@@ -94,6 +101,10 @@ struct Run {
     flood: Flood,
     p50_ms: f64,
     p99_ms: f64,
+    /// The p99 of each second timed, ms.
+    p99_by_second_ms: Vec<f64>,
+    /// The p99 of the inputs published during the warm-up, ms.
+    arriving_p99_ms: f64,
     actions: u64,
     expected: u64,
     /// Flood inputs the hub processed per second while the quiet tenant was timed.
@@ -106,8 +117,8 @@ struct Run {
 pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let backlog = BACKLOG_PER_SECOND * args.seconds;
     println!(
-        "fairness bench: tenant {QUIET} at {}/s for {} s on its own subjects (every third input acts); tenant {FLOOD}: a backlog of {backlog} inputs, its rate {}/s where it has one; {} run(s), medians",
-        args.quiet_rate, args.seconds, args.flood_rate, args.runs
+        "fairness bench: tenant {QUIET} at {}/s for {} s on its own subjects after {} s of warm-up (every third input acts); tenant {FLOOD}: a backlog of {backlog} inputs, its rate {}/s where it has one; {} run(s), medians",
+        args.quiet_rate, args.seconds, args.warmup, args.flood_rate, args.runs
     );
     let plugins = tempfile::tempdir()?;
     std::fs::copy(
@@ -115,14 +126,17 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         plugins.path().join("payment_trouble.wasm"),
     )
     .context("payment_trouble.wasm is built with the workspace (cargo build --release)")?;
-    let floods = [
+    let floods: Vec<Flood> = [
         Flood::None,
         Flood::Guarded,
         Flood::GuardedLive,
         Flood::Rated,
         Flood::Unguarded,
         Flood::Shared,
-    ];
+    ]
+    .into_iter()
+    .filter(|f| args.only.is_empty() || args.only.contains(f))
+    .collect();
     let mut runs: Vec<Run> = Vec::new();
     for round in 0..args.runs {
         // Alternate the order, so a slow spell of the machine does not always hit one kind.
@@ -139,6 +153,12 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 run.p50_ms,
                 run.p99_ms,
                 inputs_per_s(run.flood_per_s)
+            );
+            let by_second: Vec<String> = run.p99_by_second_ms.iter().map(|ms| format!("{ms:.1}")).collect();
+            println!(
+                "    p99 by second (ms): {}; while arriving (warm-up) {:.2} ms",
+                by_second.join(" "),
+                run.arriving_p99_ms
             );
             if run.actions == 0 {
                 println!("    no quiet action came within the bench's patience: its latency is at least that");
@@ -168,24 +188,26 @@ fn print_runs(floods: &[Flood], runs: &[Run]) {
     let of = |flood: Flood| runs.iter().filter(move |r| r.flood == flood);
     let alone = median(of(Flood::None).map(|r| r.p99_ms).collect());
     println!(
-        "{:<13} {:>10} {:>10} {:>12} {:>15} {:>18}",
-        "run", "quiet p50", "quiet p99", "p99 / alone", "quiet actions", "flood inputs/s"
+        "{:<13} {:>10} {:>10} {:>12} {:>15} {:>18} {:>14}",
+        "run", "quiet p50", "quiet p99", "p99 / alone", "quiet actions", "flood inputs/s", "arriving p99"
     );
     for &flood in floods {
         let p50 = median(of(flood).map(|r| r.p50_ms).collect()).unwrap_or(f64::NAN);
         let p99 = median(of(flood).map(|r| r.p99_ms).collect()).unwrap_or(f64::NAN);
+        let arriving = median(of(flood).map(|r| r.arriving_p99_ms).collect()).unwrap_or(f64::NAN);
         let ratio = alone.map_or(f64::NAN, |a| p99 / a);
         let actions: u64 = of(flood).map(|r| r.actions).sum();
         let expected: u64 = of(flood).map(|r| r.expected).sum();
         let rate = inputs_per_s(median(of(flood).filter_map(|r| r.flood_per_s).collect()));
         println!(
-            "{:<13} {:>7.2} ms {:>7.2} ms {:>12.2} {:>15} {:>18}",
+            "{:<13} {:>7.2} ms {:>7.2} ms {:>12.2} {:>15} {:>18} {:>11.2} ms",
             flood.name(),
             p50,
             p99,
             ratio,
             format!("{actions}/{expected}"),
-            rate
+            rate,
+            arriving
         );
     }
 }
@@ -222,14 +244,17 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
     });
 
     let step = Step::waiting(format!("fairness bench · {} · timing the quiet tenant", flood.name()));
-    let flood_before = flood_events(hub.http()).await;
-    let guard_seen = tokio::spawn(GuardSeen::watch(hub.http(), stop_flood.subscribe()));
-    let round_trips = tokio::spawn(round_trips(
-        async_nats::connect(&nats.url).await?,
-        stop_flood.subscribe(),
-    ));
-    let started = Instant::now();
-    let timed = time_quiet(args, &publisher, &receiver, flood).await;
+    let timer = async_nats::connect(&nats.url).await?;
+    // What the hub and nats-server do is watched once the warm-up is over.
+    let watch = async {
+        tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+        let flood_before = flood_events(hub.http()).await;
+        let guard_seen = tokio::spawn(GuardSeen::watch(hub.http(), stop_flood.subscribe()));
+        let round_trips = tokio::spawn(round_trips(timer, stop_flood.subscribe()));
+        (flood_before, Instant::now(), guard_seen, round_trips)
+    };
+    let (timed, (flood_before, started, guard_seen, round_trips)) =
+        tokio::join!(time_quiet(args, &publisher, &receiver, flood), watch);
     let flood_after = flood_events(hub.http()).await;
     let elapsed = started.elapsed().as_secs_f64();
     let _ = stop_flood.send(true);
@@ -239,7 +264,13 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         live.await.context("the live flood")??;
     }
     drop(step);
-    let (latency, actions, expected) = timed?;
+    let Quiet {
+        latency,
+        arriving,
+        by_second,
+        actions,
+        expected,
+    } = timed?;
     hub.kill();
     nats.stop().await;
     let flood_per_s = match (flood_before, flood_after) {
@@ -255,10 +286,13 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         0 => (PATIENCE + Duration::from_secs(args.seconds)).as_secs_f64() * 1000.0,
         _ => latency.value_at_quantile(q) as f64 / 1000.0,
     };
+    let p99_ms = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
     Ok(Run {
         flood,
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
+        p99_by_second_ms: by_second.iter().map(p99_ms).collect(),
+        arriving_p99_ms: p99_ms(&arriving),
         actions,
         expected,
         flood_per_s,
@@ -402,28 +436,50 @@ impl GuardSeen {
     }
 }
 
-/// Publish the quiet tenant's inputs at its rate and time each action from the publish of the
-/// input that caused it: the histogram (µs), the actions timed and those expected.
-async fn time_quiet(
-    args: &BenchArgs,
-    publisher: &Client,
-    receiver: &Client,
-    flood: Flood,
-) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
-    let total = args.quiet_rate * args.seconds;
-    let expected = total / 3;
+/// What the quiet tenant's actions took (µs), each from the publish of the input that caused it.
+struct Quiet {
+    /// Those of the inputs published after the warm-up.
+    latency: Histogram<u64>,
+    /// Those of the inputs published during the warm-up.
+    arriving: Histogram<u64>,
+    /// Those after the warm-up, by the second their input was published in.
+    by_second: Vec<Histogram<u64>>,
+    /// Actions timed after the warm-up, and expected.
+    actions: u64,
+    expected: u64,
+}
+
+fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 600_000_000, 3)?)
+}
+
+/// Publish the quiet tenant's inputs at its rate for the warm-up and `--seconds`, and time each
+/// action from the publish of the input that caused it.
+async fn time_quiet(args: &BenchArgs, publisher: &Client, receiver: &Client, flood: Flood) -> anyhow::Result<Quiet> {
+    let warm = args.quiet_rate * args.warmup;
+    let total = warm + args.quiet_rate * args.seconds;
+    // The third input of each actor acts.
+    let acting = |seqs: std::ops::Range<u64>| seqs.filter(|s| s % 3 == 2).count() as u64;
+    let (all_actions, expected) = (acting(0..total), acting(warm..total));
     let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total as usize]));
     let mut actions = receiver.subscribe("hub.actions.>").await?;
     receiver.flush().await?;
-    let publishing = Duration::from_secs(args.seconds);
+    let publishing = Duration::from_secs(args.warmup + args.seconds);
+    let rate = args.quiet_rate;
     let collect = {
         let sent = sent.clone();
         tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+            let mut quiet = Quiet {
+                latency: latency_histogram()?,
+                arriving: latency_histogram()?,
+                by_second: Vec::new(),
+                actions: 0,
+                expected,
+            };
             let mut timed = 0u64;
             let deadline = tokio::time::sleep(publishing + PATIENCE);
             tokio::pin!(deadline);
-            while timed < expected {
+            while timed < all_actions {
                 let msg = tokio::select! {
                     msg = actions.next() => match msg {
                         Some(msg) => msg,
@@ -437,16 +493,26 @@ async fn time_quiet(
                     .as_ref()
                     .and_then(|h| h.get(hub::egress::headers::CAUSE))
                     .map(|v| v.as_str().to_owned());
-                let Some(seq) = cause.and_then(|c| c.strip_prefix('q')?.parse::<usize>().ok()) else {
+                let Some(seq) = cause.and_then(|c| c.strip_prefix('q')?.parse::<u64>().ok()) else {
                     continue;
                 };
-                let at = sent.lock().ok().and_then(|s| s.get(seq).copied().flatten());
-                if let Some(at) = at {
-                    latency.saturating_record(arrived.saturating_duration_since(at).as_micros() as u64);
-                    timed += 1;
+                let at = sent.lock().ok().and_then(|s| s.get(seq as usize).copied().flatten());
+                let Some(at) = at else { continue };
+                let took = arrived.saturating_duration_since(at).as_micros() as u64;
+                timed += 1;
+                let Some(after) = seq.checked_sub(warm) else {
+                    quiet.arriving.saturating_record(took);
+                    continue;
+                };
+                quiet.latency.saturating_record(took);
+                quiet.actions += 1;
+                let second = (after / rate) as usize;
+                while quiet.by_second.len() <= second {
+                    quiet.by_second.push(latency_histogram()?);
                 }
+                quiet.by_second[second].saturating_record(took);
             }
-            anyhow::Ok((latency, timed))
+            anyhow::Ok(quiet)
         })
     };
     let (subject, headers) = flood.route(QUIET);
@@ -476,6 +542,5 @@ async fn time_quiet(
         }
     }
     publisher.flush().await?;
-    let (latency, timed) = collect.await.context("the action receiver")??;
-    Ok((latency, timed, expected))
+    collect.await.context("the action receiver")?
 }

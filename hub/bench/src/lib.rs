@@ -55,7 +55,7 @@ pub mod cluster;
 mod cpu;
 pub mod crash;
 mod examples;
-mod fairness;
+pub mod fairness;
 mod mode;
 mod phase;
 mod progress;
@@ -155,6 +155,14 @@ pub struct BenchArgs {
     /// `--quiet-rate` for `--seconds`, timed alone, then while another floods (see `fairness`)
     #[arg(long)]
     pub fairness: bool,
+    /// Seconds the quiet tenant publishes with `--fairness` before it is timed, while the
+    /// latency guard measures its unloaded lag and settles; those inputs' latency is reported
+    /// apart (`arriving`)
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+    /// Which `--fairness` runs to make (all by default)
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<fairness::Flood>,
     /// The quiet tenant's inputs per second with `--fairness`
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(3..))]
     pub quiet_rate: u64,

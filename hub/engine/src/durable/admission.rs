@@ -16,10 +16,10 @@
 //! at most, until it catches up. Otherwise a flood that the shards take fast enough fills the
 //! commit queue, the shards then wait for the committer, and every tenant's inputs with them.
 
-use super::guard::{self, Guard, Sample};
+use super::guard::{self, Backlog, Guard, Sample};
 use hdrhistogram::Histogram;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
@@ -107,14 +107,24 @@ impl Lagged {
 struct Tally {
     /// The lags of the inputs processed; one lock per source, taken by one shard at a time.
     lags: Lagged,
-    pressed: AtomicBool,
+    /// The most its routed inputs said of its backlog (a [`Backlog`] as its discriminant).
+    backlog: AtomicU8,
 }
 
 impl Tally {
+    fn routed(&self, pending: u64) {
+        self.backlog.fetch_max(Backlog::of(pending) as u8, Ordering::AcqRel);
+    }
+
     fn take(&self) -> Sample {
+        let backlog = match self.backlog.swap(Backlog::Unseen as u8, Ordering::AcqRel) {
+            b if b == Backlog::Long as u8 => Backlog::Long,
+            b if b == Backlog::Short as u8 => Backlog::Short,
+            _ => Backlog::Unseen,
+        };
         Sample {
             lags: self.lags.take(),
-            pressed: self.pressed.swap(false, Ordering::AcqRel),
+            backlog,
         }
     }
 }
@@ -263,7 +273,7 @@ impl Admission {
         guarded.lag.set(guard.lag_ns().map_or(0.0, seconds));
         guarded.baseline.set(guard.baseline_ns().map_or(0.0, seconds));
         guarded.round_trip.set(guard.round_trip_ns().map_or(0.0, seconds));
-        let taken: Vec<(u64, bool)> = samples.iter().map(|s| (s.taken(), s.pressed)).collect();
+        let taken: Vec<(u64, Backlog)> = samples.iter().map(|s| (s.taken(), s.backlog)).collect();
         tracing::trace!(?taken, limits = ?guard.limits(), lag_ns = ?guard.lag_ns(), baseline_ns = ?guard.baseline_ns(), "latency guard");
     }
 
@@ -291,10 +301,8 @@ impl Admission {
         let more = self.paced(i, true);
         // A backlog: the stream has more to give than it is let (the guard slows it), not just
         // inputs held up on their way (the guard protects those).
-        if let Some(tally) = self.guarded.as_ref().and_then(|g| g.tallies.get(i))
-            && pending > guard::BACKLOG
-        {
-            tally.pressed.store(true, Ordering::Release);
+        if let Some(tally) = self.guarded.as_ref().and_then(|g| g.tallies.get(i)) {
+            tally.routed(pending);
         }
         !more || self.window(i).is_some_and(|window| now >= window)
     }

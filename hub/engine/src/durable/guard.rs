@@ -5,8 +5,10 @@
 //! those tenants' tail latency near its unloaded value by reading the backlogged streams more
 //! slowly.
 //!
-//! - A stream holding a backlog of more than [`BACKLOG`] inputs during a tick is *pressing*:
-//!   it has more to give than it is let. A stream read without such a backlog, with inputs in
+//! - A stream whose inputs are routed with a backlog of more than [`BACKLOG`] behind them is
+//!   *pressing*: it has more to give than it is let. It presses until one is routed with less
+//!   behind it, or none is for [`PRESSING_MEMORY`]: a limited stream routes nothing in most
+//!   ticks, and is no less pressing for it. A stream read without such a backlog, with inputs in
 //!   the last second, is *waiting on the hub*: its inputs' lag (from being stored in the stream
 //!   to being processed by a shard) is what the guard keeps low.
 //! - It steers by the [`QUANTILE`] of that lag over the last [`WINDOW`] ticks, not the mean:
@@ -72,6 +74,9 @@ pub const WINDOW: usize = 10;
 const SETTLE_TICKS: usize = 4;
 /// A stream that had inputs within this time still counts as waiting on the hub.
 const WAITING_MEMORY: Duration = Duration::from_secs(1);
+/// A stream last seen with a backlog this long ago, and routing nothing since, no longer
+/// presses: its reader stopped (a limited one routes an input every 20 ms at least).
+const PRESSING_MEMORY: Duration = Duration::from_secs(1);
 /// Lag within this much of the baseline is never a reason to slow anyone: the noise of a
 /// sub-millisecond baseline.
 const SLACK_NS: f64 = 50_000.0;
@@ -96,13 +101,37 @@ pub fn record_lag(lags: &mut Histogram<u32>, lag_ns: i64) {
     lags.saturating_record(us);
 }
 
+/// What the inputs of a source routed during a tick said of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[repr(u8)]
+pub enum Backlog {
+    /// None was routed: the stream is as the guard last saw it. A limited stream routes
+    /// nothing in many ticks (at [`MIN_RATE`], one input every 20 ms), and still presses.
+    #[default]
+    Unseen,
+    /// At most [`BACKLOG`] inputs were behind each.
+    Short,
+    /// More than [`BACKLOG`] were behind one: the source presses.
+    Long,
+}
+
+impl Backlog {
+    /// What an input routed with `pending` more behind it in its stream says.
+    pub fn of(pending: u64) -> Backlog {
+        match pending > BACKLOG {
+            true => Backlog::Long,
+            false => Backlog::Short,
+        }
+    }
+}
+
 /// What one source did during a tick.
 #[derive(Debug, Clone)]
 pub struct Sample {
     /// The lags of the inputs the shards processed (µs; see [`record_lag`]).
     pub lags: Histogram<u32>,
-    /// Whether the source had a backlog of more than [`BACKLOG`] inputs.
-    pub pressed: bool,
+    /// The most its routed inputs said of its backlog.
+    pub backlog: Backlog,
 }
 
 impl Sample {
@@ -213,6 +242,8 @@ pub struct Guard {
     limits: Vec<Option<f64>>,
     /// By source: when it last waited on the hub.
     waiting: Vec<Option<Instant>>,
+    /// By source: when a tick last saw its backlog, until one sees it routed without.
+    pressing: Vec<Option<Instant>>,
     /// The lag's quantile in each of the last probes (ns).
     probes: VecDeque<f64>,
     baseline_ns: Option<f64>,
@@ -230,6 +261,7 @@ impl Guard {
             tolerance,
             limits: vec![None; sources],
             waiting: vec![None; sources],
+            pressing: vec![None; sources],
             probes: VecDeque::with_capacity(PROBES_KEPT + 1),
             baseline_ns: None,
             window: Window::new(),
@@ -269,9 +301,10 @@ impl Guard {
     /// One tick of `elapsed`, ending `now`, with each source's sample (in source order) and the
     /// round trips through nats-server timed meanwhile (see [`ROUND_TRIP_EVERY`]).
     pub fn tick(&mut self, now: Instant, elapsed: Duration, samples: &[Sample], round_trips: Histogram<u32>) {
+        let pressed = self.pressed(now, samples);
         let mut newly_waiting = false;
-        for (waiting, sample) in self.waiting.iter_mut().zip(samples) {
-            if sample.pressed {
+        for ((waiting, sample), &pressed) in self.waiting.iter_mut().zip(samples).zip(&pressed) {
+            if pressed {
                 *waiting = None;
             } else if sample.taken() > 0 {
                 let recent = waiting.is_some_and(|at| now.duration_since(at) < WAITING_MEMORY);
@@ -283,12 +316,14 @@ impl Guard {
             .waiting
             .iter()
             .any(|w| w.is_some_and(|at| now.duration_since(at) < WAITING_MEMORY));
-        let anyone_pressing = samples.iter().any(|s| s.pressed);
+        let anyone_pressing = pressed.contains(&true);
         let mut lags = Lags {
             inputs: lag_histogram(),
             round_trips,
         };
-        for sample in samples.iter().filter(|s| !s.pressed) {
+        // A pressing source's inputs waited in its backlog: their lag is the flood's, not what
+        // the guard keeps low.
+        for (sample, _) in samples.iter().zip(&pressed).filter(|(_, pressed)| !**pressed) {
             let _ = lags.inputs.add(&sample.lags);
         }
         let taken = lags.inputs.len();
@@ -300,8 +335,8 @@ impl Guard {
         }
         // A source that does not press has nothing held back: a limit would only hide a
         // backlog it may get later from the guard's next decision.
-        for (limit, sample) in self.limits.iter_mut().zip(samples) {
-            if !sample.pressed {
+        for (limit, &pressed) in self.limits.iter_mut().zip(&pressed) {
+            if !pressed {
                 *limit = None;
             }
         }
@@ -323,8 +358,8 @@ impl Guard {
                         }
                         self.baseline_ns = self.probes.iter().copied().reduce(f64::min);
                     }
-                    for ((limit, saved), sample) in self.limits.iter_mut().zip(saved.iter()).zip(samples) {
-                        *limit = if sample.pressed { *saved } else { None };
+                    for ((limit, saved), &pressed) in self.limits.iter_mut().zip(saved.iter()).zip(&pressed) {
+                        *limit = if pressed { *saved } else { None };
                     }
                     self.phase = Phase::Steering;
                     self.next_probe = now + self.probe_gap;
@@ -332,7 +367,7 @@ impl Guard {
                     // The lags with the backlogs held say nothing of the limits now.
                     self.window.clear();
                 } else {
-                    hold_pressing(&mut self.limits, samples);
+                    hold_pressing(&mut self.limits, &pressed);
                     self.window.push(lags);
                 }
             }
@@ -347,12 +382,13 @@ impl Guard {
                     .limits
                     .iter()
                     .zip(samples)
-                    .map(|(limit, s)| match s.pressed {
+                    .zip(&pressed)
+                    .map(|((limit, s), pressed)| match pressed {
                         true => Some(limit.unwrap_or(s.taken() as f64 * per_second / 2.0).max(MIN_RATE)),
                         false => None,
                     })
                     .collect();
-                hold_pressing(&mut self.limits, samples);
+                hold_pressing(&mut self.limits, &pressed);
                 self.phase = Phase::Probing {
                     started: now,
                     lags: Box::new(Lags::new()),
@@ -368,8 +404,8 @@ impl Guard {
                     return;
                 };
                 let over = lag > baseline * self.tolerance + SLACK_NS;
-                for (limit, sample) in self.limits.iter_mut().zip(samples) {
-                    if !sample.pressed {
+                for ((limit, sample), &pressed) in self.limits.iter_mut().zip(samples).zip(&pressed) {
+                    if !pressed {
                         continue;
                     }
                     let read = sample.taken() as f64 * per_second;
@@ -387,12 +423,29 @@ impl Guard {
             }
         }
     }
+
+    /// By source, whether it presses now, from what this tick's samples say of its backlog and
+    /// what the ticks before said (see [`Backlog::Unseen`]).
+    fn pressed(&mut self, now: Instant, samples: &[Sample]) -> Vec<bool> {
+        self.pressing
+            .iter_mut()
+            .zip(samples)
+            .map(|(pressing, sample)| {
+                match sample.backlog {
+                    Backlog::Long => *pressing = Some(now),
+                    Backlog::Short => *pressing = None,
+                    Backlog::Unseen => {}
+                }
+                pressing.is_some_and(|at| now.duration_since(at) < PRESSING_MEMORY)
+            })
+            .collect()
+    }
 }
 
 /// Hold each pressing source to [`MIN_RATE`], for a probe.
-fn hold_pressing(limits: &mut [Option<f64>], samples: &[Sample]) {
-    for (limit, sample) in limits.iter_mut().zip(samples) {
-        if sample.pressed {
+fn hold_pressing(limits: &mut [Option<f64>], pressed: &[bool]) {
+    for (limit, &pressed) in limits.iter_mut().zip(pressed) {
+        if pressed {
             *limit = Some(MIN_RATE);
         }
     }
@@ -413,16 +466,16 @@ mod tests {
         lags
     }
 
-    fn sample(lags_us: &[(u64, u32)], pressed: bool) -> Sample {
+    fn sample(lags_us: &[(u64, u32)], backlog: Backlog) -> Sample {
         Sample {
             lags: histogram(lags_us),
-            pressed,
+            backlog,
         }
     }
 
     /// A tick with the flood's backlog read and nothing of the quiet source.
     fn flood_only() -> [Sample; 2] {
-        [sample(&[], false), sample(&[(1, 1000)], true)]
+        [sample(&[], Backlog::Unseen), sample(&[(1, 1000)], Backlog::Long)]
     }
 
     /// Runs ticks from `at` in which the quiet source has 50 inputs with the lags (µs, count)
@@ -445,7 +498,10 @@ mod tests {
             *at += TICK;
             let limit = guard.limits()[FLOOD];
             let flood = limit.map_or(1000, |l| (l * TICK.as_secs_f64()) as u32);
-            let samples = [sample(&lags(limit), false), sample(&[(1, flood)], true)];
+            let samples = [
+                sample(&lags(limit), Backlog::Short),
+                sample(&[(1, flood)], Backlog::Long),
+            ];
             guard.tick(*at, TICK, &samples, histogram(&round_trips(limit)));
         }
     }
@@ -584,6 +640,57 @@ mod tests {
             guard.tick(at, TICK, &flood_only(), lag_histogram());
         }
         assert_eq!(guard.limits()[FLOOD], None);
+    }
+
+    #[test]
+    fn a_limited_flood_that_routes_nothing_in_a_tick_stays_limited_and_its_lag_is_not_the_quiet_ones() {
+        let mut guard = Guard::new(2, 1.5);
+        let mut at = Instant::now();
+        run(&mut guard, &mut at, 40, |limit| {
+            all(if limit.is_some() { 200 } else { 2_000 })
+        });
+        let limit = guard.limits()[FLOOD].expect("limited");
+        let lag = guard.lag_ns();
+        // At 50 inputs/s a tick routes none of the flood, while the shards still process what
+        // was routed before: inputs that waited seconds in its backlog.
+        for _ in 0..5 {
+            at += TICK;
+            let samples = [
+                sample(&all(200), Backlog::Short),
+                sample(&[(3_000_000, 3)], Backlog::Unseen),
+            ];
+            guard.tick(at, TICK, &samples, lag_histogram());
+            let now = guard.limits()[FLOOD].expect("still limited");
+            assert!(
+                now >= limit * DECREASE,
+                "{now} against {limit}: cut for the flood's own lag"
+            );
+        }
+        assert_eq!(guard.lag_ns(), lag, "the quiet source's lag alone");
+    }
+
+    #[test]
+    fn a_source_seen_without_a_backlog_or_not_at_all_for_a_while_no_longer_presses() {
+        let mut guard = Guard::new(2, 1.5);
+        let mut at = Instant::now();
+        run(&mut guard, &mut at, 40, |limit| {
+            all(if limit.is_some() { 200 } else { 2_000 })
+        });
+        assert!(guard.limits()[FLOOD].is_some());
+        at += TICK;
+        let drained = [sample(&all(200), Backlog::Short), sample(&[(100, 3)], Backlog::Short)];
+        guard.tick(at, TICK, &drained, lag_histogram());
+        assert_eq!(guard.limits()[FLOOD], None, "its backlog is read");
+        run(&mut guard, &mut at, 40, |limit| {
+            all(if limit.is_some() { 200 } else { 2_000 })
+        });
+        assert!(guard.limits()[FLOOD].is_some());
+        let silent = [sample(&all(200), Backlog::Short), sample(&[], Backlog::Unseen)];
+        for _ in 0..PRESSING_MEMORY.as_millis() / TICK.as_millis() + 1 {
+            at += TICK;
+            guard.tick(at, TICK, &silent, lag_histogram());
+        }
+        assert_eq!(guard.limits()[FLOOD], None, "its reader stopped");
     }
 
     #[test]
