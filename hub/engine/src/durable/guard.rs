@@ -506,6 +506,12 @@ mod tests {
         }
     }
 
+    /// The quiet source's lags while the flood is read at full speed (2 ms) and once it is
+    /// limited (200 µs): the guard limits it at its first probe and keeps it limited.
+    fn slowed_until_limited(limit: Option<f64>) -> Vec<(u64, u32)> {
+        all(if limit.is_some() { 200 } else { 2_000 })
+    }
+
     /// Every quiet input of a tick has the same lag.
     fn all(lag_us: u64) -> Vec<(u64, u32)> {
         vec![(lag_us, 50)]
@@ -646,9 +652,7 @@ mod tests {
     fn a_limited_flood_that_routes_nothing_in_a_tick_stays_limited_and_its_lag_is_not_the_quiet_ones() {
         let mut guard = Guard::new(2, 1.5);
         let mut at = Instant::now();
-        run(&mut guard, &mut at, 40, |limit| {
-            all(if limit.is_some() { 200 } else { 2_000 })
-        });
+        run(&mut guard, &mut at, 40, slowed_until_limited);
         let limit = guard.limits()[FLOOD].expect("limited");
         let lag = guard.lag_ns();
         // At 50 inputs/s a tick routes none of the flood, while the shards still process what
@@ -673,17 +677,13 @@ mod tests {
     fn a_source_seen_without_a_backlog_or_not_at_all_for_a_while_no_longer_presses() {
         let mut guard = Guard::new(2, 1.5);
         let mut at = Instant::now();
-        run(&mut guard, &mut at, 40, |limit| {
-            all(if limit.is_some() { 200 } else { 2_000 })
-        });
+        run(&mut guard, &mut at, 40, slowed_until_limited);
         assert!(guard.limits()[FLOOD].is_some());
         at += TICK;
         let drained = [sample(&all(200), Backlog::Short), sample(&[(100, 3)], Backlog::Short)];
         guard.tick(at, TICK, &drained, lag_histogram());
         assert_eq!(guard.limits()[FLOOD], None, "its backlog is read");
-        run(&mut guard, &mut at, 40, |limit| {
-            all(if limit.is_some() { 200 } else { 2_000 })
-        });
+        run(&mut guard, &mut at, 40, slowed_until_limited);
         assert!(guard.limits()[FLOOD].is_some());
         let silent = [sample(&all(200), Backlog::Short), sample(&[], Backlog::Unseen)];
         for _ in 0..PRESSING_MEMORY.as_millis() / TICK.as_millis() + 1 {
