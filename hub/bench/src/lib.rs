@@ -173,6 +173,12 @@ pub struct BenchArgs {
     /// each failure writes a new actor's state and almost none acts
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub flood_actors: u64,
+    /// With `--fairness`, a run during which the host took more than this percentage of the
+    /// machine's CPU time for other guests (steal) is made again, twice at most, and only the
+    /// last counts: a p99 of a few milliseconds moves with the neighbours. Every run is printed,
+    /// those not counted marked
+    #[arg(long, default_value_t = 2.0, value_parser = percentage)]
+    pub max_steal: f64,
     /// Where the logs of the bench and its hubs go (emptied first), so that they do not
     /// interleave with the progress and the report
     #[arg(long, default_value_os_t = std::env::temp_dir().join("hub-bench.log"))]
@@ -540,4 +546,12 @@ async fn load_idle_plugins(hub: &Hub, file: &Path, count: u64) -> anyhow::Result
             .context("cannot load an idle plugin")?;
     }
     Ok(())
+}
+
+/// A percentage from 0 to 100.
+fn percentage(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 100")),
+    }
 }
