@@ -400,7 +400,7 @@ impl Default for InputConfig {
             max_ack_pending: 50_000,
             batch: 1000,
             tenant_window: 8,
-            latency_guard: 1.5,
+            latency_guard: 1.25,
         }
     }
 }
