@@ -57,7 +57,7 @@ pub(super) fn ticks(pid: &str) -> Option<u64> {
     Some(stat.utime + stat.stime)
 }
 
-/// The machine's CPU time so far, to tell how much of a phase's its host gave other guests.
+/// The machine's CPU time so far, to tell what share of a phase's its host gave other guests.
 #[derive(Debug, Clone)]
 pub(super) struct MachineMark(CpuTime);
 
