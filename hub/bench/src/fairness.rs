@@ -31,6 +31,7 @@ use super::BenchArgs;
 use super::cpu::MachineMark;
 use super::crash::HubProcess;
 use super::progress::Step;
+use super::report::median;
 use anyhow::{Context, bail};
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
@@ -123,7 +124,7 @@ struct Run {
 pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let backlog = BACKLOG_PER_SECOND * args.seconds;
     println!(
-        "fairness bench: tenant {QUIET} at {}/s for {} s on its own subjects after {} s of warm-up (every third input acts); tenant {FLOOD}: a backlog of {backlog} inputs, its rate {}/s where it has one; {} run(s), medians",
+        "fairness bench: tenant {QUIET} at {}/s for {} s on its own subjects after {} s of warm-up (every third input acts); tenant {FLOOD}: a backlog of {backlog} inputs, its rate {}/s where it has one; {} run(s), medians (p99 / alone: of each round's ratio)",
         args.quiet_rate, args.seconds, args.warmup, args.flood_rate, args.runs
     );
     let plugins = tempfile::tempdir()?;
@@ -207,14 +208,19 @@ fn percent(share: Option<f64>) -> String {
     share.map_or_else(|| "-".to_owned(), |s| format!("{:.1} %", s * 100.0))
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
+/// The quiet p99 of each run of `flood` over that of the unloaded run of the same round. The
+/// two ran one after the other; the ratio of medians taken from different rounds may pair a
+/// calm spell of a shared machine with a noisy one.
+fn ratios_by_round(runs: &[Run], flood: Flood) -> Vec<f64> {
+    let of = |flood: Flood| runs.iter().filter(move |r| r.flood == flood);
+    of(Flood::None)
+        .zip(of(flood))
+        .map(|(alone, run)| run.p99_ms / alone.p99_ms)
+        .collect()
 }
 
 fn print_runs(floods: &[Flood], runs: &[Run]) {
     let of = |flood: Flood| runs.iter().filter(move |r| r.flood == flood);
-    let alone = median(of(Flood::None).map(|r| r.p99_ms).collect());
     println!(
         "{:<13} {:>10} {:>10} {:>12} {:>15} {:>18} {:>14} {:>7}",
         "run", "quiet p50", "quiet p99", "p99 / alone", "quiet actions", "flood inputs/s", "arriving p99", "steal"
@@ -223,7 +229,7 @@ fn print_runs(floods: &[Flood], runs: &[Run]) {
         let p50 = median(of(flood).map(|r| r.p50_ms).collect()).unwrap_or(f64::NAN);
         let p99 = median(of(flood).map(|r| r.p99_ms).collect()).unwrap_or(f64::NAN);
         let arriving = median(of(flood).map(|r| r.arriving_p99_ms).collect()).unwrap_or(f64::NAN);
-        let ratio = alone.map_or(f64::NAN, |a| p99 / a);
+        let ratio = median(ratios_by_round(runs, flood)).unwrap_or(f64::NAN);
         let actions: u64 = of(flood).map(|r| r.actions).sum();
         let expected: u64 = of(flood).map(|r| r.expected).sum();
         let rate = inputs_per_s(median(of(flood).filter_map(|r| r.flood_per_s).collect()));
@@ -239,6 +245,12 @@ fn print_runs(floods: &[Flood], runs: &[Run]) {
             arriving,
             stolen
         );
+    }
+    for &flood in floods.iter().filter(|&&f| f != Flood::None) {
+        let ratios: Vec<String> = ratios_by_round(runs, flood).iter().map(|r| format!("{r:.2}")).collect();
+        if ratios.len() > 1 {
+            println!("ratios        {} / alone by round: {}", flood.name(), ratios.join(" "));
+        }
     }
 }
 
@@ -576,4 +588,39 @@ async fn time_quiet(args: &BenchArgs, publisher: &Client, receiver: &Client, flo
     }
     publisher.flush().await?;
     collect.await.context("the action receiver")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(flood: Flood, p99_ms: f64) -> Run {
+        Run {
+            flood,
+            p50_ms: p99_ms / 2.0,
+            p99_ms,
+            p99_by_second_ms: Vec::new(),
+            arriving_p99_ms: p99_ms,
+            actions: 1,
+            expected: 1,
+            flood_per_s: None,
+            guard: GuardSeen::default(),
+            round_trip_p99_ms: 0.5,
+            stolen: None,
+        }
+    }
+
+    #[test]
+    fn each_run_is_compared_with_the_unloaded_run_of_its_round() {
+        // Rounds alternate their order: alone then guarded, then guarded then alone.
+        let runs = [
+            run(Flood::None, 1.0),
+            run(Flood::Guarded, 1.5),
+            run(Flood::Guarded, 4.0),
+            run(Flood::None, 8.0),
+        ];
+        assert_eq!(ratios_by_round(&runs, Flood::Guarded), vec![1.5, 0.5]);
+        // The ratio of the medians (2.75 / 4.5) would pair the calm round's run with the noisy one's.
+        assert_eq!(median(ratios_by_round(&runs, Flood::Guarded)), Some(1.0));
+    }
 }

@@ -174,7 +174,7 @@ fn keys<'a, V: 'a>(
 }
 
 /// The middle value, or the mean of the two middle ones; None for no values.
-fn median(mut values: Vec<f64>) -> Option<f64> {
+pub(super) fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
     match values.len() {
