@@ -115,6 +115,8 @@ struct Run {
     /// Flood inputs the hub processed per second while the quiet tenant was timed.
     flood_per_s: Option<f64>,
     guard: GuardSeen,
+    /// The hub's committer's slow waits meanwhile.
+    waits: Option<CommitWaits>,
     /// The p99 of a message's round trip through nats-server meanwhile (see [`round_trips`]).
     round_trip_p99_ms: f64,
     /// The share of the machine's CPU time its host took for other guests meanwhile.
@@ -195,6 +197,9 @@ fn print_run(run: &Run) {
     );
     if let Some(guard) = run.guard.describe() {
         println!("    {guard}");
+    }
+    if let Some(waits) = run.waits {
+        println!("    {}", waits.describe());
     }
 }
 
@@ -290,15 +295,15 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
     // What the hub and nats-server do is watched once the warm-up is over.
     let watch = async {
         tokio::time::sleep(Duration::from_secs(args.warmup)).await;
-        let flood_before = flood_events(hub.http()).await;
+        let before = metrics(hub.http()).await;
         let machine = MachineMark::now();
         let guard_seen = tokio::spawn(GuardSeen::watch(hub.http(), stop_flood.subscribe()));
         let round_trips = tokio::spawn(round_trips(timer, stop_flood.subscribe()));
-        (flood_before, Instant::now(), machine, guard_seen, round_trips)
+        (before, Instant::now(), machine, guard_seen, round_trips)
     };
-    let (timed, (flood_before, started, machine, guard_seen, round_trips)) =
+    let (timed, (before, started, machine, guard_seen, round_trips)) =
         tokio::join!(time_quiet(args, &publisher, &receiver, flood), watch);
-    let flood_after = flood_events(hub.http()).await;
+    let after = metrics(hub.http()).await;
     let stolen = machine.and_then(|m| m.stolen());
     let elapsed = started.elapsed().as_secs_f64();
     let _ = stop_flood.send(true);
@@ -317,8 +322,14 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
     } = timed?;
     hub.kill();
     nats.stop().await;
-    let flood_per_s = match (flood_before, flood_after) {
-        (Some(before), Some(after)) if flood != Flood::None => Some((after - before) / elapsed),
+    let flood_per_s = match (&before, &after) {
+        (Some(before), Some(after)) if flood != Flood::None => {
+            Some((flood_events(after) - flood_events(before)) / elapsed)
+        }
+        _ => None,
+    };
+    let waits = match (&before, &after) {
+        (Some(before), Some(after)) => Some(CommitWaits::of(after).since(CommitWaits::of(before))),
         _ => None,
     };
     // Shared, the quiet tenant's inputs wait behind the whole backlog: on a slow machine, for
@@ -341,6 +352,7 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         expected,
         flood_per_s,
         guard,
+        waits,
         round_trip_p99_ms,
         stolen,
     })
@@ -425,10 +437,55 @@ fn value_of(metrics: &str, series: &str) -> Option<f64> {
 }
 
 /// The flood's inputs that became events so far, from the hub's metrics.
-async fn flood_events(http: SocketAddr) -> Option<f64> {
-    let text = metrics(http).await?;
+fn flood_events(metrics: &str) -> f64 {
     let wanted = format!("{}{{tenant=\"{FLOOD}\"}}", hub::metrics::TENANT_EVENTS_IN);
-    value_of(&text, &wanted).or(Some(0.0))
+    value_of(metrics, &wanted).unwrap_or(0.0)
+}
+
+/// A wait of the committer longer than this (a histogram bucket's bound, s) is slow.
+const SLOW_WAIT: &str = "0.05";
+
+/// The hub's committer's waits for the disk (sled flushes) and for NATS (confirming the
+/// outputs before a commit), from its metrics: all of them, and those over [`SLOW_WAIT`]. While
+/// it waits, commits queue up and the shards slow every tenant's inputs (see `Admission`).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct CommitWaits {
+    flushes: f64,
+    slow_flushes: f64,
+    confirms: f64,
+    slow_confirms: f64,
+}
+
+impl CommitWaits {
+    /// The counts so far.
+    fn of(metrics: &str) -> CommitWaits {
+        let count = |name: &str| value_of(metrics, &format!("{name}_count ")).unwrap_or(0.0);
+        let fast = |name: &str| value_of(metrics, &format!("{name}_bucket{{le=\"{SLOW_WAIT}\"}} ")).unwrap_or(0.0);
+        let (flush, confirm) = (hub::metrics::STATE_FLUSHES, hub::metrics::OUTPUT_CONFIRMS);
+        CommitWaits {
+            flushes: count(flush),
+            slow_flushes: count(flush) - fast(flush),
+            confirms: count(confirm),
+            slow_confirms: count(confirm) - fast(confirm),
+        }
+    }
+
+    /// The counts since `earlier`.
+    fn since(self, earlier: CommitWaits) -> CommitWaits {
+        CommitWaits {
+            flushes: self.flushes - earlier.flushes,
+            slow_flushes: self.slow_flushes - earlier.slow_flushes,
+            confirms: self.confirms - earlier.confirms,
+            slow_confirms: self.slow_confirms - earlier.slow_confirms,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "committer: {:.0} of {:.0} sled flushes and {:.0} of {:.0} output confirmations took over {} s",
+            self.slow_flushes, self.flushes, self.slow_confirms, self.confirms, SLOW_WAIT
+        )
+    }
 }
 
 /// What the latency guard saw and did while the quiet tenant was timed: medians of samples.
@@ -605,6 +662,7 @@ mod tests {
             expected: 1,
             flood_per_s: None,
             guard: GuardSeen::default(),
+            waits: None,
             round_trip_p99_ms: 0.5,
             stolen: None,
         }
@@ -622,5 +680,31 @@ mod tests {
         assert_eq!(ratios_by_round(&runs, Flood::Guarded), vec![1.5, 0.5]);
         // The ratio of the medians (2.75 / 4.5) would pair the calm round's run with the noisy one's.
         assert_eq!(median(ratios_by_round(&runs, Flood::Guarded)), Some(1.0));
+    }
+
+    #[test]
+    fn the_committers_slow_waits_are_read_from_the_histograms_buckets() {
+        let metrics = |flush_fast: u32, flushes: u32| {
+            format!(
+                "hub_state_flush_seconds_bucket{{le=\"0.025\"}} {flush_fast}\n\
+                 hub_state_flush_seconds_bucket{{le=\"0.05\"}} {flush_fast}\n\
+                 hub_state_flush_seconds_bucket{{le=\"+Inf\"}} {flushes}\n\
+                 hub_state_flush_seconds_sum 1.5\n\
+                 hub_state_flush_seconds_count {flushes}\n\
+                 hub_output_confirm_seconds_bucket{{le=\"0.05\"}} 7\n\
+                 hub_output_confirm_seconds_count 7\n"
+            )
+        };
+        let before = CommitWaits::of(&metrics(10, 12));
+        let after = CommitWaits::of(&metrics(30, 35));
+        assert_eq!(
+            after.since(before),
+            CommitWaits {
+                flushes: 23.0,
+                slow_flushes: 3.0,
+                confirms: 0.0,
+                slow_confirms: 0.0
+            }
+        );
     }
 }

@@ -18,6 +18,10 @@ pub const TIMERS_PENDING: &str = "hub_timers_pending";
 pub const TIMERS_FIRED: &str = "hub_timers_fired_total";
 pub const STATE_COMMITS: &str = "hub_state_commit_seconds";
 pub const STATE_COMMIT_ERRORS: &str = "hub_state_commit_errors_total";
+/// Durable mode: how long one sled flush (to disk, fsync included) took on the committer thread.
+pub const STATE_FLUSHES: &str = "hub_state_flush_seconds";
+/// Durable mode: how long NATS took to confirm the shards' outputs before a commit.
+pub const OUTPUT_CONFIRMS: &str = "hub_output_confirm_seconds";
 pub const PUBLISH_ERRORS: &str = "hub_publish_errors_total";
 pub const SLOW_CONSUMER: &str = "hub_nats_slow_consumer_total";
 pub const ACTION_DECISIONS: &str = "hub_action_decisions_total";
@@ -176,6 +180,14 @@ fn describe() {
         "Time to apply one shard commit to sled (committer thread)"
     );
     describe_counter!(STATE_COMMIT_ERRORS, "Failed attempts to apply a state batch to sled");
+    describe_histogram!(
+        STATE_FLUSHES,
+        "Durable mode: time to flush sled to disk after a group of commits (committer thread)"
+    );
+    describe_histogram!(
+        OUTPUT_CONFIRMS,
+        "Durable mode: time for NATS to confirm the shards' outputs before a group of commits"
+    );
     describe_counter!(PUBLISH_ERRORS, "NATS publish failures");
     describe_counter!(
         UNREADABLE_RECORDS,

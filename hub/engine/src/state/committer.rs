@@ -272,7 +272,10 @@ fn run_durable(rx: &flume::Receiver<Commit>, mut d: Durability) {
         for commit in group {
             apply(commit);
         }
-        if let Err(e) = d.db.flush() {
+        let flushing = Instant::now();
+        let flushed = d.db.flush();
+        metrics::histogram!(crate::metrics::STATE_FLUSHES).record(flushing.elapsed().as_secs_f64());
+        if let Err(e) = flushed {
             // Nothing is reported: the inputs stay unacknowledged and come again after a crash.
             metrics::counter!(crate::metrics::STATE_COMMIT_ERRORS).increment(1);
             tracing::error!(error = %e, "sled flush failed; inputs stay unacknowledged");
@@ -356,11 +359,12 @@ fn confirm_outputs(confirm: &mut (dyn FnMut() -> bool + Send)) {
         if started.elapsed() >= crate::limits::OUTPUT_CONFIRM_PATIENCE {
             metrics::counter!(crate::metrics::OUTPUTS_UNCONFIRMED).increment(1);
             tracing::error!("NATS did not confirm the shards' outputs; committing without it");
-            return;
+            break;
         }
         std::thread::sleep(wait);
         wait = (wait * 2).min(Duration::from_secs(1));
     }
+    metrics::histogram!(crate::metrics::OUTPUT_CONFIRMS).record(started.elapsed().as_secs_f64());
 }
 
 /// Write changes to a cluster's changelog, retried while NATS cannot take them: the commit (and
