@@ -115,8 +115,8 @@ struct Run {
     /// Flood inputs the hub processed per second while the quiet tenant was timed.
     flood_per_s: Option<f64>,
     guard: GuardSeen,
-    /// The hub's committer's slow waits meanwhile.
-    waits: Option<CommitWaits>,
+    /// Where the hub was slow meanwhile.
+    slow: Option<Slow>,
     /// The p99 of a message's round trip through nats-server meanwhile (see [`round_trips`]).
     round_trip_p99_ms: f64,
     /// The share of the machine's CPU time its host took for other guests meanwhile.
@@ -198,8 +198,8 @@ fn print_run(run: &Run) {
     if let Some(guard) = run.guard.describe() {
         println!("    {guard}");
     }
-    if let Some(waits) = run.waits {
-        println!("    {}", waits.describe());
+    if let Some(slow) = run.slow {
+        println!("    {}", slow.describe());
     }
 }
 
@@ -328,8 +328,8 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         }
         _ => None,
     };
-    let waits = match (&before, &after) {
-        (Some(before), Some(after)) => Some(CommitWaits::of(after).since(CommitWaits::of(before))),
+    let slow = match (&before, &after) {
+        (Some(before), Some(after)) => Some(Slow::of(after).since(Slow::of(before))),
         _ => None,
     };
     // Shared, the quiet tenant's inputs wait behind the whole backlog: on a slow machine, for
@@ -352,7 +352,7 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         expected,
         flood_per_s,
         guard,
-        waits,
+        slow,
         round_trip_p99_ms,
         stolen,
     })
@@ -442,50 +442,70 @@ fn flood_events(metrics: &str) -> f64 {
     value_of(metrics, &wanted).unwrap_or(0.0)
 }
 
-/// A wait of the committer longer than this (a histogram bucket's bound, s) is slow.
-const SLOW_WAIT: &str = "0.05";
+/// A moment of the hub longer than this (a histogram bucket's bound, s) is slow.
+const SLOW: &str = "0.05";
 
-/// The hub's committer's waits for the disk (sled flushes) and for NATS (confirming the
-/// outputs before a commit), from its metrics: all of them, and those over [`SLOW_WAIT`]. While
-/// it waits, commits queue up and the shards slow every tenant's inputs (see `Admission`).
+/// Where the hub was slow, from its histograms: the actions that took over [`SLOW`] from the
+/// hub's receipt of their input (so not nats-server's part), and the committer's waits for the
+/// disk (sled flushes) and for NATS (confirming the outputs before a commit) over it. A second
+/// of high quiet p99 with slow actions is the hub's; with none, it was spent before the hub got
+/// the input.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct CommitWaits {
-    flushes: f64,
-    slow_flushes: f64,
-    confirms: f64,
-    slow_confirms: f64,
+struct Slow {
+    /// (slow, all) of each.
+    actions: (f64, f64),
+    flushes: (f64, f64),
+    confirms: (f64, f64),
 }
 
-impl CommitWaits {
+impl Slow {
     /// The counts so far.
-    fn of(metrics: &str) -> CommitWaits {
-        let count = |name: &str| value_of(metrics, &format!("{name}_count ")).unwrap_or(0.0);
-        let fast = |name: &str| value_of(metrics, &format!("{name}_bucket{{le=\"{SLOW_WAIT}\"}} ")).unwrap_or(0.0);
-        let (flush, confirm) = (hub::metrics::STATE_FLUSHES, hub::metrics::OUTPUT_CONFIRMS);
-        CommitWaits {
-            flushes: count(flush),
-            slow_flushes: count(flush) - fast(flush),
-            confirms: count(confirm),
-            slow_confirms: count(confirm) - fast(confirm),
+    fn of(metrics: &str) -> Slow {
+        let of = |name: &str| {
+            let all = total(metrics, &format!("{name}_count"), None);
+            (all - total(metrics, &format!("{name}_bucket"), Some(SLOW)), all)
+        };
+        use hub::metrics as m;
+        Slow {
+            actions: of(m::EVENT_TO_ACTION_SECONDS),
+            flushes: of(m::STATE_FLUSHES),
+            confirms: of(m::OUTPUT_CONFIRMS),
         }
     }
 
     /// The counts since `earlier`.
-    fn since(self, earlier: CommitWaits) -> CommitWaits {
-        CommitWaits {
-            flushes: self.flushes - earlier.flushes,
-            slow_flushes: self.slow_flushes - earlier.slow_flushes,
-            confirms: self.confirms - earlier.confirms,
-            slow_confirms: self.slow_confirms - earlier.slow_confirms,
+    fn since(self, earlier: Slow) -> Slow {
+        let minus = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0, a.1 - b.1);
+        Slow {
+            actions: minus(self.actions, earlier.actions),
+            flushes: minus(self.flushes, earlier.flushes),
+            confirms: minus(self.confirms, earlier.confirms),
         }
     }
 
     fn describe(&self) -> String {
+        let of = |(slow, all): (f64, f64)| format!("{slow:.0} of {all:.0}");
         format!(
-            "committer: {:.0} of {:.0} sled flushes and {:.0} of {:.0} output confirmations took over {} s",
-            self.slow_flushes, self.flushes, self.slow_confirms, self.confirms, SLOW_WAIT
+            "over {SLOW} s: {} actions from the hub's receipt, {} sled flushes, {} output confirmations",
+            of(self.actions),
+            of(self.flushes),
+            of(self.confirms)
         )
     }
+}
+
+/// The sum of a series over its labels (every shard's), only its bucket `le` if given.
+fn total(metrics: &str, series: &str, le: Option<&str>) -> f64 {
+    let bucket = le.map(|le| format!("le=\"{le}\""));
+    metrics
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter(|line| bucket.as_ref().is_none_or(|b| line.contains(b.as_str())))
+        .filter_map(|line| line.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// What the latency guard saw and did while the quiet tenant was timed: medians of samples.
@@ -530,10 +550,13 @@ impl GuardSeen {
 
     fn describe(&self) -> Option<String> {
         let lag = median(self.lag_ms.clone())?;
+        // The lag runs from nats-server storing an input: a second of high quiet p99 whose lag
+        // stays low was spent before the stream stored the input.
+        let highest = self.lag_ms.iter().copied().fold(f64::NAN, f64::max);
         let baseline = median(self.baseline_ms.clone()).unwrap_or(f64::NAN);
         let limit = inputs_per_s(median(self.limit.clone()));
         Some(format!(
-            "guard: lag p99 {lag:.2} ms against its baseline {baseline:.2} ms, flood read limit {limit}/s (medians)"
+            "guard: lag p99 {lag:.2} ms (highest {highest:.2} ms) against its baseline {baseline:.2} ms, flood read limit {limit}/s (medians)"
         ))
     }
 }
@@ -662,7 +685,7 @@ mod tests {
             expected: 1,
             flood_per_s: None,
             guard: GuardSeen::default(),
-            waits: None,
+            slow: None,
             round_trip_p99_ms: 0.5,
             stolen: None,
         }
@@ -683,27 +706,27 @@ mod tests {
     }
 
     #[test]
-    fn the_committers_slow_waits_are_read_from_the_histograms_buckets() {
-        let metrics = |flush_fast: u32, flushes: u32| {
+    fn slow_moments_are_read_from_the_histograms_buckets_over_every_shard() {
+        let metrics = |fast: u32, all: u32| {
             format!(
-                "hub_state_flush_seconds_bucket{{le=\"0.025\"}} {flush_fast}\n\
-                 hub_state_flush_seconds_bucket{{le=\"0.05\"}} {flush_fast}\n\
-                 hub_state_flush_seconds_bucket{{le=\"+Inf\"}} {flushes}\n\
+                "hub_event_to_action_seconds_bucket{{shard=\"0\",le=\"0.05\"}} {fast}\n\
+                 hub_event_to_action_seconds_bucket{{shard=\"0\",le=\"+Inf\"}} {all}\n\
+                 hub_event_to_action_seconds_count{{shard=\"0\"}} {all}\n\
+                 hub_event_to_action_seconds_bucket{{shard=\"1\",le=\"0.05\"}} {fast}\n\
+                 hub_event_to_action_seconds_count{{shard=\"1\"}} {all}\n\
+                 hub_state_flush_seconds_bucket{{le=\"0.025\"}} {fast}\n\
+                 hub_state_flush_seconds_bucket{{le=\"0.05\"}} {fast}\n\
                  hub_state_flush_seconds_sum 1.5\n\
-                 hub_state_flush_seconds_count {flushes}\n\
-                 hub_output_confirm_seconds_bucket{{le=\"0.05\"}} 7\n\
-                 hub_output_confirm_seconds_count 7\n"
+                 hub_state_flush_seconds_count {all}\n"
             )
         };
-        let before = CommitWaits::of(&metrics(10, 12));
-        let after = CommitWaits::of(&metrics(30, 35));
+        let slow = Slow::of(&metrics(30, 35)).since(Slow::of(&metrics(10, 12)));
         assert_eq!(
-            after.since(before),
-            CommitWaits {
-                flushes: 23.0,
-                slow_flushes: 3.0,
-                confirms: 0.0,
-                slow_confirms: 0.0
+            slow,
+            Slow {
+                actions: (6.0, 46.0),
+                flushes: (3.0, 23.0),
+                confirms: (0.0, 0.0),
             }
         );
     }
