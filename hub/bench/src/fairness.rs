@@ -443,7 +443,7 @@ fn flood_events(metrics: &str) -> f64 {
 }
 
 /// A moment of the hub longer than this (a histogram bucket's bound, s) is slow.
-const SLOW: &str = "0.05";
+const SLOW: f64 = 0.05;
 
 /// Where the hub was slow, from its histograms: the actions that took over [`SLOW`] from the
 /// hub's receipt of their input (so not nats-server's part), and the committer's waits for the
@@ -459,18 +459,29 @@ struct Slow {
 }
 
 impl Slow {
-    /// The counts so far.
+    /// The counts so far, summed over every shard's histogram.
     fn of(metrics: &str) -> Slow {
-        let of = |name: &str| {
-            let all = total(metrics, &format!("{name}_count"), None);
-            (all - total(metrics, &format!("{name}_bucket"), Some(SLOW)), all)
-        };
         use hub::metrics as m;
-        Slow {
-            actions: of(m::EVENT_TO_ACTION_SECONDS),
-            flushes: of(m::STATE_FLUSHES),
-            confirms: of(m::OUTPUT_CONFIRMS),
+        use prometheus_parse::{Scrape, Value};
+        let mut slow = Slow::default();
+        let Ok(scrape) = Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned()))) else {
+            return slow;
+        };
+        for sample in scrape.samples {
+            let Value::Histogram(buckets) = &sample.value else {
+                continue;
+            };
+            let counts = match sample.metric.as_str() {
+                m::EVENT_TO_ACTION_SECONDS => &mut slow.actions,
+                m::STATE_FLUSHES => &mut slow.flushes,
+                m::OUTPUT_CONFIRMS => &mut slow.confirms,
+                _ => continue,
+            };
+            let below = |bound: f64| buckets.iter().find(|b| b.less_than == bound).map_or(0.0, |b| b.count);
+            let all = below(f64::INFINITY);
+            *counts = (counts.0 + all - below(SLOW), counts.1 + all);
         }
+        slow
     }
 
     /// The counts since `earlier`.
@@ -492,20 +503,6 @@ impl Slow {
             of(self.confirms)
         )
     }
-}
-
-/// The sum of a series over its labels (every shard's), only its bucket `le` if given.
-fn total(metrics: &str, series: &str, le: Option<&str>) -> f64 {
-    let bucket = le.map(|le| format!("le=\"{le}\""));
-    metrics
-        .lines()
-        .filter(|line| {
-            line.strip_prefix(series)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter(|line| bucket.as_ref().is_none_or(|b| line.contains(b.as_str())))
-        .filter_map(|line| line.rsplit(' ').next()?.trim().parse::<f64>().ok())
-        .sum()
 }
 
 /// What the latency guard saw and did while the quiet tenant was timed: medians of samples.
@@ -709,13 +706,17 @@ mod tests {
     fn slow_moments_are_read_from_the_histograms_buckets_over_every_shard() {
         let metrics = |fast: u32, all: u32| {
             format!(
-                "hub_event_to_action_seconds_bucket{{shard=\"0\",le=\"0.05\"}} {fast}\n\
+                "# TYPE hub_event_to_action_seconds histogram\n\
+                 hub_event_to_action_seconds_bucket{{shard=\"0\",le=\"0.05\"}} {fast}\n\
                  hub_event_to_action_seconds_bucket{{shard=\"0\",le=\"+Inf\"}} {all}\n\
                  hub_event_to_action_seconds_count{{shard=\"0\"}} {all}\n\
                  hub_event_to_action_seconds_bucket{{shard=\"1\",le=\"0.05\"}} {fast}\n\
+                 hub_event_to_action_seconds_bucket{{shard=\"1\",le=\"+Inf\"}} {all}\n\
                  hub_event_to_action_seconds_count{{shard=\"1\"}} {all}\n\
+                 # TYPE hub_state_flush_seconds histogram\n\
                  hub_state_flush_seconds_bucket{{le=\"0.025\"}} {fast}\n\
                  hub_state_flush_seconds_bucket{{le=\"0.05\"}} {fast}\n\
+                 hub_state_flush_seconds_bucket{{le=\"+Inf\"}} {all}\n\
                  hub_state_flush_seconds_sum 1.5\n\
                  hub_state_flush_seconds_count {all}\n"
             )
