@@ -366,9 +366,10 @@ impl Shard {
                     self.egress.push(letter.into_outbound());
                 }
             } else {
+                // A plugin rescoped away from the timer's tenant no longer runs for it.
                 match self.plugins.find(&timer.owner) {
-                    Some(p) => self.call(p, Cause::Timer(&timer)),
-                    None => self.egress.push(self.plugins.orphaned(&timer).into_outbound()),
+                    Some(p) if self.plugins.takes(p, &timer.actor) => self.call(p, Cause::Timer(&timer)),
+                    _ => self.egress.push(self.plugins.orphaned(&timer).into_outbound()),
                 }
             }
             // What a timer emits or releases runs like any input's.

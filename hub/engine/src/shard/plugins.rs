@@ -253,13 +253,17 @@ impl Plugins {
         self.by_name.get(name).copied()
     }
 
-    /// The dead letter of a timer whose plugin does not run (disabled, or not loaded).
+    /// The dead letter of a timer whose plugin does not run for it (disabled, not loaded, or
+    /// no longer serving the tenant of its actor).
     pub fn orphaned(&self, timer: &DueTimer) -> DeadLetter {
         let disabled = self.set.disabled.iter().any(|d| **d == *timer.owner);
         let (reason, state) = if disabled {
-            (Reason::Disabled, "disabled")
+            (Reason::Disabled, "disabled".to_owned())
+        } else if self.find(&timer.owner).is_some() {
+            let tenant = crate::tenant::name_of(&timer.actor);
+            (Reason::NoPlugin, format!("not serving tenant {tenant:?}"))
         } else {
-            (Reason::NoPlugin, "not loaded")
+            (Reason::NoPlugin, "not loaded".to_owned())
         };
         let detail = format!(
             "timer {:?} belongs to plugin {:?}, which is {state}",

@@ -22,8 +22,13 @@ struct Harness {
     _tokio: tokio::runtime::Runtime,
 }
 
-/// `plugins`: (file in the build's plugin folders, config).
+/// `plugins`: (file in the build's plugin folders, config), each for every tenant.
 fn harness(plugins: &[(&str, serde_json::Value)], policies: Policies) -> Harness {
+    harness_for(plugins, policies, crate::tenant::Scope::default())
+}
+
+/// [`harness`] with each plugin loaded for the tenants of `tenants`.
+fn harness_for(plugins: &[(&str, serde_json::Value)], policies: Policies, tenants: crate::tenant::Scope) -> Harness {
     let tokio = tokio::runtime::Runtime::new().expect("tokio");
     let _entered = tokio.enter();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -45,7 +50,7 @@ fn harness(plugins: &[(&str, serde_json::Value)], policies: Policies) -> Harness
                 version: 1,
                 module: Arc::new(module),
                 shadow: None,
-                tenants: Default::default(),
+                tenants: tenants.clone(),
             })
         })
         .collect();
@@ -186,6 +191,23 @@ fn a_timer_whose_plugin_does_not_run_is_dead_lettered() {
         .timers
         .set("gone", "ann", "t1", now_ms(), vec![0x80]);
     assert_eq!(h.tick(), ["hub.dlq.no_plugin"]);
+}
+
+#[test]
+fn regression_a_timer_of_a_tenant_its_plugin_no_longer_serves_is_dead_lettered_not_run() {
+    use crate::tenant::{Scope, qualify};
+    let mut h = harness_for(
+        &[("bare.wasm", json!({}))],
+        Policies::default(),
+        Scope::of(Some(&["acme".to_owned()])),
+    );
+    let timers = &mut home(&mut h.shard.stores).timers;
+    timers.set("bare", &qualify(Some("globex"), "ann"), "t1", now_ms(), vec![0x80]);
+    assert_eq!(h.tick(), ["hub.dlq.no_plugin"]);
+
+    let timers = &mut home(&mut h.shard.stores).timers;
+    timers.set("bare", &qualify(Some("acme"), "ann"), "t2", now_ms(), vec![0x80]);
+    assert_eq!(h.tick(), ["hub.events.bare.timer"], "its own tenant's timers still run");
 }
 
 #[test]
