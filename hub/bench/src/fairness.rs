@@ -8,7 +8,8 @@
 //!   another of millions of actors, so each writes state and almost none acts), more than the
 //!   hub gets through during the measurement, and the hub's defaults: the latency guard reads
 //!   the backlog as fast as the quiet tenant's latency allows;
-//! - `guarded live`: the same, with the flooding tenant also publishing unpaced throughout;
+//! - `guarded live`: the same, with the flooding tenant also publishing unpaced throughout (from
+//!   a thread and a connection of its own, as another client would);
 //! - `rate`: the backlog without the guard, read at the flooding tenant's `rate`
 //!   (`--flood-rate`);
 //! - `unguarded`: the backlog without the guard or a rate: drained at the shards' full speed,
@@ -24,8 +25,9 @@
 //! Per run: the quiet tenant's p50 and p99, the p99's ratio to `alone`'s, how many flood
 //! inputs per second the hub processed meanwhile (from `hub_tenant_events_in_total`), the p99
 //! of a message's round trip through nats-server (how busy nats-server and the machine were,
-//! beyond the hub), what the latency guard saw, and the share of the machine's CPU time its host
-//! took for other guests (steal): a run with more than `--max-steal` is made again.
+//! beyond the hub), the cores nats-server, the hub and the bench kept busy, what the latency
+//! guard saw, and the share of the machine's CPU time its host took for other guests (steal):
+//! a run with more than `--max-steal` is made again.
 
 use super::BenchArgs;
 use super::cpu::MachineMark;
@@ -37,6 +39,7 @@ use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use hub::nats_server::{LocalNats, free_port};
+use prometheus_parse::{Labels, Sample, Scrape, Value};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -121,6 +124,58 @@ struct Run {
     round_trip_p99_ms: f64,
     /// The share of the machine's CPU time its host took for other guests meanwhile.
     stolen: Option<f64>,
+    /// Who kept the machine's cores busy meanwhile.
+    busy: Option<Busy>,
+}
+
+/// The cores each process kept busy over a run's timed part: with the flood publishing, the
+/// share nats-server takes tells how much of the quiet tenant's wait was the hub's to remove.
+#[derive(Debug, Clone, Copy)]
+struct Busy {
+    nats_server: f64,
+    hub: f64,
+    /// The bench: the quiet tenant's publisher and receiver, and the live flood's publisher.
+    bench: f64,
+}
+
+/// CPU ticks so far of nats-server, the hub and the bench.
+#[derive(Debug, Clone, Copy)]
+struct BusyMark {
+    ticks: [u64; 3],
+    at: Instant,
+    pids: [u32; 2],
+}
+
+impl BusyMark {
+    /// None where `/proc` is not there to read (not Linux) or nats-server has ended.
+    fn now(nats_server: Option<u32>, hub: u32) -> Option<BusyMark> {
+        let pids = [nats_server?, hub];
+        Some(BusyMark {
+            ticks: BusyMark::ticks(pids)?,
+            at: Instant::now(),
+            pids,
+        })
+    }
+
+    fn ticks(pids: [u32; 2]) -> Option<[u64; 3]> {
+        Some([
+            super::cpu::ticks(&pids[0].to_string())?,
+            super::cpu::ticks(&pids[1].to_string())?,
+            super::cpu::ticks("self")?,
+        ])
+    }
+
+    /// The cores each kept busy since this mark.
+    fn busy(&self) -> Option<Busy> {
+        let now = BusyMark::ticks(self.pids)?;
+        let seconds = self.at.elapsed().as_secs_f64() * procfs::ticks_per_second() as f64;
+        let cores = |i: usize| now[i].saturating_sub(self.ticks[i]) as f64 / seconds;
+        Some(Busy {
+            nats_server: cores(0),
+            hub: cores(1),
+            bench: cores(2),
+        })
+    }
 }
 
 pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -195,6 +250,12 @@ fn print_run(run: &Run) {
         run.round_trip_p99_ms,
         percent(run.stolen)
     );
+    if let Some(busy) = run.busy {
+        println!(
+            "    cores kept busy: nats-server {:.2}, the hub {:.2}, the bench {:.2}",
+            busy.nats_server, busy.hub, busy.bench
+        );
+    }
     if let Some(guard) = run.guard.describe() {
         println!("    {guard}");
     }
@@ -285,10 +346,9 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         publish_flood(&flooder, flood, args.flood_actors, 0..backlog, None, Some(&step)).await?;
     }
     let (stop_flood, flood_stopped) = watch::channel(false);
-    let live = (flood == Flood::GuardedLive).then(|| {
-        let (client, actors) = (flooder.clone(), args.flood_actors);
-        tokio::spawn(async move { publish_flood(&client, flood, actors, backlog.., Some(flood_stopped), None).await })
-    });
+    let live = (flood == Flood::GuardedLive)
+        .then(|| live_flood(nats.url.clone(), args.flood_actors, backlog, flood_stopped))
+        .transpose()?;
 
     let step = Step::waiting(format!("fairness bench · {} · timing the quiet tenant", flood.name()));
     let timer = async_nats::connect(&nats.url).await?;
@@ -297,20 +357,22 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         tokio::time::sleep(Duration::from_secs(args.warmup)).await;
         let before = metrics(hub.http()).await;
         let machine = MachineMark::now();
+        let busy = BusyMark::now(nats.pid(), hub.pid());
         let guard_seen = tokio::spawn(GuardSeen::watch(hub.http(), stop_flood.subscribe()));
         let round_trips = tokio::spawn(round_trips(timer, stop_flood.subscribe()));
-        (before, Instant::now(), machine, guard_seen, round_trips)
+        (before, Instant::now(), machine, busy, guard_seen, round_trips)
     };
-    let (timed, (before, started, machine, guard_seen, round_trips)) =
+    let (timed, (before, started, machine, busy, guard_seen, round_trips)) =
         tokio::join!(time_quiet(args, &publisher, &receiver, flood), watch);
     let after = metrics(hub.http()).await;
     let stolen = machine.and_then(|m| m.stolen());
+    let busy = busy.and_then(|b| b.busy());
     let elapsed = started.elapsed().as_secs_f64();
     let _ = stop_flood.send(true);
     let guard = guard_seen.await.context("the guard's watch")?;
     let round_trip_p99_ms = round_trips.await.context("the round trips")??;
     if let Some(live) = live {
-        live.await.context("the live flood")??;
+        live.await.context("the live flood's thread ended without a word")??;
     }
     drop(step);
     let Quiet {
@@ -355,6 +417,7 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         slow,
         round_trip_p99_ms,
         stolen,
+        busy,
     })
 }
 
@@ -383,6 +446,35 @@ async fn round_trips(client: Client, mut stop: watch::Receiver<bool>) -> anyhow:
         }
     }
     Ok(times.value_at_quantile(0.99) as f64 / 1000.0)
+}
+
+/// Publish the flood's inputs from `first` on, unpaced, until `stop`: from a thread, a runtime
+/// and a connection of its own, as another client would. On the bench's own runtime it would
+/// take a worker from the quiet tenant's publisher and timer, and the bench would time itself.
+fn live_flood(
+    url: String,
+    actors: u64,
+    first: u64,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
+    let (done, ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("live-flood".to_owned())
+        .spawn(move || {
+            let published = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot build the live flood's runtime")
+                .and_then(|runtime| {
+                    runtime.block_on(async {
+                        let client = async_nats::connect(&url).await?;
+                        publish_flood(&client, Flood::GuardedLive, actors, first.., Some(stop), None).await
+                    })
+                });
+            let _ = done.send(published);
+        })
+        .context("cannot start the live flood's thread")?;
+    Ok(ended)
 }
 
 /// Publish the flood's inputs numbered `seqs` (until `stop` says so, if given).
@@ -417,29 +509,41 @@ async fn publish_flood(
     Ok(())
 }
 
-/// The hub's metrics, as text.
-async fn metrics(http: SocketAddr) -> Option<String> {
-    reqwest::get(format!("http://{http}/metrics"))
+/// The hub's metrics, parsed; `None` where they could not be read.
+async fn metrics(http: SocketAddr) -> Option<Vec<Sample>> {
+    let text = reqwest::get(format!("http://{http}/metrics"))
         .await
         .ok()?
         .text()
         .await
-        .ok()
+        .ok()?;
+    Some(parse(&text))
 }
 
-/// The value of the first series whose line starts with `series` (name and labels).
-fn value_of(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series))
-        .and_then(|rest| rest.rsplit(' ').next())
-        .and_then(|value| value.trim().parse().ok())
+/// The samples of a metrics text (none where it does not parse).
+fn parse(text: &str) -> Vec<Sample> {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .map(|scrape| scrape.samples)
+        .unwrap_or_default()
+}
+
+/// The values of `metric`'s counters and gauges, with their labels.
+fn values<'a>(samples: &'a [Sample], metric: &'a str) -> impl Iterator<Item = (&'a Labels, f64)> + 'a {
+    samples
+        .iter()
+        .filter(move |s| s.metric == metric)
+        .filter_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some((&s.labels, v)),
+            Value::Histogram(_) | Value::Summary(_) => None,
+        })
 }
 
 /// The flood's inputs that became events so far, from the hub's metrics.
-fn flood_events(metrics: &str) -> f64 {
-    let wanted = format!("{}{{tenant=\"{FLOOD}\"}}", hub::metrics::TENANT_EVENTS_IN);
-    value_of(metrics, &wanted).unwrap_or(0.0)
+fn flood_events(samples: &[Sample]) -> f64 {
+    values(samples, hub::metrics::TENANT_EVENTS_IN)
+        .filter(|(labels, _)| labels.get("tenant") == Some(FLOOD))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// A moment of the hub longer than this (a histogram bucket's bound, s) is slow.
@@ -460,14 +564,10 @@ struct Slow {
 
 impl Slow {
     /// The counts so far, summed over every shard's histogram.
-    fn of(metrics: &str) -> Slow {
+    fn of(samples: &[Sample]) -> Slow {
         use hub::metrics as m;
-        use prometheus_parse::{Scrape, Value};
         let mut slow = Slow::default();
-        let Ok(scrape) = Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned()))) else {
-            return slow;
-        };
-        for sample in scrape.samples {
+        for sample in samples {
             let Value::Histogram(buckets) = &sample.value else {
                 continue;
             };
@@ -522,24 +622,20 @@ impl GuardSeen {
         use hub::metrics as m;
         let mut seen = GuardSeen::default();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let limit = format!("{}{{stream=\"", m::STREAM_READ_LIMIT);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return seen,
             }
-            let Some(text) = metrics(http).await else { continue };
-            let ms = |s: f64| s * 1000.0;
-            seen.lag_ms
-                .extend(value_of(&text, &format!("{} ", m::INPUT_LAG_SECONDS)).map(ms));
-            seen.baseline_ms
-                .extend(value_of(&text, &format!("{} ", m::INPUT_LAG_BASELINE_SECONDS)).map(ms));
+            let Some(samples) = metrics(http).await else { continue };
+            let first = |metric| values(&samples, metric).next().map(|(_, seconds)| seconds * 1000.0);
+            seen.lag_ms.extend(first(m::INPUT_LAG_SECONDS));
+            seen.baseline_ms.extend(first(m::INPUT_LAG_BASELINE_SECONDS));
             // The flood's stream is the one with a limit.
-            let limits = text.lines().filter(|l| l.starts_with(&limit));
             seen.limit.extend(
-                limits
-                    .filter_map(|l| value_of(l, ""))
-                    .filter(|v| *v > 0.0)
+                values(&samples, m::STREAM_READ_LIMIT)
+                    .map(|(_, limit)| limit)
+                    .filter(|limit| *limit > 0.0)
                     .max_by(f64::total_cmp),
             );
         }
@@ -685,6 +781,7 @@ mod tests {
             slow: None,
             round_trip_p99_ms: 0.5,
             stolen: None,
+            busy: None,
         }
     }
 
@@ -721,7 +818,7 @@ mod tests {
                  hub_state_flush_seconds_count {all}\n"
             )
         };
-        let slow = Slow::of(&metrics(30, 35)).since(Slow::of(&metrics(10, 12)));
+        let slow = Slow::of(&parse(&metrics(30, 35))).since(Slow::of(&parse(&metrics(10, 12))));
         assert_eq!(
             slow,
             Slow {
@@ -730,5 +827,15 @@ mod tests {
                 confirms: (0.0, 0.0),
             }
         );
+    }
+
+    #[test]
+    fn the_floods_events_are_its_tenants_series_alone() {
+        let text = "# TYPE hub_tenant_events_in_total counter\n\
+                    hub_tenant_events_in_total{tenant=\"quiet\"} 700\n\
+                    hub_tenant_events_in_total{tenant=\"flood\"} 1234\n\
+                    hub_tenant_events_in_total{tenant=\"flooding\"} 5\n";
+        assert_eq!(flood_events(&parse(text)), 1234.0);
+        assert_eq!(flood_events(&parse("not a metrics text {")), 0.0);
     }
 }
