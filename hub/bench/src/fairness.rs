@@ -8,8 +8,8 @@
 //!   another of millions of actors, so each writes state and almost none acts), more than the
 //!   hub gets through during the measurement, and the hub's defaults: the latency guard reads
 //!   the backlog as fast as the quiet tenant's latency allows;
-//! - `guarded live`: the same, with the flooding tenant also publishing unpaced throughout (from
-//!   a thread and a connection of its own, as another client would);
+//! - `guarded live`: the same, with the flooding tenant also publishing throughout, unpaced or at
+//!   `--live-rate` (from a thread and a connection of its own, as another client would);
 //! - `rate`: the backlog without the guard, read at the flooding tenant's `rate`
 //!   (`--flood-rate`);
 //! - `unguarded`: the backlog without the guard or a rate: drained at the shards' full speed,
@@ -117,6 +117,9 @@ struct Run {
     expected: u64,
     /// Flood inputs the hub processed per second while the quiet tenant was timed.
     flood_per_s: Option<f64>,
+    /// Flood inputs published per second: unpaced, so the machine's full rate (the live flood's
+    /// where there is one, else the backlog's).
+    flood_published_per_s: Option<f64>,
     guard: GuardSeen,
     /// Where the hub was slow meanwhile.
     slow: Option<Slow>,
@@ -230,11 +233,12 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 /// One run's figures, as it ends, so a long bench shows its figures so far.
 fn print_run(run: &Run) {
     println!(
-        "  {}: quiet p50 {:.2} ms, p99 {:.2} ms; flood {} inputs/s",
+        "  {}: quiet p50 {:.2} ms, p99 {:.2} ms; flood {} inputs/s (published at {}/s)",
         run.flood.name(),
         run.p50_ms,
         run.p99_ms,
-        inputs_per_s(run.flood_per_s)
+        inputs_per_s(run.flood_per_s),
+        inputs_per_s(run.flood_published_per_s)
     );
     let by_second: Vec<String> = run.p99_by_second_ms.iter().map(|ms| format!("{ms:.1}")).collect();
     println!(
@@ -337,17 +341,20 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
     let receiver = async_nats::connect(&nats.url).await?;
     drop(step);
 
+    let mut flood_published_per_s = None;
     if flood != Flood::None {
         let step = Step::counting(
             format!("fairness bench · {} · the flood's backlog", flood.name()),
             backlog,
             "inputs",
         );
+        let started = Instant::now();
         publish_flood(&flooder, flood, args.flood_actors, 0..backlog, None, Some(&step)).await?;
+        flood_published_per_s = Some(backlog as f64 / started.elapsed().as_secs_f64());
     }
     let (stop_flood, flood_stopped) = watch::channel(false);
     let live = (flood == Flood::GuardedLive)
-        .then(|| live_flood(nats.url.clone(), args.flood_actors, backlog, flood_stopped))
+        .then(|| live_flood(nats.url.clone(), args, backlog, flood_stopped))
         .transpose()?;
 
     let step = Step::waiting(format!("fairness bench · {} · timing the quiet tenant", flood.name()));
@@ -372,7 +379,7 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
     let guard = guard_seen.await.context("the guard's watch")?;
     let round_trip_p99_ms = round_trips.await.context("the round trips")??;
     if let Some(live) = live {
-        live.await.context("the live flood's thread ended without a word")??;
+        flood_published_per_s = Some(live.await.context("the live flood's thread ended without a word")??);
     }
     drop(step);
     let Quiet {
@@ -413,6 +420,7 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
         actions,
         expected,
         flood_per_s,
+        flood_published_per_s,
         guard,
         slow,
         round_trip_p99_ms,
@@ -448,15 +456,17 @@ async fn round_trips(client: Client, mut stop: watch::Receiver<bool>) -> anyhow:
     Ok(times.value_at_quantile(0.99) as f64 / 1000.0)
 }
 
-/// Publish the flood's inputs from `first` on, unpaced, until `stop`: from a thread, a runtime
-/// and a connection of its own, as another client would. On the bench's own runtime it would
+/// Publish the flood's inputs from `first` on, at `--live-rate` or unpaced, until `stop`: from
+/// a thread, a runtime and a connection of its own, as another client would; it ends with the
+/// inputs published per second. On the bench's own runtime it would
 /// take a worker from the quiet tenant's publisher and timer, and the bench would time itself.
 fn live_flood(
     url: String,
-    actors: u64,
+    args: &BenchArgs,
     first: u64,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<f64>>> {
+    let (actors, rate) = (args.flood_actors, args.live_rate);
     let (done, ended) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("live-flood".to_owned())
@@ -468,7 +478,14 @@ fn live_flood(
                 .and_then(|runtime| {
                     runtime.block_on(async {
                         let client = async_nats::connect(&url).await?;
-                        publish_flood(&client, Flood::GuardedLive, actors, first.., Some(stop), None).await
+                        let started = Instant::now();
+                        let published = match rate {
+                            Some(rate) => paced_flood(&client, actors, first, rate, stop).await?,
+                            None => {
+                                publish_flood(&client, Flood::GuardedLive, actors, first.., Some(stop), None).await?
+                            }
+                        };
+                        Ok(published as f64 / started.elapsed().as_secs_f64())
                     })
                 });
             let _ = done.send(published);
@@ -477,7 +494,29 @@ fn live_flood(
     Ok(ended)
 }
 
-/// Publish the flood's inputs numbered `seqs` (until `stop` says so, if given).
+/// Publish the flood's inputs from `first` on at `rate` per second until `stop`, a
+/// millisecond's worth at a time; how many it published.
+async fn paced_flood(
+    client: &Client,
+    actors: u64,
+    first: u64,
+    rate: u64,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let mut published = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while !*stop.borrow() {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        let seqs = first + published..first + due.max(published);
+        published += publish_flood(client, Flood::GuardedLive, actors, seqs, None, None).await?;
+    }
+    Ok(published)
+}
+
+/// Publish the flood's inputs numbered `seqs` (until `stop` says so, if given); how many it
+/// published.
 async fn publish_flood(
     client: &Client,
     flood: Flood,
@@ -485,8 +524,9 @@ async fn publish_flood(
     seqs: impl Iterator<Item = u64>,
     stop: Option<watch::Receiver<bool>>,
     step: Option<&Step>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let (subject, headers) = flood.route(FLOOD);
+    let mut published = 0;
     for (done, seq) in seqs.enumerate() {
         if stop.as_ref().is_some_and(|s| *s.borrow()) {
             break;
@@ -497,6 +537,7 @@ async fn publish_flood(
             .publish_with_headers(subject.clone(), headers.clone(), body.into())
             .await
             .context("cannot publish a flood input")?;
+        published += 1;
         if done % 4096 == 0 {
             if let Some(step) = step {
                 step.advance(done);
@@ -506,7 +547,7 @@ async fn publish_flood(
         }
     }
     client.flush().await.context("cannot flush the flood")?;
-    Ok(())
+    Ok(published)
 }
 
 /// The hub's metrics, parsed; `None` where they could not be read.
@@ -777,6 +818,7 @@ mod tests {
             actions: 1,
             expected: 1,
             flood_per_s: None,
+            flood_published_per_s: None,
             guard: GuardSeen::default(),
             slow: None,
             round_trip_p99_ms: 0.5,

@@ -169,6 +169,10 @@ pub struct BenchArgs {
     /// The flooding tenant's configured rate (inputs/s) with `--fairness`, where it has one
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub flood_rate: u32,
+    /// How fast the `guarded-live` flood publishes, inputs/s with `--fairness`; unpaced
+    /// (nats-server's full rate) when absent
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub live_rate: Option<u64>,
     /// Actors the flood's payment failures are spread over with `--fairness`: with millions,
     /// each failure writes a new actor's state and almost none acts
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
