@@ -117,8 +117,8 @@ struct Run {
     expected: u64,
     /// Flood inputs the hub processed per second while the quiet tenant was timed.
     flood_per_s: Option<f64>,
-    /// Flood inputs published per second: unpaced, so the machine's full rate (the live flood's
-    /// where there is one, else the backlog's).
+    /// Flood inputs published per second: the live flood's where there is one (at
+    /// `--live-rate`, or unpaced), else the backlog's (unpaced: the machine's full rate).
     flood_published_per_s: Option<f64>,
     guard: GuardSeen,
     /// Where the hub was slow meanwhile.
@@ -457,9 +457,9 @@ async fn round_trips(client: Client, mut stop: watch::Receiver<bool>) -> anyhow:
 }
 
 /// Publish the flood's inputs from `first` on, at `--live-rate` or unpaced, until `stop`: from
-/// a thread, a runtime and a connection of its own, as another client would; it ends with the
-/// inputs published per second. On the bench's own runtime it would
-/// take a worker from the quiet tenant's publisher and timer, and the bench would time itself.
+/// a thread, a runtime and a connection of its own, as another client would (on the bench's
+/// runtime it would take a worker from the quiet tenant's publisher and timer, and the bench
+/// would time itself). It ends with the inputs published per second.
 fn live_flood(
     url: String,
     args: &BenchArgs,
