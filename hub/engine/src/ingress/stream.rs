@@ -440,15 +440,23 @@ async fn time_round_trips(client: async_nats::Client, admission: Arc<Admission>,
             return;
         }
     };
-    let mut every = tokio::time::interval(crate::durable::guard::ROUND_TRIP_EVERY);
+    use crate::durable::guard::{ROUND_TRIP_EVERY, TICK};
+    let mut every = tokio::time::interval(ROUND_TRIP_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if !admission.guard_engaged() {
+            // The guard engages only on its tick: while it limits nobody, looking once a tick
+            // is enough, and an idle hub is not woken 500 times a second.
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = stopped.changed() => return,
+            }
+            every.reset();
+            continue;
+        }
         tokio::select! {
             _ = every.tick() => {}
             _ = stopped.changed() => return,
-        }
-        if !admission.guard_engaged() {
-            continue;
         }
         match round_trips.time(ROUND_TRIP_PATIENCE).await {
             RoundTrip::Back(took) => admission.round_trip(took),
