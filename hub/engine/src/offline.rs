@@ -611,6 +611,33 @@ mod tests {
     }
 
     #[test]
+    fn a_runaway_plugin_is_stopped_after_the_epoch_ticker_rested() {
+        let limits = PluginLimits {
+            call_timeout_ms: 20,
+            call_wall_timeout_ms: 50,
+            ..PluginLimits::default()
+        };
+        let runtime = Runtime::new(limits).expect("runtime");
+        let mut offline = Offline::new(vec![module(&runtime, "chaos.wasm", json!({}))], 8);
+        let rested = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            runtime.ticker_resting()
+        });
+        assert!(rested, "no call for longer than the wall-clock cap: the ticker rests");
+        let (done, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(run(&mut offline, vec![event("l", "chaos.loop", "a", T0, json!({}))]));
+        });
+        let records = stopped
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the call that woke the ticker is stopped");
+        assert!(
+            matches!(&records[..], [Record { what: What::DeadLetter { reason, .. }, .. }] if reason == "deadline"),
+            "{records:#?}"
+        );
+    }
+
+    #[test]
     fn an_input_of_a_reserved_kind_is_refused_before_any_plugin() {
         let runtime = Runtime::new(PluginLimits::default()).expect("runtime");
         let mut offline = Offline::new(vec![module(&runtime, "notify.wasm", json!({"routes": []}))], 8);

@@ -7,7 +7,8 @@
 //! - an instance lives as long as it is healthy: instantiating costs 12–20 µs, a call ~1.5 µs;
 //! - a deadline per call comes from epoch interruption, driven by a dedicated OS thread
 //!   ([`EpochTicker`]) so a busy async runtime can never delay it, and counts the call's CPU
-//!   time (`deadline`);
+//!   time (`deadline`); it rests while no plugin runs, so an idle hub is not woken 1,000 times
+//!   a second;
 //! - a trap poisons an instance, so it is dropped and re-created from the module, while state
 //!   lives outside the instance (in the shard's write-behind cache) and nothing is lost.
 
@@ -79,15 +80,18 @@ impl Runtime {
         // context (no preopens, env, args or network) so they instantiate but can reach nothing.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
-        let ticker = EpochTicker::start(engine.clone(), Duration::from_millis(limits.epoch_tick_ms.max(1)));
+        let tick = Duration::from_millis(limits.epoch_tick_ms.max(1));
+        let budget = deadline::Budget::new(
+            Duration::from_millis(limits.call_timeout_ms),
+            Duration::from_millis(limits.call_wall_timeout_ms),
+            tick,
+        );
+        // Every call that began has ended or been stopped a tick after its wall-clock cap.
+        let ticker = EpochTicker::start(engine.clone(), tick, budget.wall_ticks() + 1);
         Ok(Arc::new(Runtime {
             engine,
             linker,
-            budget: deadline::Budget::new(
-                Duration::from_millis(limits.call_timeout_ms),
-                Duration::from_millis(limits.call_wall_timeout_ms),
-                Duration::from_millis(limits.epoch_tick_ms.max(1)),
-            ),
+            budget,
             limits,
             ticker,
         }))
@@ -102,9 +106,16 @@ impl Runtime {
         self.budget
     }
 
-    /// Epoch ticks since the runtime started: a clock a call reads for the price of an atomic load.
+    /// Epoch ticks since the runtime started, for a call that begins or is checked: a clock it
+    /// reads for the price of two atomic loads, which wakes the ticker if it rests.
     pub fn ticks(&self) -> u64 {
-        self.ticker.ticks.load(Ordering::Relaxed)
+        self.ticker.clock.busy()
+    }
+
+    /// Whether the epoch ticker rests, as it does while no plugin runs.
+    #[cfg(test)]
+    pub fn ticker_resting(&self) -> bool {
+        self.ticker.resting()
     }
 
     /// Identifies what this engine can load: compiled artifacts are cached under it, so a hub
@@ -132,35 +143,101 @@ impl Runtime {
 
 /// Advances the engine's epoch on its own OS thread, and counts the ticks where calls can read
 /// them (wasmtime does not expose the epoch); stops when dropped.
+///
+/// An idle hub is not woken a thousand times a second for it: once no call has begun for
+/// longer than any call may run (its wall-clock cap), the ticker *rests*, ticking only every
+/// [`RESTING_TICK`], until a call begins and wakes it. A call that begins reads the tick
+/// ([`Clock::busy`]), marks it active and then looks whether the ticker rests; the ticker marks
+/// itself resting and then looks at the active tick again before it sleeps. With both in
+/// sequentially consistent order, one of them sees the other: either the call wakes the ticker
+/// or the ticker does not rest. A call's deadline check marks it active too, so even a call the
+/// ticker somehow missed is ticked at full rate again from its first check.
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    ticks: Arc<AtomicU64>,
+    clock: Arc<Clock>,
     thread: Option<JoinHandle<()>>,
 }
 
+/// How often a resting ticker still advances the epoch: a safety net, not a clock anyone reads.
+const RESTING_TICK: Duration = Duration::from_millis(100);
+
+/// What the ticker and the calls share.
+#[derive(Default)]
+struct Clock {
+    stop: AtomicBool,
+    ticks: AtomicU64,
+    /// The latest tick a call began (or was checked) in.
+    active: AtomicU64,
+    resting: AtomicBool,
+    ticker: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Clock {
+    /// The tick now, for a call that begins or is checked: wakes the ticker if it rests.
+    fn busy(&self) -> u64 {
+        let now = self.ticks.load(Ordering::Relaxed);
+        if self.active.load(Ordering::Relaxed) < now {
+            self.active.fetch_max(now, Ordering::SeqCst);
+        }
+        if self.resting.load(Ordering::SeqCst)
+            && self.resting.swap(false, Ordering::SeqCst)
+            && let Some(ticker) = self.ticker.get()
+        {
+            ticker.unpark();
+        }
+        now
+    }
+
+    /// Whether no call has begun for more than `idle` ticks.
+    fn idle(&self, idle: u64) -> bool {
+        let now = self.ticks.load(Ordering::Relaxed);
+        now.saturating_sub(self.active.load(Ordering::SeqCst)) > idle
+    }
+}
+
 impl EpochTicker {
-    fn start(engine: Engine, tick: Duration) -> EpochTicker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ticks = Arc::new(AtomicU64::new(0));
-        let (flag, count) = (stop.clone(), ticks.clone());
+    /// Tick every `tick`; rest once no call has begun for `idle` ticks.
+    fn start(engine: Engine, tick: Duration, idle: u64) -> EpochTicker {
+        let clock = Arc::new(Clock::default());
+        let shared = clock.clone();
         let thread = std::thread::Builder::new()
             .name("hub-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
+                let clock = shared;
+                while !clock.stop.load(Ordering::Relaxed) {
+                    // A call that begins after `resting` is set sees it (and unparks us); one
+                    // that began before is seen by the second look.
+                    let rest = clock.idle(idle) && {
+                        clock.resting.store(true, Ordering::SeqCst);
+                        clock.idle(idle)
+                    };
+                    match rest {
+                        true => std::thread::park_timeout(RESTING_TICK),
+                        false => std::thread::sleep(tick),
+                    }
+                    clock.resting.store(false, Ordering::SeqCst);
                     engine.increment_epoch();
-                    count.fetch_add(1, Ordering::Relaxed);
+                    clock.ticks.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .ok();
-        EpochTicker { stop, ticks, thread }
+        if let Some(t) = &thread {
+            let _ = clock.ticker.set(t.thread().clone());
+        }
+        EpochTicker { clock, thread }
+    }
+
+    /// Whether the ticker rests now (see [`EpochTicker`]).
+    #[cfg(test)]
+    fn resting(&self) -> bool {
+        self.clock.resting.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.clock.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }

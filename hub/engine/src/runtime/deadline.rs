@@ -66,6 +66,11 @@ impl Budget {
     pub fn first_ticks(&self) -> u64 {
         self.first_ticks
     }
+
+    /// Epoch ticks after which any call is stopped.
+    pub fn wall_ticks(&self) -> u64 {
+        self.wall_ticks
+    }
 }
 
 /// The budget of the current call, and where it started.
