@@ -882,7 +882,7 @@ async fn a_backlog_is_read_under_a_limit_while_another_tenant_publishes_and_all_
     }
     let hub = env.start(config).await;
     let http = hub.http_addr();
-    let limit = r#"hub_stream_read_limit{stream="HUB_INPUT_guardflood"}"#;
+    let limit = r#"hub_stream_read_limit{stream="HUB_INPUT_guardflood",tenant="guardflood"}"#;
     let flood_in = r#"hub_tenant_events_in_total{tenant="guardflood"}"#;
 
     // The quiet tenant publishes every 2 ms until told to stop.
@@ -925,9 +925,19 @@ async fn a_backlog_is_read_under_a_limit_while_another_tenant_publishes_and_all_
         round_trip = metric(http, "hub_nats_round_trip_seconds").await;
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    // The status shows whom the guard slows, and by how much.
+    let api = Api::new(&hub, None);
+    let line = match limited {
+        Some(_) => tenant_status(&api, "guardflood", |line| line["read_limit"].as_f64().is_some()).await,
+        None => json!(null),
+    };
     let _ = stop.send(true);
     let sent = quiet.await.expect("the quiet publisher");
     let limited = limited.expect("the flood's stream was read under a limit while the quiet tenant published");
+    assert!(
+        line["read_limit"].as_f64() >= Some(hub::durable::guard::MIN_RATE),
+        "the flood's status line while limited: {line}"
+    );
     assert!(
         round_trip > 0.0,
         "no round trip through nats-server timed while limited"

@@ -306,11 +306,15 @@ impl Hub {
             router.shard_of(actor)
         })?;
         // Sources of the shards' inputs beyond the input stream: the tenants' own streams; and
-        // the names of every stream read, in source order, for the guard's metrics.
-        let (own_streams, stream_names): (Vec<String>, Vec<String>) = match &durable {
+        // the names of every stream read, in source order, with their tenants, for the guard's
+        // metrics.
+        let (own_streams, stream_names): (Vec<String>, Vec<(String, Option<String>)>) = match &durable {
             Some(((input, own, _), _, _)) => (
                 own.iter().filter_map(|s| s.tenant.clone()).collect(),
-                std::iter::once(input).chain(own).map(|s| s.name().to_owned()).collect(),
+                std::iter::once(input)
+                    .chain(own)
+                    .map(|s| (s.name().to_owned(), s.tenant.clone()))
+                    .collect(),
             ),
             None => Default::default(),
         };

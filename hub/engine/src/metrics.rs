@@ -73,7 +73,8 @@ pub const TENANT_QUOTA_REFUSALS: &str = "hub_tenant_quota_refusals_total";
 pub const TENANT_STATE_BYTES: &str = "hub_tenant_state_bytes";
 /// Pending timers of a tenant with a quota on them, per `tenant`.
 pub const TENANT_TIMERS: &str = "hub_tenant_timers_pending";
-/// The latency guard's read limit on a stream with a backlog (inputs/s; 0: none), per `stream`.
+/// The latency guard's read limit on a stream with a backlog (inputs/s; 0: none), per `stream`
+/// (and `tenant`, for a tenant's own stream).
 pub const STREAM_READ_LIMIT: &str = "hub_stream_read_limit";
 /// What the latency guard steers by, over its last ticks: the 99th percentile of the lag
 /// (stored in a stream → outputs handed to NATS) of the inputs of streams read without a

@@ -73,6 +73,10 @@ pub struct TenantStatus {
     pub share: u32,
     /// Inputs/s read from its own stream at most.
     pub rate: Option<u32>,
+    /// Inputs/s the latency guard reads its own stream at now, to keep the others' latency:
+    /// none while it is not slowed.
+    #[serde(default)]
+    pub read_limit: Option<f64>,
     pub max_plugins: Option<u32>,
     /// Bytes of state it stores (counted for a tenant with a quota on them).
     #[serde(default)]
@@ -466,6 +470,7 @@ fn tenant_figures(
                 plugins: plugins.get(&name).copied().unwrap_or(0),
                 share: config.map_or(1, |c| c.share),
                 rate: config.and_then(|c| c.rate),
+                read_limit: of.and_then(|t| t.read_limit).filter(|limit| *limit > 0.0),
                 max_plugins: config.and_then(|c| c.max_plugins),
                 state_bytes: of.and_then(|t| t.state_bytes).map(|b| b.max(0.0) as u64),
                 max_state_bytes: config.and_then(|c| c.max_state_bytes),
@@ -485,6 +490,7 @@ struct TenantFigures {
     actions: f64,
     dead_letters: f64,
     backlog: Option<f64>,
+    read_limit: Option<f64>,
     state_bytes: Option<f64>,
     timers: Option<f64>,
     quota_refusals: f64,
@@ -550,6 +556,10 @@ impl Figures {
                 m::TENANT_ACTIONS => f.tenant(label("tenant")).actions += value,
                 m::TENANT_DEAD_LETTERS => f.tenant(label("tenant")).dead_letters += value,
                 m::TENANT_BACKLOG => f.tenant(label("tenant")).backlog = Some(value),
+                // The input stream's limit has no tenant: it carries any tenant's inputs.
+                m::STREAM_READ_LIMIT if !label("tenant").is_empty() => {
+                    f.tenant(label("tenant")).read_limit = Some(value)
+                }
                 m::TENANT_QUOTA_REFUSALS => f.tenant(label("tenant")).quota_refusals += value,
                 m::TENANT_STATE_BYTES => f.tenant(label("tenant")).state_bytes = Some(value),
                 m::TENANT_TIMERS => f.tenant(label("tenant")).timers = Some(value),

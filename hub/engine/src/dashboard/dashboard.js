@@ -977,10 +977,10 @@
     syncRows($('tenants').tBodies[0], tenants, (t) => t.name, () => {
       const tr = document.createElement('tr');
       tr.append(cell());
-      for (let i = 0; i < 10; i += 1) tr.append(cell('', 'num'));
+      for (let i = 0; i < 11; i += 1) tr.append(cell('', 'num'));
       return tr;
     }, (tr, t) => {
-      const [name, rate, backlog, actions, letters, share, limit, plugins, state, timers, refused] = tr.cells;
+      const [name, rate, backlog, actions, letters, share, limit, guard, plugins, state, timers, refused] = tr.cells;
       name.textContent = t.name;
       rate.textContent = fmtRate(t.events_in_per_s);
       backlog.textContent = orDash(t.backlog);
@@ -989,6 +989,7 @@
       letters.textContent = fmtCount(t.dead_letters);
       share.textContent = fmtCount(t.share);
       limit.textContent = orDash(t.rate);
+      guard.textContent = fmtRate(t.read_limit);
       plugins.textContent = usedOf(t.plugins, t.max_plugins, fmtCount);
       state.textContent = usedOf(t.state_bytes, t.max_state_bytes, fmtBytes);
       timers.textContent = usedOf(t.timers, t.max_timers, fmtCount);

@@ -185,8 +185,8 @@ impl Admission {
 
     /// With the latency guard (see `guard`): `tolerance` is the factor of their unloaded lag (its
     /// 99th percentile) the other sources' inputs may wait; `streams` names the sources, in
-    /// order, for metrics.
-    pub fn guarded(mut self, tolerance: f64, streams: &[String]) -> Admission {
+    /// order, for metrics: each stream, and the tenant whose own stream it is.
+    pub fn guarded(mut self, tolerance: f64, streams: &[(String, Option<String>)]) -> Admission {
         use crate::metrics as m;
         self.guarded = Some(Guarded {
             guard: Mutex::new((Guard::new(self.windows.len(), tolerance), Instant::now())),
@@ -194,7 +194,12 @@ impl Admission {
             round_trips: Lagged::default(),
             limits: streams
                 .iter()
-                .map(|s| metrics::gauge!(m::STREAM_READ_LIMIT, "stream" => s.clone()))
+                .map(|(stream, tenant)| match tenant {
+                    Some(tenant) => {
+                        metrics::gauge!(m::STREAM_READ_LIMIT, "stream" => stream.clone(), "tenant" => tenant.clone())
+                    }
+                    None => metrics::gauge!(m::STREAM_READ_LIMIT, "stream" => stream.clone()),
+                })
                 .collect(),
             lag: metrics::gauge!(m::INPUT_LAG_SECONDS),
             baseline: metrics::gauge!(m::INPUT_LAG_BASELINE_SECONDS),
@@ -403,7 +408,10 @@ mod tests {
 
     #[test]
     fn a_stream_with_a_backlog_is_held_back_while_another_waits_on_the_hub() {
-        let streams = ["HUB_INPUT".to_owned(), "HUB_INPUT_flood".to_owned()];
+        let streams = [
+            ("HUB_INPUT".to_owned(), None),
+            ("HUB_INPUT_flood".to_owned(), Some("flood".to_owned())),
+        ];
         let admission = Admission::new(vec![(8, None), (8, None)], || false).guarded(1.25, &streams);
         assert!(admission.is_guarded());
         let stored = SystemTime::now()
