@@ -115,7 +115,7 @@ impl Runtime {
     /// Whether the epoch ticker rests, as it does while no plugin runs.
     #[cfg(test)]
     pub fn ticker_resting(&self) -> bool {
-        self.ticker.resting()
+        self.ticker.clock.resting.load(Ordering::SeqCst)
     }
 
     /// Identifies what this engine can load: compiled artifacts are cached under it, so a hub
@@ -224,12 +224,6 @@ impl EpochTicker {
             let _ = clock.ticker.set(t.thread().clone());
         }
         EpochTicker { clock, thread }
-    }
-
-    /// Whether the ticker rests now (see [`EpochTicker`]).
-    #[cfg(test)]
-    fn resting(&self) -> bool {
-        self.clock.resting.load(Ordering::SeqCst)
     }
 }
 
