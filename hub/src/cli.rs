@@ -133,6 +133,10 @@ struct SendArgs {
     /// Raw message body (with --subject)
     #[arg(long, requires = "subject")]
     body: Option<String>,
+    /// A declared tenant: publish on its own subjects, `tenant.<name>.<subject>`, where its
+    /// stream keeps it apart from the other tenants' inputs
+    #[arg(long)]
+    tenant: Option<String>,
     #[arg(long, env = "HUB_NATS__URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
 }
@@ -319,6 +323,13 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
             (format!("events.{kind}"), envelope.to_string())
         }
         (None, None) => bail!("give an event kind (hub send KIND --actor A) or --subject with --body"),
+    };
+    let subject = match &args.tenant {
+        Some(tenant) => {
+            hub::tenant::check_name(tenant).map_err(anyhow::Error::msg)?;
+            format!("tenant.{tenant}.{subject}")
+        }
+        None => subject,
     };
     client.publish(subject.clone(), body.into()).await?;
     client.flush().await?;

@@ -342,11 +342,20 @@ async fn a_tenants_token_reaches_its_own_actors_plugins_and_dead_letters_and_not
     let globex = Api::new(&hub, Some("globex-t"));
     let wasm = crate::support::payment_trouble_wasm();
 
-    // The platform's calls are the admin's.
-    for path in ["/api/policies", "/api/status", "/api/cluster"] {
+    // The platform's calls are the admin's, and another tenant's figures are not acme's.
+    for path in [
+        "/api/policies",
+        "/api/status",
+        "/api/cluster",
+        "/api/tenants/globex",
+        "/api/tenants/default",
+    ] {
         let (status, body) = acme.get(path).await;
         assert_eq!(status, 403, "{path}: {body}");
     }
+    let (status, body) = admin.get("/api/tenants/nobody").await;
+    assert_eq!(status, 400, "an undeclared tenant: {body}");
+    assert!(body.to_string().contains("declare it under"), "{body}");
     let (status, _) = Api::new(&hub, Some("nobody")).get("/api/plugins").await;
     assert_eq!(status, 401);
 
@@ -420,6 +429,77 @@ async fn a_tenants_token_reaches_its_own_actors_plugins_and_dead_letters_and_not
     assert_eq!((status, done["replayed"].as_u64()), (200, Some(0)), "{done}");
     let (status, body) = acme.get(&format!("/api/dead-letters/{seq}")).await;
     assert_eq!(status, 200, "{body}");
+    hub.shutdown().await;
+}
+
+/// `hub` with `args`: whether it succeeded, and its stdout and stderr.
+async fn hub_cli(args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args(args)
+        .output()
+        .await
+        .expect("hub runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_send_and_hub_status_with_a_tenant_use_its_own_subjects_and_its_own_token() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.admin_token = Some("admin-t".into());
+    declare(&mut config, true);
+    let hub = env.start(config).await;
+    let admin = Api::new(&hub, Some("admin-t"));
+    let nats = env.nats.url.as_str();
+    let api = format!("http://{}", hub.http_addr());
+
+    for _ in 0..3 {
+        let (sent, text) = hub_cli(&[
+            "send",
+            "payment.failed",
+            "--actor",
+            "bob",
+            "--tenant",
+            "acme",
+            "--nats",
+            nats,
+        ])
+        .await;
+        assert!(sent, "{text}");
+        assert!(text.contains("tenant.acme.events.payment.failed"), "{text}");
+    }
+    assert_eq!(failures_and_ledger(&admin, "bob", "?tenant=acme", (0, 1)).await, (0, 1));
+    assert_eq!(failures_and_ledger(&admin, "bob", "", (0, 0)).await, (0, 0));
+    let (sent, text) = hub_cli(&[
+        "send",
+        "payment.failed",
+        "--actor",
+        "bob",
+        "--tenant",
+        "Acme Inc",
+        "--nats",
+        nats,
+    ])
+    .await;
+    assert!(!sent && text.contains("lowercase"), "{text}");
+
+    // Its own line, by its own token (the first figures are taken a second after the start).
+    let mut shown = (false, String::new());
+    for _ in 0..50 {
+        shown = hub_cli(&["status", "--tenant", "acme", "--api", &api, "--token", "acme-t"]).await;
+        if shown.0 && shown.1.contains("acme") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(shown.0 && shown.1.contains("acme"), "{}", shown.1);
+    let (seen, text) = hub_cli(&["status", "--tenant", "globex", "--api", &api, "--token", "acme-t"]).await;
+    assert!(!seen && text.contains("403"), "{text}");
     hub.shutdown().await;
 }
 
@@ -652,21 +732,20 @@ async fn core_mode_takes_inputs_on_tenants_own_subjects() {
     hub.shutdown().await;
 }
 
-/// `tenant`'s line of the status once `ready` holds (the status is sampled once a second), or
-/// as it is after 5 s.
+/// `tenant`'s figures (`GET /api/tenants/{tenant}`, its line of the status) once `ready` holds
+/// (the status is sampled once a second), or as they are after 5 s.
 async fn tenant_status(api: &Api, tenant: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let mut line = json!(null);
     for _ in 0..50 {
-        let (status, s) = api.get("/api/status").await;
-        assert_eq!(status, 200, "{s}");
-        let tenants = s["tenants"].as_array().cloned().unwrap_or_default();
-        line = tenants
-            .iter()
-            .find(|t| t["name"] == tenant)
-            .cloned()
-            .unwrap_or_default();
-        if ready(&line) {
-            break;
+        let (status, body) = api.get(&format!("/api/tenants/{tenant}")).await;
+        // 503: the hub has not taken its first figures yet.
+        if status != 503 {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["name"], tenant, "{body}");
+            line = body;
+            if ready(&line) {
+                break;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -709,12 +788,19 @@ async fn a_tenant_past_its_plugin_quota_is_refused_and_the_status_shows_each_ten
     assert_eq!(status, 409, "{refused}");
 
     fail_payment_on(&env, &own_subject("acme"), "u1").await;
-    // The status has a line per tenant, with its limits and refusals. (Tests share the
-    // process's metrics: other tests' acme inputs count too.)
-    let line = tenant_status(&admin, "acme", |line| {
+    // Each tenant's line has its limits and refusals: acme's own token sees acme's, the
+    // admin's status every tenant's. (Tests share the process's metrics: other tests' acme
+    // inputs count too, and their tenants follow the declared ones.)
+    let line = tenant_status(&acme, "acme", |line| {
         line["events_in"].as_u64() >= Some(1) && line["quota_refusals"] == 3
     })
     .await;
+    let (_, status) = admin.get("/api/status").await;
+    let names: Vec<&str> = status["tenants"]
+        .as_array()
+        .map(|lines| lines.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names.get(..3), Some(&["default", "acme", "globex"][..]), "{status}");
     assert_eq!(
         (&line["plugins"], &line["max_plugins"], &line["quota_refusals"]),
         (&json!(1), &json!(1), &json!(3)),

@@ -83,7 +83,7 @@ where
         .route("/api/cluster", get(status::cluster))
         .route("/api/status/history", get(status::history))
         .route("/api/status/stream", get(status::stream))
-        .route("/api/tenants/{name}", delete(tenants::erase))
+        .route("/api/tenants/{name}", get(tenants::show).delete(tenants::erase))
         .route("/api/tenants/{name}/export", get(tenants::export))
         .route("/api/dead-letters", get(dead_letters::list))
         .route("/api/dead-letters/replay", post(dead_letters::replay_reason))
@@ -128,6 +128,7 @@ where
         actors::put_profile,
         actors::patch_profile,
         actors::erase,
+        tenants::show,
         tenants::export,
         tenants::erase,
         policies::show,

@@ -1,17 +1,32 @@
-//! `hub status`: the dashboard's headline figures as tables (`GET /api/status`).
+//! `hub status`: the dashboard's headline figures as tables (`GET /api/status`), or one
+//! tenant's line (`--tenant`, `GET /api/tenants/{name}`), which its own token may ask for.
 
 use super::api_client::{ApiArgs, print_json};
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use hub::status::Status;
+use hub::status::{Status, TenantStatus};
 
 #[derive(Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     api: ApiArgs,
+    /// Only this tenant's figures and quotas (`default` for inputs that name none): what a
+    /// tenant's own token may see
+    #[arg(long)]
+    tenant: Option<String>,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    if let Some(tenant) = &args.tenant {
+        let name = percent_encoding::utf8_percent_encode(tenant, percent_encoding::NON_ALPHANUMERIC);
+        let path = format!("/api/tenants/{name}");
+        let (body, line): (String, TenantStatus) = args.api.client().get(&path).await?;
+        if args.api.json {
+            return print_json(&body);
+        }
+        println!("{}", tenants_table(std::slice::from_ref(&line)));
+        return Ok(());
+    }
     let (body, s): (String, Status) = args.api.client().get("/api/status").await?;
     if args.api.json {
         return print_json(&body);
@@ -74,46 +89,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 
     // Tenants, once the hub has more than the default one.
     if s.tenants.len() > 1 {
-        let mut tenants = Table::new();
-        tenants.load_preset(UTF8_BORDERS_ONLY).set_header([
-            "tenant",
-            "events in/s",
-            "events in",
-            "actions",
-            "dead letters",
-            "backlog",
-            "share",
-            "rate/s",
-            "guard/s",
-            "plugins",
-            "state bytes",
-            "timers",
-            "quota refusals",
-        ]);
-        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        // What is used against a limit, `used/max`, or what is used.
-        let used_of = |used: Option<u64>, max: Option<u64>| match (used, max) {
-            (used, Some(max)) => format!("{}/{max}", used.unwrap_or(0)),
-            (used, None) => or_dash(used.map(|u| u.to_string())),
-        };
-        for t in &s.tenants {
-            tenants.add_row([
-                t.name.clone(),
-                format!("{:.0}", t.events_in_per_s),
-                t.events_in.to_string(),
-                t.actions.to_string(),
-                t.dead_letters.to_string(),
-                or_dash(t.backlog.map(|b| b.to_string())),
-                t.share.to_string(),
-                or_dash(t.rate.map(|r| r.to_string())),
-                or_dash(t.read_limit.map(|l| format!("{l:.0}"))),
-                used_of(Some(t.plugins), t.max_plugins.map(u64::from)),
-                used_of(t.state_bytes, t.max_state_bytes),
-                used_of(t.timers, t.max_timers),
-                t.quota_refusals.to_string(),
-            ]);
-        }
-        println!("{tenants}");
+        println!("{}", tenants_table(&s.tenants));
     }
 
     let reasons = |counts: &std::collections::BTreeMap<String, u64>| {
@@ -138,4 +114,48 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         .collect();
     println!("shard queues (waiting/capacity): {}", depths.join(" "));
     Ok(())
+}
+
+/// A line per tenant: its traffic, backlog, share and rates, and each quota as `used/max`.
+fn tenants_table(lines: &[TenantStatus]) -> Table {
+    let mut tenants = Table::new();
+    tenants.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "tenant",
+        "events in/s",
+        "events in",
+        "actions",
+        "dead letters",
+        "backlog",
+        "share",
+        "rate/s",
+        "guard/s",
+        "plugins",
+        "state bytes",
+        "timers",
+        "quota refusals",
+    ]);
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    // What is used against a limit, `used/max`, or what is used.
+    let used_of = |used: Option<u64>, max: Option<u64>| match (used, max) {
+        (used, Some(max)) => format!("{}/{max}", used.unwrap_or(0)),
+        (used, None) => or_dash(used.map(|u| u.to_string())),
+    };
+    for t in lines {
+        tenants.add_row([
+            t.name.clone(),
+            format!("{:.0}", t.events_in_per_s),
+            t.events_in.to_string(),
+            t.actions.to_string(),
+            t.dead_letters.to_string(),
+            or_dash(t.backlog.map(|b| b.to_string())),
+            t.share.to_string(),
+            or_dash(t.rate.map(|r| r.to_string())),
+            or_dash(t.read_limit.map(|l| format!("{l:.0}"))),
+            used_of(Some(t.plugins), t.max_plugins.map(u64::from)),
+            used_of(t.state_bytes, t.max_state_bytes),
+            used_of(t.timers, t.max_timers),
+            t.quota_refusals.to_string(),
+        ]);
+    }
+    tenants
 }

@@ -137,8 +137,8 @@ impl Caller {
     }
 }
 
-/// What a tenant's token may call: its actors, plugins and dead letters (each handler keeps it
-/// to its own tenant). Policies, status, the cluster and the history are the platform's.
+/// What a tenant's token may call: its actors, plugins, dead letters, figures and export (each
+/// handler keeps it to its own tenant). Policies, status, the cluster and the history are the platform's.
 fn tenants_may_call(path: &str) -> bool {
     ["/api/actors/", "/api/plugins", "/api/dead-letters", "/api/tenants/"]
         .iter()
@@ -155,7 +155,7 @@ pub async fn require_token(State(auth): State<Auth>, mut request: Request, next:
         Ok(Caller::Tenant(tenant)) if !tenants_may_call(request.uri().path()) => Failure::new(
             StatusCode::FORBIDDEN,
             format!(
-                "the token of tenant {tenant:?} reaches /api/actors, /api/plugins and /api/dead-letters of its own tenant only"
+                "the token of tenant {tenant:?} reaches /api/actors, /api/plugins, /api/dead-letters and /api/tenants/{tenant} of its own tenant only"
             ),
         )
         .into_response(),

@@ -1,6 +1,7 @@
-//! `/api/tenants/{name}`: one tenant as a whole. `GET …/export` gives everything the hub holds
-//! about its actors, one JSON object per line; `DELETE` erases them, its kept dead letters and
-//! the plugins that run for it alone (the admin's call). Inputs that name the tenant keep being
+//! `/api/tenants/{name}`: one tenant as a whole. `GET` gives its figures and what it uses of
+//! its quotas, so a client sees its own without the platform's status; `GET …/export` gives
+//! everything the hub holds about its actors, one JSON object per line; `DELETE` erases them,
+//! its kept dead letters and the plugins that run for it alone (the admin's call). Inputs that name the tenant keep being
 //! processed while it is declared: remove it from the configuration first to refuse them.
 //!
 //! The tenant's actors are found in sled (plugin state, action ledgers, profiles) and in each
@@ -11,6 +12,7 @@
 use super::{ApiError, ApiState, Caller, Failure};
 use crate::actor::{ActorRequest, ActorState};
 use crate::router::ShardMsg;
+use crate::status::TenantStatus;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, Query, State};
@@ -53,6 +55,33 @@ pub struct ErasedTenant {
     /// Cluster members that could not be reached: their actors are still there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreached: Vec<String>,
+}
+
+/// The tenant's line of the status (taken once a second): its rates, backlog, share, rate and
+/// the latency guard's limit, and what it uses of each quota. Its own token may call it; the
+/// admin may also ask for `default`.
+#[utoipa::path(get, path = "/api/tenants/{name}", tag = "tenants",
+    params(("name" = String, Path, description = "A declared tenant, or `default`")),
+    responses((status = 200, body = TenantStatus), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn show(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<TenantStatus>, Failure> {
+    let tenant = s
+        .tenants
+        .resolve(caller.tenant(Some(&name))?, None)
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))?
+        .unwrap_or(crate::tenant::DEFAULT);
+    let status = s.status.current();
+    let line = status.tenants.iter().find(|line| line.name == tenant);
+    line.cloned().map(Json).ok_or_else(|| {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub has not taken its figures yet (once a second): ask again",
+        )
+    })
 }
 
 /// Everything the hub holds about the tenant's actors, as JSON lines (`application/x-ndjson`):
