@@ -110,6 +110,7 @@ impl Hub {
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Config)?;
         let tenants = crate::tenant::Tenants::new(&config.tenants).map_err(StartError::Config)?;
+        warn_of_unused_lanes(&config, &tenants);
         let auth = crate::api::Auth::new(config.admin_token.clone(), config.http.listen)
             .with_tenants(&config.tenants)
             .map_err(StartError::Config)?;
@@ -647,4 +648,21 @@ fn cluster_of(config: &Config) -> Result<Option<Arc<Cluster>>, StartError> {
         return Err(StartError::Config("cluster.lease_ttl must be at least 1s".into()));
     }
     Ok(Some(Arc::new(Cluster::new(instance, c.partitions))))
+}
+
+/// A tenant's `share` and `rate` steer how its own stream is read: where there is none (core
+/// mode, or a cluster, whose input stream is one lane for all tenants), say they do nothing
+/// rather than let an operator believe a flood is held back.
+fn warn_of_unused_lanes(config: &Config, tenants: &crate::tenant::Tenants) {
+    let without = match (config.input.mode, config.cluster.enabled) {
+        (InputMode::Core, _) => "in core mode (no streams)",
+        (_, true) => "in a cluster (one input stream for every tenant)",
+        _ => return,
+    };
+    for name in tenants.steered() {
+        tracing::warn!(
+            tenant = %name,
+            "a tenant's share and rate steer how its own stream is read: {without} they are ignored"
+        );
+    }
 }

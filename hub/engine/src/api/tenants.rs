@@ -1,8 +1,9 @@
 //! `/api/tenants/{name}`: one tenant as a whole. `GET` gives its figures and what it uses of
 //! its quotas, so a client sees its own without the platform's status; `GET …/export` gives
 //! everything the hub holds about its actors, one JSON object per line; `DELETE` erases them,
-//! its kept dead letters and the plugins that run for it alone (the admin's call). Inputs that name the tenant keep being
-//! processed while it is declared: remove it from the configuration first to refuse them.
+//! its kept dead letters and the plugins that run for it alone (the admin's call). Inputs that
+//! name the tenant keep being processed while it is declared: remove it from the configuration
+//! first to refuse them.
 //!
 //! The tenant's actors are found in sled (plugin state, action ledgers, profiles) and in each
 //! shard's memory (pending timers, state not yet committed); each is then inspected or erased
