@@ -562,11 +562,21 @@ async fn a_plugin_change_made_on_one_instance_runs_on_every_instance_and_on_one_
 async fn contact_policies_set_on_one_instance_apply_on_every_instance_and_on_one_that_joins_later() {
     let env = Env::new().await;
     let a = env.start(member(&env, "a")).await;
-    let b = env.start(member(&env, "b")).await;
+    let mut config = member(&env, "b");
+    config
+        .tenants
+        .insert("acme".into(), hub::tenant::TenantConfig::default());
+    let b = env.start(config).await;
     let body = r#"{"conflict_window": "45s", "dedup_window": "2h",
         "max_actions": {"count": 2, "window": "1day"}, "categories": {}, "suppressions": []}"#;
     let (status, set) = crate::support::Api::new(&b, None).put_json("/api/policies", body).await;
     assert_eq!(status, 200, "{set}");
+    // A tenant's own policies are for a single hub: refused, saying so.
+    let (status, refused) = crate::support::Api::new(&b, None)
+        .put_json("/api/policies?tenant=acme", body)
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused.to_string().contains("single hub"), "{refused}");
     until_answer(a.http_addr(), "/api/policies", |status, on_a| {
         status == 200 && *on_a == set
     })

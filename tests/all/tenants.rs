@@ -344,7 +344,6 @@ async fn a_tenants_token_reaches_its_own_actors_plugins_and_dead_letters_and_not
 
     // The platform's calls are the admin's, and another tenant's figures are not acme's.
     for path in [
-        "/api/policies",
         "/api/status",
         "/api/cluster",
         "/api/tenants/globex",
@@ -429,6 +428,89 @@ async fn a_tenants_token_reaches_its_own_actors_plugins_and_dead_letters_and_not
     assert_eq!((status, done["replayed"].as_u64()), (200, Some(0)), "{done}");
     let (status, body) = acme.get(&format!("/api/dead-letters/{seq}")).await;
     assert_eq!(status, 200, "{body}");
+    hub.shutdown().await;
+}
+
+/// The decision acme's, globex's and the default tenant's `actor` got for their callback.
+async fn callback_decisions(admin: &Api, actor: &str) -> Vec<String> {
+    let mut decisions = Vec::new();
+    for query in ["?tenant=acme", "?tenant=globex", ""] {
+        let mut decision = String::new();
+        for _ in 0..100 {
+            let (_, view) = admin.get(&format!("/api/actors/{actor}{query}")).await;
+            if let Some(d) = view["actions"][0]["decision"].as_str() {
+                decision = d.to_owned();
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        decisions.push(decision);
+    }
+    decisions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_contact_policies_judge_its_actors_and_no_one_elses() {
+    let env = Env::new().await;
+    let mut config = env.config();
+    config.admin_token = Some("admin-t".into());
+    declare(&mut config, true);
+    let hub = env.start(config).await;
+    let admin = Api::new(&hub, Some("admin-t"));
+    let acme = Api::new(&hub, Some("acme-t"));
+    let hubs = admin.get("/api/policies").await;
+
+    // acme holds its support actions back for ten minutes; its token need not name it.
+    let (status, set) = acme
+        .put_json(
+            "/api/policies",
+            r#"{"categories": {"support": {"priority": 1, "hold": "10m"}}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(acme.get("/api/policies").await, (200, set.clone()));
+    assert_eq!(admin.get("/api/policies?tenant=acme").await, (200, set));
+    assert_eq!(admin.get("/api/policies").await, hubs, "the hub's stay");
+    assert_eq!(
+        admin.get("/api/policies?tenant=globex").await,
+        hubs,
+        "globex has none of its own"
+    );
+    for (status, body) in [
+        acme.get("/api/policies?tenant=globex").await,
+        acme.put_json("/api/policies?tenant=globex", "{}").await,
+        acme.delete("/api/policies?tenant=globex").await,
+    ] {
+        assert_eq!(status, 403, "{body}");
+    }
+    let (status, body) = acme
+        .put_json("/api/policies", r#"{"categories": {"support": {"hold": "2h"}}}"#)
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = admin.delete("/api/policies").await;
+    assert_eq!(status, 400, "the hub's are replaced, not deleted: {body}");
+
+    for subject in [
+        own_subject("acme"),
+        own_subject("globex"),
+        "events.payment.failed".to_owned(),
+    ] {
+        for _ in 0..3 {
+            fail_payment_on(&env, &subject, "carol").await;
+        }
+    }
+    assert_eq!(
+        callback_decisions(&admin, "carol").await,
+        ["held", "delivered", "delivered"]
+    );
+
+    // Back to the hub's: acme's next callback goes out.
+    let (status, back) = acme.delete("/api/policies").await;
+    assert_eq!((status, back), hubs);
+    for _ in 0..3 {
+        fail_payment_on(&env, &own_subject("acme"), "dave").await;
+    }
+    assert_eq!(callback_decisions(&admin, "dave").await[0], "delivered");
     hub.shutdown().await;
 }
 
@@ -530,6 +612,8 @@ async fn a_tenant_is_exported_and_erased_as_a_whole_and_the_others_keep_theirs()
     let wasm = crate::support::payment_trouble_wasm();
     let (status, change) = admin.push_query("acme-trouble", wasm, &[("tenants", "acme")]).await;
     assert_eq!(status, 200, "{change}");
+    let (status, set) = acme.put_json("/api/policies", r#"{"conflict_window": "5s"}"#).await;
+    assert_eq!(status, 200, "{set}");
 
     // acme: state for u1 and u2, a profile for u3, a pending timer for u4, a dead letter. The
     // default tenant's and globex's u1 have state too.
@@ -577,7 +661,7 @@ async fn a_tenant_is_exported_and_erased_as_a_whole_and_the_others_keep_theirs()
     let (status, body) = admin.delete("/api/tenants/default").await;
     assert_eq!(status, 400, "{body}");
 
-    // Erased: its actors, its dead letter and its own plugin; nobody else's.
+    // Erased: its actors, its dead letter, its own plugin and policies; nobody else's.
     let (status, erased) = admin.delete("/api/tenants/acme").await;
     assert_eq!(status, 200, "{erased}");
     assert_eq!(
@@ -591,6 +675,12 @@ async fn a_tenant_is_exported_and_erased_as_a_whole_and_the_others_keep_theirs()
         "{erased}"
     );
     assert_eq!(erased["plugins"], json!(["acme-trouble"]), "{erased}");
+    assert_eq!(erased["policies"], true, "{erased}");
+    assert_eq!(
+        admin.get("/api/policies?tenant=acme").await,
+        admin.get("/api/policies").await,
+        "acme is judged by the hub's policies again"
+    );
     let (_, body) = acme.get("/api/tenants/acme/export").await;
     assert_eq!(body, json!(""), "nothing left of acme");
     let (status, _) = admin.get("/api/plugins/acme-trouble").await;

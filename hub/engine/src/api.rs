@@ -78,7 +78,10 @@ where
         .route("/api/plugins/{name}/rollback", post(plugins::rollback))
         .route("/api/plugins/{name}/enable", post(plugins::enable))
         .route("/api/plugins/{name}/disable", post(plugins::disable))
-        .route("/api/policies", get(policies::show).put(policies::replace))
+        .route(
+            "/api/policies",
+            get(policies::show).put(policies::replace).delete(policies::forget),
+        )
         .route("/api/status", get(status::current))
         .route("/api/cluster", get(status::cluster))
         .route("/api/status/history", get(status::history))
@@ -133,6 +136,7 @@ where
         tenants::erase,
         policies::show,
         policies::replace,
+        policies::forget,
         status::cluster,
         dead_letters::list,
         dead_letters::show,

@@ -137,12 +137,19 @@ impl Caller {
     }
 }
 
-/// What a tenant's token may call: its actors, plugins, dead letters, figures and export (each
-/// handler keeps it to its own tenant). Policies, status, the cluster and the history are the platform's.
+/// What a tenant's token may call: its actors, plugins, contact policies, dead letters, figures
+/// and export (each handler keeps it to its own tenant). Status, the cluster and the history
+/// are the platform's.
 fn tenants_may_call(path: &str) -> bool {
-    ["/api/actors/", "/api/plugins", "/api/dead-letters", "/api/tenants/"]
-        .iter()
-        .any(|prefix| path.starts_with(prefix))
+    [
+        "/api/actors/",
+        "/api/plugins",
+        "/api/dead-letters",
+        "/api/tenants/",
+        "/api/policies",
+    ]
+    .iter()
+    .any(|prefix| path.starts_with(prefix))
 }
 
 pub async fn require_token(State(auth): State<Auth>, mut request: Request, next: Next) -> Response {
@@ -155,7 +162,7 @@ pub async fn require_token(State(auth): State<Auth>, mut request: Request, next:
         Ok(Caller::Tenant(tenant)) if !tenants_may_call(request.uri().path()) => Failure::new(
             StatusCode::FORBIDDEN,
             format!(
-                "the token of tenant {tenant:?} reaches /api/actors, /api/plugins, /api/dead-letters and /api/tenants/{tenant} of its own tenant only"
+                "the token of tenant {tenant:?} reaches /api/actors, /api/plugins, /api/policies, /api/dead-letters and /api/tenants/{tenant} of its own tenant only"
             ),
         )
         .into_response(),

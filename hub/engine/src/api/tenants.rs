@@ -1,9 +1,9 @@
 //! `/api/tenants/{name}`: one tenant as a whole. `GET` gives its figures and what it uses of
 //! its quotas, so a client sees its own without the platform's status; `GET …/export` gives
 //! everything the hub holds about its actors, one JSON object per line; `DELETE` erases them,
-//! its kept dead letters and the plugins that run for it alone (the admin's call). Inputs that
-//! name the tenant keep being processed while it is declared: remove it from the configuration
-//! first to refuse them.
+//! its kept dead letters, its own contact policies and the plugins that run for it alone (the
+//! admin's call). Inputs that name the tenant keep being processed while it is declared: remove
+//! it from the configuration first to refuse them.
 //!
 //! The tenant's actors are found in sled (plugin state, action ledgers, profiles) and in each
 //! shard's memory (pending timers, state not yet committed); each is then inspected or erased
@@ -53,6 +53,9 @@ pub struct ErasedTenant {
     pub dead_letters: usize,
     /// Plugins that ran for this tenant alone, now deleted.
     pub plugins: Vec<String>,
+    /// Whether it had contact policies of its own, now forgotten.
+    #[serde(default)]
+    pub policies: bool,
     /// Cluster members that could not be reached: their actors are still there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreached: Vec<String>,
@@ -209,6 +212,10 @@ pub async fn erase(
                 erased.plugins.push(record.name);
             }
         }
+        let (store, whose) = (s.policies.clone(), tenant.clone());
+        erased.policies = tokio::task::spawn_blocking(move || store.set_tenant(&whose, None))
+            .await
+            .map_err(|e| failed(e.to_string()))??;
         if let Some(cluster) = &s.cluster {
             let unowned: Vec<u16> = (0..cluster.partitions)
                 .filter(|p| cluster.owner_of(*p).is_none())

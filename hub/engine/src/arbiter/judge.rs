@@ -116,14 +116,16 @@ impl Judge {
     /// order.
     pub fn judge(&mut self, stores: &mut ShardStores, delivered: &mut Vec<Delivered>) {
         let mut proposed = std::mem::take(&mut self.proposed);
-        let policies = self.policies.load();
-        proposed.sort_by_key(|p| std::cmp::Reverse(policies.rank(&p.action)));
+        // Each actor by its tenant's policies (or the hub's).
+        let store = &self.policies;
+        proposed.sort_by_key(|p| std::cmp::Reverse(store.for_actor(&p.action.actor).rank(&p.action)));
         for Proposal {
             action,
             received,
             released,
         } in proposed.drain(..)
         {
+            let policies = self.policies.for_actor(&action.actor);
             let mut ledger = self.ledger(&mut stores.state, &action.actor);
             let decision = ledger.decide(&policies, &action, now_ms(), released);
             let (verdict, reason) = match &decision {

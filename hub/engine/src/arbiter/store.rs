@@ -6,6 +6,9 @@
 //! an admin who edits the file gets the file; an admin who used the API keeps the API's version
 //! across restarts of an unchanged file (the same rule as plugins seeded from a folder).
 //!
+//! A tenant may have policies of its own (`PUT /api/policies?tenant=`), which its actors are
+//! judged by instead of the hub's; they are kept beside the hub's, one record per tenant.
+//!
 //! The record is a JSON object (fields matched by name, unknown ones ignored), so fields added
 //! later cannot shift the others. A record this version cannot read is kept aside (see
 //! [`crate::state::unreadable`]) and the config file's policies take over: the hub still starts.
@@ -14,10 +17,13 @@ use super::Policies;
 use crate::state::unreadable;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const TREE: &str = "policies";
 const RECORD_KEY: &[u8] = b"policies";
+/// A tenant's own policies are kept at `tenant/<name>`.
+const TENANT_PREFIX: &str = "tenant/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -49,10 +55,18 @@ impl Record {
     }
 }
 
+/// A tenant's own policies as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TenantRecord {
+    live: Policies,
+}
+
 /// The live policies; cheap to clone.
 #[derive(Clone)]
 pub struct PolicyStore {
     live: Arc<ArcSwap<Policies>>,
+    /// The tenants that have policies of their own.
+    tenants: Arc<ArcSwap<BTreeMap<String, Arc<Policies>>>>,
     db: sled::Db,
     tree: sled::Tree,
     /// The config file's policies this store was opened with: what the record says it was
@@ -88,6 +102,7 @@ impl PolicyStore {
         };
         Ok(PolicyStore {
             live: Arc::new(ArcSwap::from_pointee(live)),
+            tenants: Arc::new(ArcSwap::from_pointee(read_tenants(db, &tree)?)),
             db: db.clone(),
             tree,
             seeded_from: Arc::new(from_config.clone()),
@@ -98,6 +113,44 @@ impl PolicyStore {
     /// The policies in force now.
     pub fn load(&self) -> arc_swap::Guard<Arc<Policies>> {
         self.live.load()
+    }
+
+    /// The policies the actor of `key` (a qualified key) is judged by: its tenant's own, or
+    /// the hub's.
+    pub fn for_actor(&self, key: &str) -> Arc<Policies> {
+        if let Some(tenant) = crate::tenant::split(key).0
+            && let Some(own) = self.tenants.load().get(tenant)
+        {
+            return own.clone();
+        }
+        self.live.load_full()
+    }
+
+    /// `tenant`'s own policies, if it has any.
+    pub fn of_tenant(&self, tenant: &str) -> Option<Arc<Policies>> {
+        self.tenants.load().get(tenant).cloned()
+    }
+
+    /// Give `tenant` policies of its own, or (`None`) judge it by the hub's again; durable
+    /// before they take effect. Whether it had policies of its own.
+    pub fn set_tenant(&self, tenant: &str, policies: Option<Policies>) -> Result<bool, PolicyError> {
+        let key = format!("{TENANT_PREFIX}{tenant}");
+        let mut tenants = BTreeMap::clone(&self.tenants.load());
+        let had = match policies {
+            Some(policies) => {
+                policies.validate().map_err(PolicyError::Invalid)?;
+                let record = TenantRecord { live: policies };
+                self.tree.insert(key.as_bytes(), serde_json::to_vec(&record)?)?;
+                tenants.insert(tenant.to_owned(), Arc::new(record.live)).is_some()
+            }
+            None => {
+                self.tree.remove(key.as_bytes())?;
+                tenants.remove(tenant).is_some()
+            }
+        };
+        self.tree.flush()?;
+        self.tenants.store(Arc::new(tenants));
+        Ok(had)
     }
 
     /// In a cluster: the policies all instances share (see `cluster::policies`).
@@ -152,6 +205,24 @@ fn read(db: &sled::Db, tree: &sled::Tree) -> Result<Option<Record>, sled::Error>
     }
 }
 
+/// The tenants' own policies; an unreadable record is kept aside and its tenant judged by the
+/// hub's policies until it is given new ones.
+fn read_tenants(db: &sled::Db, tree: &sled::Tree) -> Result<BTreeMap<String, Arc<Policies>>, sled::Error> {
+    let mut tenants = BTreeMap::new();
+    for entry in tree.scan_prefix(TENANT_PREFIX) {
+        let (key, bytes) = entry?;
+        let tenant = String::from_utf8_lossy(&key[TENANT_PREFIX.len()..]).into_owned();
+        match serde_json::from_slice::<TenantRecord>(&bytes) {
+            Ok(record) => {
+                tenants.insert(tenant, Arc::new(record.live));
+            }
+            // Left where it is (kept aside once, however many starts read it) until replaced.
+            Err(e) => unreadable::keep_aside(db, TREE, &key, &bytes, &e),
+        }
+    }
+    Ok(tenants)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{CategoryPolicy, Limit, Suppression};
@@ -195,6 +266,69 @@ mod tests {
         let edited = Policies::default();
         let store = PolicyStore::open(&db, &edited).expect("open");
         assert_eq!(**store.load(), edited, "an edited file wins");
+    }
+
+    #[test]
+    fn a_tenants_own_policies_judge_its_actors_alone_and_outlive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = Policies::example();
+        let own = Policies {
+            conflict_window: Duration::from_secs(5),
+            ..Policies::default()
+        };
+        let acme = crate::tenant::qualify(Some("acme"), "alice");
+        let globex = crate::tenant::qualify(Some("globex"), "alice");
+        {
+            let db = open(dir.path());
+            let store = PolicyStore::open(&db, &file).expect("open");
+            assert!(!store.set_tenant("acme", Some(own.clone())).expect("set"));
+            assert_eq!(*store.for_actor(&acme), own);
+            assert_eq!(*store.for_actor("alice"), file, "the default tenant: the hub's");
+            assert_eq!(*store.for_actor(&globex), file, "a tenant without its own: the hub's");
+            let mut bad = own.clone();
+            bad.max_actions = Some(Limit {
+                count: 1000,
+                window: Duration::from_secs(1),
+            });
+            store.set_tenant("acme", Some(bad)).expect_err("refused");
+            assert_eq!(*store.for_actor(&acme), own, "a refused change leaves its policies");
+        }
+        {
+            let db = open(dir.path());
+            let store = PolicyStore::open(&db, &file).expect("open");
+            assert_eq!(store.of_tenant("acme").as_deref(), Some(&own));
+            assert!(store.set_tenant("acme", None).expect("forget"));
+            assert_eq!(*store.for_actor(&acme), file);
+        }
+        let db = open(dir.path());
+        let store = PolicyStore::open(&db, &file).expect("open");
+        assert_eq!(store.of_tenant("acme"), None);
+    }
+
+    #[test]
+    fn a_tenants_policies_record_with_a_future_field_is_read() {
+        let record: TenantRecord =
+            serde_json::from_str(r#"{"live": {"conflict_window": "5s"}, "since": 17}"#).expect("read");
+        assert_eq!(record.live.conflict_window, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_unreadable_tenants_policies_record_is_kept_aside_and_the_hubs_policies_judge_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path());
+        let key = format!("{TENANT_PREFIX}acme").into_bytes();
+        let garbage = b"{\"live\": 7".to_vec();
+        db.open_tree(TREE)
+            .expect("tree")
+            .insert(&key, garbage.clone())
+            .expect("insert");
+        let file = Policies::example();
+        let store = PolicyStore::open(&db, &file).expect("the hub starts");
+        assert_eq!(*store.for_actor(&crate::tenant::qualify(Some("acme"), "alice")), file);
+        assert_eq!(
+            unreadable::list(&db).expect("list"),
+            vec![(TREE.to_owned(), key, garbage)]
+        );
     }
 
     #[test]
@@ -333,6 +467,13 @@ mod tests {
         fn policies_records_round_trip(record in record()) {
             let bytes = record.to_bytes().expect("encode");
             prop_assert_eq!(Record::from_bytes(&bytes).expect("decode"), record);
+        }
+
+        #[test]
+        fn a_tenants_policies_records_round_trip(live in policies()) {
+            let record = TenantRecord { live };
+            let bytes = serde_json::to_vec(&record).expect("encode");
+            prop_assert_eq!(serde_json::from_slice::<TenantRecord>(&bytes).expect("decode"), record);
         }
     }
 }
