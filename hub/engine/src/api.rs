@@ -57,6 +57,17 @@ pub struct ApiState {
     pub db: crate::state::Db,
 }
 
+impl ApiState {
+    /// The tenant a call is about: the one `asked` for (`?tenant=`, a path), or a tenant
+    /// token's own; `None`: the default tenant. 403 past the caller's reach, 400 for a tenant
+    /// that is not declared.
+    pub fn tenant_for<'a>(&self, caller: &'a Caller, asked: Option<&'a str>) -> Result<Option<&'a str>, Failure> {
+        self.tenants
+            .resolve(caller.tenant(asked)?, None)
+            .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))
+    }
+}
+
 /// The API's routes, for a server whose state `S` holds an [`ApiState`].
 pub fn router<S>(state: &ApiState) -> axum::Router<S>
 where

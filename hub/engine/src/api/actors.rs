@@ -144,8 +144,7 @@ pub async fn erase(
 fn key(s: &ApiState, caller: &Caller, id: &str, t: &InTenant) -> Result<(String, Option<String>), Failure> {
     let bad = |e| Failure::new(StatusCode::BAD_REQUEST, e);
     crate::event::check_actor(id).map_err(bad)?;
-    let asked = caller.tenant(t.tenant.as_deref())?;
-    let tenant = s.tenants.resolve(asked, None).map_err(bad)?;
+    let tenant = s.tenant_for(caller, t.tenant.as_deref())?;
     Ok((crate::tenant::qualify(tenant, id), tenant.map(str::to_owned)))
 }
 

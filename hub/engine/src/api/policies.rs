@@ -16,17 +16,9 @@ use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub struct Whose {
-    /// A declared tenant: the policies its actors are judged by (none: the hub's).
+    /// A declared tenant: the policies its actors are judged by (none: the hub's, which the
+    /// default tenant's actors are judged by).
     tenant: Option<String>,
-}
-
-/// The tenant a call is about (`None`: the hub's own policies, which the default tenant's
-/// actors are judged by).
-fn tenant_of(s: &ApiState, caller: &Caller, whose: &Whose) -> Result<Option<String>, Failure> {
-    s.tenants
-        .resolve(caller.tenant(whose.tenant.as_deref())?, None)
-        .map(|tenant| tenant.map(str::to_owned))
-        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))
 }
 
 impl From<PolicyError> for Failure {
@@ -48,7 +40,9 @@ pub async fn show(
     Extension(caller): Extension<Caller>,
     Query(whose): Query<Whose>,
 ) -> Result<Json<Policies>, Failure> {
-    let own = tenant_of(&s, &caller, &whose)?.and_then(|tenant| s.policies.of_tenant(&tenant));
+    let own = s
+        .tenant_for(&caller, whose.tenant.as_deref())?
+        .and_then(|tenant| s.policies.of_tenant(tenant));
     Ok(Json(match own {
         Some(own) => Policies::clone(&own),
         None => Policies::clone(&s.policies.load()),
@@ -70,7 +64,7 @@ pub async fn replace(
     Query(whose): Query<Whose>,
     body: Bytes,
 ) -> Result<Json<Policies>, Failure> {
-    let tenant = tenant_of(&s, &caller, &whose)?;
+    let tenant = s.tenant_for(&caller, whose.tenant.as_deref())?.map(str::to_owned);
     let policies: Policies = super::from_json_object(&body)
         .map_err(|e| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid policies: {e}")))?;
     policies
@@ -108,7 +102,7 @@ pub async fn forget(
     Extension(caller): Extension<Caller>,
     Query(whose): Query<Whose>,
 ) -> Result<Json<Policies>, Failure> {
-    let Some(tenant) = tenant_of(&s, &caller, &whose)? else {
+    let Some(tenant) = s.tenant_for(&caller, whose.tenant.as_deref())?.map(str::to_owned) else {
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "the hub's own policies are replaced, not deleted: PUT {} for no limits, or name a tenant (?tenant=)",

@@ -73,11 +73,7 @@ pub async fn show(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<TenantStatus>, Failure> {
-    let tenant = s
-        .tenants
-        .resolve(caller.tenant(Some(&name))?, None)
-        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))?
-        .unwrap_or(crate::tenant::DEFAULT);
+    let tenant = s.tenant_for(&caller, Some(&name))?.unwrap_or(crate::tenant::DEFAULT);
     let status = s.status.current();
     let line = status.tenants.iter().find(|line| line.name == tenant);
     line.cloned().map(Json).ok_or_else(|| {
@@ -248,14 +244,12 @@ pub async fn erase(
 /// The tenant `name` (declared, not the default one) if the caller reaches it: the admin, or
 /// the tenant's own token.
 fn declared(s: &ApiState, caller: &Caller, name: &str) -> Result<String, Failure> {
-    let tenant = caller.tenant(Some(name))?;
-    match s.tenants.resolve(tenant, None) {
-        Ok(Some(tenant)) => Ok(tenant.to_owned()),
-        Ok(None) => Err(Failure::new(
+    match s.tenant_for(caller, Some(name))? {
+        Some(tenant) => Ok(tenant.to_owned()),
+        None => Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "the default tenant is every actor that names none: erase or inspect them one by one",
         )),
-        Err(e) => Err(Failure::new(StatusCode::BAD_REQUEST, e)),
     }
 }
 
