@@ -19,6 +19,15 @@ fn declare(config: &mut hub::config::Config, tokens: bool) {
     }
 }
 
+/// A configuration with the admin token `admin-t` and tenants acme and globex, each with its
+/// own token (`acme-t`, `globex-t`).
+fn with_tokens(env: &Env) -> hub::config::Config {
+    let mut config = env.config();
+    config.admin_token = Some("admin-t".into());
+    declare(&mut config, true);
+    config
+}
+
 /// Publish `body` on `subject` with a `Hub-Tenant` header naming `tenant`.
 async fn send_in_tenant(env: &Env, subject: &str, tenant: &str, body: &[u8]) {
     let mut headers = async_nats::HeaderMap::new();
@@ -333,10 +342,7 @@ async fn dead_letters_keep_the_tenant_and_a_replay_brings_it_back_to_the_same_te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_token_reaches_its_own_actors_plugins_and_dead_letters_and_nothing_else() {
     let env = Env::new().await;
-    let mut config = env.config();
-    config.admin_token = Some("admin-t".into());
-    declare(&mut config, true);
-    let hub = env.start(config).await;
+    let hub = env.start(with_tokens(&env)).await;
     let admin = Api::new(&hub, Some("admin-t"));
     let acme = Api::new(&hub, Some("acme-t"));
     let globex = Api::new(&hub, Some("globex-t"));
@@ -452,10 +458,7 @@ async fn callback_decisions(admin: &Api, actor: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_own_contact_policies_judge_its_actors_and_no_one_elses() {
     let env = Env::new().await;
-    let mut config = env.config();
-    config.admin_token = Some("admin-t".into());
-    declare(&mut config, true);
-    let hub = env.start(config).await;
+    let hub = env.start(with_tokens(&env)).await;
     let admin = Api::new(&hub, Some("admin-t"));
     let acme = Api::new(&hub, Some("acme-t"));
     let hubs = admin.get("/api/policies").await;
@@ -532,10 +535,7 @@ async fn hub_cli(args: &[&str]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_send_and_hub_status_with_a_tenant_use_its_own_subjects_and_its_own_token() {
     let env = Env::new().await;
-    let mut config = env.config();
-    config.admin_token = Some("admin-t".into());
-    declare(&mut config, true);
-    let hub = env.start(config).await;
+    let hub = env.start(with_tokens(&env)).await;
     let admin = Api::new(&hub, Some("admin-t"));
     let nats = env.nats.url.as_str();
     let api = format!("http://{}", hub.http_addr());
@@ -599,13 +599,11 @@ fn exported(body: &serde_json::Value) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_is_exported_and_erased_as_a_whole_and_the_others_keep_theirs() {
     let env = Env::new().await;
-    let mut config = env.config();
-    config.admin_token = Some("admin-t".into());
+    let mut config = with_tokens(&env);
     config
         .plugins
         .config
         .insert("cart-abandonment".into(), json!({"window": "1h"}));
-    declare(&mut config, true);
     let hub = env.start(config).await;
     let admin = Api::new(&hub, Some("admin-t"));
     let acme = Api::new(&hub, Some("acme-t"));
