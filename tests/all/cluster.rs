@@ -561,33 +561,58 @@ async fn a_plugin_change_made_on_one_instance_runs_on_every_instance_and_on_one_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contact_policies_set_on_one_instance_apply_on_every_instance_and_on_one_that_joins_later() {
     let env = Env::new().await;
-    let a = env.start(member(&env, "a")).await;
-    let mut config = member(&env, "b");
-    config
-        .tenants
-        .insert("acme".into(), hub::tenant::TenantConfig::default());
-    let b = env.start(config).await;
+    let with_acme = |name: &str| {
+        let mut config = member(&env, name);
+        config
+            .tenants
+            .insert("acme".into(), hub::tenant::TenantConfig::default());
+        config
+    };
+    let a = env.start(with_acme("a")).await;
+    let b = env.start(with_acme("b")).await;
     let body = r#"{"conflict_window": "45s", "dedup_window": "2h",
         "max_actions": {"count": 2, "window": "1day"}, "categories": {}, "suppressions": []}"#;
     let (status, set) = crate::support::Api::new(&b, None).put_json("/api/policies", body).await;
     assert_eq!(status, 200, "{set}");
-    // A tenant's own policies are for a single hub: refused, saying so.
-    let (status, refused) = crate::support::Api::new(&b, None)
-        .put_json("/api/policies?tenant=acme", body)
+    // A tenant's own, set on the other instance.
+    let acme_body = r#"{"conflict_window": "5s", "max_actions": {"count": 1, "window": "1h"}}"#;
+    let (status, acme) = crate::support::Api::new(&a, None)
+        .put_json("/api/policies?tenant=acme", acme_body)
         .await;
-    assert_eq!(status, 409, "{refused}");
-    assert!(refused.to_string().contains("single hub"), "{refused}");
+    assert_eq!(status, 200, "{acme}");
     until_answer(a.http_addr(), "/api/policies", |status, on_a| {
         status == 200 && *on_a == set
     })
     .await;
+    until_answer(b.http_addr(), "/api/policies?tenant=acme", |status, on_b| {
+        status == 200 && *on_b == acme
+    })
+    .await;
 
-    // One that joins with other policies in its config file takes the cluster's.
-    let mut config = member(&env, "c");
+    // One that joins with other policies in its config file takes the cluster's, the
+    // tenant's own too.
+    let mut config = with_acme("c");
     config.policies.conflict_window = Duration::from_secs(1);
     let c = env.start(config).await;
     let (_, on_c) = crate::support::Api::new(&c, None).get("/api/policies").await;
     assert_eq!(on_c, set);
+    let (_, acme_on_c) = crate::support::Api::new(&c, None)
+        .get("/api/policies?tenant=acme")
+        .await;
+    assert_eq!(acme_on_c, acme);
+
+    // Forgotten on one, the tenant is judged by the cluster's everywhere.
+    let (status, forgotten) = crate::support::Api::new(&c, None)
+        .delete("/api/policies?tenant=acme")
+        .await;
+    assert_eq!(status, 200, "{forgotten}");
+    assert_eq!(forgotten, set);
+    for hub in [&a, &b] {
+        until_answer(hub.http_addr(), "/api/policies?tenant=acme", |status, there| {
+            status == 200 && *there == set
+        })
+        .await;
+    }
     for hub in [c, b, a] {
         hub.shutdown().await;
     }

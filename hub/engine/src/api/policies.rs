@@ -8,6 +8,7 @@
 use super::ApiState;
 use super::{ApiError, Caller, Failure};
 use crate::arbiter::{Policies, PolicyError};
+use crate::cluster::plugins::SharedError;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Query, State};
@@ -76,13 +77,7 @@ pub async fn replace(
     }
     if let Some(shared) = s.policies.shared() {
         // The cluster's first: refused there (changed elsewhere, NATS down), nothing changes.
-        shared.write(&policies).await.map_err(|e| {
-            let status = match e {
-                crate::cluster::plugins::SharedError::Conflict(_) => StatusCode::CONFLICT,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            Failure::new(status, e.to_string())
-        })?;
+        shared.write(&policies).await.map_err(refused_by_cluster)?;
     }
     let store = s.policies.clone();
     let stored = policies.clone();
@@ -95,8 +90,9 @@ pub async fn replace(
 /// Judge a tenant's actors by the hub's policies again (the tenant's own are forgotten).
 #[utoipa::path(delete, path = "/api/policies", tag = "policies", params(Whose),
     responses((status = 200, description = "The hub's policies, which the tenant's actors are judged by now", body = Policies),
-        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError),
-        (status = 409, body = ApiError)))]
+        (status = 409, description = "In a cluster: changed on another instance at the same time", body = ApiError),
+        (status = 503, description = "In a cluster: the cluster's record cannot be written now", body = ApiError),
+        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
 pub async fn forget(
     State(s): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -112,17 +108,28 @@ pub async fn forget(
     Ok(Json(Policies::clone(&s.policies.load())))
 }
 
-/// Give `tenant` its own policies, or the hub's again (`None`).
-async fn set_tenant(s: &ApiState, tenant: String, policies: Option<Policies>) -> Result<(), Failure> {
-    if s.policies.shared().is_some() {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            "in a cluster every tenant is judged by the cluster's policies: a tenant's own are for a single hub",
-        ));
+/// Give `tenant` its own policies, or the hub's again (`None`): in a cluster, for every
+/// instance (the cluster's record first). Whether it had policies of its own here.
+pub(super) async fn set_tenant(s: &ApiState, tenant: String, policies: Option<Policies>) -> Result<bool, Failure> {
+    if let Some(shared) = s.policies.shared() {
+        shared
+            .write_tenant(&tenant, policies.as_ref())
+            .await
+            .map_err(refused_by_cluster)?;
     }
     let store = s.policies.clone();
-    tokio::task::spawn_blocking(move || store.set_tenant(&tenant, policies))
+    let had = tokio::task::spawn_blocking(move || store.set_tenant(&tenant, policies))
         .await
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok(())
+    Ok(had)
+}
+
+/// The cluster's record refused a change (changed on another instance meanwhile, or NATS
+/// cannot be reached now): nothing changed.
+fn refused_by_cluster(e: SharedError) -> Failure {
+    let status = match e {
+        SharedError::Conflict(_) => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Failure::new(status, e.to_string())
 }

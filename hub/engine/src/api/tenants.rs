@@ -208,10 +208,7 @@ pub async fn erase(
                 erased.plugins.push(record.name);
             }
         }
-        let (store, whose) = (s.policies.clone(), tenant.clone());
-        erased.policies = tokio::task::spawn_blocking(move || store.set_tenant(&whose, None))
-            .await
-            .map_err(|e| failed(e.to_string()))??;
+        erased.policies = super::policies::set_tenant(&s, tenant.clone(), None).await?;
         if let Some(cluster) = &s.cluster {
             let unowned: Vec<u16> = (0..cluster.partitions)
                 .filter(|p| cluster.owner_of(*p).is_none())

@@ -131,6 +131,11 @@ impl PolicyStore {
         self.tenants.load().get(tenant).cloned()
     }
 
+    /// The tenants that have policies of their own, and those policies.
+    pub fn tenants_own(&self) -> Arc<BTreeMap<String, Arc<Policies>>> {
+        self.tenants.load_full()
+    }
+
     /// Give `tenant` policies of its own, or (`None`) judge it by the hub's again; durable
     /// before they take effect. Whether it had policies of its own.
     pub fn set_tenant(&self, tenant: &str, policies: Option<Policies>) -> Result<bool, PolicyError> {

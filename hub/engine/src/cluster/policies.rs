@@ -1,135 +1,271 @@
-//! In a cluster the contact policies are the cluster's: they are the entry `policies` of the
-//! admin bucket (see `cluster::plugins`), written before a `PUT /api/policies` takes effect on
-//! the instance that took it, and adopted by every other instance as it is written.
+//! In a cluster the contact policies are the cluster's. The hub's are the entry `policies` of
+//! the admin bucket (see `cluster::plugins`); a tenant's own are the entry
+//! `policies.tenant.<name>` (`null` once its actors are judged by the hub's again, so a
+//! forgotten set stays forgotten). Each is written before a change takes effect on the instance
+//! that took it, and adopted by every other instance as it is written.
 //!
-//! The config file seeds them only when the cluster has none yet: after that an instance that
-//! starts takes the cluster's, whatever its file says, so restarting an instance with an old
-//! file cannot undo a change made over the API.
+//! What an instance brings when it starts counts only where the cluster has nothing yet: its
+//! config file's policies when the cluster has none, a tenant's own kept in its data folder
+//! (set while it ran alone) when the cluster has no entry for that tenant. Otherwise it takes
+//! the cluster's, so restarting an instance with an old file or folder cannot undo a change
+//! made over the API.
 
 use super::plugins::{SharedError, local, nats};
 use crate::arbiter::{Policies, PolicyStore};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
 const KEY: &str = "policies";
 const WHAT: &str = "the contact policies";
+/// A tenant's own policies are the entry of this prefix and its name.
+const TENANT_PREFIX: &str = "policies.tenant.";
 
-/// The cluster's contact policies, and the revision of them this instance last saw.
+fn tenant_key(tenant: &str) -> String {
+    format!("{TENANT_PREFIX}{tenant}")
+}
+
+/// What one entry of the bucket says.
+#[derive(Debug, PartialEq)]
+enum Held {
+    /// The hub's policies.
+    Hub(Policies),
+    /// A tenant's own policies (none: it is judged by the hub's).
+    Tenant(String, Option<Policies>),
+}
+
+/// The cluster's contact policies, and the revision of each entry this instance last saw.
 pub struct SharedPolicies {
     bucket: kv::Store,
-    seen: AtomicU64,
+    /// Per entry, the revision this instance last wrote or adopted: the one a change must
+    /// replace.
+    seen: Mutex<HashMap<String, u64>>,
 }
 
 impl SharedPolicies {
     pub fn new(bucket: kv::Store) -> SharedPolicies {
         SharedPolicies {
             bucket,
-            seen: AtomicU64::new(0),
+            seen: Mutex::default(),
         }
     }
 
-    /// At start: take the cluster's policies, or bring this instance's when it has none (if
-    /// another instance starting at the same moment brings its own first, take those).
+    /// At start: take the cluster's policies, or bring this instance's where the cluster has
+    /// none (if another instance starting at the same moment brings its own first, take those).
     pub async fn join(&self, store: &PolicyStore) -> Result<(), SharedError> {
-        if self.held().await?.is_none() {
-            match self.write(&store.load()).await {
-                Ok(()) => return Ok(()),
-                Err(SharedError::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
+        if self.entry(KEY).await?.is_none() {
+            tolerate_conflict(self.write(&store.load()).await)?;
         }
-        if let Some((revision, policies)) = self.held().await? {
-            self.seen.fetch_max(revision, Ordering::AcqRel);
+        if let Some((revision, Held::Hub(policies))) = self.entry(KEY).await? {
+            self.saw(KEY, revision);
             if **store.load() != policies {
                 tracing::info!("contact policies: taking the cluster's");
-                adopt(store, policies).await?;
+                adopt(store, Held::Hub(policies)).await?;
+            }
+        }
+        let held = self.tenants_held().await?;
+        for (tenant, own) in store.tenants_own().iter() {
+            if !held.contains_key(tenant) {
+                tolerate_conflict(self.write_tenant(tenant, Some(own)).await)?;
+            }
+        }
+        for (tenant, (revision, policies)) in self.tenants_held().await? {
+            self.saw(&tenant_key(&tenant), revision);
+            if store.of_tenant(&tenant).as_deref() != policies.as_ref() {
+                tracing::info!(tenant, "contact policies: taking the cluster's for this tenant");
+                adopt(store, Held::Tenant(tenant, policies)).await?;
             }
         }
         Ok(())
     }
 
-    /// The cluster's policies and their revision, if it has any.
-    async fn held(&self) -> Result<Option<(u64, Policies)>, SharedError> {
-        match self.bucket.entry(KEY).await {
-            Ok(Some(entry)) if entry.operation == kv::Operation::Put => Ok(Some((entry.revision, decode(&entry)?))),
+    /// The entry `key` and its revision, if the cluster has it.
+    async fn entry(&self, key: &str) -> Result<Option<(u64, Held)>, SharedError> {
+        match self.bucket.entry(key).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                Ok(decode(&entry)?.map(|held| (entry.revision, held)))
+            }
             Ok(_) => Ok(None),
             Err(e) => Err(nats("read the contact policies")(e.to_string())),
         }
     }
 
-    /// Write `policies` as the cluster's, replacing the revision this instance last saw.
+    /// The tenants the cluster has an entry for: its revision and their own policies (or none).
+    async fn tenants_held(&self) -> Result<BTreeMap<String, (u64, Option<Policies>)>, SharedError> {
+        let mut keys = self
+            .bucket
+            .keys()
+            .await
+            .map_err(|e| nats("list the contact policies")(e.to_string()))?;
+        let mut held = BTreeMap::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| nats("list the contact policies")(e.to_string()))?;
+            if !key.starts_with(TENANT_PREFIX) {
+                continue;
+            }
+            match self.entry(&key).await {
+                Ok(Some((revision, Held::Tenant(tenant, policies)))) => {
+                    held.insert(tenant, (revision, policies));
+                }
+                Ok(_) => {}
+                // Left in the bucket for a version that reads it; the tenant is judged as this
+                // instance judged it so far.
+                Err(e @ SharedError::Unreadable { .. }) => {
+                    tracing::error!(error = %e, "contact policies from the cluster were not adopted")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(held)
+    }
+
+    /// Write `policies` as the hub's, replacing the revision this instance last saw.
     pub async fn write(&self, policies: &Policies) -> Result<(), SharedError> {
         let value = serde_json::to_vec(policies).map_err(|e| local("contact policies")(e.to_string()))?;
-        match self
-            .bucket
-            .update(KEY, value.into(), self.seen.load(Ordering::Acquire))
+        self.put(KEY, value, WHAT.to_owned()).await
+    }
+
+    /// Write `policies` as `tenant`'s own (`None`: it is judged by the hub's), replacing the
+    /// revision this instance last saw.
+    pub async fn write_tenant(&self, tenant: &str, policies: Option<&Policies>) -> Result<(), SharedError> {
+        let value = serde_json::to_vec(&policies).map_err(|e| local("contact policies")(e.to_string()))?;
+        self.put(&tenant_key(tenant), value, format!("{tenant}'s contact policies"))
             .await
-        {
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, what: String) -> Result<(), SharedError> {
+        // Revision 0 for an entry never seen: written only if no one wrote it first.
+        let last = self.seen_of(key);
+        match self.bucket.update(key, value.into(), last).await {
             Ok(revision) => {
-                self.seen.fetch_max(revision, Ordering::AcqRel);
+                self.saw(key, revision);
                 Ok(())
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(SharedError::Conflict(WHAT.into())),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(SharedError::Conflict(what)),
             Err(e) => Err(nats("write the contact policies")(e.to_string())),
         }
     }
 
-    /// Adopt, until the hub stops, the policies other instances write.
+    fn seen_of(&self, key: &str) -> u64 {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.get(key).copied().unwrap_or(0)
+    }
+
+    fn saw(&self, key: &str, revision: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = seen.entry(key.to_owned()).or_default();
+        *last = (*last).max(revision);
+    }
+
+    /// Adopt, until the hub stops, the policies other instances write: the hub's and the
+    /// tenants', each watched on its own (nats-server before 2.10 watches one filter at a time).
     pub fn follow(self: &Arc<Self>, store: PolicyStore) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            loop {
-                if let Err(e) = this.follow_once(&store).await {
-                    tracing::warn!(error = %e, "following the cluster's contact policies; again in a second");
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
+            let tenants = format!("{TENANT_PREFIX}*");
+            futures::join!(this.keep_following(&store, KEY), this.keep_following(&store, &tenants));
         })
     }
 
-    async fn follow_once(&self, store: &PolicyStore) -> Result<(), SharedError> {
-        // From the latest entry on, so one written while this watch was down is not missed.
+    async fn keep_following(&self, store: &PolicyStore, filter: &str) {
+        loop {
+            if let Err(e) = self.follow_once(store, filter).await {
+                tracing::warn!(error = %e, "following the cluster's contact policies; again in a second");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn follow_once(&self, store: &PolicyStore, filter: &str) -> Result<(), SharedError> {
+        // From the latest entries on, so one written while this watch was down is not missed.
         let mut entries = self
             .bucket
-            .watch_with_history(KEY)
+            .watch_with_history(filter)
             .await
             .map_err(|e| nats("watch the contact policies")(e.to_string()))?;
         while let Some(entry) = entries.next().await {
             let entry = entry.map_err(|e| nats("watch the contact policies")(e.to_string()))?;
-            if entry.operation != kv::Operation::Put || entry.revision <= self.seen.load(Ordering::Acquire) {
+            if entry.revision <= self.seen_of(&entry.key) {
                 continue;
             }
             match decode(&entry) {
-                Ok(policies) => {
-                    if **store.load() != policies {
-                        adopt(store, policies).await?;
+                Ok(Some(held)) => {
+                    let differs = match &held {
+                        Held::Hub(policies) => **store.load() != *policies,
+                        Held::Tenant(tenant, policies) => store.of_tenant(tenant).as_deref() != policies.as_ref(),
+                    };
+                    if differs {
+                        adopt(store, held).await?;
                         tracing::info!(
+                            entry = entry.key,
                             revision = entry.revision,
                             "adopted contact policies set on another instance"
                         );
                     }
                 }
+                Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "contact policies from the cluster were not adopted"),
             }
-            self.seen.fetch_max(entry.revision, Ordering::AcqRel);
+            self.saw(&entry.key, entry.revision);
         }
         Ok(())
     }
 }
 
-fn decode(entry: &kv::Entry) -> Result<Policies, SharedError> {
-    serde_json::from_slice(&entry.value).map_err(|e| SharedError::Unreadable {
-        name: WHAT.into(),
-        detail: e.to_string(),
-    })
+/// A write another instance made first is as good as this one's: take it afterwards.
+fn tolerate_conflict(written: Result<(), SharedError>) -> Result<(), SharedError> {
+    match written {
+        Err(SharedError::Conflict(_)) => Ok(()),
+        other => other,
+    }
 }
 
-/// Make `policies` this instance's (validated and durable first, as over the API).
-async fn adopt(store: &PolicyStore, policies: Policies) -> Result<(), SharedError> {
+/// What `entry` says; `None` for an entry that is not the policies' (or a deleted hub's one).
+/// A tenant's entry deleted by hand judges it by the hub's policies, as `null` does.
+fn decode(entry: &kv::Entry) -> Result<Option<Held>, SharedError> {
+    let written = entry.operation == kv::Operation::Put;
+    if entry.key == KEY {
+        if !written {
+            return Ok(None);
+        }
+        return serde_json::from_slice(&entry.value)
+            .map(|policies| Some(Held::Hub(policies)))
+            .map_err(|e| unreadable(WHAT.to_owned(), e));
+    }
+    let Some(tenant) = entry.key.strip_prefix(TENANT_PREFIX) else {
+        return Ok(None);
+    };
+    if let Err(e) = crate::tenant::check_name(tenant) {
+        return Err(SharedError::Unreadable {
+            name: format!("entry {:?}", entry.key),
+            detail: e,
+        });
+    }
+    let policies = match written {
+        true => {
+            serde_json::from_slice(&entry.value).map_err(|e| unreadable(format!("{tenant}'s contact policies"), e))?
+        }
+        false => None,
+    };
+    Ok(Some(Held::Tenant(tenant.to_owned(), policies)))
+}
+
+fn unreadable(name: String, e: serde_json::Error) -> SharedError {
+    SharedError::Unreadable {
+        name,
+        detail: e.to_string(),
+    }
+}
+
+/// Make `held` this instance's (validated and durable first, as over the API).
+async fn adopt(store: &PolicyStore, held: Held) -> Result<(), SharedError> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.adopt(policies))
+    let adopted = tokio::task::spawn_blocking(move || match held {
+        Held::Hub(policies) => store.adopt(policies),
+        Held::Tenant(tenant, policies) => store.set_tenant(&tenant, policies).map(drop),
+    });
+    adopted
         .await
         .map_err(|e| local("contact policies")(e.to_string()))?
         .map_err(|e| local("contact policies")(e.to_string()))
