@@ -21,7 +21,7 @@ fn declare(config: &mut hub::config::Config, tokens: bool) {
 
 /// A configuration with the admin token `admin-t` and tenants acme and globex, each with its
 /// own token (`acme-t`, `globex-t`).
-fn with_tokens(env: &Env) -> hub::config::Config {
+pub(crate) fn with_tokens(env: &Env) -> hub::config::Config {
     let mut config = env.config();
     config.admin_token = Some("admin-t".into());
     declare(&mut config, true);
@@ -817,6 +817,14 @@ async fn core_mode_takes_inputs_on_tenants_own_subjects() {
     assert_eq!(letter.subject.as_str(), "hub.dlq.invalid");
     let reason = header(&letter, "Hub-Dlq-Reason");
     assert!(reason.contains("unknown tenant \"nobody\""), "{reason}");
+    let named = letter.headers.as_ref().and_then(|h| h.get("Hub-Tenant"));
+    assert!(named.is_none(), "a letter of an undeclared tenant names it: {named:?}");
+
+    // One that cannot be read on acme's own subjects is acme's dead letter all the same.
+    env.send_raw(&own_subject("acme"), b"{not json").await;
+    let letter = next(&mut dlq, "an unreadable input on acme's own subject", 5).await;
+    assert_eq!(letter.subject.as_str(), "hub.dlq.undecodable");
+    assert_eq!(header(&letter, "Hub-Tenant"), "acme");
     hub.shutdown().await;
 }
 

@@ -123,6 +123,8 @@ pub struct DeadLetter {
     /// The headers a message arrived with (its `Hub-Tenant`, an ingest rule's actor header),
     /// kept so a replay sends it as it came.
     original: Option<HeaderMap>,
+    /// The declared tenant a message that has no actor yet belongs to (see [`DeadLetter::of_tenant`]).
+    tenant: Option<String>,
     /// The original bytes, or the event's JSON envelope (replayable on `events.<kind>`).
     body: Bytes,
 }
@@ -145,8 +147,17 @@ impl DeadLetter {
             actor: None,
             target: None,
             original: headers.cloned(),
+            tenant: None,
             body,
         }
+    }
+
+    /// The declared tenant the message belongs to, as its subject or its `Hub-Tenant` header
+    /// said before it could be read: the letter is counted for that tenant and carries the
+    /// header, so the tenant's token lists it.
+    pub fn of_tenant(mut self, tenant: Option<&str>) -> DeadLetter {
+        self.tenant = tenant.map(str::to_owned);
+        self
     }
 
     /// An event, as its JSON envelope (replayable on `events.<kind>`).
@@ -160,6 +171,7 @@ impl DeadLetter {
             actor: Some(event.actor.clone()),
             target: None,
             original: None,
+            tenant: None,
             body: event.to_json().map(Bytes::from).unwrap_or_default(),
         }
     }
@@ -175,6 +187,7 @@ impl DeadLetter {
             actor: Some(actor.to_owned()),
             target: None,
             original: None,
+            tenant: None,
             body: Bytes::copy_from_slice(payload),
         }
     }
@@ -190,6 +203,7 @@ impl DeadLetter {
             actor: Some(delivery.actor.clone()),
             target: Some(delivery.target.clone()),
             original: None,
+            tenant: None,
             body: delivery.body.clone(),
         }
     }
@@ -206,9 +220,12 @@ impl DeadLetter {
 
     pub fn into_outbound(self) -> Outbound {
         metrics::counter!(crate::metrics::DEAD_LETTERS, "reason" => self.reason.as_str()).increment(1);
-        if let Some(actor) = &self.actor {
-            let tenant = crate::tenant::name_of(actor).to_owned();
-            metrics::counter!(crate::metrics::TENANT_DEAD_LETTERS, "tenant" => tenant).increment(1);
+        let tenant = match (&self.actor, &self.tenant) {
+            (Some(actor), _) => Some(crate::tenant::name_of(actor)),
+            (None, tenant) => tenant.as_deref(),
+        };
+        if let Some(tenant) = tenant {
+            metrics::counter!(crate::metrics::TENANT_DEAD_LETTERS, "tenant" => tenant.to_owned()).increment(1);
         }
         tracing::debug!(
             reason = self.reason.as_str(),
@@ -232,6 +249,8 @@ impl DeadLetter {
         }
         if let Some(actor) = &self.actor {
             crate::tenant::insert_actor(&mut h, headers::ACTOR, actor, header_safe);
+        } else if let Some(tenant) = &self.tenant {
+            h.insert(crate::tenant::HEADER, tenant.as_str());
         }
         if let Some(target) = &self.target {
             h.insert(headers::TARGET, header_safe(target).as_str());

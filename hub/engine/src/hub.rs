@@ -428,6 +428,7 @@ impl Hub {
                     flushed,
                     admission: admission.clone(),
                     tenants_subject: tenants.names().next().map(|_| config.nats.tenants_subject.clone()),
+                    tenants: tenants.clone(),
                 };
                 let source = match (parts, &cluster) {
                     (Some(parts), Some(cluster)) => {

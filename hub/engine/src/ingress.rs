@@ -95,6 +95,22 @@ pub(crate) fn decode_as_published<T>(
     }
 }
 
+/// The declared tenant an input belongs to before it is read: the one whose own subject it came
+/// on, else the one its `Hub-Tenant` header names. Its dead letter, should it not be read, is that
+/// tenant's; a name no one declared is left to the letter's detail.
+pub(crate) fn tenant_of_input<'a>(
+    tenants: &Tenants,
+    tenants_subject: Option<&str>,
+    subject: &'a str,
+    headers: Option<&'a async_nats::HeaderMap>,
+) -> Option<&'a str> {
+    let named = match tenants_subject.and_then(|prefix| tenant::on_own_subject(prefix, subject)) {
+        Some((tenant, _)) => tenant,
+        None => headers?.get(tenant::HEADER)?.as_str(),
+    };
+    (named != tenant::DEFAULT && tenants.knows(named)).then_some(named)
+}
+
 /// The subject an input on a tenant's own subject stands for, and its headers naming its
 /// tenant; `None` for an input on the shared subjects.
 fn on_tenant_subject<'a>(
@@ -434,6 +450,7 @@ impl Ingress {
             let task = Task {
                 decoder,
                 tenants_subject,
+                tenants: tenants.clone(),
                 router: router.clone(),
                 egress: egress.clone(),
                 ids: ids.clone(),
@@ -507,6 +524,7 @@ struct Task {
     decoder: Decoder,
     /// Set on a subscription to tenants' own subjects: their prefix.
     tenants_subject: Option<String>,
+    tenants: Tenants,
     router: Router,
     egress: Egress,
     ids: Arc<IdGen>,
@@ -572,13 +590,20 @@ impl Task {
     }
 
     async fn dead_letter(&self, msg: &async_nats::Message, e: IngressError) {
+        let tenant = tenant_of_input(
+            &self.tenants,
+            self.tenants_subject.as_deref(),
+            &msg.subject,
+            msg.headers.as_ref(),
+        );
         let letter = DeadLetter::message(
             e.reason,
             e.detail,
             &msg.subject,
             msg.headers.as_ref(),
             msg.payload.clone(),
-        );
+        )
+        .of_tenant(tenant);
         self.egress.send(letter.into_outbound()).await;
     }
 }
@@ -594,5 +619,32 @@ fn update_profile(profiles: &Profiles, actor: &str, payload: &[u8]) -> Result<()
             tracing::error!(actor, error = %e, "profile update failed");
             Err(IngressError::invalid(e.to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::TenantConfig;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn an_unreadable_inputs_tenant_is_its_own_subjects_else_its_headers_if_declared() {
+        let declared = BTreeMap::from([("acme".to_owned(), TenantConfig::default())]);
+        let tenants = Tenants::new(&declared).expect("tenants");
+        let naming = |tenant: &str| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(tenant::HEADER, tenant);
+            headers
+        };
+        let of = |subject, headers: Option<&async_nats::HeaderMap>| {
+            tenant_of_input(&tenants, Some("tenant"), subject, headers).map(str::to_owned)
+        };
+        assert_eq!(of("tenant.acme.events.order", None).as_deref(), Some("acme"));
+        assert_eq!(of("tenant.nobody.events.order", None), None);
+        assert_eq!(of("events.order", Some(&naming("acme"))).as_deref(), Some("acme"));
+        assert_eq!(of("events.order", Some(&naming("nobody"))), None);
+        assert_eq!(of("events.order", Some(&naming(tenant::DEFAULT))), None);
+        assert_eq!(of("events.order", None), None);
     }
 }

@@ -211,6 +211,8 @@ pub struct Wiring {
     pub admission: Arc<Admission>,
     /// The prefix of tenants' own subjects, when tenants are declared.
     pub tenants_subject: Option<String>,
+    /// The declared tenants, whose inputs' dead letters are theirs.
+    pub tenants: crate::tenant::Tenants,
 }
 
 /// Where the reader's inputs come from.
@@ -760,8 +762,15 @@ impl Reader {
                 true
             }
             Err(e) => {
+                let tenant = super::tenant_of_input(
+                    &self.wiring.tenants,
+                    self.wiring.tenants_subject.as_deref(),
+                    subject,
+                    msg.headers.as_ref(),
+                );
                 let letter =
-                    DeadLetter::message(e.reason, e.detail, subject, msg.headers.as_ref(), msg.payload.clone());
+                    DeadLetter::message(e.reason, e.detail, subject, msg.headers.as_ref(), msg.payload.clone())
+                        .of_tenant(tenant);
                 self.wiring.egress.send(letter.into_outbound()).await;
                 self.acks.handled(place, reply, self.wiring.clock.next());
                 true
