@@ -2,7 +2,8 @@
 //! The page loads without a console error or an uncaught exception, its figures move as events
 //! arrive, a dead letter opens on a click, a rollback clicked on the page takes effect in the hub,
 //! a shadow's running difference shows and promoting it from the page takes effect, and a
-//! screenshot of it is kept as an artifact of the run (`target/test-artifacts/dashboard.png`).
+//! screenshot of it is kept as an artifact of the run (`target/test-artifacts/dashboard.png`;
+//! a tenant's own page: `dashboard-tenant.png`).
 //!
 //! Chromium is Debian's `/usr/bin/chromium`, driven over the DevTools protocol. Its calls block,
 //! so they run under `block_in_place`, beside the hub and the traffic on the same runtime.
@@ -11,7 +12,7 @@ use crate::support::{Api, Env, http_get, shoes};
 use headless_chrome::browser::tab::Tab;
 use headless_chrome::protocol::cdp::Emulation;
 use headless_chrome::protocol::cdp::Log::LogEntryLevel;
-use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+use headless_chrome::protocol::cdp::Page::{AddScriptToEvaluateOnNewDocument, CaptureScreenshotFormatOption};
 use headless_chrome::protocol::cdp::Runtime::ConsoleAPICalledEventTypeOption;
 use headless_chrome::protocol::cdp::types::Event;
 use headless_chrome::{Browser, LaunchOptions};
@@ -175,7 +176,7 @@ async fn the_dashboard_shows_the_hub_live_rolls_back_and_promotes_a_shadow_in_a_
     let (_, detail) = api.get(&format!("/api/plugins/{SHADOWED}")).await;
     assert_eq!(detail["active_version"], 2, "{detail}");
 
-    let shot = block_in_place(|| page.screenshot());
+    let shot = block_in_place(|| page.screenshot("dashboard.png"));
     println!("dashboard screenshot: {}", shot.display());
     let problems = page.problems();
     assert!(
@@ -191,6 +192,97 @@ async fn the_dashboard_shows_the_hub_live_rolls_back_and_promotes_a_shadow_in_a_
         "the status line tells of an error: {line}"
     );
     traffic.abort();
+    hub.shutdown().await;
+}
+
+/// A tenant's own token gets a page of its own: its figures, the plugin that runs for it alone
+/// and its dead letters, nothing of the hub's or of another tenant, and no call refused on the
+/// way (a refused call is a console error the page would report).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_token_opens_a_dashboard_of_its_own_figures_plugins_and_dead_letters() {
+    let env = Env::new().await;
+    let hub = env.start(crate::tenants::with_tokens(&env)).await;
+    let acme = Api::new(&hub, Some("acme-t"));
+    let wasm = std::fs::read(Path::new(hub::EXAMPLE_PLUGINS).join("payment_trouble.wasm")).expect("plugin built");
+    let (status, change) = acme.push("acme-trouble", wasm, None).await;
+    assert_eq!(status, 200, "{change}");
+    for n in 0..5 {
+        let failure = json!({"kind": "payment.failed", "actor": format!("c{n}"), "payload": {"amount": 1}});
+        env.send_raw("tenant.acme.events.payment.failed", failure.to_string().as_bytes())
+            .await;
+    }
+    env.send_raw("tenant.acme.events.order.placed", b"{not json").await;
+    env.send_raw("tenant.globex.events.order.placed", b"{not json either")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, figures) = acme.get("/api/tenants/acme").await;
+        if status == 200 && figures["events_in"].as_u64() >= Some(5) && figures["dead_letters"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acme's inputs were not counted: {status} {figures}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The token is in the tab's storage before the page's scripts run, as after a reload.
+    let page = block_in_place(|| {
+        let page = Page::launch(&env.dir.path().join("chromium"));
+        page.before_each_load("sessionStorage.setItem('hub.adminToken', 'acme-t')");
+        page.go(&format!("http://{}/", hub.http_addr()));
+        page
+    });
+    block_in_place(|| {
+        page.wait_until(
+            "the tenant's own view",
+            "document.getElementById('scope').textContent === 'tenant acme' \
+             && document.getElementById('connection').textContent === 'live'",
+        );
+        page.wait_for_number(
+            "acme's events in, total",
+            "document.getElementById('total-events-in').dataset.value",
+            |n| n >= 5,
+        );
+        page.wait_until(
+            "acme's row alone among the tenants",
+            "document.querySelectorAll('#tenants tbody tr').length === 1 \
+             && document.querySelector('#tenants tbody td').textContent === 'acme'",
+        );
+        page.wait_until(
+            "acme's own plugin, alone",
+            "document.querySelectorAll('#plugins tbody tr').length === 1 \
+             && document.querySelector('#plugins tr[data-plugin=\"acme-trouble\"]') !== null",
+        );
+        page.wait_until(
+            "acme's dead letter, not globex's",
+            "document.querySelectorAll('#letters tbody tr').length === 1 \
+             && document.querySelectorAll('#letter-reasons tbody tr').length === 1",
+        );
+        page.click("#letters tbody tr:first-child td:first-child");
+        page.wait_until(
+            "acme's dead letter's body",
+            "document.getElementById('letter-dialog').open \
+             && document.getElementById('letter-body').textContent === '{not json'",
+        );
+        page.click("#letter-dialog [data-close]");
+        for panel in ["shards", "decisions", "chart-latency", "fig-p50"] {
+            assert_eq!(
+                page.eval(&format!("document.getElementById('{panel}').offsetParent === null")),
+                Value::Bool(true),
+                "the hub's own {panel} shows on a tenant's page"
+            );
+        }
+    });
+    let shot = block_in_place(|| page.screenshot("dashboard-tenant.png"));
+    println!("a tenant's dashboard: {}", shot.display());
+    let problems = page.problems();
+    assert!(
+        problems.is_empty(),
+        "the page reported errors:\n{}",
+        problems.join("\n")
+    );
     hub.shutdown().await;
 }
 
@@ -236,6 +328,25 @@ struct Page {
 
 impl Page {
     fn open(profile: &Path, url: &str) -> Page {
+        let page = Page::launch(profile);
+        page.go(url);
+        page
+    }
+
+    /// Run `script` in every page the tab loads, before the page's own scripts.
+    fn before_each_load(&self, script: &str) {
+        self.tab
+            .call_method(AddScriptToEvaluateOnNewDocument {
+                source: script.to_owned(),
+                world_name: None,
+                include_command_line_api: None,
+                run_immediately: None,
+            })
+            .expect("a script for each load");
+    }
+
+    /// Chromium with one tab, on no page yet.
+    fn launch(profile: &Path) -> Page {
         assert!(
             Path::new(CHROMIUM).exists(),
             "the dashboard test drives Chromium: install Debian's chromium package ({CHROMIUM})"
@@ -308,12 +419,16 @@ impl Page {
             problems,
         };
         page.viewport(WINDOW.0, WINDOW.1);
-        page.tab
+        page
+    }
+
+    /// Load `url` in the tab, as typing it would.
+    fn go(&self, url: &str) {
+        self.tab
             .navigate_to(url)
             .expect("navigate")
             .wait_until_navigated()
             .expect("page loads");
-        page
     }
 
     fn eval(&self, expression: &str) -> Value {
@@ -356,8 +471,8 @@ impl Page {
             .unwrap_or_else(|e| panic!("clicking {selector}: {e}"));
     }
 
-    /// A PNG of the whole page under `target/test-artifacts/`; its path.
-    fn screenshot(&self) -> PathBuf {
+    /// A PNG of the whole page under `target/test-artifacts/` named `name`; its path.
+    fn screenshot(&self, name: &str) -> PathBuf {
         // A viewport as tall as the page, so that one capture shows all of it.
         let height = self.eval("Math.ceil(document.body.getBoundingClientRect().height)");
         self.viewport(WINDOW.0, height.as_u64().map_or(WINDOW.1, |h| h as u32));
@@ -368,7 +483,7 @@ impl Page {
             .expect("screenshot");
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
         std::fs::create_dir_all(&dir).expect("artifact folder");
-        let path = dir.join("dashboard.png");
+        let path = dir.join(name);
         std::fs::write(&path, png).expect("write the screenshot");
         path.canonicalize().unwrap_or(path)
     }

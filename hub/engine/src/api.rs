@@ -94,6 +94,7 @@ where
             get(policies::show).put(policies::replace).delete(policies::forget),
         )
         .route("/api/status", get(status::current))
+        .route("/api/whoami", get(auth::whoami))
         .route("/api/cluster", get(status::cluster))
         .route("/api/status/history", get(status::history))
         .route("/api/status/stream", get(status::stream))
@@ -155,7 +156,8 @@ where
         dead_letters::replay_reason,
         status::current,
         status::history,
-        status::stream
+        status::stream,
+        auth::whoami
     ),
     components(schemas(ApiError)),
     modifiers(&BearerScheme),

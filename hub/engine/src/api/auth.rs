@@ -3,10 +3,12 @@
 
 use super::Failure;
 use crate::tenant::TenantConfig;
-use axum::extract::{Request, State};
+use axum::Json;
+use axum::extract::{Extension, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,19 +139,41 @@ impl Caller {
     }
 }
 
+/// `GET /api/whoami`: whose token the call carries.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Whoami {
+    /// The tenant whose own token it is; absent: the admin's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// Whose token this is: the admin's, or a tenant's (which reaches that tenant alone). The
+/// dashboard asks it first, to show a tenant its own figures instead of the hub's.
+#[utoipa::path(get, path = "/api/whoami", tag = "status",
+    responses((status = 200, body = Whoami), (status = 401, body = super::ApiError)))]
+pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<Whoami> {
+    Json(Whoami {
+        tenant: match caller {
+            Caller::Admin => None,
+            Caller::Tenant(tenant) => Some(tenant.to_string()),
+        },
+    })
+}
+
 /// What a tenant's token may call: its actors, plugins, contact policies, dead letters, figures
-/// and export (each handler keeps it to its own tenant). Status, the cluster and the history
-/// are the platform's.
+/// and export (each handler keeps it to its own tenant), and who it is. Status, the cluster and
+/// the history are the platform's.
 fn tenants_may_call(path: &str) -> bool {
-    [
-        "/api/actors/",
-        "/api/plugins",
-        "/api/dead-letters",
-        "/api/tenants/",
-        "/api/policies",
-    ]
-    .iter()
-    .any(|prefix| path.starts_with(prefix))
+    path == "/api/whoami"
+        || [
+            "/api/actors/",
+            "/api/plugins",
+            "/api/dead-letters",
+            "/api/tenants/",
+            "/api/policies",
+        ]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
 }
 
 pub async fn require_token(State(auth): State<Auth>, mut request: Request, next: Next) -> Response {
@@ -162,7 +186,7 @@ pub async fn require_token(State(auth): State<Auth>, mut request: Request, next:
         Ok(Caller::Tenant(tenant)) if !tenants_may_call(request.uri().path()) => Failure::new(
             StatusCode::FORBIDDEN,
             format!(
-                "the token of tenant {tenant:?} reaches /api/actors, /api/plugins, /api/policies, /api/dead-letters and /api/tenants/{tenant} of its own tenant only"
+                "the token of tenant {tenant:?} reaches /api/actors, /api/plugins, /api/policies, /api/dead-letters and /api/tenants/{tenant} of its own tenant only (and /api/whoami)"
             ),
         )
         .into_response(),

@@ -2,6 +2,10 @@
 // start, then `/api/status/stream` once a second; plugins and dead letters are acted on through
 // the same API. Plain JS without a build step; uPlot (loaded before this file) draws the charts.
 //
+// With a tenant's own token (`/api/whoami` says whose it is) the page is that tenant's: its
+// figures from `/api/tenants/{name}` once a second, its plugins and its dead letters, and none
+// of the hub's (which its token does not reach).
+//
 // Every text that comes from the hub goes into the page as text (`textContent`), never as
 // HTML: dead letters carry whatever senders put in them.
 'use strict';
@@ -183,7 +187,17 @@
     const waiters = tokenWaiters;
     tokenWaiters = [];
     waiters.forEach((resolve) => resolve());
-    run(loadAll);
+    if (view) run(afterNewToken);
+  }
+
+  /** A token entered once the page had its view: the same view reloads, another one starts afresh. */
+  async function afterNewToken() {
+    const me = await api('GET', '/api/whoami');
+    if ((me && me.tenant) !== (tenantName || undefined)) {
+      window.location.reload();
+      return;
+    }
+    if (view === 'admin') await loadAll();
   }
 
   /** One admin call: the parsed JSON answer, or an ApiError carrying the hub's own message. */
@@ -353,7 +367,8 @@
   let lastFrameAt = 0;
 
   async function loadStatus() {
-    render(await api('GET', '/api/status'));
+    if (tenantName) renderTenantView(...(await loadTenant()));
+    else render(await api('GET', '/api/status'));
   }
 
   async function loadAll() {
@@ -601,7 +616,7 @@
     rollback.dataset.action = 'rollback';
     const toggle = button('Disable', () => run(() => togglePlugin(name)));
     toggle.dataset.action = 'toggle';
-    const config = button('Edit config', () => editConfig(name));
+    const config = button('Edit config', () => run(() => editConfig(name)));
     config.dataset.action = 'config';
     const promote = button('Promote', () => run(() => promoteShadow(name)), 'primary');
     promote.dataset.action = 'promote';
@@ -621,7 +636,9 @@
     // A shadow version: what it would have done differently so far.
     const s = p.shadow;
     if (s) {
-      const shadow = badge(`shadow v${s.version}: +${fmtCount(s.added)} −${fmtCount(s.removed)} ~${fmtCount(s.changed)}`,
+      // Without its counts (a tenant's view lists the version alone): just the version.
+      const counts = isNumber(s.added) ? `: +${fmtCount(s.added)} −${fmtCount(s.removed)} ~${fmtCount(s.changed)}` : '';
+      const shadow = badge(`shadow v${s.version}${counts}`,
         s.quarantined ? 'quarantined' : 'shadow');
       shadow.title = `Outputs the shadow added, removed and changed against v${p.version} `
         + `(${fmtCount(s.shadow)} against ${fmtCount(s.active)}; ${fmtCount(s.failures)} failed calls)`
@@ -658,7 +675,7 @@
   /** Run a plugin action with its buttons off, and show the fresh state right away. */
   async function pluginAction(name, action) {
     busy.add(name);
-    if (latest) renderPlugins(latest.plugins || []);
+    renderPlugins([...plugins.values()]);
     try {
       return await action();
     } finally {
@@ -707,12 +724,19 @@
     say(`${name}: shadow dropped (v${change.version} stays active)${liveNote(change)}`, 'ok');
   }
 
-  function editConfig(name) {
+  async function editConfig(name) {
     const p = plugins.get(name);
+    let config = p && p.config;
+    if (config === undefined) {
+      // Not in the status line (a tenant's view): the active version's, from the plugin itself.
+      const detail = await api('GET', `/api/plugins/${enc(name)}`);
+      const active = ((detail && detail.versions) || []).find((v) => v.active);
+      config = active ? active.config : {};
+    }
     const dialog = $('config-dialog');
     dialog.dataset.plugin = name;
     setText('config-title', `Config of ${name}${p ? ` (v${p.version})` : ''}`);
-    $('config-text').value = JSON.stringify((p && p.config) || {}, null, 2);
+    $('config-text').value = JSON.stringify(config || {}, null, 2);
     $('config-error').hidden = true;
     $('config-save').disabled = false;
     dialog.showModal();
@@ -751,10 +775,11 @@
   /** One row per reason: letters kept now (what can be replayed) and dead-lettered since start. */
   function renderReasons(counts) {
     reasonCounts = counts.kept || {};
-    reasonsSince = counts.by_reason || {};
-    const names = [...new Set([...Object.keys(reasonCounts), ...Object.keys(reasonsSince)])];
+    // Unknown (null) on a tenant's view: the hub counts dead letters by reason for all tenants.
+    reasonsSince = counts.by_reason === null ? null : counts.by_reason || {};
+    const names = [...new Set([...Object.keys(reasonCounts), ...Object.keys(reasonsSince || {})])];
     const reasons = names
-      .map((reason) => [reason, reasonCounts[reason] || 0, reasonsSince[reason] || 0])
+      .map((reason) => [reason, reasonCounts[reason] || 0, reasonsSince ? reasonsSince[reason] || 0 : null])
       .sort((a, b) => b[1] - a[1] || b[2] - a[2] || a[0].localeCompare(b[0]));
     syncRows($('letter-reasons').tBodies[0], reasons, ([reason]) => reason, makeReasonRow, updateReasonRow);
     $('letter-reasons-empty').hidden = reasons.length > 0;
@@ -814,6 +839,9 @@
 
   function renderLetters(data) {
     const letters = (data && data.letters) || [];
+    // A tenant's view has no status frame to count its kept letters by reason: the list's
+    // counts (its own letters) are those, when it is not narrowed to one reason.
+    if (tenantName && !letterReason) renderReasons({ kept: (data && data.by_reason) || {}, by_reason: null });
     setText('letters-filter', `(${letterReason ? `reason ${letterReason}, ` : ''}${fmtCount(lettersTotal(data, letters))} in all)`);
     syncRows($('letters').tBodies[0], letters, (l) => l.seq, makeLetterRow, updateLetterRow);
     $('letters-empty').hidden = letters.length > 0;
@@ -970,9 +998,9 @@
     if (rows.length === 0) box.textContent = 'No shards reported.';
   }
 
-  /** One row per tenant, once the hub has more than the default one. */
+  /** One row per tenant, once the hub has more than the default one (a tenant's view: its own). */
   function renderTenants(tenants) {
-    $('tenants-panel').hidden = tenants.length < 2;
+    $('tenants-panel').hidden = tenants.length < 2 && !tenantName;
     const orDash = (v) => (isNumber(v) ? fmtCount(v) : '—');
     syncRows($('tenants').tBodies[0], tenants, (t) => t.name, () => {
       const tr = document.createElement('tr');
@@ -996,6 +1024,112 @@
       refused.textContent = fmtCount(t.quota_refusals);
       refused.classList.toggle('alert', t.quota_refusals > 0);
     });
+  }
+
+  // ---------------------------------------------------------------- a tenant's own view
+
+  let view = null; // 'admin' or 'tenant', once `/api/whoami` has said whose the token is
+  let tenantName = null;
+  let lastTenantSample = null; // {at, actions, dead_letters}: the previous totals, for rates
+
+  /** Ask whose the token is (a token is asked for on 401; the hub is asked again while it does not answer), then show that view. */
+  async function begin() {
+    let pause = RECONNECT_MIN_MS;
+    for (;;) {
+      try {
+        const me = await api('GET', '/api/whoami');
+        if (me && typeof me.tenant === 'string') {
+          view = 'tenant';
+          tenantName = me.tenant;
+          document.body.classList.add('tenant-view');
+          document.title = `hub · ${tenantName}`;
+          $('scope').hidden = false;
+          setText('scope', `tenant ${tenantName}`);
+          $('connection').title = `The figures of tenant ${tenantName}, asked for once a second`;
+          setText('fig-timers-note', 'counted with a max_timers quota');
+          run(pollTenant);
+        } else {
+          view = 'admin';
+          run(loadAll);
+          run(streamForever);
+        }
+        return;
+      } catch (e) {
+        if (e.status === 401) {
+          await tokenEntered();
+          continue;
+        }
+        report(e);
+        setConnection('wait', `again in ${Math.round(pause / 1000)} s`);
+        await sleep(pause);
+        pause = Math.min(pause * 2, RECONNECT_MAX_MS);
+      }
+    }
+  }
+
+  /** The tenant's figures and the plugins that run for it alone. */
+  const loadTenant = () => Promise.all([api('GET', `/api/tenants/${enc(tenantName)}`), api('GET', '/api/plugins')]);
+
+  /** Ask for the tenant's figures once a second, for ever. */
+  async function pollTenant() {
+    for (;;) {
+      try {
+        renderTenantView(...(await loadTenant()));
+        if (!$('connection').classList.contains('pill-live')) setConnection('live', 'live');
+      } catch (e) {
+        if (e.status === 401) {
+          await tokenEntered();
+          continue;
+        }
+        if (e.status === 503) setConnection('wait', 'no figures yet');
+        else {
+          report(e);
+          setConnection('down', 'no answer');
+        }
+      }
+      await sleep(1000);
+    }
+  }
+
+  /** Per second since the previous sample, of a total; null for the first sample. */
+  function perSecond(now, before, key) {
+    if (!before || now.at <= before.at || !isNumber(now[key]) || !isNumber(before[key])) return null;
+    return Math.max(0, ((now[key] - before[key]) * 1000) / (now.at - before.at));
+  }
+
+  /** The tenant's row (`/api/tenants/{name}`) and its plugins (`/api/plugins`) on the page. */
+  function renderTenantView(t, list) {
+    const now = { at: Date.now(), actions: t.actions, dead_letters: t.dead_letters };
+    const actions = perSecond(now, lastTenantSample, 'actions');
+    const letters = perSecond(now, lastTenantSample, 'dead_letters');
+    lastTenantSample = now;
+    latest = t;
+    lastFrameAt = now.at;
+    setText('fig-events-in', fmtRate(t.events_in_per_s));
+    setTotal('total-events-in', t.events_in);
+    setText('fig-actions', fmtRate(actions));
+    setTotal('total-actions', t.actions);
+    setText('fig-dead-letters', fmtRate(letters));
+    $('figure-dead-letters').classList.toggle('alert', letters > 0);
+    setTotal('total-dead-letters', t.dead_letters);
+    setText('fig-timers', fmtCount(t.timers));
+    setText('updated', `at ${fmtTime(now.at)}`);
+    addPoints([{ at: now.at, events_in: t.events_in_per_s, events_out: null }]);
+    renderPlugins((list || []).map((p) => ({
+      name: p.name,
+      version: p.active_version,
+      enabled: p.enabled,
+      quarantined: p.quarantined,
+      calls: p.calls,
+      errors: p.errors,
+      p50_ms: p.latency_p50_ms,
+      p99_ms: p.latency_p99_ms,
+      subscribes: p.subscribes,
+      // The list leaves the config out: the editor asks for it.
+      shadow: isNumber(p.shadow_version) ? { version: p.shadow_version } : null,
+    })));
+    renderTenants([t]);
+    lettersMayHaveChanged({ totals: { dead_letters: t.dead_letters } });
   }
 
   // ---------------------------------------------------------------- dialogs
@@ -1036,8 +1170,7 @@
       dialog.close();
     }));
     makeCharts();
-    run(loadAll);
-    run(streamForever);
+    run(begin);
     setInterval(watchFreshness, 1000);
   }
 
