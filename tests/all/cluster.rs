@@ -601,17 +601,30 @@ async fn contact_policies_set_on_one_instance_apply_on_every_instance_and_on_one
         .await;
     assert_eq!(acme_on_c, acme);
 
-    // Forgotten on one, the tenant is judged by the cluster's everywhere.
+    // Forgotten on one while another is down, the tenant is judged by the cluster's everywhere:
+    // on the one that comes back with the old set in its data folder too, which brings it back
+    // nowhere.
+    a.shutdown().await;
     let (status, forgotten) = crate::support::Api::new(&c, None)
         .delete("/api/policies?tenant=acme")
         .await;
     assert_eq!(status, 200, "{forgotten}");
     assert_eq!(forgotten, set);
-    for hub in [&a, &b] {
-        until_answer(hub.http_addr(), "/api/policies?tenant=acme", |status, there| {
-            status == 200 && *there == set
-        })
+    until_answer(b.http_addr(), "/api/policies?tenant=acme", |status, there| {
+        status == 200 && *there == set
+    })
+    .await;
+    let a = env.start(with_acme("a")).await;
+    let (_, on_a) = crate::support::Api::new(&a, None)
+        .get("/api/policies?tenant=acme")
         .await;
+    assert_eq!(on_a, set, "the restarted instance kept the set forgotten meanwhile");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for hub in [&b, &c] {
+        let (_, there) = crate::support::Api::new(hub, None)
+            .get("/api/policies?tenant=acme")
+            .await;
+        assert_eq!(there, set, "the restarted instance brought its old set back");
     }
     for hub in [c, b, a] {
         hub.shutdown().await;
