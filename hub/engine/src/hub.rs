@@ -427,8 +427,7 @@ impl Hub {
                     clock,
                     flushed,
                     admission: admission.clone(),
-                    tenants_subject: tenants.names().next().map(|_| config.nats.tenants_subject.clone()),
-                    tenants: tenants.clone(),
+                    tenants: crate::ingress::TenantInputs::new(&config.nats.tenants_subject, &tenants),
                 };
                 let source = match (parts, &cluster) {
                     (Some(parts), Some(cluster)) => {
@@ -447,7 +446,7 @@ impl Hub {
                             cluster.clone(),
                             config.cluster.subject.clone(),
                             ingest,
-                            wiring.tenants_subject.clone(),
+                            wiring.tenants.clone(),
                         );
                         let plugins = shared_plugins
                             .as_ref()

@@ -75,40 +75,75 @@ pub(crate) fn assign_tenant(
     Ok(())
 }
 
-/// Decode an input as what it stands for: one published on a tenant's own subjects
-/// (`<tenants_subject>.<tenant>.<subject>`, `prefix` the first part when tenants are declared)
-/// as `<subject>` with its tenant named as a `Hub-Tenant` header would name it (so its envelope,
-/// ingest rule or header may name it too, but no other one); any other as it came.
-pub(crate) fn decode_as_published<T>(
-    prefix: Option<&str>,
-    subject: &str,
-    headers: Option<&async_nats::HeaderMap>,
-    decode: impl FnOnce(&str, Option<&async_nats::HeaderMap>) -> Result<T, IngressError>,
-) -> Result<T, IngressError> {
-    match prefix
-        .map(|p| on_tenant_subject(p, subject, headers))
-        .transpose()?
-        .flatten()
-    {
-        Some((standing_for, headers)) => decode(standing_for, Some(&headers)),
-        None => decode(subject, headers),
-    }
+/// How a reader of inputs tells whose an input is: the declared tenants, and the prefix of their
+/// own subjects (`<prefix>.<tenant>.<subject>`) where it reads those.
+#[derive(Clone)]
+pub struct TenantInputs {
+    /// Set where tenants are declared and their own subjects read.
+    prefix: Option<String>,
+    declared: Tenants,
 }
 
-/// The declared tenant an input belongs to before it is read: the one whose own subject it came
-/// on, else the one its `Hub-Tenant` header names. Its dead letter, should it not be read, is that
-/// tenant's; a name no one declared is left to the letter's detail.
-pub(crate) fn tenant_of_input<'a>(
-    tenants: &Tenants,
-    tenants_subject: Option<&str>,
-    subject: &'a str,
-    headers: Option<&'a async_nats::HeaderMap>,
-) -> Option<&'a str> {
-    let named = match tenants_subject.and_then(|prefix| tenant::on_own_subject(prefix, subject)) {
-        Some((tenant, _)) => tenant,
-        None => headers?.get(tenant::HEADER)?.as_str(),
-    };
-    (named != tenant::DEFAULT && tenants.knows(named)).then_some(named)
+impl TenantInputs {
+    /// A reader of tenants' own subjects (`[nats] tenants_subject` is `prefix`) among others,
+    /// when tenants are declared.
+    pub fn new(prefix: &str, tenants: &Tenants) -> TenantInputs {
+        TenantInputs {
+            prefix: tenants.names().next().map(|_| prefix.to_owned()),
+            declared: tenants.clone(),
+        }
+    }
+
+    /// A reader of the shared subjects alone.
+    fn shared(tenants: &Tenants) -> TenantInputs {
+        TenantInputs {
+            prefix: None,
+            declared: tenants.clone(),
+        }
+    }
+
+    /// Decode an input as what it stands for: one published on a tenant's own subjects as
+    /// `<subject>` with its tenant named as a `Hub-Tenant` header would name it (so its
+    /// envelope, ingest rule or header may name it too, but no other one); any other as it came.
+    pub(crate) fn decode_as_published<T>(
+        &self,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        decode: impl FnOnce(&str, Option<&async_nats::HeaderMap>) -> Result<T, IngressError>,
+    ) -> Result<T, IngressError> {
+        match self
+            .prefix
+            .as_deref()
+            .map(|p| on_tenant_subject(p, subject, headers))
+            .transpose()?
+            .flatten()
+        {
+            Some((standing_for, headers)) => decode(standing_for, Some(&headers)),
+            None => decode(subject, headers),
+        }
+    }
+
+    /// The declared tenant an input belongs to before it is read: the one whose own subject it
+    /// came on, else the one its `Hub-Tenant` header names. Its dead letter, should it not be
+    /// read, is that tenant's; a name no one declared is left to the letter's detail.
+    pub(crate) fn tenant_of<'a>(
+        &self,
+        subject: &'a str,
+        headers: Option<&'a async_nats::HeaderMap>,
+    ) -> Option<&'a str> {
+        let own = self.prefix.as_deref().and_then(|p| tenant::on_own_subject(p, subject));
+        let named = match own {
+            Some((tenant, _)) => tenant,
+            None => headers?.get(tenant::HEADER)?.as_str(),
+        };
+        (named != tenant::DEFAULT && self.declared.knows(named)).then_some(named)
+    }
+
+    /// An input that could not be read, as its tenant's dead letter.
+    pub(crate) fn dead_letter(&self, e: IngressError, subject: &str, msg: &async_nats::Message) -> DeadLetter {
+        DeadLetter::message(e.reason, e.detail, subject, msg.headers.as_ref(), msg.payload.clone())
+            .of_tenant(self.tenant_of(subject, msg.headers.as_ref()))
+    }
 }
 
 /// The subject an input on a tenant's own subject stands for, and its headers naming its
@@ -429,28 +464,28 @@ impl Ingress {
     ) -> Result<Ingress, async_nats::SubscribeError> {
         let (stop, stopped) = watch::channel(false);
         let ids = Arc::new(IdGen::new());
-        let mut subscriptions: Vec<(String, Decoder, Option<String>)> =
+        let mut subscriptions: Vec<(String, Decoder, TenantInputs)> =
             decoders(nats, rules.clone(), tenants, Some(profiles.clone()))
                 .into_iter()
-                .map(|(subject, decoder)| (subject, decoder, None))
+                .map(|(subject, decoder)| (subject, decoder, TenantInputs::shared(tenants)))
                 .collect();
         // Each tenant's own subjects too, when tenants are declared.
         if tenants.names().next().is_some() {
             let prefix = &nats.tenants_subject;
+            let own = TenantInputs::new(prefix, tenants);
             subscriptions.extend(
                 decoders(nats, rules, tenants, Some(profiles))
                     .into_iter()
-                    .map(|(subject, decoder)| (format!("{prefix}.*.{subject}"), decoder, Some(prefix.clone()))),
+                    .map(|(subject, decoder)| (format!("{prefix}.*.{subject}"), decoder, own.clone())),
             );
         }
         let mut tasks = Vec::new();
-        for (subject, decoder, tenants_subject) in subscriptions {
+        for (subject, decoder, tenants) in subscriptions {
             let sub = client.subscribe(subject.clone()).await?;
             tracing::info!(subject, "ingress subscribed");
             let task = Task {
                 decoder,
-                tenants_subject,
-                tenants: tenants.clone(),
+                tenants,
                 router: router.clone(),
                 egress: egress.clone(),
                 ids: ids.clone(),
@@ -522,9 +557,8 @@ async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::Subsc
 
 struct Task {
     decoder: Decoder,
-    /// Set on a subscription to tenants' own subjects: their prefix.
-    tenants_subject: Option<String>,
-    tenants: Tenants,
+    /// With a prefix on a subscription to tenants' own subjects.
+    tenants: TenantInputs,
     router: Router,
     egress: Egress,
     ids: Arc<IdGen>,
@@ -562,12 +596,11 @@ impl Task {
     async fn handle(&mut self, msg: async_nats::Message) -> bool {
         let received = Instant::now();
         let (decoder, ids) = (&self.decoder, &self.ids);
-        let decoded = decode_as_published(
-            self.tenants_subject.as_deref(),
-            &msg.subject,
-            msg.headers.as_ref(),
-            |subject, headers| decoder.decode(subject, headers, &msg.payload, ids),
-        );
+        let decoded = self
+            .tenants
+            .decode_as_published(&msg.subject, msg.headers.as_ref(), |subject, headers| {
+                decoder.decode(subject, headers, &msg.payload, ids)
+            });
         match decoded {
             Ok(Some(event)) => {
                 self.events_in.increment(1);
@@ -590,20 +623,7 @@ impl Task {
     }
 
     async fn dead_letter(&self, msg: &async_nats::Message, e: IngressError) {
-        let tenant = tenant_of_input(
-            &self.tenants,
-            self.tenants_subject.as_deref(),
-            &msg.subject,
-            msg.headers.as_ref(),
-        );
-        let letter = DeadLetter::message(
-            e.reason,
-            e.detail,
-            &msg.subject,
-            msg.headers.as_ref(),
-            msg.payload.clone(),
-        )
-        .of_tenant(tenant);
+        let letter = self.tenants.dead_letter(e, &msg.subject, msg);
         self.egress.send(letter.into_outbound()).await;
     }
 }
@@ -631,15 +651,14 @@ mod tests {
     #[test]
     fn an_unreadable_inputs_tenant_is_its_own_subjects_else_its_headers_if_declared() {
         let declared = BTreeMap::from([("acme".to_owned(), TenantConfig::default())]);
-        let tenants = Tenants::new(&declared).expect("tenants");
+        let inputs = TenantInputs::new("tenant", &Tenants::new(&declared).expect("tenants"));
         let naming = |tenant: &str| {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(tenant::HEADER, tenant);
             headers
         };
-        let of = |subject, headers: Option<&async_nats::HeaderMap>| {
-            tenant_of_input(&tenants, Some("tenant"), subject, headers).map(str::to_owned)
-        };
+        let of =
+            |subject, headers: Option<&async_nats::HeaderMap>| inputs.tenant_of(subject, headers).map(str::to_owned);
         assert_eq!(of("tenant.acme.events.order", None).as_deref(), Some("acme"));
         assert_eq!(of("tenant.nobody.events.order", None), None);
         assert_eq!(of("events.order", Some(&naming("acme"))).as_deref(), Some("acme"));

@@ -8,10 +8,9 @@
 //! Inputs that do not decode go to the dead letters here, as in a single hub.
 
 use super::{Cluster, headers};
-use crate::dead_letter::DeadLetter;
 use crate::egress::headers::MSG_ID;
 use crate::ingress::stream::InputStream;
-use crate::ingress::{Decoder, IdGen, IngressError};
+use crate::ingress::{Decoder, IdGen, IngressError, TenantInputs};
 use crate::metrics as m;
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::subject::Subject;
@@ -46,8 +45,8 @@ struct Forwarder {
     ingest: watch::Receiver<Option<u64>>,
     stopped: watch::Receiver<bool>,
     forwarded: metrics::Counter,
-    /// The prefix of tenants' own subjects, when tenants are declared.
-    tenants_subject: Option<String>,
+    /// Whose an input is, on a tenant's own subjects or not.
+    tenants: TenantInputs,
 }
 
 enum Ended {
@@ -66,7 +65,7 @@ impl Repartitioner {
         cluster: Arc<Cluster>,
         subject: String,
         ingest: watch::Receiver<Option<u64>>,
-        tenants_subject: Option<String>,
+        tenants: TenantInputs,
     ) -> Repartitioner {
         let (stop, stopped) = watch::channel(false);
         let forwarder = Forwarder {
@@ -79,7 +78,7 @@ impl Repartitioner {
             ingest,
             stopped,
             forwarded: metrics::counter!(m::INPUTS_PARTITIONED),
-            tenants_subject,
+            tenants,
         };
         Repartitioner {
             stop,
@@ -216,15 +215,14 @@ impl Forwarder {
         let reply = msg.reply.clone()?;
         let ids = IdGen::for_stream_input(seq, stored_ms);
         // An input on a tenant's own subject keeps it: its partition's owner reads it as such.
-        let actor = crate::ingress::decode_as_published(
-            self.tenants_subject.as_deref(),
-            &msg.subject,
-            msg.headers.as_ref(),
-            |subject, headers| match self.decoders.iter().find(|(p, _)| kind_matches(p, subject)) {
-                Some((_, decoder)) => decoder.actor_of(subject, headers, &msg.payload, &ids),
-                None => Err(IngressError::no_rule_now(subject)),
-            },
-        );
+        let actor = self
+            .tenants
+            .decode_as_published(&msg.subject, msg.headers.as_ref(), |subject, headers| {
+                match self.decoders.iter().find(|(p, _)| kind_matches(p, subject)) {
+                    Some((_, decoder)) => decoder.actor_of(subject, headers, &msg.payload, &ids),
+                    None => Err(IngressError::no_rule_now(subject)),
+                }
+            });
         match actor {
             Ok(actor) => {
                 let partition = self.cluster.partition_of(&actor);
@@ -248,14 +246,7 @@ impl Forwarder {
                 }
             }
             Err(e) => {
-                let letter = DeadLetter::message(
-                    e.reason,
-                    e.detail,
-                    &msg.subject,
-                    msg.headers.as_ref(),
-                    msg.payload.clone(),
-                )
-                .into_outbound();
+                let letter = self.tenants.dead_letter(e, &msg.subject, &msg).into_outbound();
                 let sent = match letter.headers {
                     Some(h) => {
                         self.client

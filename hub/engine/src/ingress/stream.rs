@@ -209,10 +209,8 @@ pub struct Wiring {
     pub flushed: flume::Receiver<Flushed>,
     /// The windows of the streams read (shared with the shards, which report inputs taken).
     pub admission: Arc<Admission>,
-    /// The prefix of tenants' own subjects, when tenants are declared.
-    pub tenants_subject: Option<String>,
-    /// The declared tenants, whose inputs' dead letters are theirs.
-    pub tenants: crate::tenant::Tenants,
+    /// Whose an input is, on a tenant's own subjects or not.
+    pub tenants: super::TenantInputs,
 }
 
 /// Where the reader's inputs come from.
@@ -695,34 +693,34 @@ impl Reader {
         let subject = forwarded.as_ref().map_or(msg.subject.as_str(), |f| f.subject.as_str());
         let (decoders, tenant_events) = (&self.decoders, &mut self.tenant_events);
         let own = own.map(|o| o.tenant.as_str());
-        let decoded = super::decode_as_published(
-            self.wiring.tenants_subject.as_deref(),
-            subject,
-            msg.headers.as_ref(),
-            |standing_for, headers| match decoders.iter().find(|(p, _, _)| kind_matches(p, standing_for)) {
-                Some((_, d, events_in)) => {
-                    let ids = match &forwarded {
-                        Some(Forwarded {
-                            input: Some((seq, stored)),
-                            ..
-                        }) => IdGen::for_stream_input(*seq, *stored),
-                        // Published to its partition directly: ids from its place there.
-                        Some(_) => IdGen::for_partition_input(key, seq, stored),
-                        None => match own {
-                            Some(tenant) => IdGen::for_tenant_stream_input(tenant, seq, stored),
-                            None => IdGen::for_stream_input(seq, stored),
-                        },
-                    };
-                    let decoded = d.decode(standing_for, headers, &msg.payload, &ids);
-                    if let Ok(Some(event)) = &decoded {
-                        events_in.increment(1);
-                        tenant_events.count(&event.actor);
+        let decoded =
+            self.wiring
+                .tenants
+                .decode_as_published(subject, msg.headers.as_ref(), |standing_for, headers| {
+                    match decoders.iter().find(|(p, _, _)| kind_matches(p, standing_for)) {
+                        Some((_, d, events_in)) => {
+                            let ids = match &forwarded {
+                                Some(Forwarded {
+                                    input: Some((seq, stored)),
+                                    ..
+                                }) => IdGen::for_stream_input(*seq, *stored),
+                                // Published to its partition directly: ids from its place there.
+                                Some(_) => IdGen::for_partition_input(key, seq, stored),
+                                None => match own {
+                                    Some(tenant) => IdGen::for_tenant_stream_input(tenant, seq, stored),
+                                    None => IdGen::for_stream_input(seq, stored),
+                                },
+                            };
+                            let decoded = d.decode(standing_for, headers, &msg.payload, &ids);
+                            if let Ok(Some(event)) = &decoded {
+                                events_in.increment(1);
+                                tenant_events.count(&event.actor);
+                            }
+                            decoded
+                        }
+                        None => Err(IngressError::no_rule_now(standing_for)),
                     }
-                    decoded
-                }
-                None => Err(IngressError::no_rule_now(standing_for)),
-            },
-        );
+                });
         match decoded {
             Ok(Some(event)) => {
                 if let Some(partitioned) = &self.partitions {
@@ -762,15 +760,7 @@ impl Reader {
                 true
             }
             Err(e) => {
-                let tenant = super::tenant_of_input(
-                    &self.wiring.tenants,
-                    self.wiring.tenants_subject.as_deref(),
-                    subject,
-                    msg.headers.as_ref(),
-                );
-                let letter =
-                    DeadLetter::message(e.reason, e.detail, subject, msg.headers.as_ref(), msg.payload.clone())
-                        .of_tenant(tenant);
+                let letter = self.wiring.tenants.dead_letter(e, subject, &msg);
                 self.wiring.egress.send(letter.into_outbound()).await;
                 self.acks.handled(place, reply, self.wiring.clock.next());
                 true
