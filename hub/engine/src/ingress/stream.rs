@@ -14,7 +14,6 @@ use crate::cluster::Cluster;
 use crate::cluster::leases::Pulls;
 use crate::cluster::streams::PartitionStreams;
 use crate::config::InputConfig;
-use crate::dead_letter::{DeadLetter, Reason};
 use crate::durable::{Acks, Admission, FlushClock, Flushed, Ticket};
 use crate::egress::Egress;
 use crate::event::Routed;
@@ -679,13 +678,11 @@ impl Reader {
                 msg.subject,
                 crate::cluster::headers::SUBJECT
             );
-            let letter = DeadLetter::message(
-                Reason::Invalid,
-                detail,
-                &msg.subject,
-                msg.headers.as_ref(),
-                msg.payload.clone(),
-            );
+            // Its Hub-Tenant header, if any, still says whose it is.
+            let letter = self
+                .wiring
+                .tenants
+                .dead_letter(super::IngressError::invalid(detail), &msg.subject, &msg);
             self.wiring.egress.send(letter.into_outbound()).await;
             self.acks.handled(place, reply, self.wiring.clock.next());
             return true;
