@@ -14,7 +14,7 @@ use super::plugins::{SharedError, local, nats};
 use crate::arbiter::{Policies, PolicyStore};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 const KEY: &str = "policies";
@@ -35,6 +35,24 @@ enum Held {
     Tenant(String, Option<Policies>),
 }
 
+impl Held {
+    /// The entry that holds it.
+    fn key(&self) -> String {
+        match self {
+            Held::Hub(_) => KEY.to_owned(),
+            Held::Tenant(tenant, _) => tenant_key(tenant),
+        }
+    }
+
+    /// Whether `store` holds it already.
+    fn is_in(&self, store: &PolicyStore) -> bool {
+        match self {
+            Held::Hub(policies) => **store.load() == *policies,
+            Held::Tenant(tenant, policies) => store.of_tenant(tenant).as_deref() == policies.as_ref(),
+        }
+    }
+}
+
 /// The cluster's contact policies, and the revision of each entry this instance last saw.
 pub struct SharedPolicies {
     bucket: kv::Store,
@@ -52,30 +70,45 @@ impl SharedPolicies {
     }
 
     /// At start: take the cluster's policies, or bring this instance's where the cluster has
-    /// none (if another instance starting at the same moment brings its own first, take those).
+    /// none: the hub's, and each tenant's the cluster or this instance holds.
     pub async fn join(&self, store: &PolicyStore) -> Result<(), SharedError> {
-        if self.entry(KEY).await?.is_none() {
-            tolerate_conflict(self.write(&store.load()).await)?;
-        }
-        if let Some((revision, Held::Hub(policies))) = self.entry(KEY).await? {
-            self.saw(KEY, revision);
-            if **store.load() != policies {
-                tracing::info!("contact policies: taking the cluster's");
-                adopt(store, Held::Hub(policies)).await?;
+        self.join_entry(store, Held::Hub(Policies::clone(&store.load())))
+            .await?;
+        let mut tenants = self.tenants_held().await?;
+        tenants.extend(store.tenants_own().keys().cloned());
+        for tenant in tenants {
+            let own = store.of_tenant(&tenant).map(|own| Policies::clone(&own));
+            match self.join_entry(store, Held::Tenant(tenant, own)).await {
+                // Left in the bucket for a version that reads it; the tenant is judged as this
+                // instance judged it so far.
+                Err(e @ SharedError::Unreadable { .. }) => {
+                    tracing::error!(error = %e, "contact policies from the cluster were not adopted")
+                }
+                joined => joined?,
             }
         }
-        let held = self.tenants_held().await?;
-        for (tenant, own) in store.tenants_own().iter() {
-            if !held.contains_key(tenant) {
-                tolerate_conflict(self.write_tenant(tenant, Some(own)).await)?;
-            }
-        }
-        for (tenant, (revision, policies)) in self.tenants_held().await? {
-            self.saw(&tenant_key(&tenant), revision);
-            if store.of_tenant(&tenant).as_deref() != policies.as_ref() {
-                tracing::info!(tenant, "contact policies: taking the cluster's for this tenant");
-                adopt(store, Held::Tenant(tenant, policies)).await?;
-            }
+        Ok(())
+    }
+
+    /// One entry at start: the cluster's, taken; where it has none, `brought` (this instance's)
+    /// written up, or, should another instance starting at the same moment write first, its.
+    async fn join_entry(&self, store: &PolicyStore, brought: Held) -> Result<(), SharedError> {
+        let key = brought.key();
+        let (revision, held) = match self.entry(&key).await? {
+            Some(held) => held,
+            None => match self.write_held(&brought).await {
+                Ok(()) => return Ok(()),
+                Err(SharedError::Conflict(_)) => match self.entry(&key).await? {
+                    Some(held) => held,
+                    None => return Ok(()),
+                },
+                Err(e) => return Err(e),
+            },
+        };
+        self.saw(&key, revision);
+        if !held.is_in(store) {
+            tracing::info!(entry = key, "contact policies: taking the cluster's");
+            adopt(store, held).await?;
         }
         Ok(())
     }
@@ -91,33 +124,28 @@ impl SharedPolicies {
         }
     }
 
-    /// The tenants the cluster has an entry for: its revision and their own policies (or none).
-    async fn tenants_held(&self) -> Result<BTreeMap<String, (u64, Option<Policies>)>, SharedError> {
+    /// The tenants the cluster has an entry for.
+    async fn tenants_held(&self) -> Result<BTreeSet<String>, SharedError> {
         let mut keys = self
             .bucket
             .keys()
             .await
             .map_err(|e| nats("list the contact policies")(e.to_string()))?;
-        let mut held = BTreeMap::new();
+        let mut held = BTreeSet::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| nats("list the contact policies")(e.to_string()))?;
-            if !key.starts_with(TENANT_PREFIX) {
-                continue;
-            }
-            match self.entry(&key).await {
-                Ok(Some((revision, Held::Tenant(tenant, policies)))) => {
-                    held.insert(tenant, (revision, policies));
-                }
-                Ok(_) => {}
-                // Left in the bucket for a version that reads it; the tenant is judged as this
-                // instance judged it so far.
-                Err(e @ SharedError::Unreadable { .. }) => {
-                    tracing::error!(error = %e, "contact policies from the cluster were not adopted")
-                }
-                Err(e) => return Err(e),
+            if let Some(tenant) = key.strip_prefix(TENANT_PREFIX) {
+                held.insert(tenant.to_owned());
             }
         }
         Ok(held)
+    }
+
+    async fn write_held(&self, held: &Held) -> Result<(), SharedError> {
+        match held {
+            Held::Hub(policies) => self.write(policies).await,
+            Held::Tenant(tenant, policies) => self.write_tenant(tenant, policies.as_ref()).await,
+        }
     }
 
     /// Write `policies` as the hub's, replacing the revision this instance last saw.
@@ -191,11 +219,7 @@ impl SharedPolicies {
             }
             match decode(&entry) {
                 Ok(Some(held)) => {
-                    let differs = match &held {
-                        Held::Hub(policies) => **store.load() != *policies,
-                        Held::Tenant(tenant, policies) => store.of_tenant(tenant).as_deref() != policies.as_ref(),
-                    };
-                    if differs {
+                    if !held.is_in(store) {
                         adopt(store, held).await?;
                         tracing::info!(
                             entry = entry.key,
@@ -210,14 +234,6 @@ impl SharedPolicies {
             self.saw(&entry.key, entry.revision);
         }
         Ok(())
-    }
-}
-
-/// A write another instance made first is as good as this one's: take it afterwards.
-fn tolerate_conflict(written: Result<(), SharedError>) -> Result<(), SharedError> {
-    match written {
-        Err(SharedError::Conflict(_)) => Ok(()),
-        other => other,
     }
 }
 
