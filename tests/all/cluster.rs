@@ -841,3 +841,79 @@ async fn dead_lettered_timers_replayed_through_one_instance_fire_on_the_owner_of
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// In a cluster, each tenant's own subjects have a stream of their own, forwarded to the
+/// partitions beside the input stream at the tenant's `rate`: `slowed`'s backlog waits in its
+/// stream while `quick`'s inputs and the default tenant's go straight through. Nothing is
+/// dropped or doubled, and inputs without ids at the same sequences of two streams stay apart
+/// (forwarded with the same `Nats-Msg-Id`, the partition stream would keep only one of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_rate_keeps_its_backlog_in_its_own_stream_while_other_tenants_inputs_go_through() {
+    let env = Env::new().await;
+    let mut config = member(&env, "a");
+    let slowed = hub::tenant::TenantConfig {
+        rate: Some(10),
+        ..Default::default()
+    };
+    config.tenants.insert("slowed".into(), slowed);
+    config.tenants.insert("quick".into(), Default::default());
+    let a = env.start(config).await;
+    until_owned(&[a.http_addr()], Duration::from_secs(10)).await;
+    let js = async_nats::jetstream::new(env.client.clone());
+    for own in ["HUB_INPUT_slowed", "HUB_INPUT_quick"] {
+        js.get_stream(own).await.expect("a tenant's own stream");
+    }
+
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+    let published = Instant::now();
+    // 45 inputs of slowed: four and a half seconds' worth of its rate, one saved up.
+    let slow = actors("s", 15);
+    for id in &slow {
+        for _ in 0..3 {
+            let body = json!({"kind": "payment.failed", "actor": id});
+            env.send_raw("tenant.slowed.events.payment.failed", body.to_string().as_bytes())
+                .await;
+        }
+    }
+    // Then three each of quick and of the default tenant, without ids, at sequences 1 to 3 of
+    // quick's stream and of the input stream, for actors of the same partition.
+    let q = (0..)
+        .map(|n| format!("q{n}"))
+        .find(|id| {
+            let quick = hub::tenant::qualify(Some("quick"), id);
+            hub::cluster::partition_of(&quick, PARTITIONS) == hub::cluster::partition_of(id, PARTITIONS)
+        })
+        .expect("an id in the same partition in both tenants");
+    for _ in 0..3 {
+        let body = json!({"kind": "payment.failed", "actor": q});
+        env.send_raw("tenant.quick.events.payment.failed", body.to_string().as_bytes())
+            .await;
+        env.send("payment.failed", &q, json!({})).await;
+    }
+
+    let mut called = BTreeSet::new();
+    let mut slowed_before_the_others = None;
+    while called.len() < slow.len() + 2 {
+        let callback = json(&next(&mut callbacks, "a callback", 15).await);
+        let who = (
+            callback["tenant"].as_str().unwrap_or("default").to_owned(),
+            callback["actor"].as_str().unwrap_or_default().to_owned(),
+        );
+        assert!(called.insert(who.clone()), "{who:?} called back twice");
+        let others = called.iter().filter(|(tenant, _)| tenant != "slowed").count();
+        if others == 2 && slowed_before_the_others.is_none() {
+            slowed_before_the_others = Some(called.len() - 2);
+        }
+    }
+    let took = published.elapsed();
+    nothing(&mut callbacks, "a callback more", 500).await;
+    assert!(
+        slowed_before_the_others.is_some_and(|n| n < slow.len()),
+        "quick's and the default tenant's callbacks came while slowed's backlog waited: {slowed_before_the_others:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "45 inputs at 10/s, 10 saved up, are read in 3.5 s at least: {took:?}"
+    );
+    a.shutdown().await;
+}

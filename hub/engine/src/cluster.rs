@@ -38,6 +38,9 @@ pub mod headers {
     /// time come from these, as in a single hub.
     pub const INPUT_SEQ: &str = "Hub-Input-Seq";
     pub const INPUT_STORED: &str = "Hub-Input-Stored";
+    /// The tenant whose own stream the sequence above counts in; empty for the input stream
+    /// (set on every forward, so a producer's own header of that name never counts).
+    pub const INPUT_TENANT: &str = "Hub-Input-Tenant";
     /// How many plugin hops produced an emitted event.
     pub const HOPS: &str = "Hub-Hops";
 }

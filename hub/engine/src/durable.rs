@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use acks::Acks;
 pub use admission::Admission;
+pub(crate) use admission::Bucket;
 pub use checkpoints::{CheckpointError, Checkpoints, adopt_stream};
 pub use handoffs::{Handoff, HandoffError, HandoffKey, Handoffs};
 

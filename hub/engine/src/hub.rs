@@ -4,7 +4,7 @@
 use crate::arbiter::PolicyStore;
 use crate::cluster::Cluster;
 use crate::cluster::leases::{LeaseHandle, LeaseWiring};
-use crate::cluster::repartition::Repartitioner;
+use crate::cluster::repartition::{ForwardedStream, Repartitioner};
 use crate::cluster::streams::PartitionStreams;
 use crate::config::{Config, InputMode};
 use crate::dead_letter::KeptLetters;
@@ -213,25 +213,25 @@ impl Hub {
             InputMode::Core => None,
             InputMode::Durable => {
                 let subjects = crate::ingress::stream_subjects(&config.nats, &rules);
-                let prefix = &config.nats.tenants_subject;
-                // Each tenant's own subjects go to its own stream, read beside the input
-                // stream; in a cluster, to the input stream, which the ingest lease's holder
-                // partitions.
+                // The input stream first: one an earlier version set up for a cluster captured
+                // tenants' own subjects too, and gives them up before their own streams take them.
+                let input = InputStream::ensure(&client, &config.input, subjects.clone(), Duration::ZERO).await?;
+                // Each tenant's own subjects go to its own stream, read beside the input stream
+                // (in a cluster, forwarded to the partitions beside it by the ingest lease's
+                // holder), so its backlog is never ahead of another tenant's inputs.
                 let mut own = Vec::new();
-                let mut input_subjects = subjects.clone();
-                if tenants.names().next().is_some() {
-                    match &cluster {
-                        Some(_) => input_subjects.extend(subjects.iter().map(|s| format!("{prefix}.*.{s}"))),
-                        None => {
-                            for tenant in tenants.names() {
-                                own.push(
-                                    InputStream::ensure_own(&client, &config.input, tenant, prefix, &subjects).await?,
-                                );
-                            }
-                        }
-                    }
+                for tenant in tenants.names() {
+                    own.push(
+                        InputStream::ensure_own(
+                            &client,
+                            &config.input,
+                            tenant,
+                            &config.nats.tenants_subject,
+                            &subjects,
+                        )
+                        .await?,
+                    );
                 }
-                let input = InputStream::ensure(&client, &config.input, input_subjects, Duration::ZERO).await?;
                 // The checkpoints count in the sequences of the stream the shards' inputs come
                 // from: in a cluster, the partition stream.
                 let parts = match &cluster {
@@ -243,13 +243,20 @@ impl Hub {
                 match &parts {
                     Some(_) => {
                         let streams = format!("{}_<partition>", config.cluster.stream);
-                        crate::durable::adopt_stream(db.sled(), None, &streams, "")?
+                        crate::durable::adopt_stream(db.sled(), None, &streams, "")?;
                     }
-                    None => crate::durable::adopt_stream(db.sled(), None, input.name(), &input.created)?,
+                    None => {
+                        crate::durable::adopt_stream(db.sled(), None, input.name(), &input.created)?;
+                        for stream in &own {
+                            crate::durable::adopt_stream(
+                                db.sled(),
+                                stream.tenant.as_deref(),
+                                stream.name(),
+                                &stream.created,
+                            )?;
+                        }
+                    }
                 };
-                for stream in &own {
-                    crate::durable::adopt_stream(db.sled(), stream.tenant.as_deref(), stream.name(), &stream.created)?;
-                }
                 let (flushed_tx, flushed) = flume::unbounded();
                 let clock = Arc::new(FlushClock::default());
                 let (confirm_client, runtime) = (client.clone(), tokio::runtime::Handle::current());
@@ -306,18 +313,18 @@ impl Hub {
         let handoffs = Handoffs::load(db.sled(), durable.is_some(), shard_count, |actor| {
             router.shard_of(actor)
         })?;
-        // Sources of the shards' inputs beyond the input stream: the tenants' own streams; and
-        // the names of every stream read, in source order, with their tenants, for the guard's
-        // metrics.
+        // Sources of the shards' inputs beyond the input stream: the tenants' own streams (a
+        // single hub's; a cluster's shards read partitions); and the names of every stream
+        // read, in source order, with their tenants, for the guard's metrics.
         let (own_streams, stream_names): (Vec<String>, Vec<(String, Option<String>)>) = match &durable {
-            Some(((input, own, _), _, _)) => (
+            Some(((input, own, None), _, _)) => (
                 own.iter().filter_map(|s| s.tenant.clone()).collect(),
                 std::iter::once(input)
                     .chain(own)
                     .map(|s| (s.name().to_owned(), s.tenant.clone()))
                     .collect(),
             ),
-            None => Default::default(),
+            _ => Default::default(),
         };
         let admission = Arc::new(match own_streams.is_empty() {
             true => crate::durable::Admission::unlimited(),
@@ -439,9 +446,16 @@ impl Hub {
                         )
                         .await?;
                         let LeaseWiring { pulls, drained, ingest } = wires;
+                        let forwarded = std::iter::once(input)
+                            .chain(own)
+                            .map(|stream| ForwardedStream {
+                                rate: stream.tenant.as_deref().and_then(|t| tenants.rate(t)),
+                                stream,
+                            })
+                            .collect();
                         let repartitioner = Repartitioner::start(
                             &client,
-                            input,
+                            forwarded,
                             crate::ingress::decoders(&config.nats, rules.clone(), &tenants, None),
                             cluster.clone(),
                             config.cluster.subject.clone(),

@@ -1,13 +1,19 @@
-//! The ingest lease's work: read the input stream in order, decode each input only to learn its
-//! actor, and forward it as received (payload, headers, subject in a header) to its partition
-//! of the partition stream, where the partition's owner decodes it as a single hub would.
+//! The ingest lease's work: read the input stream and each tenant's own stream in order, decode
+//! each input only to learn its actor, and forward it as received (payload, headers, subject in
+//! a header) to its partition of the partition stream, where the partition's owner decodes it
+//! as a single hub would.
 //!
-//! Each forward carries `Nats-Msg-Id: in<seq>`, so an input read twice (the lease changed hands
-//! before its acknowledgement) is stored once; an input is acknowledged once the partition
-//! stream has stored it, and every earlier one (`AckPolicy::All`, acknowledgements in order).
-//! Inputs that do not decode go to the dead letters here, as in a single hub.
+//! Each stream has a forwarder of its own, so a tenant's own stream read at its `rate` (inputs/s
+//! at most; beyond it they wait there, in order, nothing dropped) holds back no other input.
+//!
+//! Each forward carries `Nats-Msg-Id: in<seq>` (`<tenant>.in<seq>` from a tenant's own stream),
+//! so an input read twice (the lease changed hands before its acknowledgement) is stored once;
+//! an input is acknowledged once the partition stream has stored it, and every earlier one
+//! (`AckPolicy::All`, acknowledgements in order). Inputs that do not decode go to the dead
+//! letters here, as in a single hub.
 
 use super::{Cluster, headers};
+use crate::durable::Bucket;
 use crate::egress::headers::MSG_ID;
 use crate::ingress::stream::InputStream;
 use crate::ingress::{Decoder, IdGen, IngressError, TenantInputs};
@@ -29,17 +35,27 @@ const IN_FLIGHT: usize = 4096;
 /// Acknowledge the input stream after this many forwards stored, or when none is in flight.
 const ACK_EVERY: usize = 256;
 
-/// The running forwarder (idle while another instance holds the ingest lease).
+/// The running forwarders, one per stream (idle while another instance holds the ingest lease).
 pub struct Repartitioner {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A stream to forward, and its tenant's rate (inputs/s at most), if it has one.
+pub(crate) struct ForwardedStream {
+    pub stream: InputStream,
+    pub rate: Option<u32>,
 }
 
 struct Forwarder {
     client: async_nats::Client,
     js: jetstream::Context,
     input: InputStream,
-    decoders: Vec<(String, Decoder)>,
+    /// Paces a tenant's own stream to its rate.
+    rate: Option<Bucket>,
+    /// A tenant's own stream's inputs not yet read.
+    backlog: Option<metrics::Gauge>,
+    decoders: Arc<[(String, Decoder)]>,
     cluster: Arc<Cluster>,
     subject: String,
     ingest: watch::Receiver<Option<u64>>,
@@ -58,9 +74,11 @@ enum Ended {
 type Stored = std::pin::Pin<Box<dyn Future<Output = Result<Subject, String>> + Send>>;
 
 impl Repartitioner {
+    /// Forward `streams` (the input stream first, then tenants' own) while this instance holds
+    /// the ingest lease.
     pub(crate) fn start(
         client: &async_nats::Client,
-        input: InputStream,
+        streams: Vec<ForwardedStream>,
         decoders: Vec<(String, Decoder)>,
         cluster: Arc<Cluster>,
         subject: String,
@@ -68,28 +86,48 @@ impl Repartitioner {
         tenants: TenantInputs,
     ) -> Repartitioner {
         let (stop, stopped) = watch::channel(false);
-        let forwarder = Forwarder {
-            client: client.clone(),
-            js: jetstream::new(client.clone()),
-            input,
-            decoders,
-            cluster,
-            subject,
-            ingest,
-            stopped,
-            forwarded: metrics::counter!(m::INPUTS_PARTITIONED),
-            tenants,
-        };
-        Repartitioner {
-            stop,
-            task: tokio::spawn(forwarder.run()),
-        }
+        let decoders: Arc<[(String, Decoder)]> = decoders.into();
+        let tasks = streams
+            .into_iter()
+            .map(|ForwardedStream { stream, rate }| {
+                let backlog = stream
+                    .tenant
+                    .clone()
+                    .map(|tenant| metrics::gauge!(m::TENANT_BACKLOG, "tenant" => tenant));
+                let forwarder = Forwarder {
+                    client: client.clone(),
+                    js: jetstream::new(client.clone()),
+                    input: stream,
+                    rate: rate.map(|r| Bucket::new(f64::from(r), 1.0)),
+                    backlog,
+                    decoders: decoders.clone(),
+                    cluster: cluster.clone(),
+                    subject: subject.clone(),
+                    ingest: ingest.clone(),
+                    stopped: stopped.clone(),
+                    forwarded: metrics::counter!(m::INPUTS_PARTITIONED),
+                    tenants: tenants.clone(),
+                };
+                tokio::spawn(forwarder.run())
+            })
+            .collect();
+        Repartitioner { stop, tasks }
     }
 
     /// Stop reading; what was forwarded is acknowledged first.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Resolves at `at`; never without it.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -127,7 +165,7 @@ impl Forwarder {
         {
             Ok(consumer) => consumer,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the input stream to partition it; trying again");
+                tracing::error!(error = %e, stream = self.input.name(), "cannot read the stream to partition it; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return Ended::Again;
             }
@@ -135,15 +173,17 @@ impl Forwarder {
         let mut messages = match crate::ingress::pull::pull(&self.client, &consumer, batch).await {
             Ok(messages) => messages,
             Err(e) => {
-                tracing::error!(error = %e, "cannot pull the input stream; trying again");
+                tracing::error!(error = %e, stream = self.input.name(), "cannot pull the stream to partition it; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return Ended::Again;
             }
         };
-        tracing::info!(revision, "partitioning the input stream");
+        tracing::info!(revision, stream = self.input.name(), "partitioning the stream");
         let mut stored: FuturesOrdered<Stored> = FuturesOrdered::new();
         let mut last = None;
         let mut since_ack = 0;
+        // Past the tenant's rate: when the next input may be read.
+        let mut paused_until = None;
         let ended = loop {
             tokio::select! {
                 biased;
@@ -167,11 +207,13 @@ impl Forwarder {
                 _ = self.ingest.changed() => if *self.ingest.borrow() != Some(revision) {
                     break Ended::Again;
                 },
-                msg = messages.next(), if stored.len() < IN_FLIGHT => match msg {
+                _ = until(paused_until), if paused_until.is_some() => paused_until = None,
+                msg = messages.next(), if stored.len() < IN_FLIGHT && paused_until.is_none() => match msg {
                     Some(Some(Ok(msg))) => {
                         if let Some(forward) = self.forward_one(msg).await {
                             stored.push_back(forward);
                         }
+                        paused_until = self.paced();
                     }
                     Some(Some(Err(e))) => tracing::warn!(error = %e, "input stream"),
                     Some(None) | None => break Ended::Again,
@@ -198,6 +240,14 @@ impl Forwarder {
         }
     }
 
+    /// After one input read: when the next may be, if the tenant's rate makes it wait.
+    fn paced(&mut self) -> Option<tokio::time::Instant> {
+        let bucket = self.rate.as_mut()?;
+        bucket.take();
+        let wait = bucket.until_room();
+        (!wait.is_zero()).then(|| tokio::time::Instant::now() + wait)
+    }
+
     /// Forward one input to its partition: the future that resolves once it is stored (to
     /// the reply that acknowledges it).
     async fn forward_one(&self, msg: jetstream::Message) -> Option<Stored> {
@@ -212,8 +262,18 @@ impl Forwarder {
             info.stream_sequence,
             (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
         );
+        if let Some(backlog) = &self.backlog {
+            backlog.set(info.pending as f64);
+        }
         let reply = msg.reply.clone()?;
-        let ids = IdGen::for_stream_input(seq, stored_ms);
+        let own = self.input.tenant.as_deref();
+        let (msg_id, ids) = match own {
+            Some(tenant) => (
+                format!("{tenant}.in{seq}"),
+                IdGen::for_tenant_stream_input(tenant, seq, stored_ms),
+            ),
+            None => (format!("in{seq}"), IdGen::for_stream_input(seq, stored_ms)),
+        };
         // An input on a tenant's own subject keeps it: its partition's owner reads it as such.
         let actor = self
             .tenants
@@ -230,7 +290,8 @@ impl Forwarder {
                 h.insert(headers::SUBJECT, msg.subject.as_str());
                 h.insert(headers::INPUT_SEQ, seq.to_string().as_str());
                 h.insert(headers::INPUT_STORED, stored_ms.to_string().as_str());
-                h.insert(MSG_ID, format!("in{seq}").as_str());
+                h.insert(headers::INPUT_TENANT, own.unwrap_or_default());
+                h.insert(MSG_ID, msg_id.as_str());
                 let publish = PublishMessage::build().headers(h).payload(msg.payload.clone());
                 let subject = format!("{}.{partition}", self.subject);
                 match self.js.send_publish(subject, publish).await {

@@ -23,9 +23,11 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
-/// One source's allowance of inputs per second: up to `burst` seconds' worth saved up.
+/// One source's allowance of inputs per second: up to `burst` seconds' worth saved up. Also a
+/// tenant's `rate` where a cluster's ingest lease holder forwards its own stream, and in core
+/// mode.
 #[derive(Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -33,7 +35,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: f64, burst: f64) -> Bucket {
+    pub(crate) fn new(rate: f64, burst: f64) -> Bucket {
         Bucket {
             rate,
             burst,
@@ -50,13 +52,19 @@ impl Bucket {
     }
 
     /// Take one input's token; whether another may follow now.
-    fn take(&mut self) -> bool {
+    pub(crate) fn take(&mut self) -> bool {
         self.refill();
         self.tokens -= 1.0;
         self.tokens >= 1.0
     }
 
-    fn has_room(&mut self) -> bool {
+    /// How long until another input may follow (zero if it may now).
+    pub(crate) fn until_room(&mut self) -> Duration {
+        self.refill();
+        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    }
+
+    pub(crate) fn has_room(&mut self) -> bool {
         self.refill();
         self.tokens >= 1.0
     }
@@ -404,6 +412,20 @@ mod tests {
         assert!(!admission.has_room(0), "below its window, but past its rate");
         std::thread::sleep(std::time::Duration::from_millis(400));
         assert!(admission.has_room(0), "a third of a second earns one more");
+    }
+
+    #[test]
+    fn a_bucket_past_its_seconds_worth_says_how_long_until_the_next_token() {
+        let mut bucket = Bucket::new(4.0, 1.0);
+        assert_eq!(bucket.until_room(), Duration::ZERO);
+        for _ in 0..4 {
+            bucket.take();
+        }
+        let wait = bucket.until_room();
+        assert!(
+            wait > Duration::from_millis(200) && wait <= Duration::from_millis(250),
+            "a quarter of a second earns one of 4/s: {wait:?}"
+        );
     }
 
     #[test]

@@ -699,8 +699,14 @@ impl Reader {
                             let ids = match &forwarded {
                                 Some(Forwarded {
                                     input: Some((seq, stored)),
+                                    own: None,
                                     ..
                                 }) => IdGen::for_stream_input(*seq, *stored),
+                                Some(Forwarded {
+                                    input: Some((seq, stored)),
+                                    own: Some(tenant),
+                                    ..
+                                }) => IdGen::for_tenant_stream_input(tenant, *seq, *stored),
                                 // Published to its partition directly: ids from its place there.
                                 Some(_) => IdGen::for_partition_input(key, seq, stored),
                                 None => match own {
@@ -859,8 +865,10 @@ impl Reader {
 /// event a plugin emitted for another partition.
 struct Forwarded {
     subject: String,
-    /// The input's place in the input stream: sequence and time stored (ms).
+    /// The input's place in the input stream, or in its tenant's own stream (`own`): sequence
+    /// and time stored (ms).
     input: Option<(u64, i64)>,
+    own: Option<String>,
     hops: u8,
 }
 
@@ -874,7 +882,13 @@ impl Forwarded {
             (Some(seq), Some(stored)) => seq.parse().ok().zip(stored.parse().ok()),
             _ => None,
         };
+        let own = get(h::INPUT_TENANT).filter(|t| !t.is_empty()).map(str::to_owned);
         let hops = get(h::HOPS).and_then(|n| n.parse().ok()).unwrap_or(0);
-        Some(Forwarded { subject, input, hops })
+        Some(Forwarded {
+            subject,
+            input,
+            own,
+            hops,
+        })
     }
 }
