@@ -828,6 +828,66 @@ async fn core_mode_takes_inputs_on_tenants_own_subjects() {
     hub.shutdown().await;
 }
 
+/// Core mode has no stream to keep a tenant's inputs past its `rate` waiting in: they are
+/// dead-lettered as `quota`, that tenant's (named by the envelope alone), kept and counted,
+/// while another tenant's inputs go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_mode_dead_letters_a_tenants_inputs_past_its_rate_and_lets_the_others_through() {
+    let env = Env::new().await;
+    let mut config = acme_config(&env);
+    config.input.mode = hub::config::InputMode::Core;
+    // A name of its own: tests share the process's metrics.
+    let corerate = hub::tenant::TenantConfig {
+        rate: Some(2),
+        ..Default::default()
+    };
+    config.tenants.insert("corerate".into(), corerate);
+    let hub = env.start(config).await;
+    let api = Api::new(&hub, None);
+    let mut callbacks = env.sub("hub.actions.support.callback").await;
+
+    // Eight at once: two fit in its second's worth. Then acme's three, on the same subscription.
+    for n in 0..8 {
+        fail_payment(&env, &format!("r{n}"), Some("corerate")).await;
+    }
+    for _ in 0..3 {
+        fail_payment(&env, "alice", Some("acme")).await;
+    }
+    let callback = json(&next(&mut callbacks, "acme's callback", 5).await);
+    assert_eq!(callback["tenant"], "acme", "{callback}");
+
+    let line = tenant_status(&api, "corerate", |line| {
+        line["events_in"].as_u64().zip(line["quota_refusals"].as_u64()) == Some((8 - refusals(line), refusals(line)))
+    })
+    .await;
+    let refused = refusals(&line);
+    assert!((5..=6).contains(&refused), "two at least fit, at most a third: {line}");
+    let letters = crate::dead_letters::letters(&api, "quota", refused as usize).await;
+    assert_eq!(letters.len() as u64, refused, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter["tenant"], "corerate", "{letter}");
+        assert!(letter.to_string().contains("past its rate of 2 inputs/s"), "{letter}");
+    }
+
+    // A second later, replayed: as they came, each through the rate again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, done) = api.post("/api/dead-letters/replay?reason=quota", "").await;
+    assert_eq!((status, done["replayed"].as_u64()), (200, Some(refused)), "{done}");
+    let line = tenant_status(&api, "corerate", |line| {
+        line["events_in"].as_u64().map(|n| n + refusals(line)) == Some(8 + refused)
+    })
+    .await;
+    assert!(
+        line["events_in"].as_u64() >= Some(8 - refused + 2),
+        "two more fit in the second since: {line}"
+    );
+    hub.shutdown().await;
+}
+
+fn refusals(line: &serde_json::Value) -> u64 {
+    line["quota_refusals"].as_u64().unwrap_or_default()
+}
+
 /// `tenant`'s figures (`GET /api/tenants/{tenant}`, its line of the status) once `ready` holds
 /// (the status is sampled once a second), or as they are after 5 s.
 async fn tenant_status(api: &Api, tenant: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {

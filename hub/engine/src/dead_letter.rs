@@ -34,7 +34,8 @@ pub enum Reason {
     PluginError,
     /// A call returned an output the hub cannot route or publish.
     InvalidOutput,
-    /// A call would have taken its tenant past a quota on stored state or pending timers.
+    /// A call would have taken its tenant past a quota on stored state or pending timers, or
+    /// (core mode) an input came past its tenant's rate.
     Quota,
     /// A chain of emitted events longer than the hop limit.
     HopLimit,

@@ -664,19 +664,17 @@ fn cluster_of(config: &Config) -> Result<Option<Arc<Cluster>>, StartError> {
     Ok(Some(Arc::new(Cluster::new(instance, c.partitions))))
 }
 
-/// A tenant's `share` and `rate` steer how its own stream is read: where there is none (core
-/// mode, or a cluster, whose input stream is one lane for all tenants), say they do nothing
-/// rather than let an operator believe a flood is held back.
+/// A tenant's `share` weighs its own stream against the others where a single hub reads them
+/// into its shards. Core mode has no streams, and a cluster's partitions mix every tenant's
+/// inputs: say it is ignored there rather than let an operator believe a flood is held back.
+/// (A `rate` applies in every mode.)
 fn warn_of_unused_lanes(config: &Config, tenants: &crate::tenant::Tenants) {
     let without = match (config.input.mode, config.cluster.enabled) {
-        (InputMode::Core, _) => "in core mode (no streams)",
-        (_, true) => "in a cluster (one input stream for every tenant)",
+        (InputMode::Core, _) => "in core mode (no streams to weigh)",
+        (_, true) => "in a cluster (the partitions mix every tenant's inputs)",
         _ => return,
     };
-    for name in tenants.steered() {
-        tracing::warn!(
-            tenant = %name,
-            "a tenant's share and rate steer how its own stream is read: {without} they are ignored"
-        );
+    for name in tenants.names().filter(|name| tenants.share(name) != 1) {
+        tracing::warn!(tenant = %name, "a tenant's share is ignored {without}; its rate applies");
     }
 }

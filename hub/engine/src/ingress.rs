@@ -22,8 +22,9 @@ use crate::state::{ProfileError, Profiles};
 use crate::tenant::{self, Tenants};
 use futures::StreamExt;
 use hub_plugin_sdk::pattern::kind_matches;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -58,6 +59,45 @@ impl IngressError {
             reason: Reason::Invalid,
             detail: detail.into(),
         }
+    }
+}
+
+/// Core mode's tenant `rate`s, shared by every subscription's task. With no stream to keep them
+/// waiting in, a tenant's inputs past its rate (a second's worth saved up) are dead-lettered as
+/// `quota`: kept and replayable, neither dropped nor let through to slow the others.
+#[derive(Clone, Default)]
+struct CoreRates(Arc<HashMap<String, (u32, Mutex<crate::durable::Bucket>)>>);
+
+impl CoreRates {
+    fn new(tenants: &Tenants) -> CoreRates {
+        let rates = tenants.names().filter_map(|tenant| {
+            let rate = tenants.rate(tenant)?;
+            let bucket = crate::durable::Bucket::new(f64::from(rate), 1.0);
+            Some((tenant.to_owned(), (rate, Mutex::new(bucket))))
+        });
+        CoreRates(Arc::new(rates.collect()))
+    }
+
+    /// Why an input of `actor` is refused, if its tenant is past its rate; takes its token if not.
+    fn refuse(&self, actor: &str) -> Option<IngressError> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let tenant = tenant::split(actor).0?;
+        let (rate, bucket) = self.0.get(tenant)?;
+        let mut bucket = bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if bucket.has_room() {
+            bucket.take();
+            return None;
+        }
+        metrics::counter!(crate::metrics::TENANT_QUOTA_REFUSALS, "tenant" => tenant.to_owned(), "quota" => "rate")
+            .increment(1);
+        Some(IngressError {
+            reason: Reason::Quota,
+            detail: format!(
+                "tenant {tenant:?} is past its rate of {rate} inputs/s; in core mode there is no stream to keep the rest waiting in (replay it, or run in durable mode)"
+            ),
+        })
     }
 }
 
@@ -464,6 +504,7 @@ impl Ingress {
     ) -> Result<Ingress, async_nats::SubscribeError> {
         let (stop, stopped) = watch::channel(false);
         let ids = Arc::new(IdGen::new());
+        let rates = CoreRates::new(tenants);
         let mut subscriptions: Vec<(String, Decoder, TenantInputs)> =
             decoders(nats, rules.clone(), tenants, Some(profiles.clone()))
                 .into_iter()
@@ -489,6 +530,7 @@ impl Ingress {
                 router: router.clone(),
                 egress: egress.clone(),
                 ids: ids.clone(),
+                rates: rates.clone(),
                 events_in: metrics::counter!(crate::metrics::EVENTS_IN, "subject" => subject),
                 tenant_events: tenant::Counted::new(crate::metrics::TENANT_EVENTS_IN),
             };
@@ -562,6 +604,7 @@ struct Task {
     router: Router,
     egress: Egress,
     ids: Arc<IdGen>,
+    rates: CoreRates,
     events_in: metrics::Counter,
     tenant_events: tenant::Counted,
 }
@@ -603,6 +646,18 @@ impl Task {
             });
         match decoded {
             Ok(Some(event)) => {
+                if let Some(refused) = self.rates.refuse(&event.actor) {
+                    let letter = DeadLetter::message(
+                        refused.reason,
+                        refused.detail,
+                        &msg.subject,
+                        msg.headers.as_ref(),
+                        msg.payload.clone(),
+                    )
+                    .of_tenant(tenant::split(&event.actor).0);
+                    self.egress.send(letter.into_outbound()).await;
+                    return true;
+                }
                 self.events_in.increment(1);
                 self.tenant_events.count(&event.actor);
                 let routed = Routed {

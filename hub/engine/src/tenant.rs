@@ -242,15 +242,6 @@ impl Tenants {
         self.declared.keys().map(String::as_str)
     }
 
-    /// The declared tenants with a `share` or a `rate`: what they set happens only where each
-    /// tenant has a stream of its own to read (durable mode on a single hub).
-    pub fn steered(&self) -> impl Iterator<Item = &str> {
-        self.declared
-            .iter()
-            .filter(|(_, config)| config.share != 1 || config.rate.is_some())
-            .map(|(name, _)| name.as_str())
-    }
-
     /// A tenant's share (1 for the default tenant and undeclared ones).
     pub fn share(&self, tenant: &str) -> u32 {
         self.declared.get(tenant).map_or(1, |c| c.share)
@@ -319,32 +310,6 @@ mod tests {
             let tenant = tenant.filter(|t| t != DEFAULT);
             prop_assert_eq!(split(&key), (tenant.as_deref(), actor.as_str()));
         }
-    }
-
-    #[test]
-    fn only_tenants_with_a_share_or_a_rate_are_steered() {
-        let declared: BTreeMap<String, TenantConfig> = [
-            (
-                "acme",
-                TenantConfig {
-                    share: 2,
-                    ..TenantConfig::default()
-                },
-            ),
-            (
-                "beta",
-                TenantConfig {
-                    rate: Some(5),
-                    ..TenantConfig::default()
-                },
-            ),
-            ("globex", TenantConfig::default()),
-        ]
-        .into_iter()
-        .map(|(name, config)| (name.to_owned(), config))
-        .collect();
-        let tenants = Tenants::new(&declared).expect("valid");
-        assert_eq!(tenants.steered().collect::<Vec<_>>(), ["acme", "beta"]);
     }
 
     #[test]

@@ -350,7 +350,11 @@ fn replay_of(seq: u64, message: &StreamMessage, events_subject: &str) -> Result<
                 payload: message.payload.to_vec(),
             })
         }
-        Reason::Undecodable | Reason::Invalid | Reason::NoRule => {
+        // An input that no plugin saw: refused as it came, or past its tenant's rate (core
+        // mode's `quota` letter, without a plugin). It goes back where it arrived, as it came.
+        _ if matches!(reason, Reason::Undecodable | Reason::Invalid | Reason::NoRule)
+            || (reason == Reason::Quota && summary.plugin.is_none()) =>
+        {
             if summary.subject.is_empty() || !crate::event::is_subject_safe(&summary.subject) {
                 return Err(refuse("it does not say which subject it arrived on"));
             }
@@ -464,6 +468,31 @@ mod tests {
             let delivery = Delivery { id, actor, channel: "crm".into(), target: kind, plugin, body: payload.into() };
             let letter = stored(DeadLetter::delivery(Reason::WebhookFailed, "503", &delivery), seq);
             prop_assert_eq!(replay_of(seq, &letter, "events").ok(), Some(Replay::Deliver(delivery)));
+        }
+    }
+
+    /// Core mode's letter of an input past its tenant's rate: its tenant may be named by its
+    /// subject alone, and the input may not be an envelope, so it goes back as it came.
+    #[test]
+    fn an_input_refused_past_its_tenants_rate_replays_on_its_own_subject_with_its_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Trace", "t1");
+        let letter = DeadLetter::message(
+            Reason::Quota,
+            "past its rate",
+            "tenant.acme.web.visit",
+            Some(&headers),
+            bytes::Bytes::from_static(b"raw,not,an,envelope"),
+        )
+        .of_tenant(Some("acme"));
+        match replay_of(3, &stored(letter, 3), "events") {
+            Ok(Replay::Publish { subject, headers, body }) => {
+                assert_eq!(subject, "tenant.acme.web.visit");
+                assert_eq!(headers.get("Trace").map(|v| v.as_str()), Some("t1"));
+                assert_eq!(headers.get(REPLAY_FOR), None);
+                assert_eq!(&body[..], b"raw,not,an,envelope");
+            }
+            other => panic!("{other:?}"),
         }
     }
 
