@@ -34,13 +34,29 @@ use tokio::sync::watch;
 pub mod headers {
     /// The subject the input arrived on (it is decoded as if it came from there).
     pub const SUBJECT: &str = "Hub-Subject";
-    /// The input's sequence in the input stream, and when the server stored it (ms): its ids and
-    /// time come from these, as in a single hub.
+    /// The input's place, `<seq>` in the input stream or `<tenant>.<seq>` in a tenant's own
+    /// (see [`input_place`]), and when the server stored it (ms): its ids and time come from
+    /// these, as in a single hub.
     pub const INPUT_SEQ: &str = "Hub-Input-Seq";
     pub const INPUT_STORED: &str = "Hub-Input-Stored";
-    /// The tenant whose own stream the sequence above counts in; empty for the input stream
-    /// (set on every forward, so a producer's own header of that name never counts).
-    pub const INPUT_TENANT: &str = "Hub-Input-Tenant";
+
+    /// The value of [`INPUT_SEQ`] for sequence `seq` of the input stream (`tenant` None) or of
+    /// a tenant's own stream. Tenant names have no dots, so the last one splits it.
+    pub fn input_place(tenant: Option<&str>, seq: u64) -> String {
+        match tenant {
+            Some(tenant) => format!("{tenant}.{seq}"),
+            None => seq.to_string(),
+        }
+    }
+
+    /// The tenant whose own stream an [`INPUT_SEQ`] value counts in (None: the input stream)
+    /// and the sequence; None if it is not one.
+    pub fn parse_input_place(place: &str) -> Option<(Option<&str>, u64)> {
+        match place.rsplit_once('.') {
+            Some((tenant, seq)) => Some((Some(tenant).filter(|t| !t.is_empty()), seq.parse().ok()?)),
+            None => Some((None, place.parse().ok()?)),
+        }
+    }
     /// How many plugin hops produced an emitted event.
     pub const HOPS: &str = "Hub-Hops";
 }
@@ -261,6 +277,28 @@ pub(crate) async fn open_bucket(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A forward's place reads back as written, for the input stream and every tenant's.
+        #[test]
+        fn an_inputs_place_reads_back_with_its_stream(
+            tenant in proptest::option::of("[a-z0-9_-]{1,64}"),
+            seq in any::<u64>(),
+        ) {
+            let place = headers::input_place(tenant.as_deref(), seq);
+            prop_assert_eq!(headers::parse_input_place(&place), Some((tenant.as_deref(), seq)));
+        }
+    }
+
+    #[test]
+    fn a_place_that_is_not_one_reads_as_none() {
+        for place in ["", "x", "acme.", "acme.x", "-1", "1.2.x"] {
+            assert_eq!(headers::parse_input_place(place), None, "{place:?}");
+        }
+        // An earlier version's forward: the input stream's sequence alone.
+        assert_eq!(headers::parse_input_place("42"), Some((None, 42)));
+    }
 
     #[test]
     fn each_checkpoint_partition_lies_in_one_cluster_partition() {

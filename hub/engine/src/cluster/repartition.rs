@@ -6,7 +6,8 @@
 //! Each stream has a forwarder of its own, so a tenant's own stream read at its `rate` (inputs/s
 //! at most; beyond it they wait there, in order, nothing dropped) holds back no other input.
 //!
-//! Each forward carries `Nats-Msg-Id: in<seq>` (`<tenant>.in<seq>` from a tenant's own stream),
+//! Each forward carries `Nats-Msg-Id: in<seq>` (`<tenant>.in<seq>` from a tenant's own stream,
+//! whose place `Hub-Input-Seq` names it too),
 //! so an input read twice (the lease changed hands before its acknowledgement) is stored once;
 //! an input is acknowledged once the partition stream has stored it, and every earlier one
 //! (`AckPolicy::All`, acknowledgements in order). Inputs that do not decode go to the dead
@@ -288,9 +289,8 @@ impl Forwarder {
                 let partition = self.cluster.partition_of(&actor);
                 let mut h = msg.headers.clone().unwrap_or_default();
                 h.insert(headers::SUBJECT, msg.subject.as_str());
-                h.insert(headers::INPUT_SEQ, seq.to_string().as_str());
+                h.insert(headers::INPUT_SEQ, headers::input_place(own, seq).as_str());
                 h.insert(headers::INPUT_STORED, stored_ms.to_string().as_str());
-                h.insert(headers::INPUT_TENANT, own.unwrap_or_default());
                 h.insert(MSG_ID, msg_id.as_str());
                 let publish = PublishMessage::build().headers(h).payload(msg.payload.clone());
                 let subject = format!("{}.{partition}", self.subject);

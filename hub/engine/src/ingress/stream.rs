@@ -878,11 +878,12 @@ impl Forwarded {
         let headers = headers?;
         let get = |name: &str| headers.get(name).map(|v| v.as_str());
         let subject = get(h::SUBJECT)?.to_owned();
-        let input = match (get(h::INPUT_SEQ), get(h::INPUT_STORED)) {
-            (Some(seq), Some(stored)) => seq.parse().ok().zip(stored.parse().ok()),
-            _ => None,
+        let place = get(h::INPUT_SEQ).and_then(h::parse_input_place);
+        let stored = get(h::INPUT_STORED).and_then(|s| s.parse().ok());
+        let (input, own) = match (place, stored) {
+            (Some((own, seq)), Some(stored)) => (Some((seq, stored)), own.map(str::to_owned)),
+            _ => (None, None),
         };
-        let own = get(h::INPUT_TENANT).filter(|t| !t.is_empty()).map(str::to_owned);
         let hops = get(h::HOPS).and_then(|n| n.parse().ok()).unwrap_or(0);
         Some(Forwarded {
             subject,
