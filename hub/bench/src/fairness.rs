@@ -17,6 +17,10 @@
 //! - `shared`: for contrast, both tenants on the shared subjects, each naming itself in a
 //!   `Hub-Tenant` header: one stream, where the quiet tenant's inputs wait behind the flood's.
 //!
+//! With `--cluster <partitions>` the hub is a cluster of one instance: the tenants' own streams
+//! are forwarded to the partitions, the flood's at its `rate` in the `rate` run (the latency
+//! guard and shares do nothing there).
+//!
 //! The quiet tenant publishes for `--warmup` seconds before it is timed: the latency guard
 //! measures its unloaded lag and settles meanwhile. What those arriving inputs took is reported
 //! apart (the residue of the flood read at full speed before anyone waited slows them for a few
@@ -31,7 +35,7 @@
 
 use super::BenchArgs;
 use super::cpu::MachineMark;
-use super::crash::HubProcess;
+use super::crash::{HubProcess, Membership};
 use super::progress::Step;
 use super::report::median;
 use anyhow::{Context, bail};
@@ -184,8 +188,15 @@ impl BusyMark {
 pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let backlog = BACKLOG_PER_SECOND * args.seconds;
     println!(
-        "fairness bench: tenant {QUIET} at {}/s for {} s on its own subjects after {} s of warm-up (every third input acts); tenant {FLOOD}: a backlog of {backlog} inputs, its rate {}/s where it has one; {} run(s), medians (p99 / alone: of each round's ratio)",
-        args.quiet_rate, args.seconds, args.warmup, args.flood_rate, args.runs
+        "fairness bench: tenant {QUIET} at {}/s for {} s on its own subjects after {} s of warm-up (every third input acts); tenant {FLOOD}: a backlog of {backlog} inputs, its rate {}/s where it has one; {} run(s), medians (p99 / alone: of each round's ratio){}",
+        args.quiet_rate,
+        args.seconds,
+        args.warmup,
+        args.flood_rate,
+        args.runs,
+        args.cluster
+            .map(|p| format!("; a cluster of one instance, {p} partitions"))
+            .unwrap_or_default()
     );
     let plugins = tempfile::tempdir()?;
     std::fs::copy(
@@ -332,8 +343,20 @@ async fn measure(args: &BenchArgs, plugins: &Path, flood: Flood, backlog: u64) -
     let settings = flood.settings(&args.flood_rate.to_string());
     let mut env = vec![("HUB_TENANTS__QUIET__SHARE", "1"), ("HUB_TENANTS__FLOOD__SHARE", "1")];
     env.extend(settings.iter().map(|(k, v)| (*k, v.as_str())));
-    let hub =
-        HubProcess::start_logging(&exe, &nats.url, &dir.path().join("data"), plugins, &env, &args.log_file).await?;
+    let data = dir.path().join("data");
+    let hub = match args.cluster {
+        Some(partitions) => {
+            let member = Membership {
+                instance: "a".into(),
+                partitions,
+                lease_ttl: Duration::from_secs(6),
+            };
+            let hub = HubProcess::start_member(&exe, &nats.url, &data, plugins, &member, &env, &args.log_file).await?;
+            super::cluster::balanced(&[hub.http()], partitions, Duration::from_secs(60)).await?;
+            hub
+        }
+        None => HubProcess::start_logging(&exe, &nats.url, &data, plugins, &env, &args.log_file).await?,
+    };
     // A connection each, so the quiet tenant's inputs never queue behind the flood's in a
     // client buffer of the bench's own.
     let publisher = async_nats::connect(&nats.url).await?;

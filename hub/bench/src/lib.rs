@@ -183,6 +183,11 @@ pub struct BenchArgs {
     /// those not counted marked
     #[arg(long, default_value_t = 2.0, value_parser = percentage)]
     pub max_steal: f64,
+    /// With `--fairness`, run the hub as a cluster of one instance with this many partitions:
+    /// the tenants' own streams are forwarded to the partitions, the flood's at its `rate` in
+    /// the `rate` run (a cluster has no latency guard, and ignores shares)
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub cluster: Option<u16>,
     /// Where the logs of the bench and its hubs go (emptied first), so that they do not
     /// interleave with the progress and the report
     #[arg(long, default_value_os_t = std::env::temp_dir().join("hub-bench.log"))]
