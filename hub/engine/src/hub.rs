@@ -203,9 +203,22 @@ impl Hub {
         let (wheels, timers_restored) = db.load_timers(shard_count, |actor| router.shard_of(actor))?;
 
         let changelog = match &cluster {
-            Some(cluster) => Some(Arc::new(
-                crate::cluster::changelog::Changelog::open(&client, &config.cluster, cluster.clone()).await?,
-            )),
+            Some(cluster) => {
+                // A connection of its own: a view write's burst of thousands of publishes
+                // would otherwise queue every input and output of the hub behind it.
+                let own = async_nats::ConnectOptions::new()
+                    .name("hub-changelog")
+                    .reconnect_delay_callback(|attempts| crate::limits::RECONNECT_DELAY_STEP * attempts.min(5) as u32)
+                    .connect(config.nats.url.as_str())
+                    .await
+                    .map_err(|source| StartError::Nats {
+                        url: config.nats.url.clone(),
+                        source,
+                    })?;
+                Some(Arc::new(
+                    crate::cluster::changelog::Changelog::open(&own, &config.cluster, cluster.clone()).await?,
+                ))
+            }
             None => None,
         };
         // Durable mode: the input stream first, since the checkpoints count in its sequences.
