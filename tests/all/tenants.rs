@@ -889,10 +889,10 @@ fn refusals(line: &serde_json::Value) -> u64 {
 }
 
 /// `tenant`'s figures (`GET /api/tenants/{tenant}`, its line of the status) once `ready` holds
-/// (the status is sampled once a second), or as they are after 5 s.
+/// (the status is sampled once a second), or as they are after 15 s (a loaded machine samples late).
 async fn tenant_status(api: &Api, tenant: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let mut line = json!(null);
-    for _ in 0..50 {
+    for _ in 0..150 {
         let (status, body) = api.get(&format!("/api/tenants/{tenant}")).await;
         // 503: the hub has not taken its first figures yet.
         if status != 503 {
