@@ -7,11 +7,10 @@
 //! at most; beyond it they wait there, in order, nothing dropped) holds back no other input.
 //!
 //! Each forward carries `Nats-Msg-Id: in<seq>` (`<tenant>.in<seq>` from a tenant's own stream,
-//! whose place `Hub-Input-Seq` names it too),
-//! so an input read twice (the lease changed hands before its acknowledgement) is stored once;
-//! an input is acknowledged once the partition stream has stored it, and every earlier one
-//! (`AckPolicy::All`, acknowledgements in order). Inputs that do not decode go to the dead
-//! letters here, as in a single hub.
+//! which its place in `Hub-Input-Seq` names too), so an input read twice (the lease changed
+//! hands before its acknowledgement) is stored once; an input is acknowledged once the
+//! partition stream has stored it, and every earlier one (`AckPolicy::All`, acknowledgements in
+//! order). Inputs that do not decode go to the dead letters here, as in a single hub.
 
 use super::{Cluster, headers};
 use crate::durable::Bucket;
