@@ -769,15 +769,26 @@ async fn a_tenants_actors_spread_over_the_instances_are_exported_and_erased_thro
     let mut expected: Vec<String> = ids.iter().map(|id| json!(id).to_string()).collect();
     expected.sort();
     assert_eq!(exported, expected, "{export}");
-    let erased: Value = reqwest::Client::new()
-        .delete(format!("http://{}/api/tenants/acme", b.http_addr()))
-        .send()
-        .await
-        .expect("erase")
-        .json()
-        .await
-        .expect("JSON");
-    assert_eq!(erased["actors"], 8, "{erased}");
+    // As the answer says to: while a partition is between owners (a lease renewed late on a
+    // loaded machine), erase again once it has one. Each actor is counted once, where erased.
+    let mut actors = 0;
+    let mut erased = Value::Null;
+    for _ in 0..20 {
+        erased = reqwest::Client::new()
+            .delete(format!("http://{}/api/tenants/acme", b.http_addr()))
+            .send()
+            .await
+            .expect("erase")
+            .json()
+            .await
+            .expect("JSON");
+        actors += erased["actors"].as_u64().unwrap_or_default();
+        if erased.get("unreached").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(actors, 8, "{erased}");
     assert!(erased.get("unreached").is_none(), "{erased}");
     let left = reqwest::get(format!("http://{}/api/tenants/acme/export", b.http_addr()))
         .await
