@@ -119,12 +119,8 @@ impl Hub {
         let quotas = Arc::new(crate::quota::Quotas::new(&tenants));
         quotas.count_stored(db.sled()).map_err(StateError::from)?;
 
-        let client = async_nats::ConnectOptions::new()
-            .name("hub")
+        let options = async_nats::ConnectOptions::new()
             .subscription_capacity(config.nats.subscription_capacity)
-            // Back within a few hundred ms of the server (the client's default backs off to
-            // seconds, and what core subscriptions miss meanwhile is lost).
-            .reconnect_delay_callback(|attempts| crate::limits::RECONNECT_DELAY_STEP * attempts.min(5) as u32)
             .client_capacity(config.nats.outbound_capacity)
             .event_callback({
                 let watch = crate::connection::ConnectionWatch::new(config.input.mode);
@@ -132,13 +128,8 @@ impl Hub {
                     let watch = watch.clone();
                     async move { watch.on_event(event) }
                 }
-            })
-            .connect(config.nats.url.as_str())
-            .await
-            .map_err(|source| StartError::Nats {
-                url: config.nats.url.clone(),
-                source,
-            })?;
+            });
+        let client = connect(&config, "hub", options).await?;
 
         let mut limits = config.limits.clone();
         // Headers (dead-letter reasons, message ids) need room beside the largest output.
@@ -206,15 +197,7 @@ impl Hub {
             Some(cluster) => {
                 // A connection of its own: a view write's burst of thousands of publishes
                 // would otherwise queue every input and output of the hub behind it.
-                let own = async_nats::ConnectOptions::new()
-                    .name("hub-changelog")
-                    .reconnect_delay_callback(|attempts| crate::limits::RECONNECT_DELAY_STEP * attempts.min(5) as u32)
-                    .connect(config.nats.url.as_str())
-                    .await
-                    .map_err(|source| StartError::Nats {
-                        url: config.nats.url.clone(),
-                        source,
-                    })?;
+                let own = connect(&config, "hub-changelog", async_nats::ConnectOptions::new()).await?;
                 Some(Arc::new(
                     crate::cluster::changelog::Changelog::open(&own, &config.cluster, cluster.clone()).await?,
                 ))
@@ -675,6 +658,25 @@ fn cluster_of(config: &Config) -> Result<Option<Arc<Cluster>>, StartError> {
         return Err(StartError::Config("cluster.lease_ttl must be at least 1s".into()));
     }
     Ok(Some(Arc::new(Cluster::new(instance, c.partitions))))
+}
+
+/// Connect to `[nats] url` as `name`, with `options`.
+async fn connect(
+    config: &Config,
+    name: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, StartError> {
+    options
+        .name(name)
+        // Back within a few hundred ms of the server (the client's default backs off to
+        // seconds, and what core subscriptions miss meanwhile is lost).
+        .reconnect_delay_callback(|attempts| crate::limits::RECONNECT_DELAY_STEP * attempts.min(5) as u32)
+        .connect(config.nats.url.as_str())
+        .await
+        .map_err(|source| StartError::Nats {
+            url: config.nats.url.clone(),
+            source,
+        })
 }
 
 /// A tenant's `share` weighs its own stream against the others where a single hub reads them
