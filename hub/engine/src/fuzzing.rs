@@ -39,7 +39,7 @@ const STREAM_SEQ: u64 = 1;
 const STORED_AT: i64 = 1_700_000_000_000;
 
 fn ids() -> IdGen {
-    IdGen::for_stream_input(STREAM_SEQ, STORED_AT)
+    IdGen::for_stream_input(None, STREAM_SEQ, STORED_AT)
 }
 
 /// The first `N` lines of `data` (without their `\n`; missing ones are empty) and the rest.

@@ -236,21 +236,16 @@ impl IdGen {
         }
     }
 
-    /// For the input at stream sequence `seq`, stored by the server at `stored` (ms).
-    pub fn for_stream_input(seq: u64, stored: i64) -> IdGen {
+    /// For the input at sequence `seq` of the input stream (`own` None) or of tenant `own`'s
+    /// own stream, stored by the server at `stored` (ms). A tenant's stream has a prefix of its
+    /// own, apart from the input stream's sequences (or two tenants' inputs without ids, at the
+    /// same sequence of their streams, would get the same ids, and so would their outputs).
+    pub fn for_stream_input(own: Option<&str>, seq: u64, stored: i64) -> IdGen {
         IdGen {
-            prefix: format!("in{seq}"),
-            seq: AtomicU64::new(0),
-            time: Some(stored),
-        }
-    }
-
-    /// For the input at sequence `seq` of `tenant`'s own stream: a prefix of its own, apart
-    /// from the input stream's sequences (or two tenants' inputs without ids, at the same
-    /// sequence of their streams, would get the same ids, and so would their outputs).
-    pub fn for_tenant_stream_input(tenant: &str, seq: u64, stored: i64) -> IdGen {
-        IdGen {
-            prefix: format!("{tenant}.in{seq}"),
+            prefix: match own {
+                Some(tenant) => format!("{tenant}.in{seq}"),
+                None => format!("in{seq}"),
+            },
             seq: AtomicU64::new(0),
             time: Some(stored),
         }
@@ -274,6 +269,12 @@ impl IdGen {
             seq: AtomicU64::new(0),
             time: Some(clock),
         }
+    }
+
+    /// What every id starts with: for a stream input, its place (a cluster's forward of it
+    /// carries it as its `Nats-Msg-Id`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub fn next(&self) -> String {
@@ -435,7 +436,7 @@ impl RecordedInputs {
         let Some((_, decoder)) = self.decoders.iter().find(|(p, _)| kind_matches(p, subject)) else {
             return Err(IngressError::no_rule_now(subject));
         };
-        decoder.decode(subject, headers, payload, &IdGen::for_stream_input(seq, stored))
+        decoder.decode(subject, headers, payload, &IdGen::for_stream_input(None, seq, stored))
     }
 }
 

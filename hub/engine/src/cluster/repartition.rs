@@ -267,13 +267,7 @@ impl Forwarder {
         }
         let reply = msg.reply.clone()?;
         let own = self.input.tenant.as_deref();
-        let (msg_id, ids) = match own {
-            Some(tenant) => (
-                format!("{tenant}.in{seq}"),
-                IdGen::for_tenant_stream_input(tenant, seq, stored_ms),
-            ),
-            None => (format!("in{seq}"), IdGen::for_stream_input(seq, stored_ms)),
-        };
+        let ids = IdGen::for_stream_input(own, seq, stored_ms);
         // An input on a tenant's own subject keeps it: its partition's owner reads it as such.
         let actor = self
             .tenants
@@ -290,7 +284,7 @@ impl Forwarder {
                 h.insert(headers::SUBJECT, msg.subject.as_str());
                 h.insert(headers::INPUT_SEQ, headers::input_place(own, seq).as_str());
                 h.insert(headers::INPUT_STORED, stored_ms.to_string().as_str());
-                h.insert(MSG_ID, msg_id.as_str());
+                h.insert(MSG_ID, ids.prefix());
                 let publish = PublishMessage::build().headers(h).payload(msg.payload.clone());
                 let subject = format!("{}.{partition}", self.subject);
                 match self.js.send_publish(subject, publish).await {

@@ -699,20 +699,12 @@ impl Reader {
                             let ids = match &forwarded {
                                 Some(Forwarded {
                                     input: Some((seq, stored)),
-                                    own: None,
+                                    own,
                                     ..
-                                }) => IdGen::for_stream_input(*seq, *stored),
-                                Some(Forwarded {
-                                    input: Some((seq, stored)),
-                                    own: Some(tenant),
-                                    ..
-                                }) => IdGen::for_tenant_stream_input(tenant, *seq, *stored),
+                                }) => IdGen::for_stream_input(own.as_deref(), *seq, *stored),
                                 // Published to its partition directly: ids from its place there.
                                 Some(_) => IdGen::for_partition_input(key, seq, stored),
-                                None => match own {
-                                    Some(tenant) => IdGen::for_tenant_stream_input(tenant, seq, stored),
-                                    None => IdGen::for_stream_input(seq, stored),
-                                },
+                                None => IdGen::for_stream_input(own, seq, stored),
                             };
                             let decoded = d.decode(standing_for, headers, &msg.payload, &ids);
                             if let Ok(Some(event)) = &decoded {
